@@ -1,0 +1,3 @@
+from hoirecon.cli import entry
+
+entry()

@@ -1,0 +1,227 @@
+"""Command-line interface: parses arguments and calls stages; nothing else lives here.
+
+Exit codes: 0 success, 1 failed run (RunError or an unexpected error), 2 bad input
+(UserError, usage errors). Errors are one line on stderr; ``HOIRECON_DEBUG=1`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+# typer >= 0.26 vendors its own click: usage errors come from there, Exit/Abort from typer.
+from typer import Abort as _Abort, Exit as _Exit
+from typer._click.exceptions import ClickException as _ClickException, NoArgsIsHelpError as _NoArgsIsHelp
+
+from hoirecon import __version__
+from hoirecon.categories import normalize_category
+from hoirecon.errors import HoireconError, UserError
+from hoirecon.pipeline.report import Reporter
+from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, run_pipeline, status_table
+from hoirecon.stages.frames import FramesConfig
+from hoirecon.stages.registry import STAGES
+
+app = typer.Typer(
+    name="hoirecon",
+    help="Reconstruct a hand and the object it holds in 3D from a short video clip (DiffHOI).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or info lines (for batch loops).")
+JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
+DeviceOpt = typer.Option("cpu", "--device", help="Torch device for learned stages, e.g. cpu or cuda.")
+OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default: hoirecon_out/<clip name>).")
+ForceOpt = typer.Option(None, "--force", help=f"Recompute this stage and all after it ({', '.join(STAGE_ORDER)}).")
+MaxFramesOpt = typer.Option(None, "--max-frames", help="Keep at most this many frames.")
+StrideOpt = typer.Option(1, "--stride", help="Keep every N-th frame.")
+SizeOpt = typer.Option(640, "--size", help="Longer side of the working frames in pixels (only shrinks).")
+
+
+class _Session:
+    """Per-command output policy (quiet/json) and the JSON summary being built."""
+
+    def __init__(self, quiet: bool, as_json: bool, command: str):
+        self.as_json = as_json
+        self.reporter = Reporter(quiet=quiet or as_json)
+        self.summary: dict[str, Any] = {"command": command, "ok": True}
+
+    def stage_done(self, result: StageResult) -> None:
+        self.summary.setdefault("stages", {})[result.name] = {
+            "status": result.status, "seconds": round(result.seconds, 3), **result.summary}
+        word = "cached" if result.status == "cached" else f"done in {result.seconds:.1f} s"
+        self.reporter.info(f"[green]✓[/green] {result.name:<7} {word}")
+
+    def finish(self) -> None:
+        if self.as_json:
+            print(json.dumps(self.summary, indent=2, default=str))
+
+
+_CURRENT: Optional[_Session] = None
+
+
+def _session(quiet: bool, as_json: bool, command: str) -> _Session:
+    global _CURRENT
+    _CURRENT = _Session(quiet, as_json, command)
+    return _CURRENT
+
+
+def _default_out(clip: Path) -> Path:
+    return Path("hoirecon_out") / (clip.stem if clip.is_file() else clip.name)
+
+
+def _frames_config(clip: Path, max_frames, stride, size) -> FramesConfig:
+    return FramesConfig(source=str(clip.resolve()), max_frames=max_frames, stride=stride, size=size or None)
+
+
+@app.command()
+def run(
+    clip: Path = typer.Argument(..., help="Video file or folder of images."),
+    category: str = typer.Option(..., "--category", "-c", help="Object category, e.g. mug, bottle, kettle."),
+    out: Optional[Path] = OutOpt,
+    force: Optional[str] = ForceOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    stride: int = StrideOpt,
+    size: int = SizeOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run every stage on CLIP: frames -> masks -> hand -> fit -> export (cached)."""
+    s = _session(quiet, as_json, "run")
+    category = normalize_category(category)
+    out = out or _default_out(clip)
+    s.summary.update(out=str(out), category=category)
+    stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size))]
+    stages += [(STAGES[name], {"category": category}) for name in STAGE_ORDER[1:]]
+    run_pipeline(out, stages, force_from=force, reporter=s.reporter, device=device, on_result=s.stage_done)
+    s.finish()
+
+
+@app.command()
+def frames(
+    clip: Path = typer.Argument(..., help="Video file or folder of images."),
+    out: Optional[Path] = OutOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    stride: int = StrideOpt,
+    size: int = SizeOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Decode CLIP into numbered PNG frames and meta.json."""
+    s = _session(quiet, as_json, "frames")
+    out = out or _default_out(clip)
+    s.summary["out"] = str(out)
+    cfg = _frames_config(clip, max_frames, stride, size)
+    run_pipeline(out, [(STAGES["frames"], cfg)], force_from="frames" if force else None, reporter=s.reporter,
+                 on_result=s.stage_done)
+    s.finish()
+
+
+def _not_built(name: str):
+    def command(
+        out: Path = typer.Argument(..., help="Output folder of an earlier stage."),
+        quiet: bool = QuietOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        _session(quiet, as_json, name)
+        raise UserError(f"stage '{name}' is not implemented yet")
+
+    command.__doc__ = f"Stage '{name}' (not implemented yet)."
+    return command
+
+
+for _name in ("masks", "hand", "fit", "export"):
+    if STAGES[_name].run is None:
+        app.command(name=_name)(_not_built(_name))
+
+
+@app.command()
+def status(
+    out: Path = typer.Argument(..., help="Output folder."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show which stages of OUT are done, stale or missing, with their times."""
+    s = _session(False, as_json, "status")
+    if not out.is_dir():
+        raise UserError(f"output folder not found: {out}")
+    rows = status_table(out, [STAGES[n] for n in STAGE_ORDER])
+    s.summary.update(out=str(out), stages=rows)
+    if as_json:
+        s.finish()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=str(out))
+    for col in ("stage", "state", "seconds", "finished", "reason"):
+        table.add_column(col)
+    colour = {"done": "green", "stale": "yellow", "missing": "red"}
+    for r in rows:
+        table.add_row(r["stage"], f"[{colour[r['state']]}]{r['state']}[/]",
+                      "" if r["seconds"] is None else f"{r['seconds']:.1f}", r["finished"] or "", r["reason"])
+    Console().print(table)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"hoirecon {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Reconstruct a hand and the object it holds in 3D from a short video clip (DiffHOI)."""
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"hoirecon: error: {message}", file=sys.stderr)
+    if _CURRENT is not None and _CURRENT.as_json:
+        print(json.dumps({**_CURRENT.summary, "ok": False, "error": message, "exit_code": code}, indent=2,
+                         default=str))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (never lets a traceback reach the user)."""
+    global _CURRENT
+    _CURRENT = None
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="hoirecon", standalone_mode=False)
+        return 0
+    except _Exit as e:
+        return e.exit_code
+    except _Abort:
+        return _fail("aborted", 130)
+    except _NoArgsIsHelp as e:
+        print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
+        return 2
+    except _ClickException as e:  # usage errors: unknown option, bad value, missing argument
+        return _fail(" ".join(e.format_message().split()), 2)
+    except HoireconError as e:
+        return _fail(" ".join(str(e).split()), e.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as e:  # a bug: still one line, traceback on request
+        if os.environ.get("HOIRECON_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"internal error: {type(e).__name__}: {e} (set HOIRECON_DEBUG=1 for the traceback)", 1)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

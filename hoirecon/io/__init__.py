@@ -1,0 +1,1 @@
+"""Reading and writing frames, masks and videos."""

@@ -1,0 +1,1 @@
+"""The cached stage runner: manifests, hashing, atomic commits (see runner.py)."""

@@ -1,0 +1,124 @@
+"""Stage `frames`: decode a clip (video file or image folder) into numbered PNGs.
+
+Artifacts in ``<out>/frames/``: ``000000.png ...`` (RGB, working size) and ``meta.json``::
+
+    {"fps": float, "num_frames": int, "original_size": [W, H], "size": [W, H],
+     "stride": int, "source": str, "source_digest": sha256, "source_kind": "video"|"images"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hoirecon.errors import UserError
+from hoirecon.io.video import check_frame_count, iter_clip, list_image_files, write_png
+from hoirecon.pipeline.hashing import file_digest
+from hoirecon.pipeline.runner import StageContext, StageDef
+
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """source: video file or image folder. size: longer side of the working frames (only shrinks)."""
+
+    source: str
+    max_frames: int | None = None
+    stride: int = 1
+    size: int | None = 640
+
+    def __post_init__(self):
+        if self.stride < 1:
+            raise UserError(f"--stride must be >= 1, got {self.stride}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UserError(f"--max-frames must be >= 1, got {self.max_frames}")
+        if self.size is not None and self.size < 16:
+            raise UserError(f"--size must be >= 16 pixels, got {self.size}")
+
+
+def source_digest(source: Path) -> str:
+    """sha256 of a video file, or of an image folder's images (names + contents)."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"input not found: {source}")
+    if source.is_dir():
+        import hashlib
+
+        h = hashlib.sha256()
+        for p in list_image_files(source):
+            h.update(p.name.encode() + file_digest(p).encode())
+        return h.hexdigest()
+    try:
+        return file_digest(source)
+    except OSError as err:
+        raise UserError(f"cannot read {source}: {err.strerror}") from None
+
+
+def working_size(width: int, height: int, size: int | None) -> tuple[int, int]:
+    """(W, H) after shrinking so the longer side is at most ``size`` (even numbers, for H.264)."""
+    if size is None or max(width, height) <= size:
+        return width, height
+    scale = size / max(width, height)
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def run_frames(ctx: StageContext, cfg: FramesConfig) -> dict:
+    """Decode, subsample, resize and write the frames of ``cfg.source``."""
+    source = Path(cfg.source)
+    info, frames = iter_clip(source)
+    w, h = working_size(info.width, info.height, cfg.size)
+    total = info.declared_frames
+    if total is not None:
+        total = (total + cfg.stride - 1) // cfg.stride
+        if cfg.max_frames:
+            total = min(total, cfg.max_frames)
+    decoded = written = 0
+    with ctx.reporter.task("frames", total=total) as task:
+        for i, frame in enumerate(frames):
+            decoded += 1
+            if i % cfg.stride:
+                continue
+            if cfg.max_frames is not None and written >= cfg.max_frames:
+                continue  # keep decoding so that truncation is still detected
+            if (frame.shape[1], frame.shape[0]) != (w, h):
+                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+            write_png(ctx.tmp_dir / f"{written:06d}.png", np.asarray(frame))
+            written += 1
+            task.advance()
+    check_frame_count(source, info, decoded)
+    meta = {
+        "fps": info.fps / cfg.stride,
+        "num_frames": written,
+        "original_size": [info.width, info.height],
+        "size": [w, h],
+        "stride": cfg.stride,
+        "source": str(source),
+        "source_digest": source_digest(source),
+        "source_kind": "images" if source.is_dir() else "video",
+    }
+    (ctx.tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return {"num_frames": written, "size": [w, h], "fps": meta["fps"]}
+
+
+def load_frames_meta(frames_dir: Path) -> dict:
+    """meta.json of a frames folder."""
+    return json.loads((Path(frames_dir) / "meta.json").read_text())
+
+
+def frame_paths(frames_dir: Path) -> list[Path]:
+    """The numbered PNGs of a frames folder, in order."""
+    return sorted(Path(frames_dir).glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"))
+
+
+STAGE = StageDef(
+    name="frames",
+    version=VERSION,
+    inputs=(),
+    run=run_frames,
+    external_inputs=lambda cfg: {"source": source_digest(Path(cfg.source))},
+)
