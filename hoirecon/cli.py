@@ -24,7 +24,9 @@ from hoirecon.categories import normalize_category
 from hoirecon.errors import HoireconError, UserError
 from hoirecon.pipeline.report import Reporter
 from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, run_pipeline, status_table
+from hoirecon.pipeline.runner import read_manifest
 from hoirecon.stages.frames import FramesConfig
+from hoirecon.stages.masks import MasksConfig, parse_box
 from hoirecon.stages.registry import STAGES
 
 app = typer.Typer(
@@ -44,6 +46,15 @@ ForceOpt = typer.Option(None, "--force", help=f"Recompute this stage and all aft
 MaxFramesOpt = typer.Option(None, "--max-frames", help="Keep at most this many frames.")
 StrideOpt = typer.Option(1, "--stride", help="Keep every N-th frame.")
 SizeOpt = typer.Option(640, "--size", help="Longer side of the working frames in pixels (only shrinks).")
+HandBoxOpt = typer.Option(None, "--hand-box", help="First-frame hand box x0,y0,x1,y1 (original video pixels).")
+ObjectBoxOpt = typer.Option(None, "--object-box", help="First-frame object box x0,y0,x1,y1 (original video pixels).")
+BoxesOpt = typer.Option(None, "--boxes", help='boxes.json: {"hand": [x0,y0,x1,y1], "object": [...]}.')
+MasksDirOpt = typer.Option(None, "--masks-dir", help="Your own masks (DIR/hand/*.png, DIR/object/*.png): skip "
+                                                     "detection and tracking.")
+DetectorOpt = typer.Option("boxes", "--detector", help="First-frame boxes when none are given: boxes | doh100.")
+SegmenterOpt = typer.Option("grabcut", "--segmenter", help="First-frame masks from boxes: grabcut | pointrend.")
+TrackerOpt = typer.Option("flow", "--tracker", help="Mask tracking: flow | stcn.")
+IouOpt = typer.Option(0.4, "--iou-threshold", help="Minimum forward-backward IoU for hand and object.")
 
 
 class _Session:
@@ -82,6 +93,17 @@ def _frames_config(clip: Path, max_frames, stride, size) -> FramesConfig:
     return FramesConfig(source=str(clip.resolve()), max_frames=max_frames, stride=stride, size=size or None)
 
 
+def _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou) -> MasksConfig:
+    return MasksConfig(hand_box=parse_box(hand_box, "--hand-box"), object_box=parse_box(object_box, "--object-box"),
+                       boxes_file=str(boxes.resolve()) if boxes else None,
+                       masks_dir=str(masks_dir.resolve()) if masks_dir else None,
+                       detector=detector, segmenter=segmenter, tracker=tracker, iou_threshold=iou)
+
+
+def _is_output_folder(path: Path) -> bool:
+    return path.is_dir() and read_manifest(path / "frames") is not None
+
+
 @app.command()
 def run(
     clip: Path = typer.Argument(..., help="Video file or folder of images."),
@@ -91,6 +113,14 @@ def run(
     max_frames: Optional[int] = MaxFramesOpt,
     stride: int = StrideOpt,
     size: int = SizeOpt,
+    hand_box: Optional[str] = HandBoxOpt,
+    object_box: Optional[str] = ObjectBoxOpt,
+    boxes: Optional[Path] = BoxesOpt,
+    masks_dir: Optional[Path] = MasksDirOpt,
+    detector: str = DetectorOpt,
+    segmenter: str = SegmenterOpt,
+    tracker: str = TrackerOpt,
+    iou_threshold: float = IouOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -100,8 +130,10 @@ def run(
     category = normalize_category(category)
     out = out or _default_out(clip)
     s.summary.update(out=str(out), category=category)
-    stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size))]
-    stages += [(STAGES[name], {"category": category}) for name in STAGE_ORDER[1:]]
+    stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size)),
+              (STAGES["masks"], _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker,
+                                              iou_threshold))]
+    stages += [(STAGES[name], {"category": category}) for name in STAGE_ORDER[2:]]
     run_pipeline(out, stages, force_from=force, reporter=s.reporter, device=device, on_result=s.stage_done)
     s.finish()
 
@@ -127,6 +159,39 @@ def frames(
     s.finish()
 
 
+@app.command()
+def masks(
+    clip_or_out: Path = typer.Argument(..., help="A clip (frames are extracted first) or an output folder."),
+    out: Optional[Path] = OutOpt,
+    hand_box: Optional[str] = HandBoxOpt,
+    object_box: Optional[str] = ObjectBoxOpt,
+    boxes: Optional[Path] = BoxesOpt,
+    masks_dir: Optional[Path] = MasksDirOpt,
+    detector: str = DetectorOpt,
+    segmenter: str = SegmenterOpt,
+    tracker: str = TrackerOpt,
+    iou_threshold: float = IouOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Hand and object masks for every frame (first-frame boxes, segmentation, tracking, IoU filter)."""
+    s = _session(quiet, as_json, "masks")
+    cfg = _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou_threshold)
+    if _is_output_folder(clip_or_out):
+        out = clip_or_out
+        stages = []
+    else:
+        out = out or _default_out(clip_or_out)
+        stages = [(STAGES["frames"], _frames_config(clip_or_out, None, 1, 640))]
+    s.summary["out"] = str(out)
+    stages.append((STAGES["masks"], cfg))
+    run_pipeline(out, stages, force_from="masks" if force else None, reporter=s.reporter, device=device,
+                 on_result=s.stage_done)
+    s.finish()
+
+
 def _not_built(name: str):
     def command(
         out: Path = typer.Argument(..., help="Output folder of an earlier stage."),
@@ -140,7 +205,7 @@ def _not_built(name: str):
     return command
 
 
-for _name in ("masks", "hand", "fit", "export"):
+for _name in ("hand", "fit", "export"):
     if STAGES[_name].run is None:
         app.command(name=_name)(_not_built(_name))
 

@@ -1,0 +1,1 @@
+"""2D hand/object segmentation and tracking: classical (GrabCut + DIS flow) and helpers."""

@@ -1,0 +1,211 @@
+"""Stage `masks`: hand and object masks for every frame, with the forward-backward IoU filter.
+
+Seed A.4: detect hand + held object in the first frame, segment them, track the masks
+through the clip; track forward and backward and keep the clip only if the IoU between
+the first-frame masks and the masks tracked back is above the threshold (40%) for both.
+
+Backends (``--detector``, ``--segmenter``, ``--tracker``):
+- first-frame boxes: user boxes (``--hand-box``/``--object-box``, ``--boxes boxes.json``,
+  or a ``boxes.json`` next to the clip) always win; else ``doh100`` (paper, needs weights).
+- segmenter: ``grabcut`` (default, offline) | ``pointrend`` (paper, needs weights).
+- tracker: ``flow`` (default: DIS optical flow + GrabCut refinement) | ``stcn`` (paper, needs weights).
+``--masks-dir`` bypasses all of it with user masks (validated for count, size, format).
+
+Artifacts in ``<out>/masks/``: ``hand/NNNNNN.png``, ``object/NNNNNN.png`` (0/255),
+``boxes.json`` (first-frame boxes in working-frame pixels), ``quality.json``
+(``track_iou`` {hand, object}: first-frame vs. tracked-back IoU; ``per_frame_iou``: forward vs.
+backward masks per frame; ``passed``; ``source``), ``overlay.mp4``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from hoirecon.errors import RunError, UserError
+from hoirecon.io.masks import overlay_masks, read_mask_folder, write_mask_folder
+from hoirecon.io.video import read_rgb, write_video
+from hoirecon.pipeline.hashing import file_digest, tree_digest
+from hoirecon.pipeline.runner import StageContext, StageDef
+from hoirecon.segment.classic import FlowTracker, TrackerConfig, grabcut_from_box, mask_iou
+from hoirecon.stages.frames import frame_paths, load_frames_meta
+
+VERSION = "1"
+DETECTORS = ("boxes", "doh100")
+SEGMENTERS = ("grabcut", "pointrend")
+TRACKERS = ("flow", "stcn")
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class MasksConfig:
+    """Boxes are (x0, y0, x1, y1) in pixels of the original video (before --size)."""
+
+    hand_box: Optional[Box] = None
+    object_box: Optional[Box] = None
+    boxes_file: Optional[str] = None
+    masks_dir: Optional[str] = None
+    detector: str = "boxes"
+    segmenter: str = "grabcut"
+    tracker: str = "flow"
+    iou_threshold: float = 0.4
+
+    def __post_init__(self):
+        for name, value, choices in (("detector", self.detector, DETECTORS),
+                                     ("segmenter", self.segmenter, SEGMENTERS),
+                                     ("tracker", self.tracker, TRACKERS)):
+            if value not in choices:
+                raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
+        for name, box in (("--hand-box", self.hand_box), ("--object-box", self.object_box)):
+            if box is not None and (len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]):
+                raise UserError(f"{name} must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {box}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise UserError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
+        for name, path in (("--boxes", self.boxes_file), ("--masks-dir", self.masks_dir)):
+            if path is not None and not Path(path).exists():
+                raise UserError(f"{name}: not found: {path}")
+
+
+def parse_box(text: str | None, option: str) -> Optional[Box]:
+    """'x0,y0,x1,y1' -> tuple of floats; UserError on bad syntax."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise UserError(f"{option} must be four numbers x0,y0,x1,y1, got '{text}'")
+    return values  # type: ignore[return-value]
+
+
+def read_boxes_file(path: Path) -> tuple[Optional[Box], Optional[Box]]:
+    """boxes.json: ``{"hand": [x0,y0,x1,y1], "object": [x0,y0,x1,y1]}`` in original-video pixels."""
+    try:
+        data = json.loads(Path(path).read_text())
+        hand = tuple(float(v) for v in data["hand"]) if data.get("hand") is not None else None
+        obj = tuple(float(v) for v in data["object"]) if data.get("object") is not None else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"cannot read boxes file {path}: expected JSON like "
+                        '{"hand": [x0,y0,x1,y1], "object": [x0,y0,x1,y1]}') from None
+    for b in (hand, obj):
+        if b is not None and len(b) != 4:
+            raise UserError(f"boxes file {path}: each box needs 4 numbers")
+    return hand, obj  # type: ignore[return-value]
+
+
+def sidecar_boxes(source: str) -> Optional[Path]:
+    """A ``boxes.json`` next to the clip (``<clip>.boxes.json`` or ``boxes.json`` in its folder)."""
+    src = Path(source)
+    for cand in (src.with_suffix(".boxes.json"), (src if src.is_dir() else src.parent) / "boxes.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _external(cfg: MasksConfig) -> dict[str, str]:
+    digests = {}
+    if cfg.boxes_file:
+        digests["boxes_file"] = file_digest(Path(cfg.boxes_file))
+    if cfg.masks_dir:
+        digests["masks_dir"] = tree_digest(Path(cfg.masks_dir))
+    return digests
+
+
+def _first_frame_boxes(cfg: MasksConfig, meta: dict, first: np.ndarray, device: str) -> tuple[Box, Box, str]:
+    hand, obj, origin = cfg.hand_box, cfg.object_box, "options"
+    if (hand is None or obj is None) and cfg.boxes_file:
+        fh, fo = read_boxes_file(Path(cfg.boxes_file))
+        hand, obj, origin = hand or fh, obj or fo, "boxes file"
+    if hand is None or obj is None:
+        side = sidecar_boxes(meta["source"])
+        if side is not None:
+            fh, fo = read_boxes_file(side)
+            hand, obj, origin = hand or fh, obj or fo, str(side)
+    scale = np.array(meta["size"] * 2, float) / np.array(meta["original_size"] * 2, float)
+    hand = tuple(np.asarray(hand) * scale) if hand is not None else None
+    obj = tuple(np.asarray(obj) * scale) if obj is not None else None
+    if hand is None or obj is None:
+        if cfg.detector == "doh100":
+            from hoirecon.backends.doh100 import DOH100Detector
+
+            det_hand, det_obj = DOH100Detector(device).first_frame_boxes(first)
+            hand, obj, origin = hand or det_hand, obj or det_obj, "doh100"
+        if hand is None or obj is None:
+            missing = " and ".join(n for n, b in (("hand", hand), ("object", obj)) if b is None)
+            raise UserError(f"no first-frame {missing} box: pass --hand-box/--object-box x0,y0,x1,y1 "
+                            f"(original video pixels), --boxes boxes.json, or --detector doh100")
+    return hand, obj, origin  # type: ignore[return-value]
+
+
+def _first_masks(cfg: MasksConfig, first: np.ndarray, hand_box: Box, obj_box: Box, device: str) -> np.ndarray:
+    if cfg.segmenter == "pointrend":
+        from hoirecon.backends.pointrend import PointRendBox2Mask
+
+        masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
+        hand, obj = masks[0].astype(bool), masks[1].astype(bool)
+    else:
+        hand = grabcut_from_box(first, hand_box)
+        obj = grabcut_from_box(first, obj_box, sure_bg=hand)
+    obj = obj & ~hand  # the hand is in front where a grasp overlaps the object
+    for name, m in (("hand", hand), ("object", obj)):
+        if m.sum() < 16:
+            raise RunError(f"segmentation of the first-frame {name} box gave an empty mask; check the box "
+                           f"or supply masks with --masks-dir")
+    return np.stack([hand, obj])
+
+
+def _track(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, device: str, task) -> np.ndarray:
+    if cfg.tracker == "stcn":
+        from hoirecon.backends.stcn import STCNTracker
+
+        out = np.asarray(STCNTracker(device).track(np.stack(frames), first)).astype(bool)
+        task.advance(len(frames) - 1)
+        return out
+    return FlowTracker(TrackerConfig()).track(frames, first, on_frame=task.advance)
+
+
+def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
+    frames_dir = ctx.input_dir("frames")
+    meta = load_frames_meta(frames_dir)
+    paths = frame_paths(frames_dir)
+    frames = [read_rgb(p) for p in paths]
+    T = len(frames)
+    if cfg.masks_dir:
+        hand, obj = read_mask_folder(Path(cfg.masks_dir), num_frames=T, size_wh=tuple(meta["size"]))
+        quality = {"source": "user", "passed": True, "track_iou": None, "per_frame_iou": None}
+        boxes = {}
+    else:
+        hand_box, obj_box, origin = _first_frame_boxes(cfg, meta, frames[0], ctx.device)
+        first = _first_masks(cfg, frames[0], hand_box, obj_box, ctx.device)
+        with ctx.reporter.task("tracking masks (forward + backward)", total=2 * (T - 1)) as task:
+            fwd = _track(cfg, frames, first, ctx.device, task)
+            bwd = _track(cfg, frames[::-1], fwd[-1], ctx.device, task)[::-1]
+        track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
+        per_frame = [{"hand": mask_iou(fwd[t, 0], bwd[t, 0]), "object": mask_iou(fwd[t, 1], bwd[t, 1])}
+                     for t in range(T)]
+        passed = all(v >= cfg.iou_threshold for v in track_iou.values())
+        quality = {"source": f"{cfg.segmenter}+{cfg.tracker}", "boxes_from": origin, "passed": passed,
+                   "threshold": cfg.iou_threshold, "track_iou": track_iou, "per_frame_iou": per_frame}
+        if not passed:
+            raise RunError(
+                f"masks failed the forward-backward check: IoU hand {track_iou['hand']:.2f}, object "
+                f"{track_iou['object']:.2f} (need >= {cfg.iou_threshold:.2f}); try other boxes, "
+                f"--tracker stcn, or give your own masks with --masks-dir")
+        hand, obj = fwd[:, 0], fwd[:, 1]
+        boxes = {"hand": [float(v) for v in hand_box], "object": [float(v) for v in obj_box]}
+    write_mask_folder(ctx.tmp_dir, hand, obj)
+    (ctx.tmp_dir / "boxes.json").write_text(json.dumps(boxes, indent=2))
+    (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))
+    write_video(ctx.tmp_dir / "overlay.mp4", (overlay_masks(f, h, o) for f, h, o in zip(frames, hand, obj)),
+                fps=meta["fps"])
+    return {"num_frames": T, "passed": quality["passed"], "track_iou": quality["track_iou"],
+            "overlay": str(ctx.out_root / "masks" / "overlay.mp4")}
+
+
+STAGE = StageDef(name="masks", version=VERSION, inputs=("frames",), run=run_masks, external_inputs=_external)

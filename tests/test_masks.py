@@ -1,0 +1,138 @@
+"""The masks stage: boxes -> GrabCut -> flow tracking, forward-backward IoU filter, mask I/O checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from hoirecon.errors import RunError, UserError
+from hoirecon.io.masks import read_mask_folder, write_mask, write_mask_folder
+from hoirecon.io.video import write_video
+from hoirecon.pipeline.runner import read_manifest, run_pipeline
+from hoirecon.segment.classic import FlowTracker, grabcut_from_box, mask_iou
+from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
+from hoirecon.stages.masks import STAGE as MASKS, MasksConfig, parse_box
+
+H, W = 96, 128
+
+
+def _scene(t: int, teleport: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A textured background, a skin-coloured 'hand' disc and a blue 'object' box moving together.
+
+    teleport: after frame 0 the pair jumps far every frame, beyond what any flow follows.
+    """
+    rng = np.random.default_rng(0)
+    bg = (rng.random((H // 8, W // 8, 3)) * 60 + 90).astype(np.uint8)
+    img = np.kron(bg, np.ones((8, 8, 1), np.uint8))
+    yy, xx = np.mgrid[:H, :W]
+    cx, cy = 40 + 2 * t, 48
+    if teleport and t > 0:
+        cx, cy = (90, 30) if t % 2 else (30, 70)
+    obj = (abs(xx - cx) < 14) & (abs(yy - cy) < 20)
+    hand = ((xx - (cx + 22)) ** 2 + (yy - (cy - 4)) ** 2) < 11 ** 2
+    img[obj] = (30, 60, 200)
+    img[hand] = (225, 170, 140)
+    obj &= ~hand
+    return img, hand, obj
+
+
+def _clip(tmp_path, teleport=False, n=10):
+    frames, hands, objs = zip(*[_scene(t, teleport) for t in range(n)])
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames, fps=10)
+    return path, np.stack(hands), np.stack(objs)
+
+
+def test_mask_iou():
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert mask_iou(a, b) == 1.0
+    a[:2] = True
+    b[1:3] = True
+    assert mask_iou(a, b) == pytest.approx(4 / 12)
+
+
+def test_grabcut_and_tracker_follow_the_object():
+    frames, hands, objs = zip(*[_scene(t) for t in range(8)])
+    first_obj = grabcut_from_box(frames[0], (24, 26, 56, 70), sure_bg=hands[0])
+    assert mask_iou(first_obj, objs[0]) > 0.8
+    tracked = FlowTracker().track(list(frames), np.stack([hands[0], objs[0]]))
+    assert tracked.shape == (8, 2, H, W)
+    assert mask_iou(tracked[-1, 1], objs[-1]) > 0.75 and mask_iou(tracked[-1, 0], hands[-1]) > 0.7
+
+
+def test_stage_passes_on_a_good_clip(tmp_path):
+    clip, hands, objs = _clip(tmp_path)
+    out = tmp_path / "o"
+    cfg = MasksConfig(hand_box=(50, 30, 76, 58), object_box=(24, 26, 56, 70))
+    run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, cfg)])
+    q = json.loads((out / "masks" / "quality.json").read_text())
+    assert q["passed"] and q["track_iou"]["object"] > 0.4 and len(q["per_frame_iou"]) == 10
+    hand, obj = read_mask_folder(out / "masks", num_frames=10, size_wh=(W, H))
+    assert mask_iou(obj[5], objs[5]) > 0.7
+    assert (out / "masks" / "overlay.mp4").stat().st_size > 0
+
+
+def test_stage_fails_when_tracks_do_not_come_back(tmp_path):
+    clip, _, _ = _clip(tmp_path, teleport=True)
+    out = tmp_path / "o"
+    cfg = MasksConfig(hand_box=(50, 30, 76, 58), object_box=(24, 26, 56, 70))
+    with pytest.raises(RunError, match="forward-backward"):
+        run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, cfg)])
+    assert read_manifest(out / "masks") is None
+
+
+def test_cli_iou_failure_is_one_line_exit_1(tmp_path):
+    clip, _, _ = _clip(tmp_path, teleport=True)
+    code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o"), "--hand-box", "50,30,76,58",
+                           "--object-box", "24,26,56,70", "--quiet")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "--masks-dir" in err
+
+
+def test_user_masks_dir_is_validated(tmp_path):
+    clip, hands, objs = _clip(tmp_path)
+    good = tmp_path / "good"
+    write_mask_folder(good, hands, objs)
+    out = tmp_path / "o"
+    run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, MasksConfig(masks_dir=str(good)))])
+    assert json.loads((out / "masks" / "quality.json").read_text())["source"] == "user"
+    bad = tmp_path / "bad"
+    write_mask_folder(bad, hands[:5], objs[:5])
+    with pytest.raises(UserError, match="5 masks but the clip has 10"):
+        run_pipeline(out, [(MASKS, MasksConfig(masks_dir=str(bad)))])
+    small = tmp_path / "small"
+    write_mask_folder(small, hands[:, ::2, ::2], objs[:, ::2, ::2])
+    with pytest.raises(UserError, match="64x48"):
+        run_pipeline(out, [(MASKS, MasksConfig(masks_dir=str(small)))])
+    (tmp_path / "nohand").mkdir()
+    with pytest.raises(UserError, match="no 'hand/' subfolder"):
+        read_mask_folder(tmp_path / "nohand")
+    corrupt = tmp_path / "corrupt"
+    write_mask_folder(corrupt, hands, objs)
+    (corrupt / "object" / "000003.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot read mask"):
+        read_mask_folder(corrupt)
+
+
+def test_box_options_are_validated(tmp_path):
+    with pytest.raises(UserError):
+        parse_box("1,2,3", "--hand-box")
+    with pytest.raises(UserError):
+        MasksConfig(hand_box=(10, 10, 5, 20))
+    with pytest.raises(UserError, match="unknown tracker"):
+        MasksConfig(tracker="magic")
+    clip, _, _ = _clip(tmp_path)
+    code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2 and "no first-frame" in err
+
+
+def test_missing_weights_backend_is_one_line_exit_2(tmp_path, monkeypatch):
+    pytest.importorskip("hoirecon.backends.stcn", reason="STCN backend not in this checkout")
+    clip, _, _ = _clip(tmp_path)
+    monkeypatch.setenv("HOIRECON_WEIGHTS", str(tmp_path / "no_weights"))
+    code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o"), "--hand-box", "50,30,76,58",
+                           "--object-box", "24,26,56,70", "--tracker", "stcn", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "stcn" in err.lower()
