@@ -130,7 +130,6 @@ def test_box_options_are_validated(tmp_path):
 
 
 def test_missing_weights_backend_is_one_line_exit_2(tmp_path, monkeypatch):
-    pytest.importorskip("hoirecon.backends.stcn", reason="STCN backend not in this checkout")
     clip, _, _ = _clip(tmp_path)
     monkeypatch.setenv("HOIRECON_WEIGHTS", str(tmp_path / "no_weights"))
     code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o"), "--hand-box", "50,30,76,58",
