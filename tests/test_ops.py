@@ -3,6 +3,7 @@ torchvision kernel definitions, and NMS on hand-made cases."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,10 +114,11 @@ def test_roi_align_empty_and_bad_shapes():
 
 
 def _nms_ref(boxes, scores, thr, plus_one=False):
-    """torchvision's CPU NMS loop."""
-    b = boxes.double() + (torch.tensor([0, 0, 1.0, 1.0], dtype=torch.float64) if plus_one else 0)
-    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    """torchvision's CPU NMS loop (float64 here)."""
+    b = (boxes.double() + (torch.tensor([0, 0, 1.0, 1.0], dtype=torch.float64) if plus_one else 0)).tolist()
+    s = scores.tolist()
+    order = sorted(range(len(s)), key=lambda i: -s[i])
+    area = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in b]
     sup = [False] * len(order)
     keep = []
     for a, i in enumerate(order):
@@ -126,10 +128,10 @@ def _nms_ref(boxes, scores, thr, plus_one=False):
         for j in order[a + 1:]:
             if sup[j]:
                 continue
-            w = max(0.0, float(min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])))
-            h = max(0.0, float(min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])))
+            w = max(0.0, min(b[i][2], b[j][2]) - max(b[i][0], b[j][0]))
+            h = max(0.0, min(b[i][3], b[j][3]) - max(b[i][1], b[j][1]))
             inter = w * h
-            union = float(area[i] + area[j]) - inter
+            union = area[i] + area[j] - inter
             if union > 0 and inter / union > thr:
                 sup[j] = True
     return keep
@@ -199,3 +201,25 @@ def test_batched_nms_by_class():
         expect += sel[nms(b[sel], s[sel], 0.4)].tolist()
     expect.sort(key=lambda i: -float(s[i]))
     assert batched_nms(b, s, c, 0.4).tolist() == expect
+
+
+def test_nms_many_boxes_spanning_blocks():
+    # > 512 boxes exercises the block-wise scan; reference: full IoU matrix + greedy loop.
+    g = torch.Generator().manual_seed(5)
+    n = 1500
+    xy = torch.rand(n, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 40], 1)
+    scores = torch.rand(n, generator=g)
+    order = torch.argsort(scores, descending=True).tolist()
+    iou = box_iou_matrix(boxes, boxes, legacy_plus_one=True).numpy()
+    removed = np.zeros(n, dtype=bool)
+    expect = []
+    for i in order:
+        if removed[i]:
+            continue
+        expect.append(i)
+        removed |= iou[i] > 0.5
+    got = nms(boxes, scores, 0.5, legacy_plus_one=True)
+    assert got.tolist() == expect
+    assert len(expect) > 600  # the scan really crosses block boundaries with kept boxes
+    assert nms(boxes, scores, 0.5, legacy_plus_one=True, max_keep=550).tolist() == expect[:550]

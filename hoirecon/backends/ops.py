@@ -119,11 +119,14 @@ def roi_align(input: torch.Tensor, rois: torch.Tensor, output_size: int | tuple[
     chunk = max(1, _ROI_CHUNK_ELEMENTS // max(1, C * ph * W))
     for n in torch.unique(batch_idx).tolist():
         sel = (batch_idx == n).nonzero().squeeze(1)
-        feat = input[n].unsqueeze(0)  # (1, C, H, W)
+        feat = input[n].permute(1, 0, 2).reshape(H, C * W)  # rows of the map, all channels
         for s in range(0, sel.numel(), chunk):
             idx = sel[s:s + chunk]
-            rows = torch.matmul(A_y[idx].unsqueeze(1), feat)  # (k, C, ph, W)
-            out[idx] = torch.matmul(rows, A_x[idx].transpose(1, 2).unsqueeze(1))  # (k, C, ph, pw)
+            k = idx.numel()
+            # One GEMM over all ROIs of the chunk for y, then a batched one per ROI for x.
+            rows = (A_y[idx].reshape(k * ph, H) @ feat).view(k, ph * C, W)  # (k, ph*C, W)
+            pooled = torch.bmm(rows, A_x[idx].transpose(1, 2))  # (k, ph*C, pw)
+            out[idx] = pooled.view(k, ph, C, pw).permute(0, 2, 1, 3)
     return out
 
 
