@@ -129,9 +129,14 @@ def test_box_options_are_validated(tmp_path):
     assert code == 2 and "no first-frame" in err
 
 
-def test_missing_weights_backend_is_one_line_exit_2(tmp_path, monkeypatch):
+@pytest.mark.parametrize("option,file", [
+    (["--tracker", "stcn"], "stcn/stcn.pth"),
+    (["--segmenter", "pointrend"], "pointrend/model_final_ba17b9.pkl"),
+    (["--detector", "doh100"], "doh100/faster_rcnn_1_8_132028.pth"),
+])
+def test_missing_weights_backend_is_one_line_exit_2(tmp_path, monkeypatch, option, file):
     clip, _, _ = _clip(tmp_path)
     monkeypatch.setenv("HOIRECON_WEIGHTS", str(tmp_path / "no_weights"))
-    code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o"), "--hand-box", "50,30,76,58",
-                           "--object-box", "24,26,56,70", "--tracker", "stcn", "--quiet")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "stcn" in err.lower()
+    boxes = [] if option[0] == "--detector" else ["--hand-box", "50,30,76,58", "--object-box", "24,26,56,70"]
+    code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o"), *boxes, *option, "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and file in err and "Traceback" not in err
