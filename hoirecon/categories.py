@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from hoirecon.errors import UserError
 
-PAPER_CATEGORIES = ("mug", "bottle", "kettle", "bowl", "knife", "toycar")
+PAPER_CATEGORIES = ("mug", "bottle", "kettle", "bowl", "knife", "toy_car")
 CATEGORIES = PAPER_CATEGORIES + ("unknown",)
-_ALIASES = {"toy car": "toycar", "toy_car": "toycar", "toy-car": "toycar", "cup": "mug", "none": "unknown"}
+_ALIASES = {"toy car": "toy_car", "toycar": "toy_car", "toy-car": "toy_car", "cup": "mug", "none": "unknown"}
 
 
 def normalize_category(name: str) -> str:
