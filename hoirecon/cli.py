@@ -26,6 +26,7 @@ from hoirecon.pipeline.report import Reporter
 from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, run_pipeline, status_table
 from hoirecon.pipeline.runner import read_manifest
 from hoirecon.stages.frames import FramesConfig
+from hoirecon.stages.hand import HandConfig
 from hoirecon.stages.masks import MasksConfig, parse_box
 from hoirecon.stages.registry import STAGES
 
@@ -55,6 +56,9 @@ DetectorOpt = typer.Option("boxes", "--detector", help="First-frame boxes when n
 SegmenterOpt = typer.Option("grabcut", "--segmenter", help="First-frame masks from boxes: grabcut | pointrend.")
 TrackerOpt = typer.Option("flow", "--tracker", help="Mask tracking: flow | stcn.")
 IouOpt = typer.Option(0.4, "--iou-threshold", help="Minimum forward-backward IoU for hand and object.")
+HandBackendOpt = typer.Option("mediapipe", "--hand-backend", help="Hand estimator: mediapipe | frankmocap.")
+SideOpt = typer.Option("right", "--side", help="The hand holding the object: right | left.")
+HandModelOpt = typer.Option("anny", "--hand-model", help="Hand model: anny (open) | mano (needs weights).")
 
 
 class _Session:
@@ -121,6 +125,9 @@ def run(
     segmenter: str = SegmenterOpt,
     tracker: str = TrackerOpt,
     iou_threshold: float = IouOpt,
+    hand_backend: str = HandBackendOpt,
+    side: str = SideOpt,
+    hand_model: str = HandModelOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -132,8 +139,9 @@ def run(
     s.summary.update(out=str(out), category=category)
     stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size)),
               (STAGES["masks"], _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker,
-                                              iou_threshold))]
-    stages += [(STAGES[name], {"category": category}) for name in STAGE_ORDER[2:]]
+                                              iou_threshold)),
+              (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model))]
+    stages += [(STAGES[name], {"category": category}) for name in STAGE_ORDER[3:]]
     run_pipeline(out, stages, force_from=force, reporter=s.reporter, device=device, on_result=s.stage_done)
     s.finish()
 
@@ -192,6 +200,38 @@ def masks(
     s.finish()
 
 
+@app.command()
+def hand(
+    out: Path = typer.Argument(..., help="Output folder with frames and masks."),
+    backend: str = typer.Option("mediapipe", "--backend", help="Hand estimator: mediapipe | frankmocap."),
+    side: str = SideOpt,
+    hand_model: str = HandModelOpt,
+    focal: float = typer.Option(1.0, "--focal", help="Focal length in normalised units (half the longer side = 1)."),
+    smooth: float = typer.Option(1.0, "--smooth", help="Joint-velocity smoothing weight (0 = off)."),
+    presence_threshold: float = typer.Option(0.5, "--presence-threshold", help="Landmark presence needed per frame."),
+    ik_iterations: int = typer.Option(200, "--ik-iterations", help="IK optimisation steps per frame."),
+    weak_ik: bool = typer.Option(False, "--weak-ik", help="Fit a pure weak-perspective camera (the paper's)."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per-frame hand initialisation: articulation, shape, camera pose T_cam_to_hand (seed A.5, eq. 4)."""
+    s = _session(quiet, as_json, "hand")
+    cfg = HandConfig(backend=backend, side=side, hand_model=hand_model, focal=focal, smooth_weight=smooth,
+                     presence_threshold=presence_threshold, ik_iterations=ik_iterations, perspective_ik=not weak_ik)
+    s.summary["out"] = str(out)
+    _require_output_folder(out)
+    run_pipeline(out, [(STAGES["hand"], cfg)], force_from="hand" if force else None, reporter=s.reporter,
+                 device=device, on_result=s.stage_done)
+    s.finish()
+
+
+def _require_output_folder(out: Path) -> None:
+    if not out.is_dir():
+        raise UserError(f"output folder not found: {out}")
+
+
 def _not_built(name: str):
     def command(
         out: Path = typer.Argument(..., help="Output folder of an earlier stage."),
@@ -205,7 +245,7 @@ def _not_built(name: str):
     return command
 
 
-for _name in ("hand", "fit", "export"):
+for _name in ("fit", "export"):
     if STAGES[_name].run is None:
         app.command(name=_name)(_not_built(_name))
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from hoirecon.pipeline.runner import StageDef
-from hoirecon.stages import frames, masks
+from hoirecon.stages import frames, hand, masks
 
 NOT_BUILT = {
-    "hand": StageDef("hand", "0", ("frames", "masks"), None),
     "fit": StageDef("fit", "0", ("frames", "masks", "hand"), None),
     "export": StageDef("export", "0", ("fit",), None),
 }
@@ -14,5 +13,6 @@ NOT_BUILT = {
 STAGES: dict[str, StageDef] = {
     "frames": frames.STAGE,
     "masks": masks.STAGE,
+    "hand": hand.STAGE,
     **NOT_BUILT,
 }
