@@ -101,9 +101,14 @@ class FlowTracker:
         warped = cv2.remap(mask.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderValue=0)
         return warped > 0.5
 
-    def refine(self, image: np.ndarray, warped: np.ndarray, forbid: np.ndarray | None = None) -> np.ndarray:
-        """GrabCut seeded by a warped mask: eroded core sure-FG, band probable, outside sure-BG."""
-        if warped.sum() < self.cfg.min_area_px:
+    def refine(self, image: np.ndarray, warped: np.ndarray, forbid: np.ndarray | None = None,
+               anchor: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """GrabCut seeded by a warped mask: eroded core sure-FG, band probable, outside sure-BG.
+
+        anchor: optional (sure (H,W) bool, probable (H,W) bool) extra seeds, e.g. from hand
+        landmarks, that let the mask grow where the warp alone would not reach.
+        """
+        if warped.sum() < self.cfg.min_area_px and anchor is None:
             return warped
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.cfg.band_px + 1,) * 2)
         m8 = warped.astype(np.uint8)
@@ -113,6 +118,11 @@ class FlowTracker:
         seed[outer] = cv2.GC_PR_BGD
         seed[warped] = cv2.GC_PR_FGD
         seed[core] = cv2.GC_FGD
+        if anchor is not None:
+            sure, probable = anchor
+            seed[probable & (seed == cv2.GC_BGD)] = cv2.GC_PR_FGD
+            seed[sure] = cv2.GC_FGD
+            outer = outer | probable
         if forbid is not None:
             seed[forbid & ~core] = cv2.GC_BGD
         # GrabCut on the bounding crop only: ~10x faster than the whole frame
@@ -125,12 +135,15 @@ class FlowTracker:
         return out
 
     def track(self, frames: Sequence[np.ndarray], first_masks: np.ndarray,
-              on_frame: Callable[[], None] | None = None) -> np.ndarray:
+              on_frame: Callable[[], None] | None = None,
+              anchors: Sequence[Callable | None] | None = None) -> np.ndarray:
         """Propagate K masks from frame 0 through the clip.
 
         Args:
             frames: T images (H, W, 3) uint8.
             first_masks: (K, H, W) bool, mutually exclusive, order = priority where they overlap.
+            anchors: per mask, None or a callable ``(image, warped_mask) -> (sure, probable) | None``
+                giving extra seeds each frame (see ``hoirecon.segment.anchor``).
         Returns:
             (T, K, H, W) bool.
         """
@@ -141,9 +154,21 @@ class FlowTracker:
         for t in range(1, T):
             flow = self.flow(frames[t - 1], frames[t])
             taken = np.zeros(first_masks.shape[1:], bool)
+            warped_all = [self.warp(out[t - 1, k], flow) for k in range(K)]
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.cfg.band_px + 1,) * 2)
+            cores = [cv2.erode(w.astype(np.uint8), kernel).astype(bool) for w in warped_all]
             for k in range(K):
-                warped = self.warp(out[t - 1, k], flow)
-                m = self.refine(frames[t], warped, forbid=taken) & ~taken
+                warped = warped_all[k]
+                # the confident interior of the other masks is not up for grabs (a grown hand
+                # must not swallow the object it holds)
+                others = np.zeros_like(taken)
+                for j in range(K):
+                    if j != k:
+                        others |= cores[j]
+                anchor = anchors[k](frames[t], warped) if anchors is not None and anchors[k] is not None else None
+                if anchor is not None:
+                    anchor = (anchor[0] & ~others, anchor[1] & ~others)
+                m = self.refine(frames[t], warped, forbid=taken | others, anchor=anchor) & ~taken
                 out[t, k] = m
                 taken |= m
             if on_frame:

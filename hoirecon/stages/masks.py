@@ -34,7 +34,7 @@ from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, grabcut_from_box, mask_iou
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "1"
+VERSION = "2"
 DETECTORS = ("boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("flow", "stcn")
@@ -54,6 +54,8 @@ class MasksConfig:
     segmenter: str = "grabcut"
     tracker: str = "flow"
     iou_threshold: float = 0.4
+    hand_landmarks: bool = True  # re-anchor the hand mask on MediaPipe landmarks (flow tracker)
+    side: str = "right"
 
     def __post_init__(self):
         for name, value, choices in (("detector", self.detector, DETECTORS),
@@ -167,7 +169,12 @@ def _track(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, device
         out = np.asarray(STCNTracker(device).track(np.stack(frames), first)).astype(bool)
         task.advance(len(frames) - 1)
         return out
-    return FlowTracker(TrackerConfig()).track(frames, first, on_frame=task.advance)
+    anchors = None
+    if cfg.hand_landmarks:
+        from hoirecon.segment.anchor import HandLandmarkAnchor
+
+        anchors = [HandLandmarkAnchor(side=cfg.side), None]
+    return FlowTracker(TrackerConfig()).track(frames, first, on_frame=task.advance, anchors=anchors)
 
 
 def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
