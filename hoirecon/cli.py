@@ -26,6 +26,8 @@ from hoirecon.pipeline.report import Reporter
 from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, run_pipeline, status_table
 from hoirecon.pipeline.runner import read_manifest
 from hoirecon.stages.frames import FramesConfig
+from hoirecon.stages.export import ExportConfig, parse_frames
+from hoirecon.stages.fit import FitConfig
 from hoirecon.stages.hand import HandConfig
 from hoirecon.stages.masks import MasksConfig, parse_box
 from hoirecon.stages.registry import STAGES
@@ -59,6 +61,13 @@ IouOpt = typer.Option(0.4, "--iou-threshold", help="Minimum forward-backward IoU
 HandBackendOpt = typer.Option("mediapipe", "--hand-backend", help="Hand estimator: mediapipe | frankmocap.")
 SideOpt = typer.Option("right", "--side", help="The hand holding the object: right | left.")
 HandModelOpt = typer.Option("anny", "--hand-model", help="Hand model: anny (open) | mano (needs weights).")
+PresetOpt = typer.Option("fast", "--preset", help="fast (minutes on a CPU) | paper (the seed's 50k steps).")
+PriorOpt = typer.Option("none", "--prior", help="Diffusion prior for score distillation: none.")
+StepsOpt = typer.Option(None, "--steps", help="Override the preset's number of optimisation steps.")
+SeedOpt = typer.Option(0, "--seed", help="Seed of initialisation and sampling.")
+FormatOpt = typer.Option("glb", "--format", help="Mesh format: glb | obj | ply.")
+ExportFramesOpt = typer.Option("all", "--frames", help="Frames to export: all, or N evenly spaced.")
+ResolutionOpt = typer.Option(None, "--resolution", help="Marching-cubes resolution (default: the fit's mesh).")
 
 
 class _Session:
@@ -85,8 +94,27 @@ _CURRENT: Optional[_Session] = None
 
 def _session(quiet: bool, as_json: bool, command: str) -> _Session:
     global _CURRENT
+    _set_threads()
     _CURRENT = _Session(quiet, as_json, command)
     return _CURRENT
+
+
+def _set_threads() -> None:
+    """CPU threads for torch: $HOIRECON_THREADS, default 1.
+
+    Measured on 2-core machines: with any other process busy, 2 threads made the fit and the
+    renderers 3-10x slower than 1 (spin-waiting threads); raise it on idle many-core machines.
+    """
+    value = os.environ.get("HOIRECON_THREADS", "1")
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"HOIRECON_THREADS must be a positive integer, got '{value}'") from None
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _default_out(clip: Path) -> Path:
@@ -128,6 +156,11 @@ def run(
     hand_backend: str = HandBackendOpt,
     side: str = SideOpt,
     hand_model: str = HandModelOpt,
+    preset: str = PresetOpt,
+    prior: str = PriorOpt,
+    steps: Optional[int] = StepsOpt,
+    seed: int = SeedOpt,
+    export_format: str = FormatOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -140,10 +173,21 @@ def run(
     stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size)),
               (STAGES["masks"], _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker,
                                               iou_threshold)),
-              (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model))]
-    stages += [(STAGES[name], {"category": category}) for name in STAGE_ORDER[3:]]
+              (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model)),
+              (STAGES["fit"], FitConfig(preset=preset, prior=prior, steps=steps, seed=seed, hand_model=hand_model)),
+              (STAGES["export"], ExportConfig(format=export_format))]
     run_pipeline(out, stages, force_from=force, reporter=s.reporter, device=device, on_result=s.stage_done)
+    _print_outputs(s, out)
     s.finish()
+
+
+def _print_outputs(s: "_Session", out: Path) -> None:
+    """List what a person opens: the export stage's outputs."""
+    outputs = s.summary.get("stages", {}).get("export", {}).get("outputs", {})
+    if outputs:
+        s.reporter.info("[bold]results[/bold]")
+        for name, path in outputs.items():
+            s.reporter.info(f"  {name:<14} {path}")
 
 
 @app.command()
@@ -232,22 +276,57 @@ def _require_output_folder(out: Path) -> None:
         raise UserError(f"output folder not found: {out}")
 
 
-def _not_built(name: str):
-    def command(
-        out: Path = typer.Argument(..., help="Output folder of an earlier stage."),
-        quiet: bool = QuietOpt,
-        as_json: bool = JsonOpt,
-    ) -> None:
-        _session(quiet, as_json, name)
-        raise UserError(f"stage '{name}' is not implemented yet")
+@app.command()
+def fit(
+    out: Path = typer.Argument(..., help="Output folder with frames, masks and hand (or a synth folder)."),
+    preset: str = PresetOpt,
+    prior: str = PriorOpt,
+    steps: Optional[int] = StepsOpt,
+    rays: Optional[int] = typer.Option(None, "--rays", help="Override the preset's rays per step."),
+    seed: int = SeedOpt,
+    hand_model: str = HandModelOpt,
+    blend: str = typer.Option("occlusion", "--blend", help="Mask blending: occlusion (default) | paper (eq. 1-2)."),
+    mesh_resolution: int = typer.Option(128, "--mesh-resolution", help="Marching-cubes grid of object.ply."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Optimise the hand-object scene (object SDF, object and camera poses, hand) against the masks."""
+    s = _session(quiet, as_json, "fit")
+    cfg = FitConfig(preset=preset, prior=prior, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
+                    blend=blend, mesh_resolution=mesh_resolution)
+    s.summary["out"] = str(out)
+    _require_output_folder(out)
+    run_pipeline(out, [(STAGES["fit"], cfg)], force_from="fit" if force else None, reporter=s.reporter,
+                 device=device, on_result=s.stage_done)
+    s.finish()
 
-    command.__doc__ = f"Stage '{name}' (not implemented yet)."
-    return command
 
-
-for _name in ("fit", "export"):
-    if STAGES[_name].run is None:
-        app.command(name=_name)(_not_built(_name))
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="Output folder with fit results."),
+    export_format: str = FormatOpt,
+    frames_opt: str = ExportFramesOpt,
+    resolution: Optional[int] = ResolutionOpt,
+    world: str = typer.Option("object", "--world", help="World frame of the exported scene: object | camera."),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Write turntable/side-by-side videos "
+                                                                         "and the summary PNG."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export meshes (glb/obj/ply), the animated interaction, poses, and videos to look at."""
+    s = _session(quiet, as_json, "export")
+    cfg = ExportConfig(format=export_format, frames=parse_frames(frames_opt), resolution=resolution, world=world,
+                       pictures=pictures)
+    s.summary["out"] = str(out)
+    _require_output_folder(out)
+    run_pipeline(out, [(STAGES["export"], cfg)], force_from="export" if force else None, reporter=s.reporter,
+                 device=device, on_result=s.stage_done)
+    _print_outputs(s, out)
+    s.finish()
 
 
 @app.command()

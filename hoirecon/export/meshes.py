@@ -1,0 +1,143 @@
+"""Meshes of the export stage: the object mesh, per-frame hand meshes, rigid transforms, files.
+
+Frames (``T_a_to_b`` maps points of frame a into frame b, metres, OpenCV camera axes):
+
+- object frame: where the fitted SDF lives; the object mesh is always written in it.
+- hand frame: the hand model's output with ``wrist_rot = 0`` and no translation (the wrist
+  rotation is folded into ``T_cam_to_hand``, as in the fit stage).
+- world frame of the exported clip: the object frame (default) or the first frame's
+  camera frame; both are static frames in which the object does not move:
+  ``T_obj_to_world`` is the identity or ``inv(T_cam_to_obj^0)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+from hoirecon.errors import RunError, UserError
+
+MESH_FORMATS = ("glb", "obj", "ply")
+
+
+def rigid_inverse(T: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid poses.
+
+    Args:
+        T: (..., 4, 4) rotation + translation.
+    Returns:
+        (..., 4, 4) with ``R^T`` and ``-R^T t``.
+    """
+    R = T[..., :3, :3].transpose(-1, -2)
+    t = -(R @ T[..., :3, 3:4])
+    out = torch.zeros_like(T)
+    out[..., :3, :3] = R
+    out[..., :3, 3:4] = t
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def transform_points(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Apply rigid poses to point sets.
+
+    Args:
+        T: (B, 4, 4) or (4, 4) (shared by the batch).
+        x: (B, N, 3) or (N, 3).
+    Returns:
+        (B, N, 3) or (N, 3): ``R @ x + t`` per batch element.
+    """
+    return x @ T[..., :3, :3].transpose(-1, -2) + T[..., None, :3, 3]
+
+
+def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The connected component with the most faces (floaters of unobserved space dropped)."""
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    return max(parts, key=lambda m: len(m.faces))
+
+
+def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | torch.device = "cpu"
+                         ) -> tuple[trimesh.Trimesh, str]:
+    """The object surface of a finished fit (object frame, metres), largest component only.
+
+    Args:
+        fit_dir: ``<out>/fit``.
+        resolution: marching-cubes nodes per side to re-extract the surface from the fitted SDF
+            (``scene.pt``); None reuses the fit's ``object.ply``.
+        device: where the SDF is evaluated.
+    Returns:
+        (mesh with outward faces, source description).
+    """
+    fit_dir = Path(fit_dir)
+    if resolution is not None:
+        if not (fit_dir / "scene.pt").is_file():
+            raise UserError(f"--resolution needs the fitted SDF {fit_dir / 'scene.pt'}, which is missing; "
+                            f"rerun `hoirecon fit` or export without --resolution (uses object.ply)")
+        from hoirecon.fit.mesh import extract_mesh
+        from hoirecon.fit.scene import load_object_sdf
+
+        sdf_fn = load_object_sdf(fit_dir, device)
+        mesh = extract_mesh(sdf_fn, float(sdf_fn.radius), int(resolution), device)
+        source = f"scene.pt marching cubes at {int(resolution)}^3"
+    else:
+        path = fit_dir / "object.ply"
+        if not path.is_file():
+            raise UserError(f"no object mesh at {path}; run `hoirecon fit` first")
+        try:
+            mesh = trimesh.load(path, file_type="ply", process=False, force="mesh")
+        except (ValueError, OSError, KeyError) as err:
+            raise UserError(f"cannot read object mesh {path}: {err}") from None
+        source = "fit/object.ply"
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise RunError(f"the fitted object mesh ({source}) is empty; the fit failed")
+    mesh = largest_component(mesh)
+    if mesh.is_watertight and mesh.volume < 0:
+        mesh.invert()
+    return mesh, source
+
+
+@torch.no_grad()
+def hand_meshes_hand_frame(hand_model, articulation: torch.Tensor, shape: torch.Tensor, side: str,
+                           chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame hand meshes in the hand frame (``wrist_rot = 0``, no translation).
+
+    Args:
+        hand_model: a ``hoirecon.hand.HandModel``.
+        articulation: (T, 45). shape: (10,). side: 'right' | 'left'.
+        chunk: frames per forward call (bounds memory on long clips).
+    Returns:
+        verts (T, V, 3) and faces (F, 3) int64 (outward winding for ``side``).
+    """
+    verts, faces = [], None
+    for s in range(0, articulation.shape[0], chunk):
+        art = articulation[s:s + chunk]
+        out = hand_model(art, torch.zeros(art.shape[0], 3, dtype=art.dtype, device=art.device),
+                         shape.reshape(1, -1), None, side=side)
+        verts.append(out.verts)
+        faces = out.faces
+    return torch.cat(verts), faces
+
+
+def write_mesh(path: Path, verts: np.ndarray, faces: np.ndarray) -> Path:
+    """Write a triangle mesh; the format follows the suffix (.obj, .ply, .glb).
+
+    Args:
+        verts: (V, 3) metres. faces: (F, 3) int.
+    """
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in MESH_FORMATS:
+        raise UserError(f"unknown mesh format '{fmt}': choose one of {', '.join(MESH_FORMATS)}")
+    mesh = trimesh.Trimesh(np.asarray(verts, np.float64), np.asarray(faces, np.int64), process=False)
+    if fmt == "obj":
+        # Vertex normals make smooth shading in viewers; no material file for a bare mesh.
+        data = trimesh.exchange.obj.export_obj(mesh, include_normals=True, include_texture=False,
+                                               write_texture=False, header=None)
+        path.write_text(data)
+    else:
+        mesh.export(path, file_type=fmt)
+    return path

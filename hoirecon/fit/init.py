@@ -1,0 +1,160 @@
+"""Initialisation of the object: centre and bounding radius in the hand frame, visual hull.
+
+- Centre: each frame's object-mask centroid defines a ray; the rays are taken to the hand
+  frame with the initial ``T_cam_to_hand`` and the point closest to all of them is solved
+  in closed form, with a ridge term pulling it to a prior point (the hand's centre).
+  When the clip barely changes viewpoint the rays are nearly parallel and depth is
+  unobservable; the ridge then picks the point on the rays nearest the hand, which is
+  where a held object is.
+- Radius: in every frame, the largest distance (pixels) from the projected centre to an
+  object pixel, converted to metres at the centre's depth; the max over frames times a
+  margin (the hand hides part of the object, and extents along the line of sight are
+  unseen in any single frame).
+- Visual hull (space carving with votes): grid nodes of the object-frame cube are
+  projected into every frame; a node is carved by a frame when it lands inside the image
+  on a pixel that is background in a dilated (object | hand) mask. Hand pixels and pixels
+  outside the image are *unknown* and never carve (the hand occludes the object). A node
+  survives when at most ``max_carve_votes`` frames carve it, which tolerates noisy
+  cameras. The hull becomes a signed distance with Euclidean distance transforms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from hoirecon.errors import RunError
+
+
+def _rigid_inverse(T: torch.Tensor) -> torch.Tensor:
+    """(..., 4, 4) rigid transforms -> their inverses."""
+    R = T[..., :3, :3]
+    t = T[..., :3, 3:]
+    out = torch.zeros_like(T)
+    out[..., :3, :3] = R.transpose(-1, -2)
+    out[..., :3, 3:] = -R.transpose(-1, -2) @ t
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def estimate_object_center(
+    obj_masks: np.ndarray, K: np.ndarray, T_cam_to_hand: np.ndarray, prior_point_hand: np.ndarray,
+    ridge: float = 0.05,
+) -> np.ndarray:
+    """Least-squares intersection of the object-centroid rays, regularised to a prior point.
+
+    Args:
+        obj_masks: (T, H, W) bool object masks.
+        K: (3, 3) intrinsics. T_cam_to_hand: (T, 4, 4).
+        prior_point_hand: (3,) hand-frame point the centre is pulled to (e.g. hand centre).
+        ridge: weight of the prior relative to one ray (summed over rays: ridge * n_rays).
+    Returns:
+        centre: (3,) hand-frame point (m).
+    """
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    Kinv = np.linalg.inv(K.astype(np.float64))
+    n = 0
+    for t in range(len(obj_masks)):
+        ys, xs = np.nonzero(obj_masks[t])
+        if len(xs) < 4:
+            continue
+        d_cam = Kinv @ np.array([xs.mean(), ys.mean(), 1.0])
+        R, o = T_cam_to_hand[t, :3, :3].astype(np.float64), T_cam_to_hand[t, :3, 3].astype(np.float64)
+        d = R @ d_cam
+        d /= np.linalg.norm(d)
+        P = np.eye(3) - np.outer(d, d)  # projector orthogonal to the ray
+        A += P
+        b += P @ o
+        n += 1
+    if n == 0:
+        raise RunError("the object mask is empty in every frame; cannot place the object")
+    lam = ridge * n
+    A += lam * np.eye(3)
+    b += lam * np.asarray(prior_point_hand, np.float64)
+    return np.linalg.solve(A, b)
+
+
+def estimate_object_radius(
+    obj_masks: np.ndarray, K: np.ndarray, T_cam_to_hand: np.ndarray, center_hand: np.ndarray, margin: float = 1.3,
+) -> float:
+    """Bounding-sphere radius (m) from the mask extents at the centre's depth (see module doc).
+
+    Args:
+        obj_masks: (T, H, W) bool. K: (3, 3). T_cam_to_hand: (T, 4, 4). center_hand: (3,).
+    """
+    T_h2c = np.linalg.inv(T_cam_to_hand.astype(np.float64))
+    f = float(np.sqrt(K[0, 0] * K[1, 1]))
+    best = 0.0
+    for t in range(len(obj_masks)):
+        ys, xs = np.nonzero(obj_masks[t])
+        if len(xs) < 4:
+            continue
+        c = T_h2c[t, :3, :3] @ center_hand + T_h2c[t, :3, 3]
+        if c[2] <= 1e-3:
+            continue
+        u = K[0, 0] * c[0] / c[2] + K[0, 2]
+        v = K[1, 1] * c[1] / c[2] + K[1, 2]
+        px = np.sqrt((xs - u) ** 2 + (ys - v) ** 2).max() + 1.0
+        best = max(best, px * c[2] / f)
+    if best <= 0:
+        raise RunError("cannot size the object: no frame sees the object in front of the camera")
+    return margin * best
+
+
+@torch.no_grad()
+def visual_hull_sdf(
+    obj_masks: torch.Tensor, hand_masks: torch.Tensor, K: torch.Tensor, T_cam_to_obj: torch.Tensor,
+    radius: float, resolution: int, dilate_px: int = 2, max_carve_votes: int = 1,
+) -> torch.Tensor:
+    """Signed distance (m) of the vote-carved visual hull on the object-frame cube.
+
+    Args:
+        obj_masks, hand_masks: (T, H, W) bool.
+        K: (3, 3) intrinsics. T_cam_to_obj: (T, 4, 4) initial cameras in the object frame.
+        radius: half side of the cube [-radius, radius]^3 (and radius of the bounding sphere).
+        resolution: nodes per side.
+        dilate_px: masks are dilated by this many pixels before carving (camera noise).
+        max_carve_votes: a node survives when at most this many frames carve it.
+    Returns:
+        sdf: (R, R, R) float32 indexed [z, y, x], negative inside the hull; positive
+        outside the bounding sphere. Falls back to a sphere of radius/2 if the hull is empty.
+    """
+    device = obj_masks.device
+    Tn, H, W = obj_masks.shape
+    lin = torch.linspace(-radius, radius, resolution, device=device)
+    z, y, x = torch.meshgrid(lin, lin, lin, indexing="ij")
+    pts = torch.stack([x, y, z], -1).reshape(-1, 3)  # (N, 3)
+    known_fg = (obj_masks | hand_masks).cpu().numpy()
+    if dilate_px > 0:
+        st = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), bool)
+        known_fg = np.stack([ndimage.binary_dilation(m, st) for m in known_fg])
+    fg = torch.from_numpy(known_fg).to(device)
+    T_o2c = _rigid_inverse(T_cam_to_obj.to(device=device, dtype=pts.dtype))
+    votes = torch.zeros(pts.shape[0], dtype=torch.int32, device=device)
+    for t in range(Tn):
+        pc = pts @ T_o2c[t, :3, :3].T + T_o2c[t, :3, 3]
+        zc = pc[:, 2]
+        ok = zc > 1e-4
+        u = torch.round(K[0, 0] * pc[:, 0] / zc.clamp_min(1e-4) + K[0, 1] * pc[:, 1] / zc.clamp_min(1e-4) + K[0, 2])
+        v = torch.round(K[1, 1] * pc[:, 1] / zc.clamp_min(1e-4) + K[1, 2])
+        inside = ok & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
+        idx = (v.clamp(0, H - 1) * W + u.clamp(0, W - 1)).long()
+        bg = ~fg[t].reshape(-1)[idx]
+        votes += (inside & bg).int()
+    occ = (votes <= max_carve_votes) & (pts.norm(dim=-1) < radius * 0.98)
+    occ = occ.reshape(resolution, resolution, resolution).cpu().numpy()
+    voxel = 2.0 * radius / (resolution - 1)
+    if occ.sum() < 8:
+        return pts.norm(dim=-1).reshape(resolution, resolution, resolution).float() - 0.5 * radius
+    # Keep the largest connected piece: stray survivors in corners seen by few frames.
+    lab, n = ndimage.label(occ)
+    if n > 1:
+        sizes = ndimage.sum(occ, lab, index=np.arange(1, n + 1))
+        occ = lab == (1 + int(np.argmax(sizes)))
+    outside = ndimage.distance_transform_edt(~occ) * voxel
+    inside = ndimage.distance_transform_edt(occ) * voxel
+    # -0.5 voxel shifts put the zero level halfway between an inside and an outside node.
+    sdf = np.where(occ, -(inside - 0.5 * voxel), outside - 0.5 * voxel)
+    return torch.from_numpy(sdf.astype(np.float32)).to(device)

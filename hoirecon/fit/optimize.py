@@ -1,0 +1,402 @@
+"""Initialisation of the scene and the optimisation loop (library level: no CLI, no cache).
+
+Loop (DiffHOI supp. A.2 without the diffusion prior): each step picks ``frames_per_step``
+frames and ``rays_per_step`` pixels among them, biased to background / hand / object with
+probabilities moving linearly from ``sample_start`` to ``sample_end``; renders the scene
+there; minimises the semantic cross-entropy plus regularisers with Adam; the learning
+rates warm up linearly over ``warmup_steps`` and then decay exponentially to
+``lr_decay`` x their base value at the last step.
+
+Determinism and resume: all randomness comes from ``torch`` seeded with ``cfg.seed``
+(pixel sampling uses its own ``torch.Generator``; the volume renderer's jitter uses the
+global generator). A checkpoint (scene + optimiser + step + both RNG states) is written
+atomically every ``checkpoint_every`` steps; ``optimize_scene`` resumes from it when it
+exists, and a resumed run gives the same result as an uninterrupted one (the learning
+rate is a function of the step, and the grid's coarse-to-fine switch is re-applied from
+the checkpointed resolution).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hoirecon.errors import RunError
+from hoirecon.fit.init import _rigid_inverse, estimate_object_center, estimate_object_radius, visual_hull_sdf
+from hoirecon.fit.losses import (
+    LossWeights,
+    eikonal_loss,
+    penetration_loss,
+    semantic_mask_loss,
+    temporal_first_diff,
+    temporal_second_diff,
+)
+from hoirecon.fit.scene import BlendConfig, HOIScene
+from hoirecon.fit.sdf import GridSDF, MLPSDF, build_object_sdf, fit_sdf_to_grid
+from hoirecon.geometry.rotations import axis_angle_to_matrix
+from hoirecon.render.mesh import MeshRenderConfig
+from hoirecon.render.volume import VolumeRenderConfig
+
+LABEL_BG, LABEL_HAND, LABEL_OBJ = 0, 1, 2
+
+
+@dataclass
+class OptimizeConfig:
+    """Settings of the scene optimisation (see module docstring).
+
+    steps: optimisation steps. rays_per_step: sampled pixels per step (paper: 1024).
+    frames_per_step: frames those pixels are drawn from each step.
+    lr_*: Adam base learning rates per parameter group: sdf (grid values are in units of
+        the bounding radius; MLP weights), beta (m), obj_rot / cam_rot (rad), obj_trans /
+        cam_trans (m), artic (rad), shape (PCA units).
+    lr_decay: learning-rate factor reached at the last step (exponential decay).
+    warmup_steps: linear warm-up of all learning rates.
+    sample_start, sample_end: (bg, hand, object) pixel-sampling probabilities at the first
+        and the last step (linear in between).
+    grid_schedule: ((fraction of steps, resolution), ...) coarse-to-fine switches of the
+        grid SDF (ignored by the MLP).
+    eikonal_points: random points in the sphere per step for the MLP's eikonal term.
+    checkpoint_every: steps between resumable checkpoints (0 = never).
+    seed: seeds every random draw.
+    """
+
+    steps: int = 1500
+    rays_per_step: int = 1024
+    frames_per_step: int = 4
+    lr_sdf: float = 5e-3
+    lr_beta: float = 2e-4
+    lr_obj_rot: float = 2e-3
+    lr_obj_trans: float = 5e-4
+    lr_cam_rot: float = 1e-3
+    lr_cam_trans: float = 5e-4
+    lr_artic: float = 2e-3
+    lr_shape: float = 5e-3
+    lr_decay: float = 0.1
+    warmup_steps: int = 50
+    sample_start: tuple[float, float, float] = (0.35, 0.35, 0.3)
+    sample_end: tuple[float, float, float] = (0.1, 0.1, 0.8)
+    grid_schedule: tuple[tuple[float, int], ...] = ((0.4, 96),)
+    eikonal_points: int = 256
+    checkpoint_every: int = 100
+    seed: int = 0
+    weights: LossWeights = field(default_factory=LossWeights)
+    vol: VolumeRenderConfig = field(default_factory=lambda: VolumeRenderConfig(
+        n_coarse=48, n_importance=32, perturb=True, normal_mode="none"))
+    mesh: MeshRenderConfig = field(default_factory=MeshRenderConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
+
+
+@dataclass
+class InitConfig:
+    """Scene initialisation.
+
+    sdf_kind: "grid" (fast) | "mlp" (paper). grid_resolution: starting grid resolution.
+    hull_resolution: resolution of the visual hull. radius_margin: bounding radius = this x
+        the mask extent at the centre's depth. center_ridge: pull of the object centre to
+        the hand centre (see ``estimate_object_center``). hull_dilate_px, hull_max_votes:
+        carving tolerance. beta_init / beta_min: Laplace beta as fractions of the radius.
+    mlp_prefit_steps: Adam steps fitting the MLP to the hull SDF.
+    """
+
+    sdf_kind: str = "grid"
+    grid_resolution: int = 48
+    hull_resolution: int = 64
+    radius_margin: float = 1.3
+    center_ridge: float = 0.05
+    hull_dilate_px: int = 2
+    hull_max_votes: int = 1
+    beta_init: float = 0.03
+    beta_min: float = 0.003
+    mlp_prefit_steps: int = 300
+
+
+def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
+    """(T, H, W) bool masks -> (T, H, W) uint8 labels: 0 background, 1 hand, 2 object.
+
+    Where both are set the hand wins (the masks stage removes object pixels under the hand).
+    """
+    lab = np.zeros(hand.shape, np.uint8)
+    lab[obj] = LABEL_OBJ
+    lab[hand] = LABEL_HAND
+    return torch.from_numpy(lab)
+
+
+def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side: str, image_size,
+                        hand_masks: np.ndarray, obj_masks: np.ndarray, cfg: InitConfig,
+                        device: str | torch.device = "cpu", seed: int = 0) -> tuple[HOIScene, dict]:
+    """Place the object near the hand, size it, carve its visual hull, build the scene.
+
+    Args:
+        hand_model: HandModel. K: (3, 3). T_cam_to_hand: (T, 4, 4). articulation: (T, 45).
+        shape: (10,). side: 'right'|'left'. image_size: (W, H).
+        hand_masks, obj_masks: (T, H, W) bool.
+    Returns:
+        scene (on ``device``) and an info dict (centre_hand, radius, hull volume fraction).
+    """
+    K = np.asarray(K, np.float64)
+    T_c2h = np.asarray(T_cam_to_hand, np.float64)
+    with torch.no_grad():
+        hdev = next(iter(hand_model.buffers())).device
+        art = torch.as_tensor(np.asarray(articulation), dtype=torch.float32, device=hdev)
+        out = hand_model(art, torch.zeros(art.shape[0], 3, device=hdev),
+                         torch.as_tensor(np.asarray(shape), dtype=torch.float32, device=hdev)[None], None, side=side)
+        hand_center = out.verts.mean(dim=(0, 1)).double().cpu().numpy()
+    center = estimate_object_center(obj_masks, K, T_c2h, hand_center, cfg.center_ridge)
+    radius = estimate_object_radius(obj_masks, K, T_c2h, center, cfg.radius_margin)
+    T_h2o = np.eye(4)
+    T_h2o[:3, 3] = -center
+    T_c2o = torch.as_tensor(T_h2o[None] @ T_c2h, dtype=torch.float32)
+    hull = visual_hull_sdf(torch.from_numpy(obj_masks), torch.from_numpy(hand_masks),
+                           torch.as_tensor(K, dtype=torch.float32), T_c2o, radius, cfg.hull_resolution,
+                           cfg.hull_dilate_px, cfg.hull_max_votes)
+    if cfg.sdf_kind == "grid":
+        sdf = GridSDF(radius, cfg.grid_resolution)
+    else:
+        sdf = build_object_sdf({"kind": cfg.sdf_kind, "radius": radius})
+    gen = torch.Generator().manual_seed(seed)
+    prefit_err = fit_sdf_to_grid(sdf, hull, steps=cfg.mlp_prefit_steps, generator=gen)
+    scene = HOIScene(sdf, hand_model, K, T_c2h, articulation, shape, side, image_size, T_h2o,
+                     beta_init=cfg.beta_init * radius, beta_min=cfg.beta_min * radius).to(device)
+    info = {"center_hand": center.tolist(), "radius": float(radius),
+            "hull_fraction": float((hull < 0).float().mean()), "prefit_error_m": prefit_err}
+    return scene, info
+
+
+def _param_groups(scene: HOIScene, cfg: OptimizeConfig) -> list[dict]:
+    groups = [
+        ("sdf", list(scene.sdf.parameters()), cfg.lr_sdf),
+        ("beta", list(scene.density.parameters()), cfg.lr_beta),
+        ("obj_rot", [scene.obj_rot_base, scene.obj_rot], cfg.lr_obj_rot),
+        ("obj_trans", [scene.obj_trans_base, scene.obj_trans], cfg.lr_obj_trans),
+        ("cam_rot", [scene.cam_rot], cfg.lr_cam_rot),
+        ("cam_trans", [scene.cam_trans], cfg.lr_cam_trans),
+        ("artic", [scene.artic_delta], cfg.lr_artic),
+        ("shape", [scene.shape], cfg.lr_shape),
+    ]
+    return [{"name": n, "params": p, "lr": lr, "base_lr": lr} for n, p, lr in groups]
+
+
+def lr_factor(step: int, cfg: OptimizeConfig) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up, then exponential decay."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    return warm * cfg.lr_decay ** (step / max(1, cfg.steps))
+
+
+def sample_probs(step: int, cfg: OptimizeConfig) -> np.ndarray:
+    """(bg, hand, object) sampling probabilities at ``step`` (linear schedule)."""
+    a = step / max(1, cfg.steps - 1)
+    return (1 - a) * np.asarray(cfg.sample_start) + a * np.asarray(cfg.sample_end)
+
+
+class PixelSampler:
+    """Class-biased pixel sampling from per-frame label maps (deterministic given the generator).
+
+    Args:
+        labels: (T, H, W) uint8 labels (0 bg, 1 hand, 2 object).
+    """
+
+    def __init__(self, labels: torch.Tensor):
+        self.T, self.H, self.W = labels.shape
+        flat = labels.reshape(self.T, -1).long()
+        self.index = [[torch.nonzero(flat[t] == c).squeeze(1) for c in range(3)] for t in range(self.T)]
+        self.flat = flat
+
+    def sample(self, frames: torch.Tensor, n_per_frame: int, probs: np.ndarray,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns pix (B, n, 2) float (u, v) and labels (B, n) int64."""
+        pix, lab = [], []
+        for t in frames.tolist():
+            avail = np.array([len(self.index[t][c]) > 0 for c in range(3)], float)
+            p = probs * avail
+            p = p / p.sum()
+            counts = np.floor(p * n_per_frame).astype(int)
+            counts[int(np.argmax(p))] += n_per_frame - counts.sum()  # rounding remainder
+            idx = []
+            for c in range(3):
+                if counts[c]:
+                    pool = self.index[t][c]
+                    idx.append(pool[torch.randint(len(pool), (int(counts[c]),), generator=gen)])
+            idx = torch.cat(idx)
+            pix.append(torch.stack([(idx % self.W).float(), (idx // self.W).float()], -1))
+            lab.append(self.flat[t][idx])
+        return torch.stack(pix), torch.stack(lab)
+
+
+def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, labels: torch.Tensor,
+                 cfg: OptimizeConfig, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its weighted terms for one batch of pixels."""
+    w = cfg.weights
+    dev = scene.K.device
+    r = scene.render_pixels(frames.to(dev), pix.to(dev), cfg.vol, cfg.mesh, cfg.blend)
+    terms: dict[str, torch.Tensor] = {"mask": semantic_mask_loss(r["probs"], labels.to(dev))}
+    radius = scene.sdf.radius
+    reg = scene.sdf.regularizers()
+    if isinstance(scene.sdf, GridSDF):
+        terms["eikonal"] = reg["eikonal"]
+        terms["sdf_smooth"] = reg["smooth"]
+    else:
+        pts = (torch.rand(cfg.eikonal_points, 3, generator=gen) * 2 - 1).to(dev) * radius
+        from hoirecon.render.volume import sdf_with_gradient
+
+        _, _, g_rand = sdf_with_gradient(scene.sdf.as_render_fn(), pts, "autograd")
+        grads = [g_rand] if r["sdf_grad"] is None else [r["sdf_grad"], g_rand]
+        terms["eikonal"] = eikonal_loss(torch.cat(grads))
+    verts_obj = r["verts_obj"]
+    terms["penetration"] = penetration_loss(scene.sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2]), radius)
+    art = scene.articulation()
+    terms["temporal_artic"] = temporal_second_diff(art)
+    T_c2h = scene.T_cam_to_hand()
+    cam_vec = torch.cat([T_c2h[:, :3, :3].reshape(-1, 9), T_c2h[:, :3, 3] / radius], -1)
+    terms["temporal_cam"] = temporal_second_diff(cam_vec)
+    terms["temporal_obj"] = temporal_first_diff(torch.cat([scene.obj_rot, scene.obj_trans / radius], -1))
+    terms["artic_prior"] = scene.artic_delta.pow(2).mean()
+    terms["cam_prior"] = scene.cam_rot.pow(2).mean() + (scene.cam_trans / radius).pow(2).mean()
+    total = sum(getattr(w, k) * v for k, v in terms.items())
+    return total, {k: float(getattr(w, k) * v.detach()) for k, v in terms.items()}
+
+
+@dataclass
+class OptimizeResult:
+    steps_done: int
+    seconds: float
+    resumed_from: int
+    last_terms: dict
+    history: list[dict]
+
+
+class StopRequested(Exception):
+    """Raised by a ``should_stop`` hook to interrupt the loop (tests simulate a kill)."""
+
+
+def _save_checkpoint(path: Path, scene: HOIScene, opt: torch.optim.Optimizer, step: int,
+                     gen: torch.Generator, history: list[dict]) -> None:
+    state = {
+        "step": step,
+        "scene": {k: v.detach().cpu() for k, v in scene.state_dict().items()},
+        "sdf_spec": dict(scene.sdf.spec()),
+        "optimizer": opt.state_dict(),
+        "rng_global": torch.get_rng_state(),
+        "rng_sampler": gen.get_state(),
+        "history_keys": sorted(history[0].keys()) if history else [],
+        "history": torch.tensor([[float(h[k]) for k in sorted(history[0].keys())] for h in history])
+        if history else torch.zeros(0),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _apply_grid_schedule(scene: HOIScene, opt: torch.optim.Optimizer, step: int, cfg: OptimizeConfig) -> bool:
+    """Switch the grid to the resolution scheduled for ``step``; returns True if it changed."""
+    if not isinstance(scene.sdf, GridSDF):
+        return False
+    target = None
+    for frac, res in cfg.grid_schedule:
+        if step >= int(frac * cfg.steps):
+            target = res
+    if target is None or target == scene.sdf.resolution:
+        return False
+    old = scene.sdf.values
+    scene.sdf.set_resolution(int(target))
+    scene.sdf.to(old.device)
+    opt.state.pop(old, None)  # Adam moments of the old shape are meaningless: start afresh
+    for g in opt.param_groups:
+        g["params"] = [scene.sdf.values if p is old else p for p in g["params"]]
+    return True
+
+
+def optimize_scene(
+    scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig, checkpoint_path: Path | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> OptimizeResult:
+    """Optimise ``scene`` against the label maps (resuming from ``checkpoint_path`` if present).
+
+    Args:
+        scene: an initialised HOIScene. labels: (T, H, W) uint8 (0 bg, 1 hand, 2 object).
+        cfg: OptimizeConfig. checkpoint_path: where resumable state lives (None = no resume).
+        on_step: called after every step with (step index just done, log row).
+        should_stop: called after each step (after its checkpoint); True raises StopRequested.
+    Returns:
+        OptimizeResult (history = one log row per step: each weighted term, total, lr, seconds).
+    """
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    sampler = PixelSampler(labels)
+    start, history = 0, []
+    ck = None
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        ck = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if isinstance(scene.sdf, GridSDF):
+            scene.sdf.set_resolution(int(ck["sdf_spec"]["resolution"]))
+            scene.sdf.to(scene.K.device)
+        scene.load_state_dict(ck["scene"])
+    opt = torch.optim.Adam(_param_groups(scene, cfg), lr=cfg.lr_sdf)
+    if ck is not None:
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng_global"])
+        gen.set_state(ck["rng_sampler"])
+        start = int(ck["step"])
+        keys = list(ck["history_keys"])
+        history = [dict(zip(keys, row.tolist())) for row in ck["history"]] if keys else []
+        for row in history:
+            row["step"] = int(row["step"])
+    t0 = time.perf_counter()
+    elapsed0 = history[-1]["seconds"] if history else 0.0
+    n_per_frame = max(1, cfg.rays_per_step // cfg.frames_per_step)
+    T = scene.num_frames
+    terms: dict = {}
+    for step in range(start, cfg.steps):
+        _apply_grid_schedule(scene, opt, step, cfg)
+        factor = lr_factor(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        frames = torch.randperm(T, generator=gen)[: min(cfg.frames_per_step, T)]
+        pix, lab = sampler.sample(frames, n_per_frame, sample_probs(step, cfg), gen)
+        total, terms = scene_losses(scene, frames, pix, lab, cfg, gen)
+        if not torch.isfinite(total):
+            raise RunError(f"the scene optimisation diverged at step {step} (loss {float(total)})")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        row = {"step": step, **terms, "total": float(total.detach()), "lr": cfg.lr_sdf * factor,
+               "beta": float(scene.density.beta().detach()),
+               "seconds": elapsed0 + time.perf_counter() - t0}
+        history.append(row)
+        if on_step is not None:
+            on_step(step, row)
+        done = step + 1
+        if checkpoint_path is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            _save_checkpoint(Path(checkpoint_path), scene, opt, done, gen, history)
+        if should_stop is not None and should_stop(done):
+            raise StopRequested(f"stopped after step {done}")
+    return OptimizeResult(cfg.steps, time.perf_counter() - t0, start, terms, history)
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(pred, gt).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+
+
+@torch.no_grad()
+def evaluate_masks(scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig, stride: int = 2,
+                   frames: list[int] | None = None) -> list[dict]:
+    """Per-frame IoU of the rendered (argmax) hand / object labels against the observed ones,
+    on a pixel grid of step ``stride``."""
+    vol = VolumeRenderConfig(**{**cfg.vol.__dict__, "perturb": False, "normal_mode": "none"})
+    res = []
+    for t in frames if frames is not None else range(scene.num_frames):
+        probs = scene.render_labels(t, stride, vol, cfg.mesh, cfg.blend)
+        pred = probs.argmax(-1).cpu().numpy()
+        gt = labels[t, ::stride, ::stride].numpy()
+        res.append({"frame": int(t), "iou_object": mask_iou(pred == LABEL_OBJ, gt == LABEL_OBJ),
+                    "iou_hand": mask_iou(pred == LABEL_HAND, gt == LABEL_HAND)})
+    return res

@@ -1,0 +1,363 @@
+"""Stage `export`: meshes, per-frame poses, an animated glTF and pictures of the fitted clip.
+
+Reads ``<out>/fit/`` (``poses.npz``, ``object.ply``, ``scene.pt`` when ``--resolution`` is
+given, ``summary.json`` if present, the fit's manifest for the hand model), the frames, the
+masks, and ``<out>/eval.json`` if present (metrics on the summary page; it is not a
+tracked input, so rerun with ``--force export`` after a new evaluation).
+
+Frames: the object mesh is in the object frame. Everything else that puts the clip
+together (per-frame hand meshes, the glb) is in the *world* frame chosen by ``world``:
+``object`` (default; world = object frame, the object stands still and the hand and camera
+move) or ``camera`` (the same static world moved to the first frame's camera frame, OpenCV
+axes: ``T_obj_to_world = inv(T_cam_to_obj^0)``). Metres everywhere.
+
+Artifacts in ``<out>/export/``:
+
+- ``object.<fmt>``: object mesh (marching cubes of the fitted SDF at ``resolution`` or the
+  fit's ``object.ply``; largest connected component; object frame). With ``world=camera``
+  also ``object_camera.<fmt>`` (the same mesh in the first camera frame).
+- ``format=obj|ply``: ``hands/NNNNNN.<fmt>``: the hand mesh of each exported frame (clip
+  frame number), in the world frame.
+- ``format=glb``: ``interaction.glb``: object + hand animated over the clip (hand poses as
+  node transforms, articulation as one morph target per exported frame, the input camera;
+  ``hoirecon.export.gltf``). Per-frame hand meshes live in it as morph targets.
+- ``poses.npz``: ``K`` (3,3), ``image_size`` (W,H), ``fps``, ``side``, ``shape`` (10,),
+  ``T_cam_to_hand``, ``T_hand_to_obj``, ``T_cam_to_obj`` (T,4,4), ``articulation`` (T,45) for
+  every clip frame, ``T_obj_to_world`` (4,4), ``world``, ``exported_frames`` (N,) indices.
+  ``poses.json``: the same values (nested lists) with a note on the conventions.
+- ``turntable.mp4`` (hand + object at ``turntable_frame``, ``turntable_views`` views),
+  ``side_by_side.mp4`` (input | reconstruction over the input | fixed novel view, one
+  video frame per exported frame), ``summary.png`` (contact sheet + metrics). Skipped with
+  ``pictures=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+
+from hoirecon.errors import UserError
+from hoirecon.export.gltf import INTERPOLATIONS, OPENCV_TO_GLTF_CAMERA, write_animated_glb
+from hoirecon.export.meshes import (
+    MESH_FORMATS,
+    hand_meshes_hand_frame,
+    object_mesh_from_fit,
+    rigid_inverse,
+    transform_points,
+    write_mesh,
+)
+from hoirecon.io.masks import overlay_masks, read_mask_folder
+from hoirecon.io.video import read_rgb, write_png, write_video
+from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
+from hoirecon.stages.frames import frame_paths, load_frames_meta
+
+VERSION = "1"
+WORLDS = ("object", "camera")
+TURNTABLE_FPS = 12.0
+SUMMARY_MIN_TILE = 192  # px: tiles of small clips are enlarged on the summary page
+RENDER_CHUNK = 12  # exported frames rendered at a time for the side-by-side video
+POSE_KEYS = ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape", "side", "image_size")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of the export stage (CLI: ``hoirecon export OUT --format --frames --resolution ...``).
+
+    format: "glb" (object.glb + animated interaction.glb) | "obj" | "ply" (object + per-frame hand files).
+    frames: number of clip frames to export, evenly spaced, first and last included; None = all.
+    resolution: marching-cubes nodes per side to re-extract the object from the fitted SDF;
+        None = reuse the fit's object.ply.
+    world: "object" | "camera" (first frame's camera frame): frame of the hand meshes and the glb.
+    turntable_frame: clip frame shown in the turntable; None = the middle exported frame.
+    turntable_views: views per turn. view_size: side (px) of the turntable and novel views.
+    panel_size: longer side (px) of the input panels of the side-by-side video (only shrinks).
+    novel_view_deg: azimuth (about the first camera's up axis) of the novel view.
+    interpolation: glb animation interpolation, "LINEAR" | "STEP".
+    camera: put the animated input camera in the glb.
+    pictures: write turntable.mp4, side_by_side.mp4 and summary.png.
+    ssaa: supersampling per side for anti-aliased pictures (1 = off).
+    summary_frames: frames on the summary page.
+    """
+
+    format: str = "glb"
+    frames: Optional[int] = None
+    resolution: Optional[int] = None
+    world: str = "object"
+    turntable_frame: Optional[int] = None
+    turntable_views: int = 36
+    view_size: int = 256
+    panel_size: int = 320
+    novel_view_deg: float = 90.0
+    interpolation: str = "LINEAR"
+    camera: bool = True
+    pictures: bool = True
+    ssaa: int = 2
+    summary_frames: int = 4
+
+    def __post_init__(self):
+        object.__setattr__(self, "interpolation", str(self.interpolation).upper())
+        for name, value, choices in (("format", self.format, MESH_FORMATS), ("world", self.world, WORLDS),
+                                     ("interpolation", self.interpolation, INTERPOLATIONS)):
+            if value not in choices:
+                raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
+        if self.frames is not None and self.frames < 1:
+            raise UserError(f"--frames must be 'all' or a number >= 1, got {self.frames}")
+        if self.resolution is not None and not 16 <= self.resolution <= 1024:
+            raise UserError(f"--resolution must be between 16 and 1024, got {self.resolution}")
+        if self.turntable_frame is not None and self.turntable_frame < 0:
+            raise UserError(f"--turntable-frame must be >= 0, got {self.turntable_frame}")
+        for name, value, low in (("--turntable-views", self.turntable_views, 1), ("--view-size", self.view_size, 16),
+                                 ("--panel-size", self.panel_size, 16), ("--ssaa", self.ssaa, 1),
+                                 ("--summary-frames", self.summary_frames, 1)):
+            if value < low:
+                raise UserError(f"{name} must be >= {low}, got {value}")
+
+
+def parse_frames(text: str | int | None) -> Optional[int]:
+    """CLI value of ``--frames``: 'all' -> None, 'N' -> N (>= 1); UserError otherwise."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
+        return None
+    try:
+        n = int(text)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise UserError(f"--frames must be 'all' or a number >= 1, got '{text}'")
+    return n
+
+
+def select_frames(num_frames: int, count: Optional[int]) -> np.ndarray:
+    """(N,) int64 clip frame indices: all, or ``count`` evenly spaced (first and last included)."""
+    if count is None or count >= num_frames:
+        return np.arange(num_frames)
+    return np.unique(np.round(np.linspace(0, num_frames - 1, count)).astype(np.int64))
+
+
+def read_fit_poses(fit_dir: Path) -> dict[str, np.ndarray]:
+    """``fit/poses.npz`` as float32 arrays (side as str); UserError if absent or incomplete."""
+    path = Path(fit_dir) / "poses.npz"
+    if not path.is_file():
+        raise UserError(f"no poses at {path}; run `hoirecon fit` first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in POSE_KEYS if k not in z.files]
+            if missing:
+                raise UserError(f"{path} lacks {', '.join(missing)}; rerun `hoirecon fit`")
+            data = {k: z[k] for k in POSE_KEYS}
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    out = {k: np.asarray(data[k], np.float32) for k in ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")}
+    out["side"] = str(data["side"])
+    out["image_size"] = np.asarray(data["image_size"], np.int64).reshape(2)
+    T = out["T_cam_to_hand"].shape[0]
+    shapes = {"K": (3, 3), "T_cam_to_hand": (T, 4, 4), "T_hand_to_obj": (T, 4, 4), "articulation": (T, 45)}
+    for k, shape in shapes.items():
+        if out[k].shape != shape:
+            raise UserError(f"{path}: {k} has shape {out[k].shape}, expected {shape}")
+    out["shape"] = out["shape"].reshape(-1)
+    return out
+
+
+def _eval_lines(out_root: Path, fit_dir: Path) -> list[str]:
+    """Text lines with the fit's mask IoUs and the metrics of ``<out>/eval.json`` (numbers only)."""
+    lines = []
+    try:
+        fit = json.loads((fit_dir / "summary.json").read_text())
+        iou_o, iou_h = (float(fit.get(k, float("nan"))) for k in ("mean_iou_object", "mean_iou_hand"))
+        lines.append(f"fit: preset {fit.get('preset', '?')}, {fit.get('steps', '?')} steps, "
+                     f"mask IoU object {iou_o:.3f}, hand {iou_h:.3f}")
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        data = json.loads((out_root / "eval.json").read_text())
+    except (OSError, ValueError):
+        return lines
+    flat = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, (int, float)):
+            flat.append(f"{prefix} {value:.4g}")
+        elif isinstance(value, dict) and prefix.count(".") < 1:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+
+    if isinstance(data, dict):
+        for k, v in data.items():
+            walk(str(k), v)
+    for i in range(0, min(len(flat), 16), 4):
+        lines.append(("eval: " if i == 0 else "      ") + ",  ".join(flat[i:i + 4]))
+    return lines
+
+
+def _resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == tuple(size_wh):
+        return image
+    return cv2.resize(image, size_wh, interpolation=cv2.INTER_AREA)
+
+
+def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
+    from hoirecon.export.views import (
+        ClipGeometry, contact_sheet, input_views, limited_threads, novel_views, scaled_size, side_by_side_frame,
+        to_uint8, turntable)
+    from hoirecon.hand import build_hand_model
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    fit_dir, frames_dir = ctx.input_dir("fit"), ctx.input_dir("frames")
+    meta = load_frames_meta(frames_dir)
+    poses = read_fit_poses(fit_dir)
+    T = poses["T_cam_to_hand"].shape[0]
+    if int(meta["num_frames"]) != T:
+        raise UserError(f"the fit has {T} frames but the frames stage has {meta['num_frames']}; rerun `hoirecon fit`")
+    W, H = (int(v) for v in poses["image_size"])
+    fps = float(meta.get("fps") or 30.0)
+    sel = select_frames(T, cfg.frames)
+    tt_frame = int(sel[len(sel) // 2]) if cfg.turntable_frame is None else int(cfg.turntable_frame)
+    if tt_frame >= T:
+        raise UserError(f"--turntable-frame {tt_frame} is past the clip's last frame ({T - 1})")
+    device = torch.device(ctx.device)
+    out, final = ctx.tmp_dir, ctx.out_root / "export"
+    outputs: dict[str, str] = {}
+
+    # ---- geometry
+    mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device)
+    obj_v = np.asarray(mesh.vertices, np.float32)
+    obj_f = np.asarray(mesh.faces, np.int64)
+    fit_manifest = read_manifest(fit_dir) or {}
+    hand_model = build_hand_model(str(fit_manifest.get("config", {}).get("hand_model", "anny")), device)
+    f32 = dict(dtype=torch.float32, device=device)
+    T_cam_to_hand = torch.as_tensor(poses["T_cam_to_hand"], **f32)
+    T_hand_to_obj = torch.as_tensor(poses["T_hand_to_obj"], **f32)
+    T_cam_to_obj = T_hand_to_obj @ T_cam_to_hand
+    hand_local, hand_faces = hand_meshes_hand_frame(hand_model, torch.as_tensor(poses["articulation"], **f32),
+                                                    torch.as_tensor(poses["shape"], **f32), poses["side"])
+    T_obj_to_world = (rigid_inverse(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
+    T_hand_to_world = T_obj_to_world @ T_hand_to_obj
+    timings["geometry"] = time.perf_counter() - t0
+
+    # ---- mesh files
+    fmt = cfg.format
+    write_mesh(out / f"object.{fmt}", obj_v, obj_f)
+    outputs["object_mesh"] = str(final / f"object.{fmt}")
+    if cfg.world == "camera":
+        obj_cam = transform_points(T_obj_to_world, torch.as_tensor(obj_v, **f32)).cpu().numpy()
+        write_mesh(out / f"object_camera.{fmt}", obj_cam, obj_f)
+        outputs["object_mesh_camera"] = str(final / f"object_camera.{fmt}")
+    faces_np = hand_faces.cpu().numpy()
+    if fmt == "glb":
+        T_cam_to_world = (T_obj_to_world @ T_cam_to_obj)[sel].cpu().numpy() if cfg.camera else None
+        display = np.eye(4, dtype=np.float32)
+        # Viewers are Y-up looking down -Z: show the world as the first camera saw it.
+        R_world_to_cam0 = rigid_inverse(T_obj_to_world @ T_cam_to_obj[0])[:3, :3].cpu().numpy()
+        display[:3, :3] = OPENCV_TO_GLTF_CAMERA @ R_world_to_cam0
+        glb = write_animated_glb(
+            out / "interaction.glb", obj_v, obj_f, hand_local[sel].cpu().numpy(), faces_np,
+            T_hand_to_world[sel].cpu().numpy(), T_obj_to_world.cpu().numpy(), sel / fps,
+            T_world_to_display=display, T_cam_to_world=T_cam_to_world, K=poses["K"], image_size=(W, H),
+            frame_names=[f"frame_{t:06d}" for t in sel], interpolation=cfg.interpolation)
+        outputs["glb"] = str(final / "interaction.glb")
+    else:
+        (out / "hands").mkdir()
+        hand_world = transform_points(T_hand_to_world[sel], hand_local[sel]).cpu().numpy()
+        for i, t in enumerate(sel):
+            write_mesh(out / "hands" / f"{t:06d}.{fmt}", hand_world[i], faces_np)
+        outputs["hand_meshes"] = str(final / "hands")
+        glb = None
+
+    # ---- poses
+    T_cam_to_obj_np = T_cam_to_obj.cpu().numpy().astype(np.float32)
+    T_obj_to_world_np = T_obj_to_world.cpu().numpy().astype(np.float32)
+    np.savez(out / "poses.npz", K=poses["K"], image_size=poses["image_size"], fps=np.float32(fps),
+             side=np.array(poses["side"]), shape=poses["shape"], T_cam_to_hand=poses["T_cam_to_hand"],
+             T_hand_to_obj=poses["T_hand_to_obj"], T_cam_to_obj=T_cam_to_obj_np, articulation=poses["articulation"],
+             T_obj_to_world=T_obj_to_world_np, world=np.array(cfg.world), exported_frames=sel.astype(np.int64))
+    pose_doc = {
+        "conventions": "metres; OpenCV camera (x right, y down, z forward); T_a_to_b maps points of frame a "
+                       "into frame b (x_b = T @ x_a); hand frame = hand model with wrist_rot 0, wrist at origin",
+        "world": cfg.world, "fps": fps, "image_size": [W, H], "K": poses["K"].tolist(), "side": poses["side"],
+        "shape": poses["shape"].tolist(), "T_obj_to_world": T_obj_to_world_np.tolist(),
+        "exported_frames": sel.tolist(),
+        "frames": [{"index": t, "time": t / fps, "T_cam_to_hand": poses["T_cam_to_hand"][t].tolist(),
+                    "T_hand_to_obj": poses["T_hand_to_obj"][t].tolist(), "T_cam_to_obj": T_cam_to_obj_np[t].tolist(),
+                    "articulation": poses["articulation"][t].tolist()} for t in range(T)],
+    }
+    (out / "poses.json").write_text(json.dumps(pose_doc))
+    outputs["poses"] = str(final / "poses.json")
+    timings["files"] = time.perf_counter() - t0 - sum(timings.values())
+
+    # ---- pictures
+    if cfg.pictures:
+        hand_obj = transform_points(T_hand_to_obj, hand_local)  # (T, V, 3) object frame
+        geom = ClipGeometry(torch.as_tensor(obj_v, **f32), torch.as_tensor(obj_f, device=device), hand_obj[sel],
+                            hand_faces, T_cam_to_obj[sel], torch.as_tensor(poses["K"], **f32), (W, H),
+                            bool(mesh.is_watertight))
+        tt_geom = ClipGeometry(geom.object_verts, geom.object_faces, hand_obj[tt_frame:tt_frame + 1], hand_faces,
+                               geom.T_cam_to_obj, geom.K, (W, H), geom.object_closed)
+        n_steps = 3
+        with ctx.reporter.task("export pictures", total=n_steps) as task, limited_threads(1):
+            tt = turntable(tt_geom, 0, cfg.turntable_views, cfg.view_size, ssaa=cfg.ssaa)
+            write_video(out / "turntable.mp4", tt, fps=TURNTABLE_FPS)
+            outputs["turntable"] = str(final / "turntable.mp4")
+            task.advance()
+            scale = min(1.0, cfg.panel_size / max(W, H))
+            w, h = scaled_size((W, H), scale)
+            paths = frame_paths(frames_dir)
+
+            def video_rows(index: list[int], labels: bool = True):
+                """Side-by-side rows of exported frames ``index`` (positions in ``sel``)."""
+                recon, _ = input_views(geom, scale, cfg.ssaa, index)
+                novel = novel_views(geom, cfg.novel_view_deg, h, cfg.ssaa, index)
+                for j, i in enumerate(index):
+                    yield side_by_side_frame(_resize(read_rgb(paths[sel[i]]), (w, h)), recon.rgb[j], recon.alpha[j],
+                                             to_uint8(novel.rgb[j], novel.alpha[j]), labels)
+
+            # Streamed in chunks so long clips never hold all renderings in memory.
+            chunks = (row for s in range(0, len(sel), RENDER_CHUNK)
+                      for row in video_rows(list(range(s, min(len(sel), s + RENDER_CHUNK)))))
+            write_video(out / "side_by_side.mp4", chunks, fps=fps * len(sel) / T)
+            outputs["side_by_side"] = str(final / "side_by_side.mp4")
+            task.advance()
+            hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+            pick = np.unique(np.round(np.linspace(0, len(sel) - 1, min(cfg.summary_frames, len(sel)))).astype(int))
+            masked = [_resize(overlay_masks(read_rgb(paths[sel[i]]), hand_m[sel[i]], obj_m[sel[i]]), (w, h))
+                      for i in pick]
+            picked_rows = list(video_rows(pick.tolist(), labels=False))
+            recon_tiles = [r[:, w:2 * w] for r in picked_rows]
+            novel_tiles = [r[:, 2 * w:] for r in picked_rows]
+            tt_pick = [tt[(k * len(tt)) // 4] for k in range(4)] if len(tt) >= 4 else tt
+            ext = mesh.extents * 100
+            header = [
+                f"hoirecon export: {ctx.out_root.name}",
+                f"clip: {T} frames ({len(sel)} exported), {W}x{H} px, {fps:.3g} fps; world frame: {cfg.world}",
+                f"object: {len(obj_v)} vertices, {len(obj_f)} faces, extent {ext[0]:.1f} x {ext[1]:.1f} x "
+                f"{ext[2]:.1f} cm, watertight {'yes' if mesh.is_watertight else 'no'} ({mesh_source})",
+                *_eval_lines(ctx.out_root, fit_dir),
+                "rows: frames with masks | reconstruction from the input camera | novel view | "
+                f"turntable at frame {tt_frame}",
+            ]
+            sheet = contact_sheet([masked, recon_tiles, novel_tiles, tt_pick], header, max(h, SUMMARY_MIN_TILE))
+            write_png(out / "summary.png", sheet)
+            outputs["summary"] = str(final / "summary.png")
+            task.advance()
+        timings["pictures"] = time.perf_counter() - t0 - sum(timings.values())
+
+    summary = {
+        "num_frames": int(len(sel)), "format": fmt, "world": cfg.world, "mesh_source": mesh_source,
+        "object_vertices": int(len(obj_v)), "object_faces": int(len(obj_f)), "turntable_frame": tt_frame,
+        "outputs": outputs, "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+    if glb is not None:
+        summary["glb_bytes"] = glb["bytes"]
+    return summary
+
+
+STAGE = StageDef("export", VERSION, ("frames", "masks", "fit"), run_export)

@@ -1,0 +1,220 @@
+"""Stage `fit`: optimise the HOI scene (object SDF, per-frame object pose, refined hand/camera).
+
+Reads ``frames/meta.json`` (size), ``masks/{hand,object}/NNNNNN.png`` and
+``hand/hands.npz`` (K, T_cam_to_hand, articulation, shape, side, valid). Writes into
+``<out>/fit/``:
+
+- ``poses.npz``: K (3,3), T_cam_to_hand (T,4,4), T_hand_to_obj (T,4,4), articulation (T,45),
+  shape (10,), side, image_size (W,H).
+- ``scene.pt``: plain-tensor dict (``HOIScene.export_state``); read it back with
+  ``hoirecon.fit.scene.load_object_sdf(fit_dir, device)``.
+- ``object.ply``: marching-cubes mesh of the object (object frame, metres).
+- ``object_init.ply`` + ``init.npz`` (T_hand_to_obj_init, centre, radius): the visual-hull
+  initialisation, for comparisons.
+- ``losses.csv``: step, every weighted loss term, total, lr, beta, seconds.
+- ``preview/step_XXXXX.png``: rendered vs observed labels on a few frames.
+- ``summary.json``: final losses, per-frame mask IoUs, steps, seconds, init info.
+
+Presets: ``fast`` (grid SDF 48^3 -> 96^3, 1500 steps, lrs in ``OptimizeConfig``) and
+``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal).
+Resumable: a checkpoint in ``ctx.scratch_dir`` every ``checkpoint_every`` steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+
+from hoirecon.errors import UserError
+from hoirecon.fit.losses import LossWeights
+from hoirecon.fit.mesh import extract_mesh
+from hoirecon.fit.optimize import (
+    InitConfig,
+    OptimizeConfig,
+    build_initial_scene,
+    evaluate_masks,
+    labels_from_masks,
+    optimize_scene,
+)
+from hoirecon.fit.scene import BlendConfig, poses_npz_dict
+from hoirecon.io.masks import read_mask_folder
+from hoirecon.pipeline.runner import StageContext, StageDef
+from hoirecon.render.volume import VolumeRenderConfig
+from hoirecon.stages.frames import load_frames_meta
+
+VERSION = "1"
+PRESETS = ("fast", "paper")
+PRIORS = ("none",)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of the fit stage (CLI: ``hoirecon fit OUT --preset --prior --steps ...``).
+
+    preset: "fast" (grid SDF, minutes on 2 CPU cores) | "paper" (MLP SDF, 50k steps).
+    prior: "none" (the diffusion prior is not part of this stage yet).
+    steps: override of the preset's step count.
+    rays_per_step: override of the preset's pixels per step (paper 1024).
+    seed: seeds initialisation, sampling and rendering jitter.
+    hand_model: "anny" | "mano" (must match the hand stage's parameters).
+    blend: "occlusion" (default) | "paper" (eq. 1-2 with gamma 1e-4); see
+        ``hoirecon.fit.scene.BlendConfig``.
+    mesh_resolution: marching-cubes grid nodes per side for ``object.ply``.
+    preview_every: steps between preview images (0 = only the last step).
+    checkpoint_every: steps between resumable checkpoints.
+    iou_stride: pixel stride of the final per-frame mask IoU evaluation.
+    """
+
+    preset: str = "fast"
+    prior: str = "none"
+    steps: Optional[int] = None
+    rays_per_step: Optional[int] = None
+    seed: int = 0
+    hand_model: str = "anny"
+    blend: str = "occlusion"
+    mesh_resolution: int = 128
+    preview_every: int = 500
+    checkpoint_every: int = 100
+    iou_stride: int = 2
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset '{self.preset}': choose one of {', '.join(PRESETS)}")
+        if self.prior not in PRIORS:
+            raise UserError(f"prior '{self.prior}' is not available in the fit stage; use --prior none")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--steps must be >= 1, got {self.steps}")
+        if self.rays_per_step is not None and self.rays_per_step < 8:
+            raise UserError(f"--rays must be >= 8, got {self.rays_per_step}")
+        if self.blend not in ("occlusion", "paper"):
+            raise UserError(f"unknown blend '{self.blend}': choose occlusion or paper")
+
+
+def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
+    """The library configs of a FitConfig (preset + overrides)."""
+    blend = BlendConfig(mode=cfg.blend)
+    if cfg.preset == "fast":
+        init = InitConfig(sdf_kind="grid")
+        opt = OptimizeConfig(blend=blend)
+    else:
+        init = InitConfig(sdf_kind="mlp")
+        lr = 5e-4  # paper: Adam 5e-4, exponential decay, for every group
+        opt = OptimizeConfig(
+            steps=50000, rays_per_step=1024, frames_per_step=4, lr_sdf=lr, lr_beta=lr, lr_obj_rot=lr,
+            lr_obj_trans=lr, lr_cam_rot=lr, lr_cam_trans=lr, lr_artic=lr, lr_shape=lr, lr_decay=0.1,
+            warmup_steps=100, grid_schedule=(), blend=blend,
+            vol=VolumeRenderConfig(n_coarse=64, n_importance=64, perturb=True, normal_mode="autograd"),
+            weights=LossWeights(sdf_smooth=0.0),
+        )
+    opt = replace(opt, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
+    if cfg.steps is not None:
+        opt = replace(opt, steps=cfg.steps)
+    if cfg.rays_per_step is not None:
+        opt = replace(opt, rays_per_step=cfg.rays_per_step)
+    return init, opt
+
+
+def _read_hands(hand_dir: Path, n_frames: int) -> dict:
+    path = hand_dir / "hands.npz"
+    if not path.is_file():
+        raise UserError(f"missing {path}: run the hand stage first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    for key, shape in (("K", (3, 3)), ("T_cam_to_hand", (n_frames, 4, 4)), ("articulation", (n_frames, 45)),
+                       ("shape", (10,))):
+        if key not in d or tuple(d[key].shape) != shape:
+            got = tuple(d[key].shape) if key in d else "missing"
+            raise UserError(f"{path}: '{key}' must have shape {shape}, got {got}")
+    d["side"] = str(d.get("side", np.array("right")))
+    if d["side"] not in ("right", "left"):
+        raise UserError(f"{path}: side must be 'right' or 'left', got {d['side']!r}")
+    return d
+
+
+def _preview(scene, labels: torch.Tensor, opt_cfg: OptimizeConfig, frames: list[int], path: Path) -> None:
+    """Rows: observed labels | rendered labels, for a few frames (hand blue, object orange)."""
+    colours = np.array([[30, 30, 30], [255, 120, 40], [30, 150, 255]], np.uint8)  # BGR: bg, hand, object
+    vol = VolumeRenderConfig(**{**opt_cfg.vol.__dict__, "perturb": False, "normal_mode": "none"})
+    tiles = []
+    for t in frames:
+        probs = scene.render_labels(t, 2, vol, opt_cfg.mesh, opt_cfg.blend).cpu().numpy()
+        rendered = (probs[..., :, :, None] * colours[None, None]).sum(2).astype(np.uint8)
+        observed = colours[labels[t, ::2, ::2].numpy()]
+        tiles.append(np.concatenate([observed, rendered], 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate(tiles, 1))
+
+
+def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
+    from hoirecon.hand import build_hand_model
+
+    t_start = time.perf_counter()
+    meta = load_frames_meta(ctx.input_dir("frames"))
+    W, H = (int(v) for v in meta["size"])
+    T = int(meta["num_frames"])
+    hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+    hands = _read_hands(ctx.input_dir("hand"), T)
+    if obj_m.reshape(T, -1).sum(1).max() == 0:
+        raise UserError("the object mask is empty in every frame; check the masks stage")
+    init_cfg, opt_cfg = preset_configs(cfg)
+    device = torch.device(ctx.device)
+    hand_model = build_hand_model(cfg.hand_model, device)
+    torch.manual_seed(cfg.seed)
+    scene, init_info = build_initial_scene(hand_model, hands["K"], hands["T_cam_to_hand"], hands["articulation"],
+                                           hands["shape"], hands["side"], (W, H), hand_m, obj_m, init_cfg,
+                                           device, cfg.seed)
+    out = ctx.tmp_dir
+    init_mesh = extract_mesh(scene.sdf, scene.sdf.radius, 64, device)
+    init_mesh.export(out / "object_init.ply")
+    with torch.no_grad():
+        np.savez(out / "init.npz", T_hand_to_obj=scene.T_hand_to_obj().cpu().numpy(),
+                 center_hand=np.array(init_info["center_hand"]), radius=np.array(init_info["radius"]))
+    labels = labels_from_masks(hand_m, obj_m)
+    preview_frames = sorted({0, T // 2, T - 1})
+    rows: list[dict] = []
+    ckpt = Path(ctx.scratch_dir) / "fit_checkpoint.pt"
+    with ctx.reporter.task(f"fitting scene ({cfg.preset})", total=opt_cfg.steps) as task:
+        def on_step(step: int, row: dict) -> None:
+            task.advance()
+            if cfg.preview_every and (step + 1) % cfg.preview_every == 0 and step + 1 < opt_cfg.steps:
+                _preview(scene, labels, opt_cfg, preview_frames, out / "preview" / f"step_{step + 1:05d}.png")
+
+        result = optimize_scene(scene, labels, opt_cfg, ckpt, on_step=on_step)
+        task.advance(result.resumed_from)
+    rows = result.history
+    _preview(scene, labels, opt_cfg, preview_frames, out / "preview" / f"step_{opt_cfg.steps:05d}.png")
+    keys = list(rows[-1].keys())
+    with open(out / "losses.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in keys})
+    np.savez(out / "poses.npz", **poses_npz_dict(scene))
+    torch.save(scene.export_state(), out / "scene.pt")
+    mesh = extract_mesh(scene.sdf, scene.sdf.radius, cfg.mesh_resolution, device)
+    mesh.export(out / "object.ply")
+    ious = evaluate_masks(scene, labels, opt_cfg, stride=cfg.iou_stride)
+    summary = {
+        "preset": cfg.preset, "steps": opt_cfg.steps, "resumed_from": result.resumed_from,
+        "seconds": time.perf_counter() - t_start, "optimize_seconds": rows[-1]["seconds"],
+        "final_losses": {k: v for k, v in rows[-1].items() if k not in ("step", "seconds")},
+        "mean_iou_object": float(np.mean([r["iou_object"] for r in ious])),
+        "mean_iou_hand": float(np.mean([r["iou_hand"] for r in ious])),
+        "mask_iou": ious, "init": init_info, "object_faces": int(len(mesh.faces)),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {k: summary[k] for k in ("preset", "steps", "seconds", "mean_iou_object", "mean_iou_hand")}
+
+
+STAGE = StageDef("fit", VERSION, ("frames", "masks", "hand"), run_fit)

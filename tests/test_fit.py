@@ -1,0 +1,236 @@
+"""Tests of the HOI scene fit: mesh extraction, a tiny fit, resume == uninterrupted, the stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from hoirecon.fit.mesh import extract_mesh
+from hoirecon.fit.optimize import (
+    InitConfig,
+    OptimizeConfig,
+    StopRequested,
+    build_initial_scene,
+    evaluate_masks,
+    labels_from_masks,
+    optimize_scene,
+)
+from hoirecon.fit.scene import load_object_sdf
+from hoirecon.fit.sdf import GridSDF, MLPSDF, fit_sdf_to_grid
+from hoirecon.hand import build_hand_model
+from hoirecon.render.mesh import render_mesh_image
+
+SIZE = 80
+N_FRAMES = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting with 2 threads
+    made these small-tensor workloads ~10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _look_at(eye, target):
+    z = target - eye
+    z = z / np.linalg.norm(z)
+    x = np.cross(z, [0.0, 1.0, 0.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, y, z])
+    T[:3, 3] = -T[:3, :3] @ eye
+    return T  # T_hand_to_cam
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    """A 3 cm sphere on the palm side of a flat hand, seen by 4 orbiting cameras.
+
+    Returns dict: hand_model, K, T_cam_to_hand (true), hand/obj masks, articulation, centre.
+    """
+    torch.manual_seed(0)
+    hand_model = build_hand_model("anny")
+    art = torch.zeros(N_FRAMES, 45)
+    with torch.no_grad():
+        out = hand_model(art, torch.zeros(N_FRAMES, 3), torch.zeros(1, 10))
+    hv = out.verts[0].double().numpy()
+    palm = hv.mean(0)
+    radius = 0.03
+    centre = palm + np.array([0.0, -(radius + 0.02), 0.0])  # palm faces -y
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+    sphere.apply_translation(centre)
+    f = SIZE * 1.2
+    K = np.array([[f, 0, SIZE / 2 - 0.5], [0, f, SIZE / 2 - 0.5], [0, 0, 1.0]])
+    target = 0.5 * (palm + centre)
+    T_h2c = []
+    for t in range(N_FRAMES):
+        a = np.deg2rad(-40 + 80 * t / (N_FRAMES - 1))
+        eye = target + 0.45 * np.array([np.sin(a) * 0.8, -0.6, np.cos(a) * 0.8])
+        T_h2c.append(_look_at(eye, target))
+    T_h2c = np.stack(T_h2c)
+    Kt = torch.as_tensor(K, dtype=torch.float32).expand(N_FRAMES, 3, 3)
+
+    def to_cam(v):
+        return torch.as_tensor(np.einsum("tij,nj->tni", T_h2c[:, :3, :3], v) + T_h2c[:, None, :3, 3],
+                               dtype=torch.float32)
+
+    with torch.no_grad():
+        rh = render_mesh_image(to_cam(hv), out.faces, Kt, SIZE, SIZE)
+        ro = render_mesh_image(to_cam(sphere.vertices), torch.as_tensor(sphere.faces), Kt, SIZE, SIZE)
+    dh = np.where(rh.depth.numpy() > 0, rh.depth.numpy(), np.inf)
+    do = np.where(ro.depth.numpy() > 0, ro.depth.numpy(), np.inf)
+    mh, mo = rh.mask.numpy() > 0.5, ro.mask.numpy() > 0.5
+    hand = mh & (~mo | (dh <= do))
+    obj = mo & ~hand
+    assert obj.sum(axis=(1, 2)).min() > 30 and hand.sum(axis=(1, 2)).min() > 30
+    return {"hand_model": hand_model, "K": K, "T_cam_to_hand": np.linalg.inv(T_h2c), "hand": hand, "obj": obj,
+            "articulation": art.numpy(), "centre": centre, "radius": radius}
+
+
+def _scene(clip, sdf_kind="grid", sphere_init=True):
+    init = InitConfig(sdf_kind=sdf_kind, grid_resolution=24, hull_resolution=32, mlp_prefit_steps=50)
+    scene, info = build_initial_scene(clip["hand_model"], clip["K"], clip["T_cam_to_hand"], clip["articulation"],
+                                      np.zeros(10), "right", (SIZE, SIZE), clip["hand"], clip["obj"], init)
+    if sphere_init and isinstance(scene.sdf, GridSDF):
+        # Start from the default small sphere, not the hull, so the fit has work to do.
+        r = scene.sdf.resolution
+        scene.sdf.set_values_m(scene.sdf.node_points().norm(dim=-1).reshape(r, r, r) - 0.3 * scene.sdf.radius)
+    return scene, info
+
+
+def _opt_cfg(steps, **kw):
+    return replace(OptimizeConfig(), steps=steps, rays_per_step=512, frames_per_step=2, warmup_steps=5,
+                   lr_sdf=2e-2, grid_schedule=((0.5, 32),), **kw)
+
+
+def test_mesh_extraction_of_analytic_sdf_has_right_size():
+    mesh = extract_mesh(lambda x: x.norm(dim=-1) - 0.04, radius=0.06, resolution=48)
+    assert mesh.is_watertight and mesh.volume > 0
+    np.testing.assert_allclose(mesh.extents, 0.08, rtol=0.02)
+    # Box 6 x 4 x 2 cm, plus a small far-away floater that must be dropped.
+    half = torch.tensor([0.03, 0.02, 0.01])
+
+    def box(x):
+        q = x.abs() - half
+        d = q.clamp_min(0).norm(dim=-1) + q.max(dim=-1).values.clamp_max(0)
+        floater = (x - torch.tensor([0.045, 0.045, 0.045])).norm(dim=-1) - 0.005
+        return torch.minimum(d, floater)
+
+    mesh = extract_mesh(box, radius=0.06, resolution=64)
+    np.testing.assert_allclose(np.sort(mesh.extents), [0.02, 0.04, 0.06], atol=0.0025)
+
+
+def test_init_places_object_near_truth(tiny_clip):
+    scene, info = _scene(tiny_clip, sphere_init=False)
+    centre = np.array(info["center_hand"])
+    assert np.linalg.norm(centre - tiny_clip["centre"]) < 0.015
+    assert tiny_clip["radius"] < info["radius"] < 4 * tiny_clip["radius"]
+    assert 0.0 < info["hull_fraction"] < 0.5
+
+
+def test_tiny_fit_raises_object_iou_and_lowers_loss(tiny_clip):
+    torch.manual_seed(0)
+    scene, _ = _scene(tiny_clip)
+    labels = labels_from_masks(tiny_clip["hand"], tiny_clip["obj"])
+    cfg = _opt_cfg(100)
+    before = np.mean([r["iou_object"] for r in evaluate_masks(scene, labels, cfg, stride=1)])
+    res = optimize_scene(scene, labels, cfg)
+    after = np.mean([r["iou_object"] for r in evaluate_masks(scene, labels, cfg, stride=1)])
+    mask_loss = np.array([h["mask"] for h in res.history])
+    assert mask_loss[-20:].mean() < 0.6 * mask_loss[:10].mean()
+    assert before < 0.6
+    assert after > 0.75, (before, after)
+
+
+def test_resume_after_kill_equals_uninterrupted(tiny_clip, tmp_path):
+    labels = labels_from_masks(tiny_clip["hand"], tiny_clip["obj"])
+    cfg = replace(_opt_cfg(30), checkpoint_every=10, grid_schedule=((0.8, 32),))
+
+    scene_a, _ = _scene(tiny_clip)
+    optimize_scene(scene_a, labels, cfg)
+
+    ckpt = tmp_path / "ck.pt"
+    scene_b, _ = _scene(tiny_clip)
+    with pytest.raises(StopRequested):
+        optimize_scene(scene_b, labels, cfg, ckpt, should_stop=lambda step: step == 20)
+    assert ckpt.is_file()
+    scene_c, _ = _scene(tiny_clip)  # a fresh process would rebuild the scene from scratch
+    res = optimize_scene(scene_c, labels, cfg, ckpt)
+    assert res.resumed_from == 20 and len(res.history) == 30
+    sa, sc = scene_a.state_dict(), scene_c.state_dict()
+    assert sa.keys() == sc.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sc[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_mlp_sdf_prefits_hull_and_renders(tiny_clip):
+    scene, info = _scene(tiny_clip, sdf_kind="mlp")
+    assert isinstance(scene.sdf, MLPSDF)
+    assert info["prefit_error_m"] < 0.3 * info["radius"]
+    labels = labels_from_masks(tiny_clip["hand"], tiny_clip["obj"])
+    cfg = replace(_opt_cfg(3), rays_per_step=64)
+    cfg = replace(cfg, vol=replace(cfg.vol, normal_mode="autograd", n_coarse=16, n_importance=16))
+    res = optimize_scene(scene, labels, cfg)
+    assert res.last_terms["eikonal"] >= 0 and np.isfinite(res.history[-1]["total"])
+
+
+def test_fit_stage_writes_contract(tiny_clip, tmp_path):
+    import cv2
+
+    from hoirecon.io.masks import write_mask_folder
+    from hoirecon.pipeline.runner import run_stage, write_external_stage
+    from hoirecon.stages.fit import STAGE, FitConfig
+
+    out = tmp_path / "clip"
+
+    def frames(d: Path):
+        for t in range(N_FRAMES):
+            cv2.imwrite(str(d / f"{t:06d}.png"), np.zeros((SIZE, SIZE, 3), np.uint8))
+        (d / "meta.json").write_text(json.dumps({"fps": 10, "num_frames": N_FRAMES, "size": [SIZE, SIZE]}))
+
+    def hands(d: Path):
+        np.savez(d / "hands.npz", K=tiny_clip["K"].astype(np.float32),
+                 T_cam_to_hand=tiny_clip["T_cam_to_hand"].astype(np.float32),
+                 articulation=tiny_clip["articulation"], shape=np.zeros(10, np.float32), side=np.array("right"),
+                 valid=np.ones(N_FRAMES, bool))
+
+    write_external_stage(out, "frames", frames, "test")
+    write_external_stage(out, "masks", lambda d: write_mask_folder(d, tiny_clip["hand"], tiny_clip["obj"]), "test")
+    write_external_stage(out, "hand", hands, "test")
+    res = run_stage(out, STAGE, FitConfig(steps=12, rays_per_step=256, mesh_resolution=40, preview_every=6,
+                                          checkpoint_every=5))
+    fit = out / "fit"
+    poses = np.load(fit / "poses.npz")
+    assert poses["T_cam_to_hand"].shape == (N_FRAMES, 4, 4) and poses["T_hand_to_obj"].shape == (N_FRAMES, 4, 4)
+    assert poses["articulation"].shape == (N_FRAMES, 45) and poses["shape"].shape == (10,)
+    assert str(poses["side"]) == "right" and tuple(poses["image_size"]) == (SIZE, SIZE)
+    mesh = trimesh.load(fit / "object.ply", force="mesh")
+    assert len(mesh.faces) > 50
+    sdf = load_object_sdf(fit)
+    d = sdf(torch.as_tensor(mesh.vertices[:100], dtype=torch.float32))
+    assert d.abs().max() < 0.01  # the mesh lies on the SDF's zero level
+    rows = (fit / "losses.csv").read_text().splitlines()
+    assert len(rows) == 13 and rows[0].startswith("step,mask")
+    assert (fit / "preview" / "step_00006.png").is_file() and (fit / "preview" / "step_00012.png").is_file()
+    summary = json.loads((fit / "summary.json").read_text())
+    assert len(summary["mask_iou"]) == N_FRAMES and summary["steps"] == 12
+    assert res.status == "ran" and not any((out / ".work").glob("fit-*"))
+
+
+def test_fit_sdf_to_grid_mlp_matches_sphere():
+    torch.manual_seed(0)
+    mlp = MLPSDF(radius=0.05)
+    pts = GridSDF(0.05, 24).node_points()
+    target = (pts.norm(dim=-1) - 0.02).reshape(24, 24, 24)
+    err = fit_sdf_to_grid(mlp, target, steps=150, generator=torch.Generator().manual_seed(0))
+    assert err < 0.004
