@@ -22,15 +22,16 @@ H, W = 96, 128
 def _scene(t: int, teleport: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A textured background, a skin-coloured 'hand' disc and a blue 'object' box moving together.
 
-    teleport: after frame 0 the pair jumps far every frame, beyond what any flow follows.
+    teleport: the pair leaves the frame (the last frames show background only), so no track
+        can come back to the first-frame masks.
     """
     rng = np.random.default_rng(0)
     bg = (rng.random((H // 8, W // 8, 3)) * 60 + 90).astype(np.uint8)
     img = np.kron(bg, np.ones((8, 8, 1), np.uint8))
     yy, xx = np.mgrid[:H, :W]
     cx, cy = 40 + 2 * t, 48
-    if teleport and t > 0:
-        cx, cy = (90, 30) if t % 2 else (30, 70)
+    if teleport:
+        cx = 40 + 16 * t
     obj = (abs(xx - cx) < 14) & (abs(yy - cy) < 20)
     hand = ((xx - (cx + 22)) ** 2 + (yy - (cy - 4)) ** 2) < 11 ** 2
     img[obj] = (30, 60, 200)
