@@ -101,11 +101,6 @@ class FlowTracker:
         warped = cv2.remap(mask.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderValue=0)
         return warped > 0.5
 
-    def band_for(self, mask: np.ndarray) -> int:
-        """Band half-width for a mask: the configured one, narrower for small masks (a toy in a
-        fist) so that their eroded core does not vanish."""
-        return int(np.clip(round(0.15 * np.sqrt(mask.sum())), 1, self.cfg.band_px))
-
     def refine(self, image: np.ndarray, warped: np.ndarray, forbid: np.ndarray | None = None,
                anchor: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """GrabCut seeded by a warped mask: eroded core sure-FG, band probable, outside sure-BG.
@@ -115,8 +110,7 @@ class FlowTracker:
         """
         if warped.sum() < self.cfg.min_area_px and anchor is None:
             return warped
-        band = self.band_for(warped)
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1,) * 2)
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.cfg.band_px + 1,) * 2)
         m8 = warped.astype(np.uint8)
         core = cv2.erode(m8, k).astype(bool)
         outer = cv2.dilate(m8, k).astype(bool)
@@ -133,7 +127,7 @@ class FlowTracker:
             seed[forbid & ~core] = cv2.GC_BGD
         # GrabCut on the bounding crop only: ~10x faster than the whole frame
         ys, xs = np.nonzero(outer)
-        pad = 4 * band
+        pad = 4 * self.cfg.band_px
         y0, y1 = max(0, ys.min() - pad), min(warped.shape[0], ys.max() + pad + 1)
         x0, x1 = max(0, xs.min() - pad), min(warped.shape[1], xs.max() + pad + 1)
         out = np.zeros_like(warped)
@@ -161,8 +155,8 @@ class FlowTracker:
             flow = self.flow(frames[t - 1], frames[t])
             taken = np.zeros(first_masks.shape[1:], bool)
             warped_all = [self.warp(out[t - 1, k], flow) for k in range(K)]
-            cores = [cv2.erode(w.astype(np.uint8), cv2.getStructuringElement(
-                cv2.MORPH_ELLIPSE, (2 * self.band_for(w) + 1,) * 2)).astype(bool) for w in warped_all]
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.cfg.band_px + 1,) * 2)
+            cores = [cv2.erode(w.astype(np.uint8), kernel).astype(bool) for w in warped_all]
             for k in range(K):
                 warped = warped_all[k]
                 # the confident interior of the other masks is not up for grabs (a grown hand

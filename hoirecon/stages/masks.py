@@ -34,7 +34,7 @@ from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, grabcut_from_box, mask_iou
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "3"
+VERSION = "2"
 DETECTORS = ("boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("flow", "stcn")
@@ -154,21 +154,12 @@ def _first_masks(cfg: MasksConfig, first: np.ndarray, hand_box: Box, obj_box: Bo
     else:
         hand = grabcut_from_box(first, hand_box)
         obj = grabcut_from_box(first, obj_box, sure_bg=hand)
-        if obj.sum() < 0.2 * _box_area(obj_box):
-            # The hand's GrabCut swallowed a small held object (a toy in a fist): segment the
-            # object on its own and give it the overlap instead.
-            obj = grabcut_from_box(first, obj_box)
-            hand = hand & ~obj
     obj = obj & ~hand  # the hand is in front where a grasp overlaps the object
     for name, m in (("hand", hand), ("object", obj)):
         if m.sum() < 16:
             raise RunError(f"segmentation of the first-frame {name} box gave an empty mask; check the box "
                            f"or supply masks with --masks-dir")
     return np.stack([hand, obj])
-
-
-def _box_area(box: Box) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
 def _track(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, device: str, task) -> np.ndarray:
