@@ -234,3 +234,40 @@ def test_fit_sdf_to_grid_mlp_matches_sphere():
     target = (pts.norm(dim=-1) - 0.02).reshape(24, 24, 24)
     err = fit_sdf_to_grid(mlp, target, steps=150, generator=torch.Generator().manual_seed(0))
     assert err < 0.004
+
+
+def test_grid_area_regularizer_measures_and_flattens():
+    # A sphere of half the radius: area pi (units of radius^2; the 1.5-node smoothing adds ~5% at 48^3).
+    grid = GridSDF(0.05, 48)
+    np.testing.assert_allclose(float(grid.regularizers()["area"].detach()), np.pi, rtol=0.08)
+    # Its gradient lowers the area (shrinks the surface) while the eikonal term stays sane.
+    opt = torch.optim.Adam(grid.parameters(), lr=2e-3)
+    for _ in range(20):
+        reg = grid.regularizers()
+        opt.zero_grad()
+        (reg["area"] + 0.1 * reg["eikonal"]).backward()
+        opt.step()
+    assert float(grid.regularizers()["area"].detach()) < 0.97 * float(GridSDF(0.05, 48).regularizers()["area"].detach())
+
+
+def test_invalid_frames_weaken_the_pull_to_the_init(tiny_clip):
+    from hoirecon.fit.optimize import scene_losses
+
+    init = InitConfig(sdf_kind="grid", grid_resolution=16, hull_resolution=16, invalid_trust=0.1)
+    valid = np.ones(N_FRAMES, bool)
+    valid[1] = False
+    scene, _ = build_initial_scene(tiny_clip["hand_model"], tiny_clip["K"], tiny_clip["T_cam_to_hand"],
+                                   tiny_clip["articulation"], np.zeros(10), "right", (SIZE, SIZE), tiny_clip["hand"],
+                                   tiny_clip["obj"], init, valid=valid)
+    np.testing.assert_allclose(scene.init_trust.numpy(), [1.0, 0.1, 1.0, 1.0])
+    cfg = replace(_opt_cfg(1), rays_per_step=16)
+    frames, pix = torch.tensor([0]), torch.full((1, 16, 2), 40.0)
+    labels = torch.zeros(1, 16, dtype=torch.long)
+    priors = []
+    for t in (0, 1):  # the same articulation change on a valid and on an invalid frame
+        with torch.no_grad():
+            scene.artic_delta.zero_()
+            scene.artic_delta[t] = 0.1
+        _, terms = scene_losses(scene, frames, pix, labels, cfg, torch.Generator().manual_seed(0))
+        priors.append(terms["artic_prior"])
+    assert priors[1] < 0.2 * priors[0]

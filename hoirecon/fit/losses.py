@@ -24,6 +24,8 @@ class LossWeights:
     mask: semantic cross-entropy (per sampled pixel, mean).
     eikonal: (|grad| - 1)^2 (grid: near-surface nodes; MLP: ray samples + random points).
     sdf_smooth: squared Laplacian of the grid (grid SDF only; fills unobserved space).
+    sdf_area: surface area of the grid's zero level set in units of radius^2 (grid SDF
+        only): a minimal-surface prior for the parts no view constrains.
     penetration: mean over hand vertices of relu(-sdf) / radius.
     temporal_artic: squared 2nd differences of the articulation over frames (rad^2).
     temporal_cam: squared 2nd differences of the camera pose (rotation-matrix entries
@@ -37,6 +39,7 @@ class LossWeights:
     mask: float = 1.0
     eikonal: float = 0.1
     sdf_smooth: float = 1e-3
+    sdf_area: float = 0.01
     penetration: float = 10.0
     temporal_artic: float = 1.0
     temporal_cam: float = 1.0

@@ -103,6 +103,8 @@ class InitConfig:
         the hand centre (see ``estimate_object_center``). hull_dilate_px, hull_max_votes:
         carving tolerance. beta_init / beta_min: Laplace beta as fractions of the radius.
     mlp_prefit_steps: Adam steps fitting the MLP to the hull SDF.
+    invalid_trust: weight of the hand / camera initialisation priors on frames where the
+        hand estimator failed (``valid = False`` in hands.npz; their init is interpolated).
     """
 
     sdf_kind: str = "grid"
@@ -115,6 +117,7 @@ class InitConfig:
     beta_init: float = 0.03
     beta_min: float = 0.003
     mlp_prefit_steps: int = 300
+    invalid_trust: float = 0.1
 
 
 def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
@@ -130,13 +133,16 @@ def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
 
 def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side: str, image_size,
                         hand_masks: np.ndarray, obj_masks: np.ndarray, cfg: InitConfig,
-                        device: str | torch.device = "cpu", seed: int = 0) -> tuple[HOIScene, dict]:
+                        device: str | torch.device = "cpu", seed: int = 0,
+                        valid: np.ndarray | None = None) -> tuple[HOIScene, dict]:
     """Place the object near the hand, size it, carve its visual hull, build the scene.
 
     Args:
         hand_model: HandModel. K: (3, 3). T_cam_to_hand: (T, 4, 4). articulation: (T, 45).
         shape: (10,). side: 'right'|'left'. image_size: (W, H).
         hand_masks, obj_masks: (T, H, W) bool.
+        valid: (T,) bool, frames where the hand estimator found the hand (None = all);
+            the others get ``cfg.invalid_trust`` as their weight of the init priors.
     Returns:
         scene (on ``device``) and an info dict (centre_hand, radius, hull volume fraction).
     """
@@ -162,8 +168,14 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         sdf = build_object_sdf({"kind": cfg.sdf_kind, "radius": radius})
     gen = torch.Generator().manual_seed(seed)
     prefit_err = fit_sdf_to_grid(sdf, hull, steps=cfg.mlp_prefit_steps, generator=gen)
+    trust = None
+    if valid is not None:
+        valid = np.asarray(valid, bool).reshape(-1)
+        if valid.shape[0] != T_c2h.shape[0]:
+            raise RunError(f"'valid' has {valid.shape[0]} frames, the clip has {T_c2h.shape[0]}")
+        trust = np.where(valid, 1.0, cfg.invalid_trust).astype(np.float32)
     scene = HOIScene(sdf, hand_model, K, T_c2h, articulation, shape, side, image_size, T_h2o,
-                     beta_init=cfg.beta_init * radius, beta_min=cfg.beta_min * radius).to(device)
+                     beta_init=cfg.beta_init * radius, beta_min=cfg.beta_min * radius, init_trust=trust).to(device)
     info = {"center_hand": center.tolist(), "radius": float(radius),
             "hull_fraction": float((hull < 0).float().mean()), "prefit_error_m": prefit_err}
     return scene, info
@@ -241,6 +253,8 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
     if isinstance(scene.sdf, GridSDF):
         terms["eikonal"] = reg["eikonal"]
         terms["sdf_smooth"] = reg["smooth"]
+        if w.sdf_area:
+            terms["sdf_area"] = reg["area"]
     else:
         pts = (torch.rand(cfg.eikonal_points, 3, generator=gen) * 2 - 1).to(dev) * radius
         from hoirecon.render.volume import sdf_with_gradient
@@ -256,8 +270,11 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
     cam_vec = torch.cat([T_c2h[:, :3, :3].reshape(-1, 9), T_c2h[:, :3, 3] / radius], -1)
     terms["temporal_cam"] = temporal_second_diff(cam_vec)
     terms["temporal_obj"] = temporal_first_diff(torch.cat([scene.obj_rot, scene.obj_trans / radius], -1))
-    terms["artic_prior"] = scene.artic_delta.pow(2).mean()
-    terms["cam_prior"] = scene.cam_rot.pow(2).mean() + (scene.cam_trans / radius).pow(2).mean()
+    # Weighted by the per-frame trust in the initialisation (low where the hand estimator
+    # failed): there the temporal terms and the masks decide.
+    trust = scene.init_trust / scene.init_trust.mean().clamp_min(1e-6)
+    terms["artic_prior"] = (scene.artic_delta.pow(2).mean(-1) * trust).mean()
+    terms["cam_prior"] = ((scene.cam_rot.pow(2).mean(-1) + (scene.cam_trans / radius).pow(2).mean(-1)) * trust).mean()
     total = sum(getattr(w, k) * v for k, v in terms.items())
     return total, {k: float(getattr(w, k) * v.detach()) for k, v in terms.items()}
 

@@ -117,10 +117,14 @@ class HOIScene(nn.Module):
         shape_init: (10,). side: 'right' | 'left'. image_size: (W, H).
         T_hand_to_obj_base: (4, 4) initial shared object pose (rotation + translation).
         beta_init: initial Laplace beta (m). beta_min: its floor (m).
+        init_trust: (T,) weights of the pull to the hand / camera initialisation per frame
+            (None = 1 everywhere; the fit uses ``InitConfig.invalid_trust`` where hands.npz
+            says ``valid = False``).
     """
 
     def __init__(self, sdf: ObjectSDF, hand_model, K, T_cam_to_hand_init, articulation_init, shape_init,
-                 side: str, image_size: tuple[int, int], T_hand_to_obj_base, beta_init: float, beta_min: float):
+                 side: str, image_size: tuple[int, int], T_hand_to_obj_base, beta_init: float, beta_min: float,
+                 init_trust=None):
         super().__init__()
         f32 = dict(dtype=torch.float32)
         T = int(torch.as_tensor(T_cam_to_hand_init).shape[0])
@@ -131,6 +135,10 @@ class HOIScene(nn.Module):
         self.register_buffer("K", torch.as_tensor(K, **f32).clone())
         self.register_buffer("T_cam_to_hand_init", torch.as_tensor(T_cam_to_hand_init, **f32).clone())
         self.register_buffer("articulation_init", torch.as_tensor(articulation_init, **f32).reshape(T, 45).clone())
+        # Per-frame weight of the priors that pull the hand / camera to their initialisation
+        # (lower on frames where the hand estimator failed and the init is interpolated).
+        trust = torch.ones(T, **f32) if init_trust is None else torch.as_tensor(init_trust, **f32).reshape(T)
+        self.register_buffer("init_trust", trust.clone())
         self.density = LaplaceDensity(beta_init=beta_init - beta_min, beta_min=beta_min)
         base = torch.as_tensor(T_hand_to_obj_base, **f32)
         from hoirecon.geometry.rotations import matrix_to_axis_angle
