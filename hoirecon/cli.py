@@ -62,7 +62,10 @@ HandBackendOpt = typer.Option("mediapipe", "--hand-backend", help="Hand estimato
 SideOpt = typer.Option("right", "--side", help="The hand holding the object: right | left.")
 HandModelOpt = typer.Option("anny", "--hand-model", help="Hand model: anny (open) | mano (needs weights).")
 PresetOpt = typer.Option("fast", "--preset", help="fast (minutes on a CPU) | paper (the seed's 50k steps).")
-PriorOpt = typer.Option("none", "--prior", help="Diffusion prior for score distillation: none.")
+PriorOpt = typer.Option("none", "--prior", help="Diffusion prior distilled into the object: none | hoirecon "
+                                                "(shipped) | diffhoi (authors' checkpoint) | path to a .pt.")
+SdsWeightOpt = typer.Option(1e-3, "--sds-weight", help="Weight of the score-distillation term.")
+SdsEveryOpt = typer.Option(1, "--sds-every", help="Score distillation on every N-th step (after step 100).")
 StepsOpt = typer.Option(None, "--steps", help="Override the preset's number of optimisation steps.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of initialisation and sampling.")
 FormatOpt = typer.Option("glb", "--format", help="Mesh format: glb | obj | ply.")
@@ -158,6 +161,8 @@ def run(
     hand_model: str = HandModelOpt,
     preset: str = PresetOpt,
     prior: str = PriorOpt,
+    sds_weight: float = SdsWeightOpt,
+    sds_every: int = SdsEveryOpt,
     steps: Optional[int] = StepsOpt,
     seed: int = SeedOpt,
     export_format: str = FormatOpt,
@@ -174,7 +179,8 @@ def run(
               (STAGES["masks"], _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker,
                                               iou_threshold)),
               (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model)),
-              (STAGES["fit"], FitConfig(preset=preset, prior=prior, steps=steps, seed=seed, hand_model=hand_model)),
+              (STAGES["fit"], FitConfig(preset=preset, prior=prior, category=category, steps=steps, seed=seed,
+                                        hand_model=hand_model, sds_weight=sds_weight, sds_every=sds_every)),
               (STAGES["export"], ExportConfig(format=export_format))]
     run_pipeline(out, stages, force_from=force, reporter=s.reporter, device=device, on_result=s.stage_done)
     _print_outputs(s, out)
@@ -281,6 +287,9 @@ def fit(
     out: Path = typer.Argument(..., help="Output folder with frames, masks and hand (or a synth folder)."),
     preset: str = PresetOpt,
     prior: str = PriorOpt,
+    category: str = typer.Option("unknown", "--category", "-c", help="Object category for the prior."),
+    sds_weight: float = SdsWeightOpt,
+    sds_every: int = SdsEveryOpt,
     steps: Optional[int] = StepsOpt,
     rays: Optional[int] = typer.Option(None, "--rays", help="Override the preset's rays per step."),
     seed: int = SeedOpt,
@@ -294,7 +303,8 @@ def fit(
 ) -> None:
     """Optimise the hand-object scene (object SDF, object and camera poses, hand) against the masks."""
     s = _session(quiet, as_json, "fit")
-    cfg = FitConfig(preset=preset, prior=prior, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
+    cfg = FitConfig(preset=preset, prior=prior, category=normalize_category(category), sds_weight=sds_weight,
+                    sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
                     blend=blend, mesh_resolution=mesh_resolution)
     s.summary["out"] = str(out)
     _require_output_folder(out)

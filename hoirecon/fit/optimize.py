@@ -333,6 +333,7 @@ def optimize_scene(
     scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig, checkpoint_path: Path | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
+    guidance: Callable | None = None,
 ) -> OptimizeResult:
     """Optimise ``scene`` against the label maps (resuming from ``checkpoint_path`` if present).
 
@@ -341,6 +342,9 @@ def optimize_scene(
         cfg: OptimizeConfig. checkpoint_path: where resumable state lives (None = no resume).
         on_step: called after every step with (step index just done, log row).
         should_stop: called after each step (after its checkpoint); True raises StopRequested.
+        guidance: optional prior term, ``guidance(scene, step, steps, gen) -> (loss | None,
+            info)`` (``hoirecon.fit.guidance.PriorGuidance``); its loss is added to the total
+            and its info to the log row.
     Returns:
         OptimizeResult (history = one log row per step: each weighted term, total, lr, seconds).
     """
@@ -378,6 +382,10 @@ def optimize_scene(
         frames = torch.randperm(T, generator=gen)[: min(cfg.frames_per_step, T)]
         pix, lab = sampler.sample(frames, n_per_frame, sample_probs(step, cfg), gen)
         total, terms = scene_losses(scene, frames, pix, lab, cfg, gen)
+        if guidance is not None:
+            sds, sds_info = guidance(scene, step, cfg.steps, gen)
+            total = total if sds is None else total + sds
+            terms = {**terms, **sds_info}
         if not torch.isfinite(total):
             raise RunError(f"the scene optimisation diverged at step {step} (loss {float(total)})")
         opt.zero_grad(set_to_none=True)

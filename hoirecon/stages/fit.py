@@ -34,7 +34,9 @@ import cv2
 import numpy as np
 import torch
 
+from hoirecon.categories import normalize_category
 from hoirecon.errors import UserError
+from hoirecon.fit.guidance import PRIOR_NAMES, GuidanceConfig, build_guidance
 from hoirecon.fit.losses import LossWeights
 from hoirecon.fit.mesh import extract_mesh
 from hoirecon.fit.optimize import (
@@ -53,7 +55,6 @@ from hoirecon.stages.frames import load_frames_meta
 
 VERSION = "2"
 PRESETS = ("fast", "paper")
-PRIORS = ("none",)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ class FitConfig:
     """Settings of the fit stage (CLI: ``hoirecon fit OUT --preset --prior --steps ...``).
 
     preset: "fast" (grid SDF, minutes on 2 CPU cores) | "paper" (MLP SDF, 50k steps).
-    prior: "none" (the diffusion prior is not part of this stage yet).
+    prior: geometry prior distilled into the object SDF (``hoirecon.fit.guidance``):
+        "none" | "hoirecon" (shipped weights) | "diffhoi" (authors' checkpoint) | a prior .pt.
+    category: object category conditioning the prior ("unknown" = category-agnostic).
+    sds_weight: weight of the SDS term (authors' w_diffuse 1e-3, same summed reduction).
+    sds_every: SDS on every N-th step after step 100 (each SDS step weighs N x sds_weight).
     steps: override of the preset's step count.
     rays_per_step: override of the preset's pixels per step (paper 1024).
     seed: seeds initialisation, sampling and rendering jitter.
@@ -76,6 +81,9 @@ class FitConfig:
 
     preset: str = "fast"
     prior: str = "none"
+    category: str = "unknown"
+    sds_weight: float = 1e-3
+    sds_every: int = 1
     steps: Optional[int] = None
     rays_per_step: Optional[int] = None
     seed: int = 0
@@ -89,8 +97,11 @@ class FitConfig:
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset '{self.preset}': choose one of {', '.join(PRESETS)}")
-        if self.prior not in PRIORS:
-            raise UserError(f"prior '{self.prior}' is not available in the fit stage; use --prior none")
+        if self.prior.lower() not in PRIOR_NAMES and not self.prior.endswith((".pt", ".pth", ".ckpt")):
+            raise UserError(f"unknown prior '{self.prior}': choose one of {', '.join(PRIOR_NAMES)} or a prior .pt file")
+        normalize_category(self.category)
+        if self.sds_weight < 0 or self.sds_every < 1:
+            raise UserError(f"--sds-weight must be >= 0 and --sds-every >= 1, got {self.sds_weight}, {self.sds_every}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
         if self.rays_per_step is not None and self.rays_per_step < 8:
@@ -178,6 +189,8 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     init_cfg, opt_cfg = preset_configs(cfg)
     device = torch.device(ctx.device)
     hand_model = build_hand_model(cfg.hand_model, device)
+    guidance = build_guidance(GuidanceConfig(prior=cfg.prior, category=cfg.category, weight=cfg.sds_weight,
+                                             every=cfg.sds_every), hand_model, device)
     torch.manual_seed(cfg.seed)
     scene, init_info = build_initial_scene(hand_model, hands["K"], hands["T_cam_to_hand"], hands["articulation"],
                                            hands["shape"], hands["side"], (W, H), hand_m, obj_m, init_cfg,
@@ -198,7 +211,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
             if cfg.preview_every and (step + 1) % cfg.preview_every == 0 and step + 1 < opt_cfg.steps:
                 _preview(scene, labels, opt_cfg, preview_frames, out / "preview" / f"step_{step + 1:05d}.png")
 
-        result = optimize_scene(scene, labels, opt_cfg, ckpt, on_step=on_step)
+        result = optimize_scene(scene, labels, opt_cfg, ckpt, on_step=on_step, guidance=guidance)
         task.advance(result.resumed_from)
     rows = result.history
     _preview(scene, labels, opt_cfg, preview_frames, out / "preview" / f"step_{opt_cfg.steps:05d}.png")
@@ -214,7 +227,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     mesh.export(out / "object.ply")
     ious = evaluate_masks(scene, labels, opt_cfg, stride=cfg.iou_stride)
     summary = {
-        "preset": cfg.preset, "steps": opt_cfg.steps, "resumed_from": result.resumed_from,
+        "preset": cfg.preset, "prior": cfg.prior, "category": cfg.category, "steps": opt_cfg.steps, "resumed_from": result.resumed_from,
         "seconds": time.perf_counter() - t_start, "optimize_seconds": rows[-1]["seconds"],
         "final_losses": {k: v for k, v in rows[-1].items() if k not in ("step", "seconds")},
         "mean_iou_object": float(np.mean([r["iou_object"] for r in ious])),
