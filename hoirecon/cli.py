@@ -82,8 +82,9 @@ class _Session:
         self.summary: dict[str, Any] = {"command": command, "ok": True}
 
     def stage_done(self, result: StageResult) -> None:
+        # the runner's status/seconds win over a stage summary's own keys of the same name
         self.summary.setdefault("stages", {})[result.name] = {
-            "status": result.status, "seconds": round(result.seconds, 3), **result.summary}
+            **result.summary, "status": result.status, "seconds": round(result.seconds, 3)}
         word = "cached" if result.status == "cached" else f"done in {result.seconds:.1f} s"
         self.reporter.info(f"[green]✓[/green] {result.name:<7} {word}")
 
