@@ -50,7 +50,7 @@ Target: `make demo` under 15 minutes on 2 CPU cores (set-up excluded here: a fre
 
 Peak RSS of the run (largest child process): {peak_gb:.2f} GB.
 
-Against ground truth (full pipeline: tracked masks, MediaPipe hand init with focal 1, fast fit, no prior):
+Against ground truth (full pipeline: tracked masks, MediaPipe hand init with focal 1, fast fit with the shipped prior):
 F@5 {obj['f5']:.3f}, F@10 {obj['f10']:.3f}, CD {obj['cd']:.2f} cm², CD_h {ev['fit']['cd_h']:.1f} cm².
 Its visual-hull initialisation: F@5 {init['f5']:.3f}, F@10 {init['f10']:.3f}, CD {init['cd']:.2f} cm², CD_h {ev['init']['cd_h']:.1f} cm².
 """

@@ -62,8 +62,8 @@ HandBackendOpt = typer.Option("mediapipe", "--hand-backend", help="Hand estimato
 SideOpt = typer.Option("right", "--side", help="The hand holding the object: right | left.")
 HandModelOpt = typer.Option("anny", "--hand-model", help="Hand model: anny (open) | mano (needs weights).")
 PresetOpt = typer.Option("fast", "--preset", help="fast (minutes on a CPU) | paper (the seed's 50k steps).")
-PriorOpt = typer.Option("none", "--prior", help="Diffusion prior distilled into the object: none | hoirecon "
-                                                "(shipped) | diffhoi (authors' checkpoint) | path to a .pt.")
+PriorOpt = typer.Option("hoirecon", "--prior", help="Diffusion prior distilled into the object: hoirecon (the "
+                                                    "shipped one) | diffhoi (authors' checkpoint) | a .pt | none.")
 SdsWeightOpt = typer.Option(1e-3, "--sds-weight", help="Weight of the score-distillation term.")
 SdsEveryOpt = typer.Option(1, "--sds-every", help="Score distillation on every N-th step (after step 100).")
 StepsOpt = typer.Option(None, "--steps", help="Override the preset's number of optimisation steps.")
