@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,10 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model, write_section  # noqa: E402
 
 from hoirecon.synth.objects import CATEGORIES  # noqa: E402
 
-START, END = "<!-- bench_fit:start -->", "<!-- bench_fit:end -->"
 
 
 def run_fit_child(out: Path, preset: str, steps: int | None, threads: int = 1) -> dict:
@@ -125,32 +125,13 @@ def render_table(rows: list[dict], paper: dict | None, header: str) -> str:
     return text
 
 
-def write_benchmarks_md(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{START}\n{text}{END}"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## fit (issue 5)\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def optimize_seconds(out: Path) -> tuple[float, int]:
     s = json.loads((out / "fit" / "summary.json").read_text())
     return float(s["optimize_seconds"]), int(s["steps"])
 
 
 def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({model}), torch {torch.__version__}, 1 torch thread"
+    return f"{os.cpu_count()} cores ({cpu_model()}), torch {torch.__version__}, 1 torch thread"
 
 
 def main() -> None:
@@ -225,7 +206,7 @@ def main() -> None:
         header += (" The `paper` line is reused from an earlier run of this script on the same clip "
                    "(`--paper-from`; the paper preset did not change in between).")
     if not args.no_write:
-        write_benchmarks_md(render_table(rows, paper, header))
+        write_section("bench_fit", render_table(rows, paper, header))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCHMARKS, cpu_model, timed, write_section  # noqa: E402
 
 from hoirecon.hand import build_hand_model  # noqa: E402
 from hoirecon.pipeline.runner import run_stage  # noqa: E402
@@ -38,7 +38,7 @@ from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig  # noqa: E402
 from hoirecon.stages.hand import STAGE as HAND, HandConfig  # noqa: E402
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig  # noqa: E402
 
-START, END = "<!-- bench_masks_hand:start -->", "<!-- bench_masks_hand:end -->"
+SECTION = "bench_masks_hand"
 
 # First-frame boxes (x0, y0, x1, y1, original pixels), drawn by hand on frame 0.
 CLIPS = {
@@ -47,29 +47,7 @@ CLIPS = {
 }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (ffmpeg)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
-
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    result = fn()
-    return result, time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def keypoint_jitter_cm(hands: dict) -> float:
@@ -146,7 +124,6 @@ def main() -> None:
                 contact_sheet(out / "masks" / "overlay.mp4", Path(args.sheets) / f"masks_overlay_{name}.png")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [
-        START,
         "## Masks + hand on the real clips (`hoirecon masks`, `hoirecon hand`)",
         "",
         f"Machine: {os.cpu_count()} cores (`nproc`), {cpu_model()}, torch {torch.__version__}, "
@@ -173,21 +150,13 @@ def main() -> None:
         "reproj px: final hand keypoints (after eq. 4 and smoothing, projected with K) vs. the MediaPipe 2D "
         "landmarks; part of it is a fixed difference between MediaPipe's palm landmarks and the model's joints. "
         "hand mask IoU: rendered hand vs. the tracked hand mask, object pixels ignored (fingers behind the object).",
-        END,
     ]
     table = "\n".join(lines)
     print(table)
     if args.no_write:
         return
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + table + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + table + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+    write_section(SECTION, table)
+    print(f"wrote {BENCHMARKS}")
 
 
 if __name__ == "__main__":

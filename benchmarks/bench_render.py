@@ -25,7 +25,6 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,12 +35,14 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCHMARKS, cpu_model, write_section  # noqa: E402
 
 from hoirecon.render.camera import make_intrinsics, project_points  # noqa: E402
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_image, render_mesh_pixels  # noqa: E402
 from hoirecon.render.volume import LaplaceDensity, VolumeRenderConfig, render_sdf_volume  # noqa: E402
 
-START, END = "<!-- bench_render:start -->", "<!-- bench_render:end -->"
+SECTION = "bench_render"
 
 
 def deformed_sphere(n_lat: int = 40, n_lon: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,19 +216,9 @@ def bench(quick: bool) -> list[tuple[str, float, float]]:
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def write_table(rows: list[tuple[str, float, float]], command: str, load: float) -> str:
     lines = [
-        START,
         "## Rendering (`hoirecon.render`)",
         "",
         f"Machine: {os.cpu_count()} cores (`nproc`), {cpu_model()}, torch {torch.__version__}, "
@@ -240,7 +231,6 @@ def write_table(rows: list[tuple[str, float, float]], command: str, load: float)
         "|---|---:|---:|",
     ]
     lines += [f"| {name} | {wall:.1f} | {cpu:.1f} |" for name, wall, cpu in rows]
-    lines.append(END)
     return "\n".join(lines)
 
 
@@ -264,17 +254,8 @@ def main() -> None:
     print(table)
     if args.no_write:
         return
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else ""
-    if not text.strip():
-        text = "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + table + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + table + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+    write_section(SECTION, table)
+    print(f"wrote {BENCHMARKS}")
 
 
 if __name__ == "__main__":

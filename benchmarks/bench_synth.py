@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import resource
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,37 +29,17 @@ import trimesh
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCHMARKS, cpu_model, timed, write_section  # noqa: E402
 
 from hoirecon.stages.evaluate import evaluate  # noqa: E402
 from hoirecon.synth.generator import generate_clip, write_example  # noqa: E402
 from hoirecon.synth.objects import CATEGORIES  # noqa: E402
 
-START, END = "<!-- bench_synth:start -->", "<!-- bench_synth:end -->"
+SECTION = "bench_synth"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (ffmpeg encodes the videos)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
-
-
-def timed(fn):
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    result = fn()
-    return result, time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def perturbed_prediction(synth: Path, out: Path, seed: int = 0) -> None:
@@ -120,7 +97,6 @@ def main() -> None:
     command = "python benchmarks/bench_synth.py" + (
         "" if args.categories == list(CATEGORIES) else " --categories " + " ".join(args.categories))
     lines = [
-        START,
         "## Synthetic clips (`hoirecon synth`) and evaluation (`hoirecon eval`)",
         "",
         f"Machine: {os.cpu_count()} cores (`nproc`), {cpu_model()}, torch {torch.__version__}, torch threads: "
@@ -151,20 +127,13 @@ def main() -> None:
                      f"{i['hand']['kp_rel_mm']:.1f} | {i['cd_h_true_object']:.2f} |")
     lines += ["", f"Example folder (`write_example`, mug, {args.frames} frames): {example['bytes'] / 1e6:.2f} MB "
               f"({', '.join(f'{k}' for k in example['files'] if '/0' not in k)}, + {args.frames} hand and "
-              f"{args.frames} object mask PNGs).", END]
+              f"{args.frames} object mask PNGs)."]
     table = "\n".join(lines)
     print(table)
     if args.no_write:
         return
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + table + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + table + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+    write_section(SECTION, table)
+    print(f"wrote {BENCHMARKS}")
 
 
 if __name__ == "__main__":

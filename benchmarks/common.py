@@ -5,24 +5,45 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
+import time
 from datetime import date
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
-def machine() -> str:
-    """'N cores, CPU model, load average' of this machine."""
-    model = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (ffmpeg, subprocesses)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def timed(fn):
+    """(fn(), wall seconds, CPU seconds)."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    result = fn()
+    return result, time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def machine() -> str:
+    """'N cores, CPU model, load average, date' of this machine."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{os.cpu_count()} cores, {model}, load average {load:.1f} at start, {date.today().isoformat()}"
+    return f"{os.cpu_count()} cores, {cpu_model()}, load average {load:.1f} at start, {date.today().isoformat()}"
 
 
 def write_section(name: str, body: str) -> None:
