@@ -242,7 +242,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path, monkeypatch):
         dp.load_diffhoi_prior("cpu", config=TINY)
     message = str(err.value)
     assert "\n" not in message
-    for name in ("final_ln.bias", "label_emb.weight", "out.2.bias [3] vs [10]"):
+    for name in ("final_ln.bias", "label_emb.weight", "out.2.bias (3,) vs network (10,)"):
         assert name in message
 
 

@@ -166,8 +166,8 @@ def test_load_state_dict_strict_and_stage0_conv1():
     assert "\n" not in msg and "x.pth" in msg
     assert "missing 22: decoder.compress.downsample.weight" in msg
     assert "unexpected 23: module.decoder.compress.downsample.weight" in msg and "(+18 more)" in msg
-    assert "key_comp.bias (3,)!=(512,)" in msg
-    with pytest.raises(UserError, match="not an STCN state dict"):
+    assert "wrong shape 1: key_comp.bias (3,) vs network (512,)" in msg
+    with pytest.raises(UserError, match="not a state dict of the STCN network"):
         load_stcn_state_dict(net, {"network": state})
 
 

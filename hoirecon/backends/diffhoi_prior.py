@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hoirecon.backends.checkpoints import check_state_dict, strip_prefix
 from hoirecon.backends.glide_tokenizer import GlideTokenizer, get_glide_tokenizer
 from hoirecon.errors import UserError
 from hoirecon.weights import require_weights
@@ -651,40 +652,9 @@ def read_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def checkpoint_to_model_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map checkpoint keys to ``DiffHOIGlideUNet`` names: strip the LightningModule prefix
-    ``glide_model.``. Keys without it are kept as they are when no key has it (bare GLIDE state
-    dict), else kept unchanged so that they surface as unexpected keys."""
-    if not any(k.startswith(CHECKPOINT_PREFIX) for k in state):
-        return dict(state)
-    n = len(CHECKPOINT_PREFIX)
-    return {k[n:] if k.startswith(CHECKPOINT_PREFIX) else k: v for k, v in state.items()}
-
-
-def _first(names: Sequence[str], n: int = 3) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f", ... (+{len(names) - n})" if len(names) > n else "")
-
-
-def check_state_dict_matches(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise one-line ``UserError`` naming missing, unexpected and mis-shaped keys, if any."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mis_shaped = [
-        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
-        for k in own if k in state and state[k].shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} keys ({_first(missing)})")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} keys ({_first(unexpected)})")
-    if mis_shaped:
-        problems.append(
-            f"{len(mis_shaped)} shape mismatches (checkpoint vs network: {_first(mis_shaped)})"
-        )
-    if problems:
-        what = "; ".join(problems)
-        raise UserError(f"{source} does not match the DiffHOI prior network: {what}")
+    ``glide_model.``. A bare GLIDE state dict (no key has it) is kept as it is; keys without it
+    next to keys with it are kept unchanged, so that they surface as unexpected keys."""
+    return strip_prefix(state, CHECKPOINT_PREFIX)
 
 
 def load_diffhoi_prior(device: torch.device | str | None = None,
@@ -707,6 +677,6 @@ def load_diffhoi_prior(device: torch.device | str | None = None,
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     with torch.device("meta"):
         model = DiffHOIGlideUNet(config)
-    check_state_dict_matches(model, state, str(path))
+    check_state_dict(model.state_dict(), state, str(path), "the DiffHOI prior network")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False).to(device or "cpu")

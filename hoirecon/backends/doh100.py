@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hoirecon.backends.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.backends.ops import nms, roi_align
 from hoirecon.backends.resnet import RESNET101, ResNet
 from hoirecon.errors import RunError, UserError
@@ -409,8 +410,8 @@ def load_doh100_state_dict(net: HandObjectDetectorNet, checkpoint: object, where
     """Strictly load a faster-rcnn.pytorch checkpoint (``{'model': state_dict, ...}`` or a bare state dict).
 
     Mapping: a leading ``module.`` (DataParallel save) is dropped; nothing else is renamed.
-    Raises ``UserError`` naming missing / unexpected / mis-shaped entries, or a pooling mode
-    other than 'align'.
+    Raises ``UserError`` naming missing / unexpected / mis-shaped entries (``check_state_dict``),
+    or a pooling mode other than 'align'.
     """
     if isinstance(checkpoint, Mapping) and "model" in checkpoint:
         mode = checkpoint.get("pooling_mode", "align")
@@ -419,20 +420,8 @@ def load_doh100_state_dict(net: HandObjectDetectorNet, checkpoint: object, where
         state = checkpoint["model"]
     else:
         state = checkpoint
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{where} is not a 100DOH detector checkpoint (expected a name->tensor state dict)")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    expected = net.state_dict()
-    missing = [n for n in expected if n not in state]
-    unexpected = [n for n in state if n not in expected]
-    bad_shape = [f"{n} {tuple(state[n].shape)}!={tuple(t.shape)}" for n, t in expected.items()
-                 if n in state and state[n].shape != t.shape]
-    if missing or unexpected or bad_shape:
-        def few(names: list[str]) -> str:
-            return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
-        parts = [f"{label} {len(names)}: {few(names)}" for label, names in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)) if names]
-        raise UserError(f"{where} does not match the 100DOH detector: " + "; ".join(parts))
+    state = strip_prefix(state, "module.") if isinstance(state, Mapping) else state
+    check_state_dict(net.state_dict(), state, where, "the 100DOH detector")
     net.load_state_dict(state, strict=True)
 
 
@@ -570,11 +559,7 @@ class DOH100Detector:
         self.device = torch.device(device)
         if network is None:
             path = require_weights(cfg.weights, backend="doh100", source=WEIGHTS_SOURCE)
-            try:
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # corrupt file, or a pickle needing non-tensor globals
-                first = str(err).splitlines()[0] if str(err) else ""
-                raise UserError(f"cannot read 100DOH checkpoint {path}: {type(err).__name__}: {first}") from None
+            checkpoint = read_torch_checkpoint(path, "100DOH checkpoint")
             network = HandObjectDetectorNet(cfg)
             load_doh100_state_dict(network, checkpoint, where=str(path))
         network.cfg = cfg

@@ -40,10 +40,9 @@ scale-first weak perspective ``x = s X + t``.
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -51,8 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hoirecon.backends.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.backends.resnet import RESNET50, ResNet
 from hoirecon.errors import UserError
+from hoirecon.io.safe_pickle import NUMPY_GLOBALS, restricted_load
 from hoirecon.weights import require_weights
 
 CHECKPOINT_FILE = "frankmocap/pose_shape_best.pth"
@@ -357,52 +358,13 @@ def preprocess_hand_crop(
     return normalize_crop(torch.from_numpy(crop_bgr).float().div_(255.0))[None]
 
 
-# The numpy callables an array pickle names (found through numpy itself: their module is
-# numpy.core in numpy 1 and numpy._core in numpy 2).
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
-_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # protocol-5 pickles of arrays
-_SCALAR = np.float64(0).__reduce__()[0]
-
-
-def _latin1_bytes(text: str, encoding: str) -> bytes:
-    """How Python 3 pickles bytes at protocol < 3 (``_codecs.encode(text, "latin1")``), nothing else."""
-    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
-        raise pickle.UnpicklingError(f"refusing to decode bytes with {encoding!r}")
-    return text.encode("latin1")
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and numpy arrays/scalars: no other global is resolved."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_bytes,
-        **{(f"numpy.{core}.multiarray", "_reconstruct"): _RECONSTRUCT for core in ("core", "_core")},
-        **{(f"numpy.{core}.multiarray", "scalar"): _SCALAR for core in ("core", "_core")},
-        **{(f"numpy.{core}.numeric", "_frombuffer"): _FROMBUFFER for core in ("core", "_core")},
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
 def load_mean_pose(path: Path) -> torch.Tensor:
     """``mean_pose`` (48,) from FrankMocap's ``mean_mano_params.pkl``.
 
     The file is a (Python 2) pickle of a dict of numpy arrays; it is read with an
     unpickler that resolves nothing but numpy arrays, never with plain ``pickle``.
     """
-    try:
-        with open(path, "rb") as f:
-            # latin1 turns Python 2 byte strings (array data) back into the same bytes, as numpy
-            # documents; text pickled by Python 3 is unaffected.
-            data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise UserError(f"cannot read {path} as FrankMocap mean params: {err}") from None
+    data = restricted_load(path, NUMPY_GLOBALS, f"FrankMocap mean params {path}")
     if not isinstance(data, dict) or "mean_pose" not in data:
         raise UserError(f"{path} has no 'mean_pose' entry (expected FrankMocap's mean_mano_params.pkl)")
     mean_pose = np.asarray(data["mean_pose"], dtype=np.float32).reshape(-1)
@@ -414,34 +376,19 @@ def load_mean_pose(path: Path) -> torch.Tensor:
 def load_encoder_state_dict(encoder: H3DWEncoder, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load a released checkpoint into ``encoder`` strictly, with clear errors.
 
-    Documented mapping (none is needed for the released file): a ``module.`` prefix on
-    every key (a DistributedDataParallel save) is stripped, and absent BatchNorm
+    Documented mapping (none is needed for the released file): a ``module.`` key prefix
+    (a DistributedDataParallel save) is stripped, and absent BatchNorm
     ``num_batches_tracked`` counters (pre-0.4.1 saves; unused in eval) are taken from the
-    module. Anything else missing, unexpected or mis-shaped raises ``UserError``.
+    module. Anything else missing, unexpected or mis-shaped raises ``UserError``
+    (``check_state_dict``).
     """
-    if not isinstance(state_dict, dict) or not state_dict:
-        raise UserError(f"{source} is not a state dict of the FrankMocap hand regressor")
-    if all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
     expected = encoder.state_dict()
-    state_dict = dict(state_dict)
-    for name, value in expected.items():
-        if name.endswith("num_batches_tracked") and name not in state_dict:
-            state_dict[name] = value
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        raise UserError(
-            f"{source} does not match the FrankMocap hand regressor: "
-            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}"
-        )
-    wrong = [
-        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise UserError(f"{source} has {len(wrong)} mis-shaped entries, e.g. {wrong[0]}")
+    if isinstance(state_dict, Mapping):
+        state_dict = strip_prefix(state_dict, "module.")
+        for name, value in expected.items():
+            if name.endswith("num_batches_tracked") and name not in state_dict:
+                state_dict[name] = value
+    check_state_dict(expected, state_dict, source, "the FrankMocap hand regressor")
     encoder.load_state_dict(state_dict, strict=True)
 
 
@@ -458,10 +405,7 @@ class FrankMocapHand:
         mean_path = require_weights(MEAN_PARAMS_FILE, backend="frankmocap", source=MEAN_PARAMS_SOURCE)
         self.cfg = H3DWEncoderConfig()
         self.encoder = H3DWEncoder(frankmocap_mean_params(load_mean_pose(mean_path), self.cfg), self.cfg)
-        try:
-            state_dict = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt file or a pickle that weights_only refuses
-            raise UserError(f"cannot load {ckpt_path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        state_dict = read_torch_checkpoint(ckpt_path, "FrankMocap checkpoint")
         load_encoder_state_dict(self.encoder, state_dict, str(ckpt_path))
         self.encoder.to(self.device).eval()
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hoirecon.backends.checkpoints import check_state_dict, strip_prefix
 from hoirecon.backends.ops import roi_align
 from hoirecon.errors import UserError
 
@@ -628,9 +629,7 @@ def map_checkpoint_keys(state: dict[str, object]) -> dict[str, object]:
       conversion for files without version metadata, which pickled zoo files are).
     """
     out = {}
-    for name, value in state.items():
-        if name.startswith("module."):
-            name = name[len("module."):]
+    for name, value in strip_prefix(state, "module.").items():
         if name in ("pixel_mean", "pixel_std") or "anchor_generator.cell_anchors" in name:
             continue
         for old, new in (("roi_heads.mask_coarse_head.", "roi_heads.mask_head.coarse_head."),
@@ -644,32 +643,17 @@ def map_checkpoint_keys(state: dict[str, object]) -> dict[str, object]:
     return out
 
 
-def _short_list(names: list[str], limit: int = 4) -> str:
-    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def load_state_strict(model: nn.Module, state: dict[str, object], origin: str) -> None:
     """Copy ``state`` (after ``map_checkpoint_keys``) into ``model``; every entry must match.
 
-    Raises ``UserError`` naming missing / unexpected keys or the first shape mismatch.
+    Zoo files hold numpy arrays: they become tensors of the model's dtypes. Raises
+    ``UserError`` naming missing / unexpected / mis-shaped keys (``check_state_dict``).
     """
-    mapped = map_checkpoint_keys(state)
+    mapped = {name: torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+              for name, value in map_checkpoint_keys(state).items()}
     own = model.state_dict()
-    missing = [k for k in own if k not in mapped]
-    unexpected = [k for k in mapped if k not in own]
-    if missing or unexpected:
-        raise UserError(f"{origin} does not fit PointRend X101-FPN: missing keys "
-                        f"[{_short_list(missing)}]; unexpected keys [{_short_list(unexpected)}]")
-    tensors = {}
-    for k, ref in own.items():
-        t = torch.as_tensor(np.asarray(mapped[k])) if not torch.is_tensor(mapped[k]) \
-            else mapped[k]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise UserError(f"{origin}: {k} has shape {tuple(t.shape)}, expected "
-                            f"{tuple(ref.shape)}")
-        tensors[k] = t.to(ref.dtype)
-    model.load_state_dict(tensors, strict=True)
+    check_state_dict(own, mapped, origin, "PointRend X101-FPN")
+    model.load_state_dict({k: mapped[k].to(ref.dtype) for k, ref in own.items()}, strict=True)
 
 
 # ----------------------------------------------------------------------------------------

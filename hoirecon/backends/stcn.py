@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hoirecon.backends.checkpoints import check_state_dict, read_torch_checkpoint
 from hoirecon.backends.resnet import RESNET18, RESNET50, ResNet
 from hoirecon.errors import UserError
 from hoirecon.weights import require_weights
@@ -354,26 +355,14 @@ def load_stcn_state_dict(net: STCN, state: object, where: str = "checkpoint", as
 
     The one upstream load-time change is kept: a 4-channel ``value_encoder.conv1.weight``
     (a stage-0 single-object model) gets a zero 5th channel. Anything else that does not
-    match raises ``UserError`` naming the missing / unexpected / mis-shaped entries.
+    match raises ``UserError`` naming the missing / unexpected / mis-shaped entries
+    (``check_state_dict``).
     """
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{where} is not an STCN state dict (expected a flat name->tensor mapping)")
-    state = dict(state)
-    conv1 = state.get("value_encoder.conv1.weight")
-    if conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 4:
+    conv1 = state.get("value_encoder.conv1.weight") if isinstance(state, Mapping) else None
+    if isinstance(conv1, torch.Tensor) and conv1.dim() == 4 and conv1.shape[1] == 4:
         zero_channel = conv1.new_zeros(conv1.shape[0], 1, *conv1.shape[2:])
-        state["value_encoder.conv1.weight"] = torch.cat([conv1, zero_channel], 1)
-    expected = net.state_dict()
-    missing = [n for n in expected if n not in state]
-    unexpected = [n for n in state if n not in expected]
-    bad_shape = [f"{n} {tuple(state[n].shape)}!={tuple(t.shape)}" for n, t in expected.items()
-                 if n in state and state[n].shape != t.shape]
-    if missing or unexpected or bad_shape:
-        def few(names: list[str]) -> str:
-            return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
-        parts = [f"{label} {len(names)}: {few(names)}" for label, names in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)) if names]
-        raise UserError(f"{where} does not match the STCN network: " + "; ".join(parts))
+        state = {**state, "value_encoder.conv1.weight": torch.cat([conv1, zero_channel], 1)}
+    check_state_dict(net.state_dict(), state, where, "the STCN network")
     net.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -503,11 +492,7 @@ class STCNTracker:
         self.device = torch.device(device)
         if network is None:
             path = require_weights(cfg.weights, backend="stcn", source=WEIGHTS_SOURCE)
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # corrupt / not a tensor checkpoint
-                raise UserError(f"cannot read STCN checkpoint {path}: {type(err).__name__}: "
-                                f"{str(err).splitlines()[0] if str(err) else ''}") from err
+            state = read_torch_checkpoint(path, "STCN checkpoint")
             with torch.device("meta"):  # no random init: every tensor comes from the file
                 network = STCN()
             load_stcn_state_dict(network, state, where=str(path), assign=True)

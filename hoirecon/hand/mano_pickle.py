@@ -3,23 +3,24 @@
 ``MANO_RIGHT.pkl`` (MANO v1.2) is a Python-2 pickle of a dict of numpy arrays, one
 ``scipy.sparse.csc_matrix`` (``J_regressor``) and ``chumpy.ch.Ch`` objects (e.g.
 ``shapedirs``); chumpy does not install on current Python/numpy. Plain ``pickle.load`` would
-also run whatever a tampered file asks for. ``load_mano_pickle`` therefore unpickles with a
-``find_class`` allowlist:
+also run whatever a tampered file asks for. ``load_mano_pickle`` therefore unpickles with
+``hoirecon.io.safe_pickle.restricted_load`` and this allowlist (``_ManoGlobals``):
 
-- numpy's array/dtype/scalar reconstructors -> the real numpy functions;
+- ``NUMPY_GLOBALS``: numpy's array/dtype/scalar reconstructors and ``_codecs.encode``
+  restricted to latin-1 (how Python-3 pickles of protocol < 3 store bytes);
 - ``chumpy.*`` classes -> ``_ChumpyStandIn``, which keeps the pickled state; afterwards it is
   replaced by its array (chumpy stores the value under ``"x"`` in its state dict);
 - ``scipy.sparse`` CSC/CSR matrices -> ``_SparseStandIn``, converted to a dense array by
   this module (no scipy object is ever constructed from the file);
 - a few inert builtins (``object``, ``set``, ``frozenset``, ``slice``, ``complex``),
-  ``copyreg._reconstructor`` restricted to building those stand-ins, and
-  ``_codecs.encode`` restricted to latin-1 (how Python-3 pickles of protocol < 3 store bytes);
+  ``OrderedDict`` and ``copyreg._reconstructor`` restricted to building those stand-ins;
 - anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) -> ``UserError``
   before it is called.
 """
 
 from __future__ import annotations
 
+import builtins
 import copyreg
 import io
 import pickle
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hoirecon.errors import UserError
+from hoirecon.io.safe_pickle import NUMPY_GLOBALS, restricted_load
 
 __all__ = ["load_mano_pickle", "restricted_loads"]
 
@@ -104,46 +106,10 @@ def _stand_in(base: type[_StandIn], module: str, name: str, **attrs: Any) -> typ
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     """``copyreg._reconstructor`` limited to our stand-ins on top of ``object``."""
     if base is not object or not (isinstance(cls, type) and issubclass(cls, _StandIn)):
-        raise UserError("MANO pickle asks to reconstruct a non-allowed object; refusing to load it")
+        raise pickle.UnpicklingError("the pickle asks to reconstruct a non-allowed object")
     return copyreg._reconstructor(cls, base, state)
 
 
-def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode`` as Python-3 pickles (protocol < 3) use it for bytes: latin-1 only."""
-    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
-        raise UserError("MANO pickle calls _codecs.encode with non-allowed arguments; refusing it")
-    return text.encode("latin1")
-
-
-def _numpy_attr(module: str, name: str) -> Any:
-    """Resolve numpy's reconstructors in numpy 1.x (``numpy.core``) and 2.x (``numpy._core``)."""
-    import importlib
-
-    for candidate in (module, module.replace("numpy.core", "numpy._core")):
-        try:
-            return getattr(importlib.import_module(candidate), name)
-        except (ImportError, AttributeError):
-            continue
-    raise UserError(f"MANO pickle needs {module}.{name}, which this numpy lacks")
-
-
-_NUMPY_ALLOWED = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-}
-_BUILTINS = {
-    "object": object,
-    "set": set,
-    "frozenset": frozenset,
-    "slice": slice,
-    "complex": complex,
-}
 _SPARSE_MODULES = {
     "scipy.sparse.csc": "csc",
     "scipy.sparse._csc": "csc",
@@ -152,37 +118,30 @@ _SPARSE_MODULES = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` only hands out allowlisted, side-effect-free objects."""
+class _ManoGlobals(dict):
+    """The allowlist of one load: fixed entries, plus a stand-in class made on first lookup
+    for each ``chumpy.*`` class and each scipy CSC/CSR matrix class the file names."""
 
-    def __init__(self, file: io.BufferedIOBase) -> None:
-        super().__init__(file, encoding="latin1")
-        self._stand_ins: dict[tuple[str, str], type] = {}
+    def __init__(self) -> None:
+        super().__init__({
+            **NUMPY_GLOBALS,
+            **{(module, name): getattr(builtins, name) for module in ("builtins", "__builtin__")
+               for name in ("object", "set", "frozenset", "slice", "complex")},
+            ("collections", "OrderedDict"): OrderedDict,
+            ("copyreg", "_reconstructor"): _safe_reconstructor,
+            ("copy_reg", "_reconstructor"): _safe_reconstructor,
+        })
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_ALLOWED:
-            return _numpy_attr(module, name)
-        if module in ("builtins", "__builtin__") and name in _BUILTINS:
-            return _BUILTINS[name]
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module in ("copyreg", "copy_reg") and name == "_reconstructor":
-            return _safe_reconstructor
-        if module == "_codecs" and name == "encode":
-            return _latin1_encode
-        key = (module, name)
-        if module == "chumpy" or module.startswith("chumpy."):
-            if key not in self._stand_ins:
-                self._stand_ins[key] = _stand_in(_ChumpyStandIn, module, name)
-            return self._stand_ins[key]
+    def __missing__(self, key: tuple[str, str]) -> type:
+        module, name = key
         fmt = _SPARSE_MODULES.get(module)
-        if fmt is not None and name == f"{fmt}_matrix":
-            if key not in self._stand_ins:
-                self._stand_ins[key] = _stand_in(_SparseStandIn, module, name, fmt=fmt)
-            return self._stand_ins[key]
-        raise UserError(
-            f"MANO pickle refers to {module}.{name}, which is not allowed; refusing to load it"
-        )
+        if module == "chumpy" or module.startswith("chumpy."):
+            self[key] = _stand_in(_ChumpyStandIn, module, name)
+        elif fmt is not None and name == f"{fmt}_matrix":
+            self[key] = _stand_in(_SparseStandIn, module, name, fmt=fmt)
+        else:
+            raise KeyError(key)
+        return self[key]
 
 
 def _convert(value: Any) -> Any:
@@ -200,19 +159,13 @@ def _convert(value: Any) -> Any:
     return value
 
 
-def restricted_loads(data: bytes) -> Any:
+def restricted_loads(data: bytes, what: str = "MANO pickle") -> Any:
     """Unpickle ``data`` with the allowlist above and convert stand-ins to arrays.
 
     Raises:
         UserError: the pickle refers to a non-allowed global, or is malformed.
     """
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
-    except UserError:
-        raise
-    except Exception as exc:  # truncated/corrupt files raise many different types
-        raise UserError(f"cannot unpickle: {type(exc).__name__}: {exc}") from exc
-    return _convert(obj)
+    return _convert(restricted_load(io.BytesIO(data), _ManoGlobals(), what))
 
 
 def load_mano_pickle(path: str | Path) -> dict[str, Any]:
@@ -225,14 +178,12 @@ def load_mano_pickle(path: str | Path) -> dict[str, Any]:
         UserError: unreadable file, non-allowed content, or not a dict.
     """
     path = Path(path)
+    what = f"MANO model {path}"
+    obj = restricted_load(path, _ManoGlobals(), what)  # its errors name the file
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read MANO model {path}: {exc.strerror or exc}") from exc
-    try:
-        obj = restricted_loads(raw)
+        obj = _convert(obj)
     except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        raise UserError(f"{what}: {exc}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict in the MANO pickle, got {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
