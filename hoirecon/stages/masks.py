@@ -6,15 +6,20 @@ the first-frame masks and the masks tracked back is above the threshold (40%) fo
 
 Backends (``--detector``, ``--segmenter``, ``--tracker``):
 - first-frame boxes: user boxes (``--hand-box``/``--object-box``, ``--boxes boxes.json``,
-  or a ``boxes.json`` next to the clip) always win; else ``doh100`` (paper, needs weights).
+  or a ``boxes.json`` next to the clip) always win; else ``auto`` (default, offline: MediaPipe
+  hand landmarks searched over crops, the held object from the region next to the hand that
+  stands out from the background and moves with the hand; ``hoirecon.segment.detect``),
+  ``doh100`` (paper, needs weights), or ``boxes`` (boxes required).
 - segmenter: ``grabcut`` (default, offline) | ``pointrend`` (paper, needs weights).
 - tracker: ``flow`` (default: DIS optical flow + GrabCut refinement) | ``stcn`` (paper, needs weights).
 ``--masks-dir`` bypasses all of it with user masks (validated for count, size, format).
 
 Artifacts in ``<out>/masks/``: ``hand/NNNNNN.png``, ``object/NNNNNN.png`` (0/255),
-``boxes.json`` (first-frame boxes in working-frame pixels), ``quality.json``
+``boxes.json`` (first-frame boxes in working-frame pixels, ``boxes_from`` and, for ``auto``,
+``scores``), ``quality.json``
 (``track_iou`` {hand, object}: first-frame vs. tracked-back IoU; ``per_frame_iou``: forward vs.
-backward masks per frame; ``passed``; ``source``), ``overlay.mp4``.
+backward masks per frame; ``passed``; ``source``; ``boxes_from``; ``detection``: the automatic
+detection's scores or null), ``overlay.mp4``.
 """
 
 from __future__ import annotations
@@ -31,11 +36,11 @@ from hoirecon.io.masks import overlay_masks, read_mask_folder, write_mask_folder
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.hashing import file_digest, tree_digest
 from hoirecon.pipeline.runner import StageContext, StageDef
-from hoirecon.segment.classic import FlowTracker, TrackerConfig, grabcut_from_box, mask_iou
+from hoirecon.segment.classic import FlowTracker, TrackerConfig, mask_iou, segment_hand_object
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "2"
-DETECTORS = ("boxes", "doh100")
+VERSION = "3"
+DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("flow", "stcn")
 
@@ -50,7 +55,7 @@ class MasksConfig:
     object_box: Optional[Box] = None
     boxes_file: Optional[str] = None
     masks_dir: Optional[str] = None
-    detector: str = "boxes"
+    detector: str = "auto"
     segmenter: str = "grabcut"
     tracker: str = "flow"
     iou_threshold: float = 0.4
@@ -119,7 +124,34 @@ def _external(cfg: MasksConfig) -> dict[str, str]:
     return digests
 
 
-def _first_frame_boxes(cfg: MasksConfig, meta: dict, first: np.ndarray, device: str) -> tuple[Box, Box, str]:
+def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box]) -> tuple[Box, Box, dict]:
+    """Offline first-frame detection (``--detector auto``); boxes already given are kept."""
+    from hoirecon.segment.detect import detect_hand_box, detect_held_object_box, landmarks_in_box
+
+    first = frames[0]
+    found = landmarks_in_box(first, hand) if hand is not None else detect_hand_box(first)
+    if found is None:
+        if hand is None:
+            raise RunError("no hand found in the first frame: pass --hand-box x0,y0,x1,y1 (original video "
+                           "pixels) or --boxes boxes.json")
+        raise RunError("no hand landmarks found in --hand-box, so the held object cannot be located: "
+                       "pass --object-box x0,y0,x1,y1 (original video pixels)")
+    info = {"hand": {"presence": round(found.presence, 4), "score": round(found.score, 4), "source": found.source}}
+    hand = hand if hand is not None else found.box
+    if obj is None:
+        held = detect_held_object_box(frames, found.keypoints_2d)
+        if held is None:
+            raise RunError("no held object found next to the hand in the first frame: pass --object-box "
+                           "x0,y0,x1,y1 (original video pixels) or --boxes boxes.json")
+        obj = held[0]
+        info["object"] = {"fill": round(held[1], 4)}
+    return hand, obj, info
+
+
+def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray],
+                       device: str) -> tuple[Box, Box, str, Optional[dict]]:
+    """First-frame (hand, object) boxes in working-frame pixels, where they came from, and the
+    automatic detection's scores (None unless ``auto`` found a box)."""
     hand, obj, origin = cfg.hand_box, cfg.object_box, "options"
     if (hand is None or obj is None) and cfg.boxes_file:
         fh, fo = read_boxes_file(Path(cfg.boxes_file))
@@ -132,17 +164,21 @@ def _first_frame_boxes(cfg: MasksConfig, meta: dict, first: np.ndarray, device: 
     scale = np.array(meta["size"] * 2, float) / np.array(meta["original_size"] * 2, float)
     hand = tuple(np.asarray(hand) * scale) if hand is not None else None
     obj = tuple(np.asarray(obj) * scale) if obj is not None else None
+    detection = None
     if hand is None or obj is None:
         if cfg.detector == "doh100":
             from hoirecon.backends.doh100 import DOH100Detector
 
-            det_hand, det_obj = DOH100Detector(device).first_frame_boxes(first)
+            det_hand, det_obj = DOH100Detector(device).first_frame_boxes(frames[0])
             hand, obj, origin = hand or det_hand, obj or det_obj, "doh100"
+        elif cfg.detector == "auto":
+            hand, obj, detection = _auto_boxes(frames, hand, obj)
+            origin = "auto"
         if hand is None or obj is None:
             missing = " and ".join(n for n, b in (("hand", hand), ("object", obj)) if b is None)
             raise UserError(f"no first-frame {missing} box: pass --hand-box/--object-box x0,y0,x1,y1 "
-                            f"(original video pixels), --boxes boxes.json, or --detector doh100")
-    return hand, obj, origin  # type: ignore[return-value]
+                            f"(original video pixels), --boxes boxes.json, or --detector auto|doh100")
+    return hand, obj, origin, detection  # type: ignore[return-value]
 
 
 def _first_masks(cfg: MasksConfig, first: np.ndarray, hand_box: Box, obj_box: Box, device: str) -> np.ndarray:
@@ -152,8 +188,9 @@ def _first_masks(cfg: MasksConfig, first: np.ndarray, hand_box: Box, obj_box: Bo
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
     else:
-        hand = grabcut_from_box(first, hand_box)
-        obj = grabcut_from_box(first, obj_box, sure_bg=hand)
+        # One joint cut: each mask sees the other's colours as background, thin or mostly
+        # hidden objects keep their pieces (see segment_hand_object).
+        hand, obj = segment_hand_object(first, hand_box, obj_box)
     obj = obj & ~hand  # the hand is in front where a grasp overlaps the object
     for name, m in (("hand", hand), ("object", obj)):
         if m.sum() < 16:
@@ -188,7 +225,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         quality = {"source": "user", "passed": True, "track_iou": None, "per_frame_iou": None}
         boxes = {}
     else:
-        hand_box, obj_box, origin = _first_frame_boxes(cfg, meta, frames[0], ctx.device)
+        hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device)
         first = _first_masks(cfg, frames[0], hand_box, obj_box, ctx.device)
         with ctx.reporter.task("tracking masks (forward + backward)", total=2 * (T - 1)) as task:
             fwd = _track(cfg, frames, first, ctx.device, task)
@@ -197,7 +234,8 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         per_frame = [{"hand": mask_iou(fwd[t, 0], bwd[t, 0]), "object": mask_iou(fwd[t, 1], bwd[t, 1])}
                      for t in range(T)]
         passed = all(v >= cfg.iou_threshold for v in track_iou.values())
-        quality = {"source": f"{cfg.segmenter}+{cfg.tracker}", "boxes_from": origin, "passed": passed,
+        quality = {"source": f"{cfg.segmenter}+{cfg.tracker}", "boxes_from": origin, "detection": detection,
+                   "passed": passed,
                    "threshold": cfg.iou_threshold, "track_iou": track_iou, "per_frame_iou": per_frame}
         if not passed:
             raise RunError(
@@ -205,7 +243,8 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
                 f"{track_iou['object']:.2f} (need >= {cfg.iou_threshold:.2f}); try other boxes, "
                 f"--tracker stcn, or give your own masks with --masks-dir")
         hand, obj = fwd[:, 0], fwd[:, 1]
-        boxes = {"hand": [float(v) for v in hand_box], "object": [float(v) for v in obj_box]}
+        boxes = {"hand": [float(v) for v in hand_box], "object": [float(v) for v in obj_box],
+                 "boxes_from": origin, "scores": detection}
     write_mask_folder(ctx.tmp_dir, hand, obj)
     (ctx.tmp_dir / "boxes.json").write_text(json.dumps(boxes, indent=2))
     (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))

@@ -1,0 +1,134 @@
+"""Automatic first-frame boxes (``--detector auto``): MediaPipe hand search + held object next to it.
+
+IoU thresholds: 0.5, the usual criterion for a detection matching its ground-truth box
+(PASCAL VOC). The synthetic GT hand box also holds the visible wrist stub, which the landmark
+box leaves out, so a correct hand box scores 0.6-0.8 here (measured: benchmarks/bench_detect.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from hoirecon.errors import RunError
+from hoirecon.io.video import read_rgb, write_video
+from hoirecon.pipeline.runner import read_manifest, run_pipeline
+from hoirecon.segment.detect import (
+    DetectConfig,
+    detect_hand_box,
+    detect_held_object_box,
+    grid_rects,
+    hand_region_from_keypoints,
+)
+from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
+from hoirecon.stages.masks import STAGE as MASKS, MasksConfig, _first_frame_boxes
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("mediapipe")
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def synth_clips(tmp_path_factory):
+    """Two 8-frame synthetic clips (mug seed 0, bottle seed 2) with their GT first-frame boxes."""
+    from hoirecon.synth.generator import generate_clip
+
+    out = {}
+    for cat, seed in (("mug", 0), ("bottle", 2)):
+        d = tmp_path_factory.mktemp(f"{cat}{seed}")
+        generate_clip(cat, d, frames=8, size=256, seed=seed)
+        frames = [read_rgb(p) for p in sorted((d / "frames").glob("*.png"))]
+        out[cat] = (d, frames, json.loads((d / "boxes.json").read_text()))
+    return out
+
+
+def _textured_background(h=192, w=256, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    blocks = (rng.random((h // 16, w // 16, 3)) * 120 + 60).astype(np.uint8)
+    img = cv2.resize(blocks, (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.GaussianBlur(img, (5, 5), 0)
+
+
+def test_grid_covers_the_image():
+    rects = grid_rects(480, 640, (0.45, 0.9), 0.5, (0.0, 90.0))
+    centres = np.array([(r.cx, r.cy) for r in rects])
+    sides = np.array([r.size for r in rects])
+    small = sides == sides.min()
+    # the small crops reach every border and neighbours overlap
+    assert (centres[small, 0] - sides[small] / 2).min() <= 0 and (centres[small, 0] + sides[small] / 2).max() >= 639
+    assert (centres[small, 1] - sides[small] / 2).min() <= 0 and (centres[small, 1] + sides[small] / 2).max() >= 479
+    xs = np.unique(np.round(centres[small, 0]))
+    assert np.diff(xs).max() <= 0.5 * sides.min() + 1
+    assert len(rects) == 2 * len(np.unique(centres, axis=0))
+
+
+@pytest.mark.parametrize("cat", ["mug", "bottle"])
+def test_detects_hand_and_held_object_on_synthetic_clips(synth_clips, cat):
+    _, frames, gt = synth_clips[cat]
+    hand = detect_hand_box(frames[0])
+    assert hand is not None and hand.presence >= DetectConfig().min_presence
+    assert box_iou(hand.box, gt["hand"]) > 0.5
+    obj = detect_held_object_box(frames, hand.keypoints_2d)
+    assert obj is not None and 0.0 < obj[1] <= 1.0
+    assert box_iou(obj[0], gt["object"]) > 0.5
+    # the object box is not just the hand again
+    assert box_iou(obj[0], hand.box) < 0.9
+
+
+def test_hand_region_is_inside_the_landmarks_box(synth_clips):
+    _, frames, _ = synth_clips["mug"]
+    hand = detect_hand_box(frames[0])
+    region = hand_region_from_keypoints(hand.keypoints_2d, frames[0].shape[:2])
+    ys, xs = np.nonzero(region)
+    x0, y0, x1, y1 = hand.box
+    assert region.sum() > 100 and xs.min() >= x0 - 1 and xs.max() <= x1 + 1 and ys.min() >= y0 - 1
+
+
+def test_no_hand_in_a_textured_background():
+    assert detect_hand_box(_textured_background()) is None
+    skin = np.full((160, 160, 3), (225, 170, 140), np.uint8)
+    assert detect_hand_box(skin) is None
+
+
+def test_user_boxes_win_over_auto():
+    meta = {"size": [256, 256], "original_size": [512, 512], "source": "/nonexistent/clip.mp4"}
+    cfg = MasksConfig(hand_box=(0, 0, 100, 100), object_box=(100, 100, 200, 220), detector="auto")
+    hand, obj, origin, detection = _first_frame_boxes(cfg, meta, [np.zeros((256, 256, 3), np.uint8)], "cpu")
+    assert origin == "options" and detection is None
+    assert hand == (0, 0, 50, 50) and obj == (50, 50, 100, 110)
+
+
+def test_stage_auto_records_where_boxes_came_from(synth_clips, tmp_path):
+    src, _, gt = synth_clips["mug"]
+    clip = tmp_path / "clip.mp4"  # no boxes.json beside it: the detector must find them
+    shutil.copy(src / "video.mp4", clip)
+    out = tmp_path / "o"
+    run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, MasksConfig())])
+    q = json.loads((out / "masks" / "quality.json").read_text())
+    boxes = json.loads((out / "masks" / "boxes.json").read_text())
+    assert q["boxes_from"] == "auto" and boxes["boxes_from"] == "auto"
+    assert q["detection"]["hand"]["presence"] >= 0.6 and "fill" in q["detection"]["object"]
+    assert box_iou(boxes["hand"], gt["hand"]) > 0.5 and box_iou(boxes["object"], gt["object"]) > 0.5
+
+
+def test_stage_without_a_hand_fails_with_one_line(tmp_path):
+    base = _textured_background()
+    frames = [np.roll(base, 2 * t, axis=1) for t in range(4)]
+    clip = tmp_path / "nohand.mp4"
+    write_video(clip, frames, fps=10)
+    with pytest.raises(RunError, match="no hand found in the first frame"):
+        run_pipeline(tmp_path / "o", [(FRAMES, FramesConfig(str(clip))), (MASKS, MasksConfig())])
+    assert read_manifest(tmp_path / "o" / "masks") is None
+    code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o2"), "--detector", "auto", "--quiet")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "--hand-box" in err
