@@ -13,7 +13,10 @@ Writes its table into BENCHMARKS.md between the ``bench_fit`` markers.
 Tuning was done on other seeds (100-105); the default report seeds are 0-5.
 
 Usage: .venv/bin/python benchmarks/bench_fit.py [--categories mug,...] [--seed0 0] [--jobs 2] [--frames 30]
-       [--size 256] [--view-range 90] [--steps N] [--paper-category mug] [--no-paper] [--no-write]
+       [--size 256] [--view-range 90] [--steps N] [--prior none] [--paper-category mug] [--no-paper]
+       [--no-write]
+(``--prior`` other than none writes the section ``bench_fit_<prior>`` instead; the prior ablation
+is ``benchmarks/bench_ablation.py``.)
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from hoirecon.synth.objects import CATEGORIES  # noqa: E402
 
 
 
-def run_fit_child(out: Path, preset: str, steps: int | None, threads: int = 1) -> dict:
-    """``hoirecon fit`` in a child process -> {seconds, peak_rss_gb} of that process alone."""
+def run_fit_child(out: Path, preset: str, steps: int | None, threads: int = 1,
+                  extra: list[str] | None = None) -> dict:
+    """``hoirecon fit`` (plus ``extra`` options) in a child process -> {seconds, peak_rss_gb} of that
+    process alone."""
     exe = Path(sys.executable).with_name("hoirecon")
-    cmd = [str(exe), "fit", str(out), "--preset", preset, "--force", "--quiet"]
+    cmd = [str(exe), "fit", str(out), "--preset", preset, "--force", "--quiet", *(extra or [])]
     if steps is not None:
         cmd += ["--steps", str(steps)]
     env = {**os.environ, "HOIRECON_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
@@ -142,11 +147,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--view-range", type=float, default=90.0)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--prior", default="none", help="fit --prior (none | hoirecon | a .pt); the category is the clip's")
     ap.add_argument("--work", default="/tmp/bench_fit")
     ap.add_argument("--paper-category", default="mug")
     ap.add_argument("--no-paper", action="store_true")
-    ap.add_argument("--paper-sec-per-iter", type=float, default=1.3,
-                    help="estimate of the paper preset's seconds per iteration (sets its step count)")
+    ap.add_argument("--paper-iter-ratio", type=float, default=3.4,
+                    help="paper preset's time per iteration over fast's (sets its step count; measured 0.518 / "
+                         "0.151 s on a 30-frame 256 px mug clip)")
     ap.add_argument("--jobs", type=int, default=1, help="fits run side by side")
     ap.add_argument("--paper-from", default=None, help="reuse a results_paper.json of an earlier run")
     ap.add_argument("--no-write", action="store_true")
@@ -165,7 +172,8 @@ def main() -> None:
 
     def one(clip) -> dict:
         cat, seed, out = clip
-        m = {"category": cat, "seed": seed, **run_fit_child(out, "fast", args.steps)}
+        m = {"category": cat, "seed": seed,
+             **run_fit_child(out, "fast", args.steps, extra=["--prior", args.prior, "--category", cat])}
         m.update(score(out))
         m["optimize_seconds"], m["steps"] = optimize_seconds(out)
         print(json.dumps(m), flush=True)
@@ -180,11 +188,12 @@ def main() -> None:
     if paper is None and not args.no_paper and args.paper_category in [r["category"] for r in rows]:
         fast = next(r for r in rows if r["category"] == args.paper_category)
         out = work / f"{fast['category']}_s{fast['seed']}"
-        # The paper preset's per-iteration time comes from --paper-sec-per-iter (an earlier
-        # measurement; a probe run costs minutes of MLP pre-fit, mesh and IoU evaluation); the
-        # table reports the time per iteration measured in this run.
-        steps = max(1, int(fast["optimize_seconds"] / args.paper_sec_per_iter))
-        res = run_fit_child(out, "paper", steps)
+        # Equal optimisation time = fast's steps / (paper's time per iteration over fast's), that
+        # ratio from an earlier measurement (--paper-iter-ratio; a probe run would cost minutes of
+        # MLP pre-fit, mesh and IoU evaluation); the table reports the times measured in this run.
+        fast_sec_per_iter = fast["optimize_seconds"] / fast["steps"]
+        steps = max(1, int(fast["optimize_seconds"] / (fast_sec_per_iter * args.paper_iter_ratio)))
+        res = run_fit_child(out, "paper", steps, extra=["--prior", args.prior, "--category", fast["category"]])
         opt_s, _ = optimize_seconds(out)
         paper = {"category": fast["category"], "budget_s": fast["optimize_seconds"], "steps": steps,
                  "sec_per_iter": opt_s / steps, "fast_sec_per_iter": fast["optimize_seconds"] / fast["steps"],
@@ -195,9 +204,10 @@ def main() -> None:
         same = [r for r in rows if r["category"] == paper["category"]]
         if same:
             paper["fast_f10"] = same[0]["f10"]
-    header = (f"Command: `.venv/bin/python benchmarks/bench_fit.py --seed0 {args.seed0} --jobs {args.jobs}` "
+    header = (f"Command: `.venv/bin/python benchmarks/bench_fit.py --seed0 {args.seed0} --jobs {args.jobs} --prior {args.prior}` "
               f"({args.frames} frames, {args.size} px, view range {args.view_range:g} deg, GT masks, noisy hand "
-              f"init (synth defaults), fit `--preset fast`{'' if args.steps is None else f' --steps {args.steps}'}, "
+              f"init (synth defaults), fit `--preset fast --prior {args.prior}`"
+              f"{'' if args.steps is None else f' --steps {args.steps}'}, "
               f"category i uses clip seed {args.seed0}+i; tuning used seeds 100-105). Machine: {machine()}. "
               f"Date: {datetime.date.today().isoformat()}. Wall time and peak RSS: the `hoirecon fit` child "
               f"process alone (os.wait4); {args.jobs} fit(s) ran side by side on a machine shared with other "
@@ -206,7 +216,8 @@ def main() -> None:
         header += (" The `paper` line is reused from an earlier run of this script on the same clip "
                    "(`--paper-from`; the paper preset did not change in between).")
     if not args.no_write:
-        write_section("bench_fit", render_table(rows, paper, header))
+        write_section("bench_fit" if args.prior == "none" else f"bench_fit_{Path(args.prior).stem}",
+                      render_table(rows, paper, header))
 
 
 if __name__ == "__main__":

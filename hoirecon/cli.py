@@ -54,7 +54,9 @@ ObjectBoxOpt = typer.Option(None, "--object-box", help="First-frame object box x
 BoxesOpt = typer.Option(None, "--boxes", help='boxes.json: {"hand": [x0,y0,x1,y1], "object": [...]}.')
 MasksDirOpt = typer.Option(None, "--masks-dir", help="Your own masks (DIR/hand/*.png, DIR/object/*.png): skip "
                                                      "detection and tracking.")
-DetectorOpt = typer.Option("boxes", "--detector", help="First-frame boxes when none are given: boxes | doh100.")
+DetectorOpt = typer.Option("auto", "--detector", help="First-frame boxes when none are given: auto (offline: "
+                           "MediaPipe hand search + the held object next to it; check overlay.mp4) | boxes (require "
+                           "--hand-box/--object-box or boxes.json) | doh100 (the paper's detector, needs weights).")
 SegmenterOpt = typer.Option("grabcut", "--segmenter", help="First-frame masks from boxes: grabcut | pointrend.")
 TrackerOpt = typer.Option("flow", "--tracker", help="Mask tracking: flow | stcn.")
 IouOpt = typer.Option(0.4, "--iou-threshold", help="Minimum forward-backward IoU for hand and object.")
@@ -183,7 +185,7 @@ def run(
               (STAGES["fit"], FitConfig(preset=preset, prior=prior, category=category, steps=steps, seed=seed,
                                         hand_model=hand_model, sds_weight=sds_weight, sds_every=sds_every)),
               (STAGES["export"], ExportConfig(format=export_format))]
-    run_pipeline(out, stages, force_from=force, reporter=s.reporter, device=device, on_result=s.stage_done)
+    _run_stages(s, out, stages, force, device)
     _print_outputs(s, out)
     s.finish()
 
@@ -210,11 +212,8 @@ def frames(
 ) -> None:
     """Decode CLIP into numbered PNG frames and meta.json."""
     s = _session(quiet, as_json, "frames")
-    out = out or _default_out(clip)
-    s.summary["out"] = str(out)
     cfg = _frames_config(clip, max_frames, stride, size)
-    run_pipeline(out, [(STAGES["frames"], cfg)], force_from="frames" if force else None, reporter=s.reporter,
-                 on_result=s.stage_done)
+    _run_stages(s, out or _default_out(clip), [(STAGES["frames"], cfg)], "frames" if force else None)
     s.finish()
 
 
@@ -244,10 +243,7 @@ def masks(
     else:
         out = out or _default_out(clip_or_out)
         stages = [(STAGES["frames"], _frames_config(clip_or_out, None, 1, 640))]
-    s.summary["out"] = str(out)
-    stages.append((STAGES["masks"], cfg))
-    run_pipeline(out, stages, force_from="masks" if force else None, reporter=s.reporter, device=device,
-                 on_result=s.stage_done)
+    _run_stages(s, out, stages + [(STAGES["masks"], cfg)], "masks" if force else None, device)
     s.finish()
 
 
@@ -271,16 +267,25 @@ def hand(
     s = _session(quiet, as_json, "hand")
     cfg = HandConfig(backend=backend, side=side, hand_model=hand_model, focal=focal, smooth_weight=smooth,
                      presence_threshold=presence_threshold, ik_iterations=ik_iterations, perspective_ik=not weak_ik)
-    s.summary["out"] = str(out)
-    _require_output_folder(out)
-    run_pipeline(out, [(STAGES["hand"], cfg)], force_from="hand" if force else None, reporter=s.reporter,
-                 device=device, on_result=s.stage_done)
+    _run_stages(s, out, [(STAGES["hand"], cfg)], "hand" if force else None, device, existing=True)
     s.finish()
 
 
 def _require_output_folder(out: Path) -> None:
     if not out.is_dir():
         raise UserError(f"output folder not found: {out}")
+
+
+def _run_stages(s: "_Session", out: Path, stages: list, force_from: Optional[str], device: str = "cpu",
+                existing: bool = False) -> None:
+    """The tail every stage command shares: record OUT, run the stages (cached), report.
+
+    existing: OUT must already be an output folder (the stage reads earlier stages' results).
+    """
+    s.summary["out"] = str(out)
+    if existing:
+        _require_output_folder(out)
+    run_pipeline(out, stages, force_from=force_from, reporter=s.reporter, device=device, on_result=s.stage_done)
 
 
 @app.command()
@@ -295,7 +300,10 @@ def fit(
     rays: Optional[int] = typer.Option(None, "--rays", help="Override the preset's rays per step."),
     seed: int = SeedOpt,
     hand_model: str = HandModelOpt,
-    blend: str = typer.Option("occlusion", "--blend", help="Mask blending: occlusion (default) | paper (eq. 1-2)."),
+    blend: str = typer.Option("occlusion", "--blend", help="Mask blending: occlusion (default) | paper (eq. 1-2) "
+                              "| hard (front surface wins + ordinal depth loss; an ablation)."),
+    per_frame_pose: bool = typer.Option(True, "--per-frame-object-pose/--shared-object-pose",
+                                        help="Optimise a per-frame object pose (default) or one for the clip."),
     mesh_resolution: int = typer.Option(128, "--mesh-resolution", help="Marching-cubes grid of object.ply."),
     force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
     device: str = DeviceOpt,
@@ -306,11 +314,8 @@ def fit(
     s = _session(quiet, as_json, "fit")
     cfg = FitConfig(preset=preset, prior=prior, category=normalize_category(category), sds_weight=sds_weight,
                     sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
-                    blend=blend, mesh_resolution=mesh_resolution)
-    s.summary["out"] = str(out)
-    _require_output_folder(out)
-    run_pipeline(out, [(STAGES["fit"], cfg)], force_from="fit" if force else None, reporter=s.reporter,
-                 device=device, on_result=s.stage_done)
+                    blend=blend, per_frame_object_pose=per_frame_pose, mesh_resolution=mesh_resolution)
+    _run_stages(s, out, [(STAGES["fit"], cfg)], "fit" if force else None, device, existing=True)
     s.finish()
 
 
@@ -332,10 +337,7 @@ def export(
     s = _session(quiet, as_json, "export")
     cfg = ExportConfig(format=export_format, frames=parse_frames(frames_opt), resolution=resolution, world=world,
                        pictures=pictures)
-    s.summary["out"] = str(out)
-    _require_output_folder(out)
-    run_pipeline(out, [(STAGES["export"], cfg)], force_from="export" if force else None, reporter=s.reporter,
-                 device=device, on_result=s.stage_done)
+    _run_stages(s, out, [(STAGES["export"], cfg)], "export" if force else None, device, existing=True)
     _print_outputs(s, out)
     s.finish()
 
@@ -436,6 +438,9 @@ def prior_train(
     recipe: str = typer.Option("paper", "--recipe", help="paper (AdamW 1e-4, wd 0.01, batch 8) | small (the "
                                                          "shipped CPU recipe)."),
     export_to: Optional[Path] = typer.Option(None, "--export", help="Also write the averaged weights here."),
+    hand_condition: bool = typer.Option(True, "--hand-condition/--no-hand-condition",
+                                        help="Condition on the hand renderings (off: the category-only ablation "
+                                             "prior)."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -443,6 +448,7 @@ def prior_train(
     """Train the prior (resumable; sample grids every N steps next to the checkpoint)."""
     import dataclasses
 
+    from hoirecon.prior.model import PriorConfig
     from hoirecon.prior.train import SMALL_RECIPE, TrainConfig, export_weights, train_prior
 
     s = _session(quiet, as_json, "prior train")
@@ -451,7 +457,8 @@ def prior_train(
     cfg = SMALL_RECIPE if recipe == "small" else TrainConfig()
     cfg = dataclasses.replace(cfg, device=device, **({"steps": steps} if steps else {}))
     with s.reporter.task("training prior", total=cfg.steps) as task:
-        result = train_prior(data, out, cfg, progress=lambda step, total, info: task.update(completed=step))
+        result = train_prior(data, out, cfg, PriorConfig(hand_condition=hand_condition),
+                             progress=lambda step, total, info: task.update(completed=step))
     if export_to:
         export_weights(out, export_to)
     s.summary.update({"out": str(out), "result": result})

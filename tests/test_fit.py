@@ -271,3 +271,36 @@ def test_invalid_frames_weaken_the_pull_to_the_init(tiny_clip):
         _, terms = scene_losses(scene, frames, pix, labels, cfg, torch.Generator().manual_seed(0))
         priors.append(terms["artic_prior"])
     assert priors[1] < 0.2 * priors[0]
+
+
+def test_hard_blending_and_ordinal_depth_loss():
+    from hoirecon.fit.losses import ordinal_depth_loss
+    from hoirecon.fit.scene import BlendConfig, blend_semantic
+
+    m_h = torch.tensor([0.9, 0.9, 0.0, 0.9])
+    m_o = torch.tensor([0.9, 0.9, 0.9, 0.0])
+    d_h = torch.tensor([0.50, 0.60, 0.0, 0.5])  # 0 = the hand misses that pixel
+    d_o = torch.tensor([0.55, 0.55, 0.4, 0.0])
+    p = blend_semantic(m_h, d_h, m_o, d_o, BlendConfig(mode="hard"))
+    torch.testing.assert_close(p.sum(-1), torch.ones(4))
+    assert p[0].argmax() == 1 and p[1].argmax() == 2  # the front surface takes the label
+    assert p[2].argmax() == 2 and p[3].argmax() == 1  # a missed surface never wins
+    labels = torch.tensor([1, 1, 2, 1])
+    d_h.requires_grad_(True)
+    loss = ordinal_depth_loss(labels, m_h, d_h, m_o, d_o, radius=0.05)
+    # only pixel 1 is wrong (observed hand, hand 5 cm behind the object): 0.05 / 4 / 0.05
+    assert abs(float(loss.detach()) - 0.25) < 1e-6
+    loss.backward()
+    assert d_h.grad[1] > 0 and d_h.grad[0] == 0
+
+
+def test_shared_object_pose_keeps_the_per_frame_deltas_at_zero(tiny_clip):
+    labels = labels_from_masks(tiny_clip["hand"], tiny_clip["obj"])
+    for per_frame in (False, True):
+        scene, _ = _scene(tiny_clip)
+        base0 = scene.obj_rot_base.detach().clone()
+        optimize_scene(scene, labels, _opt_cfg(12, per_frame_object_pose=per_frame,
+                                                blend=replace(OptimizeConfig().blend, mode="hard")))
+        moved = float(scene.obj_rot.abs().max() + scene.obj_trans.abs().max())
+        assert (moved > 0) == per_frame, (per_frame, moved)
+        assert not torch.equal(scene.obj_rot_base.detach(), base0)  # the shared pose is optimised either way

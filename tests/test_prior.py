@@ -99,6 +99,25 @@ def test_guidance_is_classifier_free_with_unknown_as_unconditional():
     assert torch.allclose(guided, eps_u + 4.0 * (eps_c - eps_u), atol=1e-5)
 
 
+def test_category_only_prior_ignores_the_hand_and_roundtrips(tmp_path):
+    from dataclasses import replace as dc_replace
+
+    torch.manual_seed(2)
+    model = GeometryPrior(dc_replace(TINY, hand_condition=False)).eval()
+    x, t = torch.randn(1, 5, 64, 64), torch.tensor([400])
+    with torch.no_grad():
+        a = model.predict_noise(x, t, torch.randn(1, 7, 64, 64), "mug")
+        b = model.predict_noise(x, t, torch.randn(1, 7, 64, 64), "mug")
+    torch.testing.assert_close(a, b)
+    full = GeometryPrior(TINY).eval()
+    full.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        c = full.predict_noise(x, t, torch.randn(1, 7, 64, 64), "mug")
+    assert not torch.allclose(a, c)  # the same weights do look at the hand when the config says so
+    assert PriorConfig.from_dict(model.config.to_dict()).hand_condition is False
+    assert PriorConfig.from_dict({k: v for k, v in TINY.to_dict().items() if k != "hand_condition"}).hand_condition
+
+
 def test_category_names_and_ids():
     model = GeometryPrior(TINY)
     assert model.config.categories == CATEGORIES and "unknown" in CATEGORIES

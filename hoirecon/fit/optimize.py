@@ -33,6 +33,7 @@ from hoirecon.fit.init import _rigid_inverse, estimate_object_center, estimate_o
 from hoirecon.fit.losses import (
     LossWeights,
     eikonal_loss,
+    ordinal_depth_loss,
     penetration_loss,
     semantic_mask_loss,
     temporal_first_diff,
@@ -65,6 +66,13 @@ class OptimizeConfig:
     eikonal_points: random points in the sphere per step for the MLP's eikonal term.
     checkpoint_every: steps between resumable checkpoints (0 = never).
     seed: seeds every random draw.
+    penetration_moves_sdf: whether the penetration term may also reshape the object (its
+        gradient reaches the SDF) or only moves the hand, camera and object pose. Off in the
+        fast preset: while the hand is still centimetres off, the term otherwise carves the
+        grasped part of the object away where the wrong hand sits.
+    per_frame_object_pose: optimise a per-frame object pose delta on top of the shared
+        ``T_hand_to_obj`` (the method); False = one shared pose for the clip (the seed's B.3
+        ablation).
     """
 
     steps: int = 1500
@@ -86,6 +94,8 @@ class OptimizeConfig:
     eikonal_points: int = 256
     checkpoint_every: int = 100
     seed: int = 0
+    penetration_moves_sdf: bool = True
+    per_frame_object_pose: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
     vol: VolumeRenderConfig = field(default_factory=lambda: VolumeRenderConfig(
         n_coarse=48, n_importance=32, perturb=True, normal_mode="none"))
@@ -185,8 +195,9 @@ def _param_groups(scene: HOIScene, cfg: OptimizeConfig) -> list[dict]:
     groups = [
         ("sdf", list(scene.sdf.parameters()), cfg.lr_sdf),
         ("beta", list(scene.density.parameters()), cfg.lr_beta),
-        ("obj_rot", [scene.obj_rot_base, scene.obj_rot], cfg.lr_obj_rot),
-        ("obj_trans", [scene.obj_trans_base, scene.obj_trans], cfg.lr_obj_trans),
+        # Without per-frame poses the deltas stay at their initial zero.
+        ("obj_rot", [scene.obj_rot_base] + [scene.obj_rot] * cfg.per_frame_object_pose, cfg.lr_obj_rot),
+        ("obj_trans", [scene.obj_trans_base] + [scene.obj_trans] * cfg.per_frame_object_pose, cfg.lr_obj_trans),
         ("cam_rot", [scene.cam_rot], cfg.lr_cam_rot),
         ("cam_trans", [scene.cam_trans], cfg.lr_cam_trans),
         ("artic", [scene.artic_delta], cfg.lr_artic),
@@ -248,6 +259,9 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
     dev = scene.K.device
     r = scene.render_pixels(frames.to(dev), pix.to(dev), cfg.vol, cfg.mesh, cfg.blend)
     terms: dict[str, torch.Tensor] = {"mask": semantic_mask_loss(r["probs"], labels.to(dev))}
+    if cfg.blend.mode == "hard":
+        terms["ordinal_depth"] = ordinal_depth_loss(labels.to(dev), r["mask_hand"], r["depth_hand"], r["mask_obj"],
+                                                    r["depth_obj"], scene.sdf.radius)
     radius = scene.sdf.radius
     reg = scene.sdf.regularizers()
     if isinstance(scene.sdf, GridSDF):
@@ -263,7 +277,12 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
         grads = [g_rand] if r["sdf_grad"] is None else [r["sdf_grad"], g_rand]
         terms["eikonal"] = eikonal_loss(torch.cat(grads))
     verts_obj = r["verts_obj"]
-    terms["penetration"] = penetration_loss(scene.sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2]), radius)
+    if cfg.penetration_moves_sdf:
+        sdf_at_verts = scene.sdf(verts_obj.reshape(-1, 3))
+    else:  # gradient to the vertices (hand, camera, object pose) only
+        frozen = {k: v.detach() for k, v in scene.sdf.named_parameters()}
+        sdf_at_verts = torch.func.functional_call(scene.sdf, frozen, (verts_obj.reshape(-1, 3),))
+    terms["penetration"] = penetration_loss(sdf_at_verts.reshape(verts_obj.shape[:2]), radius)
     art = scene.articulation()
     terms["temporal_artic"] = temporal_second_diff(art)
     T_c2h = scene.T_cam_to_hand()

@@ -36,12 +36,12 @@ from hoirecon.errors import UserError
 from hoirecon.fit.init import _rigid_inverse
 from hoirecon.fit.sdf import ObjectSDF, build_object_sdf
 from hoirecon.geometry.rotations import axis_angle_to_matrix
-from hoirecon.render.blend import soft_blend_masks
+from hoirecon.render.blend import hard_blend_masks, soft_blend_masks
 from hoirecon.render.camera import pixel_directions, pixel_rays
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_pixels
 from hoirecon.render.volume import LaplaceDensity, VolumeRenderConfig, render_sdf_volume
 
-BLEND_MODES = ("occlusion", "paper")
+BLEND_MODES = ("occlusion", "paper", "hard")
 
 
 def pose_matrix(rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
@@ -71,6 +71,9 @@ class BlendConfig:
         This mode keeps eq. 1's depth-ordered split and the silhouettes' full gradients.
     mode "paper": ``hoirecon.render.blend.soft_blend_masks`` (eq. 1-2) with ``gamma``,
         ``d_near``, ``d_far``.
+    mode "hard": the seed's B.4 ablation: the front surface takes the label
+        (``hoirecon.render.blend.hard_blend_masks``, no gradient through the depth order);
+        the fit then adds an ordinal depth loss (``hoirecon.fit.losses.ordinal_depth_loss``).
     tau: depth temperature (m) of the occlusion mode.
     """
 
@@ -79,6 +82,12 @@ class BlendConfig:
     gamma: float = 1e-4
     d_near: float = 0.0
     d_far: float = 2.0
+
+
+def missing_depth_as_far(depth: torch.Tensor, far: float) -> torch.Tensor:
+    """depth: (...) camera z, 0 where nothing is hit -> the same with those set to ``far``
+    (so a missed surface never wins a depth order)."""
+    return torch.where(depth > 0, depth, torch.full_like(depth, far))
 
 
 def blend_semantic(m_h: torch.Tensor, d_h: torch.Tensor, m_o: torch.Tensor, d_o: torch.Tensor,
@@ -92,12 +101,11 @@ def blend_semantic(m_h: torch.Tensor, d_h: torch.Tensor, m_o: torch.Tensor, d_o:
     """
     if cfg.mode == "paper":
         return soft_blend_masks(m_h, m_o, d_h, d_o, gamma=cfg.gamma, d_near=cfg.d_near, d_far=cfg.d_far)
-    if cfg.mode != "occlusion":
+    if cfg.mode not in BLEND_MODES:
         raise UserError(f"unknown blend mode {cfg.mode!r}; choose one of: {', '.join(BLEND_MODES)}")
-    far = cfg.d_far
-    # A missed surface has depth 0: treat it as far so it never wins the depth order.
-    d_h = torch.where(d_h > 0, d_h, torch.full_like(d_h, far))
-    d_o = torch.where(d_o > 0, d_o, torch.full_like(d_o, far))
+    d_h, d_o = missing_depth_as_far(d_h, cfg.d_far), missing_depth_as_far(d_o, cfg.d_far)
+    if cfg.mode == "hard":
+        return hard_blend_masks(m_h, m_o, d_h, d_o)
     logit_h = torch.log(m_h.clamp_min(1e-8)) - d_h / cfg.tau
     logit_o = torch.log(m_o.clamp_min(1e-8)) - d_o / cfg.tau
     share_o = torch.sigmoid(logit_o - logit_h)

@@ -70,6 +70,9 @@ class PriorConfig:
     cond_dropout: share of training samples whose category is replaced by "unknown".
     prediction: what the network outputs, "sample" (x_0) or "epsilon".
     snr_clamp: (lo, hi) clamp of the SNR weight of the x_0 loss ("sample" only).
+    hand_condition: False = a category-only prior (the seed's "cat. prior" ablation): the
+        hand images are zeroed at the input, so the network never sees the hand; same
+        architecture and input layout, so it trains, loads and samples like the full one.
     """
 
     image_size: int = 64
@@ -86,6 +89,7 @@ class PriorConfig:
     cond_dropout: float = 0.2
     prediction: str = "sample"
     snr_clamp: tuple[float, float] = (1.0, 5.0)
+    hand_condition: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,6 +207,8 @@ class GeometryPrior(nn.Module):
         param = self.category_embedding.weight
         t = torch.as_tensor(t, device=param.device).reshape(-1).expand(B)
         token = self.category_embedding(category_ids.to(param.device))  # (B, D)
+        if not cfg.hand_condition:
+            hand_cond = torch.zeros_like(hand_cond)
         h = torch.cat([x_t, hand_cond], dim=1).to(param)
         if cfg.patch_size > 1:
             h = F.pixel_unshuffle(h, cfg.patch_size)

@@ -299,7 +299,7 @@ def _candidate_pairs(
 
 
 @torch.no_grad()
-def _grid_pairs(
+def grid_pixel_face_pairs(
     tri_uv: torch.Tensor, face_ok: torch.Tensor, height: int, width: int, radius: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixel, face) pairs for a full image: every pixel centre inside each grown face box.
@@ -371,7 +371,7 @@ def _render(
         if image_size is None:
             pair_pix, pair_face = _candidate_pairs(tri_uv, face_ok, pix, radius, cfg.tile_size)
         else:
-            pair_pix, pair_face = _grid_pairs(tri_uv, face_ok, image_size[0], image_size[1], radius)
+            pair_pix, pair_face = grid_pixel_face_pairs(tri_uv, face_ok, image_size[0], image_size[1], radius)
 
     pix_flat = pix.reshape(B * P, 2)
     mask, bary, inside, dist2 = _SoftSilhouette.apply(

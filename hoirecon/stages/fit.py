@@ -47,7 +47,7 @@ from hoirecon.fit.optimize import (
     labels_from_masks,
     optimize_scene,
 )
-from hoirecon.fit.scene import BlendConfig, poses_npz_dict
+from hoirecon.fit.scene import BLEND_MODES, BlendConfig, poses_npz_dict
 from hoirecon.io.masks import read_mask_folder
 from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.render.volume import VolumeRenderConfig
@@ -71,8 +71,10 @@ class FitConfig:
     rays_per_step: override of the preset's pixels per step (paper 1024).
     seed: seeds initialisation, sampling and rendering jitter.
     hand_model: "anny" | "mano" (must match the hand stage's parameters).
-    blend: "occlusion" (default) | "paper" (eq. 1-2 with gamma 1e-4); see
-        ``hoirecon.fit.scene.BlendConfig``.
+    blend: "occlusion" (default) | "paper" (eq. 1-2 with gamma 1e-4) | "hard" (front surface
+        wins + ordinal depth loss: the seed's B.4 ablation); see ``hoirecon.fit.scene.BlendConfig``.
+    per_frame_object_pose: optimise per-frame object poses (False: one shared pose, the
+        seed's B.3 ablation).
     mesh_resolution: marching-cubes grid nodes per side for ``object.ply``.
     preview_every: steps between preview images (0 = only the last step).
     checkpoint_every: steps between resumable checkpoints.
@@ -89,6 +91,7 @@ class FitConfig:
     seed: int = 0
     hand_model: str = "anny"
     blend: str = "occlusion"
+    per_frame_object_pose: bool = True
     mesh_resolution: int = 128
     preview_every: int = 500
     checkpoint_every: int = 100
@@ -106,8 +109,8 @@ class FitConfig:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
         if self.rays_per_step is not None and self.rays_per_step < 8:
             raise UserError(f"--rays must be >= 8, got {self.rays_per_step}")
-        if self.blend not in ("occlusion", "paper"):
-            raise UserError(f"unknown blend '{self.blend}': choose occlusion or paper")
+        if self.blend not in BLEND_MODES:
+            raise UserError(f"unknown blend '{self.blend}': choose one of {', '.join(BLEND_MODES)}")
 
 
 def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
@@ -129,7 +132,8 @@ def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
             vol=VolumeRenderConfig(n_coarse=64, n_importance=64, perturb=True, normal_mode="autograd"),
             weights=LossWeights(sdf_smooth=0.0),
         )
-    opt = replace(opt, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
+    opt = replace(opt, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                  per_frame_object_pose=cfg.per_frame_object_pose)
     if cfg.steps is not None:
         opt = replace(opt, steps=cfg.steps)
     if cfg.rays_per_step is not None:

@@ -23,6 +23,7 @@ import torch
 
 from hoirecon.errors import UserError
 from hoirecon.render.camera import project_points
+from hoirecon.render.mesh import grid_pixel_face_pairs
 
 __all__ = ["RasterOutput", "rasterize", "interpolate"]
 
@@ -45,37 +46,6 @@ class RasterOutput:
     def covered(self) -> torch.Tensor:
         """(B, H, W) bool: pixels covered by some face."""
         return self.face_index >= 0
-
-
-def _pixel_face_pairs(tri_uv: torch.Tensor, face_ok: torch.Tensor, height: int, width: int):
-    """Every (pixel centre, face) pair where the centre lies in the face's bounding box.
-
-    Args:
-        tri_uv: (B, F, 3, 2) projected triangles; face_ok: (B, F) bool.
-    Returns:
-        pair_pix (N,) flat pixel index in [0, B*H*W); pair_face (N,) flat face index in [0, B*F).
-    """
-    B, Fn = tri_uv.shape[:2]
-    device = tri_uv.device
-    lo = torch.ceil(tri_uv.amin(2))
-    hi = torch.floor(tri_uv.amax(2))
-    lo = lo.clamp(min=0.0)
-    hi = torch.minimum(hi, torch.tensor([width - 1.0, height - 1.0], device=device, dtype=tri_uv.dtype))
-    span = (hi - lo + 1).clamp(min=0).long()  # (B, F, 2)
-    n_pix = (span[..., 0] * span[..., 1] * face_ok).reshape(-1)
-    total = int(n_pix.sum())
-    if total == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
-    pair_face = torch.repeat_interleave(torch.arange(B * Fn, device=device), n_pix, output_size=total)
-    first = torch.cumsum(n_pix, 0) - n_pix
-    local = torch.arange(total, device=device) - first[pair_face]
-    span_f = span.reshape(-1, 2)[pair_face]
-    lo_f = lo.reshape(-1, 2).long()[pair_face]
-    px = lo_f[:, 0] + local % span_f[:, 0]
-    py = lo_f[:, 1] + local // span_f[:, 0]
-    pair_pix = (pair_face // Fn) * (height * width) + py * width + px
-    return pair_pix, pair_face
 
 
 @torch.no_grad()
@@ -126,7 +96,7 @@ def rasterize(
         # v axis pointing down that is a negative signed area in (u, v).
         area2 = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
         face_ok = face_ok & ~(cull_back.to(device)[None] & (area2 >= 0))
-    pair_pix, pair_face = _pixel_face_pairs(tri_uv, face_ok, height, width)
+    pair_pix, pair_face = grid_pixel_face_pairs(tri_uv, face_ok, height, width, radius=0.0)
 
     n_pix = B * height * width
     face_index = torch.full((n_pix,), -1, dtype=torch.long, device=device)

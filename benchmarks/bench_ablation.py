@@ -1,0 +1,178 @@
+"""Ablation of the fit on synthetic clips (issue 7): the layout of the seed's tables 6 and 7.
+
+Variants (rows), each `hoirecon fit --preset fast` on the same six clips as
+``bench_fit.py`` (category i: clip seed ``--seed0 + i``, 30 frames, 256 px, view range 90 deg,
+GT masks, noisy hand init):
+
+- no prior: ``--prior none``;
+- hand prior: the shipped prior with the category withheld (``--category unknown``: the
+  prior's unconditional category token, so only the hand rendering conditions it);
+- cat. prior: a prior of the same architecture and recipe trained without the hand
+  condition (``weights/hoirecon/prior_small_category_only.pt``, ``hoirecon prior train
+  --no-hand-condition``), with the clip's category;
+- w/o per-frame object pose: full prior, ``--shared-object-pose`` (seed B.3);
+- hard blending: full prior, ``--blend hard`` (front surface wins + ordinal depth loss, B.4);
+- full prior (ours): the shipped prior with the clip's category.
+
+Every fit runs in a child process (``bench_fit.run_fit_child``); results are kept per
+(variant, clip) under ``--work`` so an interrupted run resumes where it stopped
+(``--fresh`` starts over). Writes the ``bench_ablation`` section of BENCHMARKS.md.
+
+Usage: .venv/bin/python benchmarks/bench_ablation.py [--seed0 0] [--jobs 2] [--variants a,b] [--sds-every 1]
+       [--no-prior-from /tmp/bench_fit/results_fast.json] [--fresh] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fit import machine, run_fit_child, score  # noqa: E402
+from common import write_section  # noqa: E402
+
+from hoirecon.synth.objects import CATEGORIES  # noqa: E402
+
+CATEGORY_ONLY_PRIOR = ROOT / "weights" / "hoirecon" / "prior_small_category_only.pt"
+FULL = ["--prior", "hoirecon", "--category", "{cat}"]
+VARIANTS = {
+    "no prior": ["--prior", "none"],
+    "hand prior": ["--prior", "hoirecon", "--category", "unknown"],
+    "cat. prior": ["--prior", str(CATEGORY_ONLY_PRIOR), "--category", "{cat}"],
+    "w/o per-frame object pose": FULL + ["--shared-object-pose"],
+    "hard blending": FULL + ["--blend", "hard"],
+    "full prior (ours)": FULL,
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def render_tables(results: dict[str, dict[str, dict]], cats: list[str], header: str) -> str:
+    """Table 6 (F@5, F@10, CD per category + mean) and table 7 (CD_h) for the variants run."""
+    text = header + "\n\nObject reconstruction (F-scores at 5 / 10 mm, CD in cm²; layout of the seed's table 6):\n\n"
+    text += "| variant | " + " | ".join(f"{c} F@5 | {c} F@10 | {c} CD" for c in cats + ["mean"]) + " |\n"
+    text += "|---|" + "---|" * (3 * (len(cats) + 1)) + "\n"
+    for name, rows in results.items():
+        cells = []
+        for key_rows in [[rows.get(c)] for c in cats] + [[rows.get(c) for c in cats]]:
+            if any(r is None for r in key_rows):
+                cells += ["–"] * 3
+                continue
+            cells += [f"{np.mean([r['f5'] for r in key_rows]):.2f}", f"{np.mean([r['f10'] for r in key_rows]):.2f}",
+                      f"{np.mean([r['cd'] for r in key_rows]):.2f}"]
+        text += f"| {name} | " + " | ".join(cells) + " |\n"
+    text += ("\nHand-object alignment CD_h (cm², layout of table 7), deepest hand vertex inside the object "
+             "(mm, max over clips) and fit wall time (s per clip, mean):\n\n")
+    text += "| variant | " + " | ".join(cats) + " | mean CD_h | max penetration (mm) | wall time (s) |\n"
+    text += "|---|" + "---|" * (len(cats) + 3) + "\n"
+    for name, rows in results.items():
+        have = [rows[c] for c in cats if c in rows]
+        cells = [f"{rows[c]['cd_h']:.1f}" if c in rows else "–" for c in cats]
+        if len(have) == len(cats):
+            cells += [f"{np.mean([r['cd_h'] for r in have]):.1f}", f"{max(r['pen_max_mm'] for r in have):.1f}",
+                      f"{np.mean([r['seconds'] for r in have]):.0f}"]
+        else:
+            cells += ["–"] * 3
+        text += f"| {name} | " + " | ".join(cells) + " |\n"
+    first = next(iter(results.values()), {})
+    if all(c in first for c in cats):
+        text += "\nCD_h of the noisy hand initialisation (visual hull): " + ", ".join(
+            f"{c} {first[c]['init_cd_h']:.1f}" for c in cats) + f" (mean {np.mean([first[c]['init_cd_h'] for c in cats]):.1f}).\n"
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--categories", default=",".join(CATEGORIES))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    ap.add_argument("--seed0", type=int, default=0)
+    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--view-range", type=float, default=90.0)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/bench_ablation")
+    ap.add_argument("--fresh", action="store_true", help="discard the results of an earlier run")
+    ap.add_argument("--sds-every", type=int, default=1, help="fit --sds-every for the variants with a prior")
+    ap.add_argument("--no-prior-from", default=None,
+                    help="take the 'no prior' row from a bench_fit.py results_fast.json (same clips and settings)")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    from hoirecon.synth.generator import generate_clip
+
+    torch.set_num_threads(1)
+    names = [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if "cat. prior" in names and not CATEGORY_ONLY_PRIOR.is_file():
+        raise SystemExit(f"missing {CATEGORY_ONLY_PRIOR}: train it with `hoirecon prior train --recipe small "
+                         "--no-hand-condition` (see weights/README.md)")
+    work = Path(args.work)
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    cats = args.categories.split(",")
+    clips = {}
+    for i, cat in enumerate(cats):
+        src = work / "clips" / f"{cat}_s{args.seed0 + i}"
+        if not (src / "gt").is_dir():
+            generate_clip(cat, src, frames=args.frames, size=args.size, seed=args.seed0 + i,
+                          view_range_deg=args.view_range)
+        clips[cat] = src
+
+    def one(job: tuple[str, str]) -> tuple[str, str, dict]:
+        name, cat = job
+        done = work / slug(name) / f"{cat}.json"
+        if done.is_file():
+            return name, cat, json.loads(done.read_text())
+        out = work / slug(name) / clips[cat].name
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(clips[cat], out, ignore=shutil.ignore_patterns("fit", "export", "eval"))
+        extra = [a.replace("{cat}", cat) for a in VARIANTS[name]]
+        if "none" not in extra:
+            extra += ["--sds-every", str(args.sds_every)]
+        m = {"variant": name, "category": cat, **run_fit_child(out, "fast", None, extra=extra), **score(out)}
+        done.write_text(json.dumps(m, indent=2))
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()}), flush=True)
+        return name, cat, m
+
+    results: dict[str, dict[str, dict]] = {n: {} for n in names}
+    if args.no_prior_from and "no prior" in names:
+        for row in json.loads(Path(args.no_prior_from).read_text()):
+            if row["category"] in cats and row["seed"] == args.seed0 + cats.index(row["category"]):
+                results["no prior"][row["category"]] = row
+    jobs = [(n, c) for n in names for c in cats if c not in results[n]]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for name, cat, m in pool.map(one, jobs):
+            results[name][cat] = m
+    results = {n: {c: rows[c] for c in cats if c in rows} for n, rows in results.items()}
+    cmd = f"--seed0 {args.seed0} --jobs {args.jobs} --sds-every {args.sds_every}"
+    if args.no_prior_from:
+        cmd += f" --no-prior-from {args.no_prior_from}"
+    header = (f"Command: `.venv/bin/python benchmarks/bench_ablation.py {cmd}` "
+              f"({args.frames} frames, {args.size} px, view range {args.view_range:g} deg, GT masks, noisy hand init; "
+              f"category i uses clip seed {args.seed0}+i, the clips of `bench_fit.py`; every variant is "
+              "`hoirecon fit --preset fast` with the options in `VARIANTS` of the script). Machine: "
+              f"{machine()}. Date: {datetime.date.today().isoformat()}. {args.jobs} fits side by side on a shared "
+              f"machine (load average at the end {os.getloadavg()[0]:.1f}): times are upper bounds.")
+    text = render_tables(results, cats, header)
+    print(text)
+    if not args.no_write:
+        write_section("bench_ablation", text)
+
+
+if __name__ == "__main__":
+    main()
