@@ -268,6 +268,9 @@ def test_shipped_weights_load_and_sample():
     hand[:, 5:] = -1.0
     out = ddim_sample(model, hand, ["mug", "knife"], num_steps=4, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 5, 64, 64) and torch.isfinite(out).all()
+    # the category-only twin (ablation benchmark) is blind to the hand
+    blind = load_geometry_prior(path.with_name("prior_small_category_only.pt"))
+    assert blind.config.hand_condition is False and model.config.hand_condition is True
 
 
 # ----------------------------------------------------------------------------- SDS
