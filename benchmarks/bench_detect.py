@@ -83,7 +83,8 @@ def run_clip(video: Path, work: Path, refs: dict, max_frames: int | None) -> dic
         q = json.loads((out / "masks" / "quality.json").read_text())
         row["masks"] = f"passed ({q['track_iou']['hand']:.2f} / {q['track_iou']['object']:.2f})"
     except RunError as e:
-        row["masks"] = f"failed: {str(e)[:90]}"
+        # the stage's message up to its advice: "masks failed the forward-backward check: IoU ..."
+        row["masks"] = "failed: " + str(e).split(";")[0].replace("masks failed the forward-backward check: ", "")
     row["masks_s"] = time.perf_counter() - t0
     return row
 

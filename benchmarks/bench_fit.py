@@ -156,6 +156,9 @@ def main() -> None:
                          "0.151 s on a 30-frame 256 px mug clip)")
     ap.add_argument("--jobs", type=int, default=1, help="fits run side by side")
     ap.add_argument("--paper-from", default=None, help="reuse a results_paper.json of an earlier run")
+    ap.add_argument("--fast-from", default=None,
+                    help="reuse the results_fast.json of an earlier run (its clips must still be in --work) and "
+                         "run only the paper preset")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     from hoirecon.synth.generator import generate_clip
@@ -164,7 +167,7 @@ def main() -> None:
     work = Path(args.work)
     cats = args.categories.split(",")
     clips = []
-    for i, cat in enumerate(cats):
+    for i, cat in enumerate(cats if not args.fast_from else []):
         out = work / f"{cat}_s{args.seed0 + i}"
         generate_clip(cat, out, frames=args.frames, size=args.size, seed=args.seed0 + i,
                       view_range_deg=args.view_range)
@@ -179,11 +182,14 @@ def main() -> None:
         print(json.dumps(m), flush=True)
         return m
 
-    # --jobs > 1 runs fits side by side (each child keeps 1 torch thread); times then include
-    # the contention, so they are upper bounds of a lone run's.
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(one, clips))
-    (work / "results_fast.json").write_text(json.dumps(rows, indent=2))
+    if args.fast_from:
+        rows = json.loads(Path(args.fast_from).read_text())
+    else:
+        # --jobs > 1 runs fits side by side (each child keeps 1 torch thread); times then include
+        # the contention, so they are upper bounds of a lone run's.
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            rows = list(pool.map(one, clips))
+        (work / "results_fast.json").write_text(json.dumps(rows, indent=2))
     paper = json.loads(Path(args.paper_from).read_text()) if args.paper_from else None
     if paper is None and not args.no_paper and args.paper_category in [r["category"] for r in rows]:
         fast = next(r for r in rows if r["category"] == args.paper_category)
@@ -212,6 +218,9 @@ def main() -> None:
               f"Date: {datetime.date.today().isoformat()}. Wall time and peak RSS: the `hoirecon fit` child "
               f"process alone (os.wait4); {args.jobs} fit(s) ran side by side on a machine shared with other "
               f"jobs (load average at the end: {os.getloadavg()[0]:.1f}), so times are upper bounds.")
+    if args.fast_from:
+        header += (f" The `fast` rows are reused from an earlier run of this script (`--fast-from {args.fast_from}`, "
+                   "same clips and fast preset); this run added the `paper` line.")
     if args.paper_from:
         header += (" The `paper` line is reused from an earlier run of this script on the same clip "
                    "(`--paper-from`; the paper preset did not change in between).")
