@@ -304,6 +304,8 @@ def fit(
                               "| hard (front surface wins + ordinal depth loss; an ablation)."),
     per_frame_pose: bool = typer.Option(True, "--per-frame-object-pose/--shared-object-pose",
                                         help="Optimise a per-frame object pose (default) or one for the clip."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop the optimisation after this "
+                                                "many seconds (schedules still span the preset's steps)."),
     mesh_resolution: int = typer.Option(128, "--mesh-resolution", help="Marching-cubes grid of object.ply."),
     force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
     device: str = DeviceOpt,
@@ -314,7 +316,8 @@ def fit(
     s = _session(quiet, as_json, "fit")
     cfg = FitConfig(preset=preset, prior=prior, category=normalize_category(category), sds_weight=sds_weight,
                     sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
-                    blend=blend, per_frame_object_pose=per_frame_pose, mesh_resolution=mesh_resolution)
+                    blend=blend, per_frame_object_pose=per_frame_pose, time_budget_s=time_budget,
+                    mesh_resolution=mesh_resolution)
     _run_stages(s, out, [(STAGES["fit"], cfg)], "fit" if force else None, device, existing=True)
     s.finish()
 

@@ -47,15 +47,6 @@ def _load_detinit():
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, two spinning OpenMP threads make
-    these many small convolutions 5-10x slower (measured); results stay within tolerance."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _empty_stcn() -> STCN:
     """STCN with uninitialised CPU tensors (skips the slow random init of 54M parameters)."""

@@ -11,16 +11,6 @@ from hoirecon.render.blend import hard_blend_masks, soft_blend_masks
 BG, HAND, OBJ = 0, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are small: on a 2-core shared machine OpenMP synchronisation costs more
-    than a second thread gains (measured: 4x slower wall time), so run on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def eq2_global_max(m_h, m_o, d_h, d_o, gamma, d_near, d_far, eps):
     """Eq. 1-2 written literally, with the max over all pixels (float64 reference)."""
     z_h = m_h * (d_far - d_h) / (d_far - d_near)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 
 from hoirecon.errors import UserError
@@ -17,15 +16,6 @@ from hoirecon.stages.evaluate import evaluate, print_eval_table, resolve_gt_dir
 from hoirecon.synth.generator import generate_clip
 
 FRAMES, SIZE, POINTS = 4, 64, 3000
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: on a 2-core shared machine a second OpenMP thread costs more than it gains."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -11,33 +11,15 @@ from hoirecon.fit.guidance import GuidanceConfig, PriorGuidance, build_guidance
 from hoirecon.fit.optimize import InitConfig, build_initial_scene
 from hoirecon.hand import build_hand_model
 
+from conftest import look_at_np
+
 SIZE = 48
 N_FRAMES = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
 def hand_model():
     return build_hand_model("anny")
-
-
-def _look_at(eye, target):
-    z = target - eye
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, [0.0, 1.0, 0.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, y, z])
-    T[:3, 3] = -T[:3, :3] @ eye
-    return T  # T_hand_to_cam
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +33,7 @@ def scene(hand_model):
     centre = palm + np.array([0.0, -0.05, 0.0])
     f = SIZE * 1.2
     K = np.array([[f, 0, SIZE / 2 - 0.5], [0, f, SIZE / 2 - 0.5], [0, 0, 1.0]])
-    T_h2c = np.stack([_look_at(centre + 0.45 * np.array([np.sin(a) * 0.8, -0.6, np.cos(a) * 0.8]), centre)
+    T_h2c = np.stack([look_at_np(centre + 0.45 * np.array([np.sin(a) * 0.8, -0.6, np.cos(a) * 0.8]), centre)
                       for a in np.deg2rad([-30.0, 0.0, 30.0])])
     # Object mask: projection of a 3 cm ball; hand mask: the projected palm neighbourhood.
     vs, us = np.mgrid[0:SIZE, 0:SIZE]

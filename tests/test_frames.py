@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from conftest import make_frames, run_cli
 from hoirecon.io.video import read_rgb, write_png

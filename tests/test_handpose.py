@@ -32,14 +32,6 @@ def hand():
     return build_hand_model("anny")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The IK is many small ops: extra threads only slow it down (a lot on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _rot_err_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Angle (degrees) between rotation matrices (..., 3, 3)."""

@@ -25,15 +25,6 @@ from hoirecon.prior.sds import SDSConfig, sample_timesteps, sds_loss, sds_t_max,
 TINY = PriorConfig(block_out_channels=(16, 16), category_dim=16, attention_head_dim=8, norm_num_groups=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tests run beside other work on 2 cores: one thread avoids contention stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def hand():
     from hoirecon.hand import build_hand_model

@@ -20,16 +20,6 @@ from hoirecon.render.camera import (
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_image, render_mesh_pixels, vertex_normals
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are small: on a 2-core shared machine OpenMP synchronisation costs more
-    than a second thread gains (measured: 4x slower wall time), so run on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def uv_sphere(n_lat: int = 24, n_lon: int = 24, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit UV sphere with outward counter-clockwise faces: verts (V, 3), faces (F, 3)."""
     verts = [[0.0, 0.0, 1.0]]

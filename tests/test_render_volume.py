@@ -22,16 +22,6 @@ from hoirecon.render.volume import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are small: on a 2-core shared machine OpenMP synchronisation costs more
-    than a second thread gains (measured: 4x slower wall time), so run on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sphere_sdf(center: torch.Tensor, radius: float):
     def fn(x: torch.Tensor):
         return (x - center).norm(dim=-1) - radius, x[:, :0]

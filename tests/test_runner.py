@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 

@@ -25,15 +25,6 @@ from hoirecon.synth.raster import interpolate, rasterize
 FRAMES, SIZE = 6, 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensors: on a 2-core shared machine a second OpenMP thread costs more than it gains."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "mug"

@@ -18,7 +18,6 @@ the checkpointed resolution).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from hoirecon.errors import RunError
-from hoirecon.fit.init import _rigid_inverse, estimate_object_center, estimate_object_radius, visual_hull_sdf
+from hoirecon.fit.init import estimate_object_center, estimate_object_radius, visual_hull_sdf
 from hoirecon.fit.losses import (
     LossWeights,
     eikonal_loss,
@@ -40,8 +39,7 @@ from hoirecon.fit.losses import (
     temporal_second_diff,
 )
 from hoirecon.fit.scene import BlendConfig, HOIScene
-from hoirecon.fit.sdf import GridSDF, MLPSDF, build_object_sdf, fit_sdf_to_grid
-from hoirecon.geometry.rotations import axis_angle_to_matrix
+from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
 from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.volume import VolumeRenderConfig
 
@@ -70,6 +68,9 @@ class OptimizeConfig:
         gradient reaches the SDF) or only moves the hand, camera and object pose. Off in the
         fast preset: while the hand is still centimetres off, the term otherwise carves the
         grasped part of the object away where the wrong hand sits.
+    max_seconds: stop once the optimisation has run this long (None = run all ``steps``);
+        the schedules still span ``steps``, so this truncates them (a time budget for batch
+        runs, and equal-time comparisons of presets).
     per_frame_object_pose: optimise a per-frame object pose delta on top of the shared
         ``T_hand_to_obj`` (the method); False = one shared pose for the clip (the seed's B.3
         ablation).
@@ -96,6 +97,7 @@ class OptimizeConfig:
     seed: int = 0
     penetration_moves_sdf: bool = True
     per_frame_object_pose: bool = True
+    max_seconds: float | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     vol: VolumeRenderConfig = field(default_factory=lambda: VolumeRenderConfig(
         n_coarse=48, n_importance=32, perturb=True, normal_mode="none"))
@@ -421,7 +423,10 @@ def optimize_scene(
             _save_checkpoint(Path(checkpoint_path), scene, opt, done, gen, history)
         if should_stop is not None and should_stop(done):
             raise StopRequested(f"stopped after step {done}")
-    return OptimizeResult(cfg.steps, time.perf_counter() - t0, start, terms, history)
+        if cfg.max_seconds is not None and row["seconds"] >= cfg.max_seconds:
+            break
+    steps_done = int(history[-1]["step"]) + 1 if history else start
+    return OptimizeResult(steps_done, time.perf_counter() - t0, start, terms, history)
 
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 from contextlib import contextmanager
 
 from hoirecon import __version__
-from hoirecon.errors import RunError, UserError
+from hoirecon.errors import UserError
 from hoirecon.pipeline.hashing import config_digest, tree_digest
 from hoirecon.pipeline.report import QUIET, Reporter
 

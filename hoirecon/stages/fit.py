@@ -75,6 +75,8 @@ class FitConfig:
         wins + ordinal depth loss: the seed's B.4 ablation); see ``hoirecon.fit.scene.BlendConfig``.
     per_frame_object_pose: optimise per-frame object poses (False: one shared pose, the
         seed's B.3 ablation).
+    time_budget_s: stop the optimisation after this many seconds (None = all steps; the
+        learning-rate and sampling schedules still span the preset's steps).
     mesh_resolution: marching-cubes grid nodes per side for ``object.ply``.
     preview_every: steps between preview images (0 = only the last step).
     checkpoint_every: steps between resumable checkpoints.
@@ -92,6 +94,7 @@ class FitConfig:
     hand_model: str = "anny"
     blend: str = "occlusion"
     per_frame_object_pose: bool = True
+    time_budget_s: Optional[float] = None
     mesh_resolution: int = 128
     preview_every: int = 500
     checkpoint_every: int = 100
@@ -107,6 +110,8 @@ class FitConfig:
             raise UserError(f"--sds-weight must be >= 0 and --sds-every >= 1, got {self.sds_weight}, {self.sds_every}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise UserError(f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
         if self.rays_per_step is not None and self.rays_per_step < 8:
             raise UserError(f"--rays must be >= 8, got {self.rays_per_step}")
         if self.blend not in BLEND_MODES:
@@ -133,7 +138,7 @@ def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
             weights=LossWeights(sdf_smooth=0.0),
         )
     opt = replace(opt, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                  per_frame_object_pose=cfg.per_frame_object_pose)
+                  per_frame_object_pose=cfg.per_frame_object_pose, max_seconds=cfg.time_budget_s)
     if cfg.steps is not None:
         opt = replace(opt, steps=cfg.steps)
     if cfg.rays_per_step is not None:
@@ -218,7 +223,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         result = optimize_scene(scene, labels, opt_cfg, ckpt, on_step=on_step, guidance=guidance)
         task.advance(result.resumed_from)
     rows = result.history
-    _preview(scene, labels, opt_cfg, preview_frames, out / "preview" / f"step_{opt_cfg.steps:05d}.png")
+    _preview(scene, labels, opt_cfg, preview_frames, out / "preview" / f"step_{result.steps_done:05d}.png")
     keys = list(rows[-1].keys())
     with open(out / "losses.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
@@ -231,7 +236,8 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     mesh.export(out / "object.ply")
     ious = evaluate_masks(scene, labels, opt_cfg, stride=cfg.iou_stride)
     summary = {
-        "preset": cfg.preset, "prior": cfg.prior, "category": cfg.category, "steps": opt_cfg.steps, "resumed_from": result.resumed_from,
+        "preset": cfg.preset, "prior": cfg.prior, "category": cfg.category, "steps": result.steps_done,
+        "steps_planned": opt_cfg.steps, "resumed_from": result.resumed_from,
         "seconds": time.perf_counter() - t_start, "optimize_seconds": rows[-1]["seconds"],
         "final_losses": {k: v for k, v in rows[-1].items() if k not in ("step", "seconds")},
         "mean_iou_object": float(np.mean([r["iou_object"] for r in ious])),
