@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from hoirecon.errors import RunError, UserError
-from hoirecon.io.masks import read_mask_folder, write_mask, write_mask_folder
+from hoirecon.io.masks import read_mask_folder, write_mask_folder
 from hoirecon.io.video import write_video
 from hoirecon.pipeline.runner import read_manifest, run_pipeline
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, grabcut_from_box, mask_iou, segment_hand_object
@@ -192,3 +192,66 @@ def test_missing_weights_backend_is_one_line_exit_2(tmp_path, monkeypatch, optio
     boxes = [] if option[0] == "--detector" else ["--hand-box", "50,30,76,58", "--object-box", "24,26,56,70"]
     code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o"), *boxes, *option, "--quiet")
     assert code == 2 and len(err.strip().splitlines()) == 1 and file in err and "Traceback" not in err
+
+
+def test_similarity_from_flow_and_moved_mask_follow_a_known_motion():
+    from hoirecon.segment.classic import estimate_similarity, mask_box_xyxy, move_mask
+
+    H, W = 64, 80
+    a, s, t = np.deg2rad(10.0), 1.05, np.array([3.0, -2.0])
+    A = np.hstack([s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]), t[:, None]])  # src -> dst
+    yy, xx = np.mgrid[:H, :W].astype(np.float64)
+    dst = np.stack([xx, yy], -1)
+    src = (dst - t) @ np.linalg.inv(A[:, :2]).T
+    flow_dst_to_src = (src - dst).astype(np.float32)
+    region = np.zeros((H, W), bool)
+    region[20:44, 25:55] = True
+    est = estimate_similarity(flow_dst_to_src, region)
+    np.testing.assert_allclose(est, A, atol=1e-3)
+    assert estimate_similarity(flow_dst_to_src, np.zeros((H, W), bool)) is None
+    disc = (xx - 40) ** 2 + (yy - 30) ** 2 < 8 ** 2
+    moved = move_mask(disc, A)
+    cx, cy = A @ np.array([40.0, 30.0, 1.0])
+    x0, y0, x1, y1 = mask_box_xyxy(moved)
+    assert abs(0.5 * (x0 + x1 - 1) - cx) <= 1.0 and abs(0.5 * (y0 + y1 - 1) - cy) <= 1.0
+    assert abs(moved.sum() / disc.sum() - s * s) < 0.1 and moved.dtype == disc.dtype
+
+
+def _held_object_hidden_by_fingers(T: int = 16, H: int = 96, W: int = 128):
+    """A textured "palm" carrying a blue block to the right by 1.5 px/frame while a "finger" bar
+    closes over the block (fully hidden in frames 5-9) and opens again. Returns frames and the
+    visible hand / object masks (T, H, W)."""
+    rng = np.random.default_rng(0)
+    bg = rng.integers(60, 120, (H // 4, W // 4, 3)).astype(np.uint8).repeat(4, 0).repeat(4, 1)
+    hand_tex = np.clip(np.array([200, 150, 120]) + rng.integers(-25, 25, (H, W, 3)), 0, 255).astype(np.uint8)
+    obj_tex = np.clip(np.array([40, 70, 210]) + rng.integers(-25, 25, (H, W, 3)), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:H, :W]
+    cover = np.interp(np.arange(T), [0, 1, 5, 9, 13, T - 1], [0, 0, 1, 1, 0, 0])
+    frames, hands, objs = [], [], []
+    for t in range(T):
+        dx = 1.5 * t
+        palm = (xx - (40 + dx)) ** 2 + (yy - 48) ** 2 < 18 ** 2
+        block = (xx >= 58 + dx) & (xx < 78 + dx) & (yy >= 38) & (yy < 58)
+        finger = (xx >= 50 + dx) & (xx < 58 + dx + 22 * cover[t]) & (yy >= 34) & (yy < 62) & (cover[t] > 0)
+        hand = palm | finger
+        img = bg.copy()
+        img[block] = np.roll(obj_tex, int(round(dx)), 1)[block]
+        img[hand] = np.roll(hand_tex, int(round(dx)), 1)[hand]
+        frames.append(img)
+        hands.append(hand)
+        objs.append(block & ~hand)
+    return frames, np.stack(hands), np.stack(objs)
+
+
+def test_object_hidden_in_the_hand_comes_back_with_shape_memory():
+    frames, hands, objs = _held_object_hidden_by_fingers()
+    first = np.stack([hands[0], objs[0]])
+    results = {}
+    for memory in ((1,), ()):  # the object's remembered shape on / off (the old behaviour)
+        fwd_tracker = FlowTracker(TrackerConfig(shape_memory=memory))
+        fwd = fwd_tracker.track(frames, first)
+        bwd = FlowTracker(TrackerConfig(shape_memory=memory)).track(
+            frames[::-1], fwd[-1], first_amodal=fwd_tracker.amodal)[::-1]
+        results[memory] = (mask_iou(fwd[-1][1], objs[-1]), mask_iou(bwd[0][1], objs[0]))
+    assert min(results[(1,)]) > 0.9, results  # re-emerges forward, and tracks back to frame 0
+    assert max(results[()]) < 0.5, results  # without memory the block is lost once hidden

@@ -7,6 +7,10 @@
 - ``track_masks``: propagate masks frame to frame by DIS optical flow, refined by GrabCut
   seeded with the warped mask (sure foreground inside an eroded core, probable in a band,
   sure background far away), which keeps the boundary on image edges instead of drifting.
+  A held object also keeps a *shape memory* (``FlowTracker.amodal``): its full shape, moved
+  each frame by the similarity that best explains the flow over it (where it is hidden, that
+  is the flow of the hand in front of it), so that it can grow back when it reappears.
+- ``estimate_similarity`` / ``move_mask``: that motion and how a mask follows it.
 - ``mask_iou``: IoU of boolean masks.
 
 Images are ``(H, W, 3) uint8`` RGB; masks ``(H, W) bool``.
@@ -38,6 +42,17 @@ class TrackerConfig:
     # background model is re-learned every frame: the background changes as the camera moves)
     first_frame_colour: bool = True
     flow_preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+    # Indices of the masks that keep a shape memory (held objects; the masks stage tracks
+    # [hand, object]). A part of the remembered shape that is neither seen nor behind another
+    # mask is forgotten after ``memory_frames`` frames: it was a tracking error, or the object
+    # turned and really got smaller.
+    shape_memory: tuple[int, ...] = (1,)
+    memory_frames: int = 4
+    # When a remembered mask keeps less than this fraction of the part of its predicted shape
+    # that should be in view (not behind another mask), the object is segmented afresh
+    # (``segment_hand_object`` on the predicted box and the other masks' box): flow and a thin
+    # band cannot grow back a thin object once its colours have drifted from the first frame's.
+    collapse_fraction: float = 0.5
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,6 +89,14 @@ def _significant_components(mask: np.ndarray, min_fraction: float) -> np.ndarray
         return mask.astype(bool)
     areas = stats[1:, cv2.CC_STAT_AREA]
     return np.isin(labels, 1 + np.nonzero(areas >= min_fraction * areas.max())[0])
+
+
+def mask_box_xyxy(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1), exclusive ends, of (H, W) bool ``mask``; None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def _box_fit(mask: np.ndarray, box: Sequence[int]) -> float:
@@ -245,12 +268,48 @@ def _run_grabcut(image: np.ndarray, mask: np.ndarray, iters: int, keep: str | No
     return _largest_component(out) if keep == "largest" else out
 
 
+def estimate_similarity(flow_dst_to_src: np.ndarray, region: np.ndarray, max_points: int = 2000,
+                        threshold_px: float = 1.0) -> np.ndarray | None:
+    """Similarity (rotation, uniform scale, translation) that moves ``region``'s content from the
+    source frame to the destination frame; (2, 3) float64 ``[x_dst, y_dst] = A @ [x_src, y_src, 1]``.
+
+    flow_dst_to_src: (H, W, 2) flow of the destination frame (``FlowTracker.flow``).
+    region: (H, W) bool pixels of the destination frame whose flow is used (RANSAC: the
+        largest group moving together wins, e.g. a hand over a few background pixels).
+    Returns None when the region has fewer than 8 pixels or no fit is found.
+    """
+    ys, xs = np.nonzero(region)
+    if len(ys) < 8:
+        return None
+    if len(ys) > max_points:  # evenly spread subset: the fit does not need every pixel
+        keep = np.linspace(0, len(ys) - 1, max_points).astype(int)
+        ys, xs = ys[keep], xs[keep]
+    dst = np.stack([xs, ys], 1).astype(np.float32)
+    src = dst + flow_dst_to_src[ys, xs].astype(np.float32)
+    A, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold_px)
+    return A
+
+
+def move_mask(mask: np.ndarray, src_to_dst: np.ndarray) -> np.ndarray:
+    """``mask`` (H, W) bool or uint8 moved by a (2, 3) affine map (nearest neighbour); same dtype."""
+    h, w = mask.shape
+    moved = cv2.warpAffine(mask.astype(np.uint8), src_to_dst, (w, h), flags=cv2.INTER_NEAREST,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return moved.astype(mask.dtype)
+
+
 class FlowTracker:
-    """Frame-to-frame mask propagation with DIS flow + GrabCut refinement."""
+    """Frame-to-frame mask propagation with DIS flow + GrabCut refinement.
+
+    After ``track``, ``amodal`` (K, H, W) bool holds the last frame's remembered full shapes
+    (the visible masks plus the remembered parts of ``cfg.shape_memory`` masks that are hidden);
+    pass it as ``first_amodal`` to a track that starts from that frame (the backward pass).
+    """
 
     def __init__(self, cfg: TrackerConfig = TrackerConfig()):
         self.cfg = cfg
         self.dis = cv2.DISOpticalFlow_create(cfg.flow_preset)
+        self.amodal: np.ndarray | None = None
 
     def flow(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """Dense flow (H, W, 2) mapping pixels of ``dst`` to where they were in ``src``."""
@@ -308,6 +367,8 @@ class FlowTracker:
             outer = outer | probable
         if forbid is not None:
             seed[forbid & ~core] = cv2.GC_BGD
+        if not (seed != cv2.GC_BGD).any():
+            return np.zeros_like(warped)
         # GrabCut on the bounding crop only: ~10x faster than the whole frame; the pad is at
         # least the largest band so that the background model sees the same context for all
         ys, xs = np.nonzero(outer)
@@ -326,9 +387,50 @@ class FlowTracker:
             out = out | allowed
         return out
 
+    def predict_shape(self, amodal: np.ndarray, unseen: np.ndarray, flow_dst_to_src: np.ndarray,
+                      holder: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Remembered shape moved to the next frame; (predicted (H, W) bool, unseen age (H, W) uint8).
+
+        The shape moves as a whole by the similarity fitted to the flow where it lands and over
+        ``holder`` (H, W) bool (the other masks warped into this frame, i.e. the hand): a held
+        object moves with the hand, and the flow over a shrinking visible part alone is biased
+        by the fingers closing over it. Dense warping would also erode a thin shape a little
+        every frame. Without a fit the shape follows the dense flow.
+        """
+        landing = self.warp(amodal, flow_dst_to_src)
+        A = estimate_similarity(flow_dst_to_src, landing if holder is None else landing | holder)
+        if A is None:
+            return landing, np.where(landing, self.warp(unseen > 0, flow_dst_to_src), 0).astype(np.uint8)
+        return move_mask(amodal, A), move_mask(unseen, A)
+
+    def regrow(self, image: np.ndarray, shape: np.ndarray, holder: np.ndarray, forbid: np.ndarray,
+               fg_model: np.ndarray | None, holder_model: np.ndarray | None) -> np.ndarray | None:
+        """The object segmented afresh around its predicted ``shape`` (H, W) bool, next to the
+        ``holder`` (H, W) bool (the hand); (H, W) bool, or None when nothing credible is found.
+
+        Only pixels near the predicted shape and outside ``forbid`` count, and the result must
+        look more like the object's colour model than the holder's (a hidden object's box
+        holds only fingers, which the cut would otherwise hand back as the object).
+        """
+        min_area = self.cfg.min_area_px
+        box_holder, box_shape = mask_box_xyxy(holder), mask_box_xyxy(shape)
+        if box_holder is None or box_shape is None or holder.sum() < min_area or shape.sum() < min_area:
+            return None
+        obj = segment_hand_object(image, box_holder, box_shape)[1]
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * self.cfg.band_px + 1,) * 2)
+        obj &= cv2.dilate(shape.astype(np.uint8), k).astype(bool) & ~forbid
+        if obj.sum() < min_area:
+            return None
+        if fg_model is not None and holder_model is not None:
+            pixels = image[obj]
+            if gmm_log_likelihood(fg_model, pixels).mean() <= gmm_log_likelihood(holder_model, pixels).mean():
+                return None
+        return obj
+
     def track(self, frames: Sequence[np.ndarray], first_masks: np.ndarray,
               on_frame: Callable[[], None] | None = None,
-              anchors: Sequence[Callable | None] | None = None) -> np.ndarray:
+              anchors: Sequence[Callable | None] | None = None,
+              first_amodal: np.ndarray | None = None) -> np.ndarray:
         """Propagate K masks from frame 0 through the clip.
 
         Args:
@@ -336,13 +438,26 @@ class FlowTracker:
             first_masks: (K, H, W) bool, mutually exclusive, order = priority where they overlap.
             anchors: per mask, None or a callable ``(image, warped_mask) -> (sure, probable) | None``
                 giving extra seeds each frame (see ``hoirecon.segment.anchor``).
+            first_amodal: (K, H, W) bool remembered full shapes in frame 0 (another track's
+                ``amodal``), else the first masks.
         Returns:
-            (T, K, H, W) bool.
+            (T, K, H, W) bool visible masks; the remembered shapes of the last frame are left in
+            ``self.amodal``.
+
+        Shape memory (masks in ``cfg.shape_memory``): each frame the remembered shape is moved
+        (``predict_shape``) and offered to GrabCut as probable foreground, so that a part the
+        flow lost, or a part coming out from behind the hand, grows back where its colours say
+        so. The written mask is only what GrabCut keeps (the visible part); the memory is the
+        visible part plus the predicted parts that are behind another mask (hidden, kept as
+        long as they are hidden) or not seen for at most ``cfg.memory_frames`` frames.
         """
         T = len(frames)
         K = first_masks.shape[0]
         out = np.zeros((T, K) + first_masks.shape[1:], bool)
         out[0] = first_masks
+        remember = [k for k in self.cfg.shape_memory if 0 <= k < K]
+        amodal = first_masks.copy() if first_amodal is None else first_amodal | first_masks
+        unseen = np.zeros(amodal.shape, np.uint8)  # frames since a remembered pixel was last accounted for
         # colour models of the first frame, where the masks are the most trustworthy: a model
         # re-learned every frame from the warped mask absorbs whatever the mask leaked into
         # (and then leaks further), so a mask slowly grows into look-alike background
@@ -354,6 +469,13 @@ class FlowTracker:
             warped_all = [self.warp(out[t - 1, k], flow) for k in range(K)]
             bands = [self.band_for(w) for w in warped_all]
             cores = [self.core_of(w, b) for w, b in zip(warped_all, bands)]
+            predicted = {}
+            for k in remember:
+                holder = np.zeros_like(taken)
+                for j in range(K):
+                    if j != k:
+                        holder |= warped_all[j]
+                predicted[k] = self.predict_shape(amodal[k], unseen[k], flow, holder)
             for k in range(K):
                 warped = warped_all[k]
                 # the confident interior of the other masks is not up for grabs (a grown hand
@@ -363,12 +485,52 @@ class FlowTracker:
                     if j != k:
                         others |= cores[j]
                 anchor = anchors[k](frames[t], warped) if anchors is not None and anchors[k] is not None else None
+                if k in predicted:
+                    probable = predicted[k][0]
+                    anchor = (np.zeros_like(taken), probable) if anchor is None else (anchor[0], anchor[1] | probable)
                 if anchor is not None:
                     anchor = (anchor[0] & ~others, anchor[1] & ~others)
                 m = self.refine(frames[t], warped, forbid=taken | others, anchor=anchor, band=bands[k],
                                 fg_model=fg_models[k]) & ~taken
+                if k in predicted:
+                    holder = taken.copy()  # the other masks: decided ones of this frame, else warped
+                    for j in range(k + 1, K):
+                        holder |= warped_all[j]
+                    in_view = predicted[k][0] & ~holder
+                    if m.sum() < self.cfg.collapse_fraction * in_view.sum():
+                        grown = self.regrow(frames[t], predicted[k][0], holder, taken,
+                                            fg_models[k], fg_models[0] if k != 0 else None)
+                        if grown is not None:
+                            m = m | grown
+                    if m.sum() < self.cfg.min_area_px:
+                        m = np.zeros_like(m)  # a few stray pixels of a hidden object are not the object
                 out[t, k] = m
                 taken |= m
+            for k in remember:
+                shape, age = predicted[k]
+                behind = np.zeros_like(taken)
+                for j in range(K):
+                    if j != k:
+                        behind |= out[t, j]
+                seen = int(out[t, k].sum())
+                if behind.sum() >= self.cfg.min_area_px and (
+                        seen == 0 or seen < self.cfg.collapse_fraction * (shape & ~behind).sum()):
+                    # (almost) nothing of the object is seen while the hand is there: it is held
+                    # out of sight (or the cut lost it); the whole shape is remembered as it was,
+                    # whether or not the hand mask covers all of it (a 2D motion does not say
+                    # exactly where a hidden object turned to)
+                    amodal[k] = shape | out[t, k]
+                    unseen[k] = np.where(out[t, k], 0, age).astype(np.uint8)
+                    continue
+                # seen: age 0; hidden behind another mask: age kept; neither: one frame older
+                age = np.where(out[t, k], 0, np.where(behind, age, age.astype(np.int32) + 1))
+                kept = out[t, k] | (shape & (age <= self.cfg.memory_frames))
+                amodal[k] = kept
+                unseen[k] = np.where(kept, age, 0).astype(np.uint8)
+            for k in range(K):
+                if k not in remember:
+                    amodal[k] = out[t, k]
             if on_frame:
                 on_frame()
+        self.amodal = amodal if T > 1 else amodal.copy()
         return out

@@ -39,7 +39,7 @@ from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, mask_iou, segment_hand_object
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "3"
+VERSION = "4"
 DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("flow", "stcn")
@@ -199,19 +199,25 @@ def _first_masks(cfg: MasksConfig, first: np.ndarray, hand_box: Box, obj_box: Bo
     return np.stack([hand, obj])
 
 
-def _track(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, device: str, task) -> np.ndarray:
+def _track(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, device: str, task,
+           first_amodal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Masks (T, 2, H, W) tracked from ``first``, and the tracker's remembered full shapes at the
+    last frame (flow tracker only; the backward pass starts from them so that an object hidden
+    in the hand at the end can still be tracked back)."""
     if cfg.tracker == "stcn":
         from hoirecon.backends.stcn import STCNTracker
 
         out = np.asarray(STCNTracker(device).track(np.stack(frames), first)).astype(bool)
         task.advance(len(frames) - 1)
-        return out
+        return out, None
     anchors = None
     if cfg.hand_landmarks:
         from hoirecon.segment.anchor import HandLandmarkAnchor
 
         anchors = [HandLandmarkAnchor(side=cfg.side), None]
-    return FlowTracker(TrackerConfig()).track(frames, first, on_frame=task.advance, anchors=anchors)
+    tracker = FlowTracker(TrackerConfig())
+    out = tracker.track(frames, first, on_frame=task.advance, anchors=anchors, first_amodal=first_amodal)
+    return out, tracker.amodal
 
 
 def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
@@ -228,8 +234,8 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device)
         first = _first_masks(cfg, frames[0], hand_box, obj_box, ctx.device)
         with ctx.reporter.task("tracking masks (forward + backward)", total=2 * (T - 1)) as task:
-            fwd = _track(cfg, frames, first, ctx.device, task)
-            bwd = _track(cfg, frames[::-1], fwd[-1], ctx.device, task)[::-1]
+            fwd, amodal = _track(cfg, frames, first, ctx.device, task)
+            bwd = _track(cfg, frames[::-1], fwd[-1], ctx.device, task, first_amodal=amodal)[0][::-1]
         track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
         per_frame = [{"hand": mask_iou(fwd[t, 0], bwd[t, 0]), "object": mask_iou(fwd[t, 1], bwd[t, 1])}
                      for t in range(T)]
