@@ -33,6 +33,7 @@ from common import machine, write_section  # noqa: E402
 import torch  # noqa: E402
 
 from hoirecon.errors import RunError  # noqa: E402
+from hoirecon.geometry.regions import box_iou  # noqa: E402
 from hoirecon.io.video import read_rgb  # noqa: E402
 from hoirecon.pipeline.runner import run_pipeline  # noqa: E402
 from hoirecon.segment.detect import detect_hand_box, detect_held_object_box  # noqa: E402
@@ -48,14 +49,6 @@ REAL = {
     "toy_plane": {"hand": (380, 40, 640, 330), "object": (130, 80, 510, 440), "object_tight": (290, 170, 520, 440)},
     "hand_fan": {"hand": (250, 160, 535, 480), "object": (230, 20, 415, 425)},
 }
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def run_clip(video: Path, work: Path, refs: dict, max_frames: int | None) -> dict:

@@ -291,7 +291,8 @@ def _open_hand() -> torch.Tensor:
 
 @needs_mediapipe
 def test_landmarks_on_a_rendered_hand(hand):
-    from hoirecon.handpose.landmarks import HandLandmarker, LandmarkTracker, mask_box
+    from hoirecon.geometry.regions import mask_box
+    from hoirecon.handpose.landmarks import HandLandmarker, LandmarkTracker
 
     img, mask, kp_true = render_hand_image(hand, _open_hand(), _palm_facing_camera(), torch.tensor([0.0, 0.09, 0.25]))
     tracker = LandmarkTracker(HandLandmarker())
@@ -317,14 +318,15 @@ def test_landmarks_on_a_rendered_hand(hand):
 
 @needs_mediapipe
 def test_palm_detector_box_on_a_rendered_hand(hand):
-    from hoirecon.handpose.landmarks import _box_iou, detect_hand_box
+    from hoirecon.geometry.regions import box_iou
+    from hoirecon.handpose.landmarks import detect_hand_box
 
     img, mask, kp = render_hand_image(hand, _open_hand(), _palm_facing_camera(), torch.tensor([0.0, 0.09, 0.45]),
                                       width=320, height=320)
     box = detect_hand_box(img)
     assert box is not None
     true_box = np.array([kp[:, 0].min(), kp[:, 1].min(), kp[:, 0].max(), kp[:, 1].max()])
-    assert _box_iou(np.array(box), true_box) > 0.5
+    assert box_iou(np.array(box), true_box) > 0.5
     assert detect_hand_box(np.full((200, 200, 3), 120, np.uint8)) is None
 
 

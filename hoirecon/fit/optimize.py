@@ -40,6 +40,7 @@ from hoirecon.fit.losses import (
 )
 from hoirecon.fit.scene import BlendConfig, HOIScene
 from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
+from hoirecon.geometry.regions import mask_iou
 from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.volume import VolumeRenderConfig
 
@@ -427,12 +428,6 @@ def optimize_scene(
             break
     steps_done = int(history[-1]["step"]) + 1 if history else start
     return OptimizeResult(steps_done, time.perf_counter() - t0, start, terms, history)
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(pred, gt).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from hoirecon.errors import UserError
+from hoirecon.geometry.regions import box_iou, mask_box
 
 LANDMARK_MODEL = "hand_landmark/hand_landmark_full.tflite"
 PALM_MODEL = "palm_detection/palm_detection_full.tflite"
@@ -251,14 +252,6 @@ def rect_from_landmarks(keypoints_2d: np.ndarray, scale: float = 2.0, shift_up: 
     side = scale * max(u.max() - u.min(), v.max() - v.min(), 1.0)
     centre = cu * ex + cv_ * ey - shift_up * side * ey
     return CropRect(float(centre[0]), float(centre[1]), float(side), angle)
-
-
-def mask_box(mask: np.ndarray) -> Optional[Box]:
-    """Tight (x0, y0, x1, y1) box of a boolean mask (pixel centres), None if empty."""
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
-        return None
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
 @dataclass(frozen=True)
@@ -493,17 +486,9 @@ class PalmDetector:
 def _nms(dets, iou_threshold: float):
     kept = []
     for det in dets:
-        if all(_box_iou(det[1], k[1]) < iou_threshold for k in kept):
+        if all(box_iou(det[1], k[1]) < iou_threshold for k in kept):
             kept.append(det)
     return kept
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def detect_hand_box(image_rgb: np.ndarray, min_score: float = 0.5, min_presence: float = 0.5,

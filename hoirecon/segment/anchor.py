@@ -15,7 +15,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from hoirecon.handpose.landmarks import HandLandmarker, LandmarkTrackConfig, LandmarkTracker, mask_box
+from hoirecon.geometry.regions import mask_box
+from hoirecon.handpose.landmarks import HandLandmarker, LandmarkTrackConfig, LandmarkTracker
 
 # MediaPipe's bones (landmark index pairs) and the palm polygon.
 BONES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11), (11, 12),

@@ -11,7 +11,8 @@
   each frame by the similarity that best explains the flow over it (where it is hidden, that
   is the flow of the hand in front of it), so that it can grow back when it reappears.
 - ``estimate_similarity`` / ``move_mask``: that motion and how a mask follows it.
-- ``mask_iou``: IoU of boolean masks.
+- ``mask_box_xyxy``: a mask's bounding box with exclusive ends (``hoirecon.geometry.regions``
+  has the inclusive box, box IoU and mask IoU).
 
 Images are ``(H, W, 3) uint8`` RGB; masks ``(H, W) bool``.
 """
@@ -23,6 +24,8 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+
+from hoirecon.geometry.regions import box_iou, mask_box
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,6 @@ class TrackerConfig:
     # (``segment_hand_object`` on the predicted box and the other masks' box): flow and a thin
     # band cannot grow back a thin object once its colours have drifted from the first frame's.
     collapse_fraction: float = 0.5
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks; 1.0 when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -93,22 +90,16 @@ def _significant_components(mask: np.ndarray, min_fraction: float) -> np.ndarray
 
 def mask_box_xyxy(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Bounding box (x0, y0, x1, y1), exclusive ends, of (H, W) bool ``mask``; None if empty."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    box = mask_box(mask)
+    if box is None:
         return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return int(box[0]), int(box[1]), int(box[2]) + 1, int(box[3]) + 1
 
 
 def _box_fit(mask: np.ndarray, box: Sequence[int]) -> float:
     """IoU between the bounding box of ``mask`` and ``box`` (x0, y0, x1, y1, exclusive ends)."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return 0.0
-    mx0, my0, mx1, my1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    x0, y0, x1, y1 = box
-    iw, ih = max(0, min(mx1, x1) - max(mx0, x0)), max(0, min(my1, y1) - max(my0, y0))
-    inter = iw * ih
-    return inter / float((mx1 - mx0) * (my1 - my0) + (x1 - x0) * (y1 - y0) - inter)
+    own = mask_box_xyxy(mask)
+    return 0.0 if own is None else box_iou(own, box)
 
 
 def segment_hand_object(image: np.ndarray, hand_box: Sequence[float], object_box: Sequence[float],

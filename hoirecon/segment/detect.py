@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from hoirecon.geometry.regions import mask_box
 from hoirecon.handpose.landmarks import (
     CropRect,
     HandLandmarker,
@@ -376,11 +377,10 @@ def detect_held_object_box(frames_rgb: Sequence[np.ndarray], keypoints_2d: np.nd
         static = static_background(first, frames_rgb[min(len(frames_rgb) - 1, cfg.motion_frames)], hand,
                                    dist > cfg.reach * size, cfg)
     mask = object_mask_near_hand(first, keypoints_2d, cfg, static)
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
+    box = mask_box(mask)
+    if box is None:
         return None
-    box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
-    fill = xs.size / ((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
+    fill = np.count_nonzero(mask) / ((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
     return box, float(fill)
 
 

@@ -236,7 +236,7 @@ def estimate_frankmocap(frames: list[np.ndarray], hand_masks: np.ndarray, hand: 
     index MCP keypoint of our hand model: ``(s, s t_x + 1/L, s t_y + 1/L)`` (the ``1/L``
     moves the centre to ``(W - 1) / 2`` pixels).
     """
-    from hoirecon.handpose.landmarks import mask_box
+    from hoirecon.geometry.regions import mask_box
 
     if regressor is None:
         from hoirecon.backends.frankmocap import FrankMocapHand

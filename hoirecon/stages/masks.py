@@ -36,7 +36,8 @@ from hoirecon.io.masks import overlay_masks, read_mask_folder, write_mask_folder
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.hashing import file_digest, tree_digest
 from hoirecon.pipeline.runner import StageContext, StageDef
-from hoirecon.segment.classic import FlowTracker, TrackerConfig, mask_iou, segment_hand_object
+from hoirecon.geometry.regions import mask_iou
+from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
 VERSION = "4"
