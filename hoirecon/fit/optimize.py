@@ -65,10 +65,6 @@ class OptimizeConfig:
     eikonal_points: random points in the sphere per step for the MLP's eikonal term.
     checkpoint_every: steps between resumable checkpoints (0 = never).
     seed: seeds every random draw.
-    penetration_moves_sdf: whether the penetration term may also reshape the object (its
-        gradient reaches the SDF) or only moves the hand, camera and object pose. Off in the
-        fast preset: while the hand is still centimetres off, the term otherwise carves the
-        grasped part of the object away where the wrong hand sits.
     max_seconds: stop once the optimisation has run this long (None = run all ``steps``);
         the schedules still span ``steps``, so this truncates them (a time budget for batch
         runs, and equal-time comparisons of presets).
@@ -96,7 +92,6 @@ class OptimizeConfig:
     eikonal_points: int = 256
     checkpoint_every: int = 100
     seed: int = 0
-    penetration_moves_sdf: bool = True
     per_frame_object_pose: bool = True
     max_seconds: float | None = None
     weights: LossWeights = field(default_factory=LossWeights)
@@ -280,12 +275,7 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
         grads = [g_rand] if r["sdf_grad"] is None else [r["sdf_grad"], g_rand]
         terms["eikonal"] = eikonal_loss(torch.cat(grads))
     verts_obj = r["verts_obj"]
-    if cfg.penetration_moves_sdf:
-        sdf_at_verts = scene.sdf(verts_obj.reshape(-1, 3))
-    else:  # gradient to the vertices (hand, camera, object pose) only
-        frozen = {k: v.detach() for k, v in scene.sdf.named_parameters()}
-        sdf_at_verts = torch.func.functional_call(scene.sdf, frozen, (verts_obj.reshape(-1, 3),))
-    terms["penetration"] = penetration_loss(sdf_at_verts.reshape(verts_obj.shape[:2]), radius)
+    terms["penetration"] = penetration_loss(scene.sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2]), radius)
     art = scene.articulation()
     terms["temporal_artic"] = temporal_second_diff(art)
     T_c2h = scene.T_cam_to_hand()
