@@ -102,6 +102,18 @@ def _box_fit(mask: np.ndarray, box: Sequence[int]) -> float:
     return 0.0 if own is None else box_iou(own, box)
 
 
+def _box_seed(shape_hw: tuple[int, int], box: Sequence[int], centre: bool) -> np.ndarray:
+    """GrabCut seed (H, W) uint8: background outside the integer ``box`` (x0, y0, x1, y1, clipped),
+    probable foreground inside, and with ``centre`` its central quarter (per side) sure foreground."""
+    x0, y0, x1, y1 = box
+    seed = np.full(shape_hw, cv2.GC_BGD, np.uint8)
+    seed[y0:y1, x0:x1] = cv2.GC_PR_FGD
+    if centre:
+        cy, cx, ry, rx = (y0 + y1) // 2, (x0 + x1) // 2, max(1, (y1 - y0) // 8), max(1, (x1 - x0) // 8)
+        seed[cy - ry:cy + ry, cx - rx:cx + rx] = cv2.GC_FGD
+    return seed
+
+
 def segment_hand_object(image: np.ndarray, hand_box: Sequence[float], object_box: Sequence[float],
                         iters: int = 5, context: float = 0.15, min_component: float = 0.15,
                         min_box_fit: float = 0.5) -> np.ndarray:
@@ -139,12 +151,7 @@ def segment_hand_object(image: np.ndarray, hand_box: Sequence[float], object_box
         for centre_seed in (False, True):
             if best_fit >= min_box_fit:
                 break
-            seed = np.full(crop.shape[:2], cv2.GC_BGD, np.uint8)
-            seed[local[1]:local[3], local[0]:local[2]] = cv2.GC_PR_FGD
-            if centre_seed:
-                cy, cx = (local[1] + local[3]) // 2, (local[0] + local[2]) // 2
-                ry, rx = max(1, (y1 - y0) // 8), max(1, (x1 - x0) // 8)
-                seed[cy - ry:cy + ry, cx - rx:cx + rx] = cv2.GC_FGD
+            seed = _box_seed(crop.shape[:2], local, centre_seed)
             m = _run_grabcut(crop, seed, iters, keep=None)
             m = _significant_components(m, min_component) if i == 1 else _largest_component(m)
             fit = _box_fit(m, local)
@@ -186,11 +193,8 @@ def grabcut_from_box(image: np.ndarray, box: Sequence[float], iters: int = 5,
     x1, y1 = min(w, x1), min(h, y1)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return np.zeros((h, w), bool)
-    mask = np.full((h, w), cv2.GC_BGD, np.uint8)
-    mask[y0:y1, x0:x1] = cv2.GC_PR_FGD
     # the box centre is very likely the object: it anchors GrabCut's colour model
-    cy, cx, ry, rx = (y0 + y1) // 2, (x0 + x1) // 2, max(1, (y1 - y0) // 8), max(1, (x1 - x0) // 8)
-    mask[cy - ry:cy + ry, cx - rx:cx + rx] = cv2.GC_FGD
+    mask = _box_seed((h, w), (x0, y0, x1, y1), centre=True)
     if sure_bg is not None:
         mask[sure_bg] = cv2.GC_BGD
     if sure_fg is not None:
