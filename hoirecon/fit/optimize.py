@@ -38,13 +38,13 @@ from hoirecon.fit.losses import (
     temporal_first_diff,
     temporal_second_diff,
 )
-from hoirecon.fit.scene import BlendConfig, HOIScene
+from hoirecon.fit.scene import BlendConfig, HOIScene, blend_for_labels
 from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
 from hoirecon.geometry.regions import mask_iou
+from hoirecon.render.blend import LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.volume import VolumeRenderConfig
 
-LABEL_BG, LABEL_HAND, LABEL_OBJ = 0, 1, 2
 
 
 @dataclass
@@ -71,6 +71,10 @@ class OptimizeConfig:
     per_frame_object_pose: optimise a per-frame object pose delta on top of the shared
         ``T_hand_to_obj`` (the method); False = one shared pose for the clip (the seed's B.3
         ablation).
+    hand_pixels_hand_only: at pixels observed as hand, the mask loss moves only the hand's
+        silhouette (``hoirecon.fit.scene.blend_for_labels``); False = every gradient of eq. 1-2
+        everywhere (the ``paper`` preset). Tuning seeds 100-105, fast preset: mean F@10
+        0.74 -> 0.84 (bottle 0.49 -> 0.99), deepest hand vertex 9.2 -> 5.0 mm.
     """
 
     steps: int = 1500
@@ -93,6 +97,7 @@ class OptimizeConfig:
     checkpoint_every: int = 100
     seed: int = 0
     per_frame_object_pose: bool = True
+    hand_pixels_hand_only: bool = True
     max_seconds: float | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     vol: VolumeRenderConfig = field(default_factory=lambda: VolumeRenderConfig(
@@ -134,7 +139,7 @@ def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
     Where both are set the hand wins (the masks stage removes object pixels under the hand).
     """
     lab = np.zeros(hand.shape, np.uint8)
-    lab[obj] = LABEL_OBJ
+    lab[obj] = LABEL_OBJECT
     lab[hand] = LABEL_HAND
     return torch.from_numpy(lab)
 
@@ -256,9 +261,12 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
     w = cfg.weights
     dev = scene.K.device
     r = scene.render_pixels(frames.to(dev), pix.to(dev), cfg.vol, cfg.mesh, cfg.blend)
-    terms: dict[str, torch.Tensor] = {"mask": semantic_mask_loss(r["probs"], labels.to(dev))}
+    labels = labels.to(dev)
+    probs = blend_for_labels(r["mask_hand"], r["depth_hand"], r["mask_obj"], r["depth_obj"], labels, cfg.blend,
+                             cfg.hand_pixels_hand_only)
+    terms: dict[str, torch.Tensor] = {"mask": semantic_mask_loss(probs, labels)}
     if cfg.blend.mode == "hard":
-        terms["ordinal_depth"] = ordinal_depth_loss(labels.to(dev), r["mask_hand"], r["depth_hand"], r["mask_obj"],
+        terms["ordinal_depth"] = ordinal_depth_loss(labels, r["mask_hand"], r["depth_hand"], r["mask_obj"],
                                                     r["depth_obj"], scene.sdf.radius)
     radius = scene.sdf.radius
     reg = scene.sdf.regularizers()
@@ -431,6 +439,6 @@ def evaluate_masks(scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig, s
         probs = scene.render_labels(t, stride, vol, cfg.mesh, cfg.blend)
         pred = probs.argmax(-1).cpu().numpy()
         gt = labels[t, ::stride, ::stride].numpy()
-        res.append({"frame": int(t), "iou_object": mask_iou(pred == LABEL_OBJ, gt == LABEL_OBJ),
+        res.append({"frame": int(t), "iou_object": mask_iou(pred == LABEL_OBJECT, gt == LABEL_OBJECT),
                     "iou_hand": mask_iou(pred == LABEL_HAND, gt == LABEL_HAND)})
     return res

@@ -25,6 +25,9 @@ import torch
 
 from hoirecon.errors import UserError
 
+# Label values of semantic masks, in the channel order of every blend output.
+LABEL_BG, LABEL_HAND, LABEL_OBJECT = 0, 1, 2
+
 
 def _check_same_shape(*tensors: torch.Tensor) -> None:
     shape = tensors[0].shape

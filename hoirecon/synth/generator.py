@@ -66,6 +66,7 @@ from hoirecon.io.masks import overlay_masks, write_mask_folder
 from hoirecon.io.video import write_png, write_video
 from hoirecon.pipeline.hashing import file_digest
 from hoirecon.pipeline.runner import commit_dir, output_lock, write_external_stage
+from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.mesh import vertex_normals
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, generic_grasp_region, penetration_depth, place_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
@@ -83,7 +84,6 @@ SPHERE_FILL_RANGE = (0.55, 0.8)
 # The mean camera distance stays in this range (m) whatever the object's size (it then
 # varies by +-5 % over the clip); a small object seen from 0.3 m fills less of the frame.
 DISTANCE_RANGE_M = (0.3, 0.85)
-LABEL_BG, LABEL_HAND, LABEL_OBJECT = 0, 1, 2
 # Which way the thumb side of the palm points along the grasp axis, per category
 # (bowls: fingers curl over the rim into the bowl; others: thumb towards the axis).
 _THUMB_ALONG_AXIS = {"bowl": -1.0}
