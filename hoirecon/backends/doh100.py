@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoirecon.backends.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
+from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.backends.ops import nms, roi_align
 from hoirecon.backends.resnet import RESNET101, ResNet
 from hoirecon.errors import RunError, UserError

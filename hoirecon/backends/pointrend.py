@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hoirecon.backends.checkpoints import check_state_dict, strip_prefix
+from hoirecon.io.checkpoints import check_state_dict, strip_prefix
 from hoirecon.backends.ops import roi_align
 from hoirecon.errors import UserError
 

@@ -47,6 +47,7 @@ from torch import nn
 
 from hoirecon.categories import CATEGORIES, normalize_category
 from hoirecon.errors import UserError
+from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.prior.geometry import HAND_CHANNELS, OBJECT_CHANNELS
 
 WEIGHTS_RELATIVE = "hoirecon/prior_small.pt"
@@ -365,10 +366,7 @@ def load_geometry_prior(path: str | Path | None = None, device=None) -> Geometry
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise UserError(f"prior weights not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt/foreign files
-        raise UserError(f"cannot read prior weights {path}: {err}") from err
+    payload = read_torch_checkpoint(path, "prior weights")
     if not isinstance(payload, dict) or "config" not in payload:
         raise UserError(f"{path} is not a hoirecon geometry prior file")
     config = PriorConfig.from_dict(payload["config"])

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from hoirecon.errors import UserError
+from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.prior.data import PriorDataset, load_prior_dataset
 from hoirecon.prior.model import GeometryPrior, PriorConfig, load_geometry_prior, save_prior_weights
 
@@ -162,7 +163,7 @@ def train_prior(
 
     state = None
     if out.is_file():
-        state = torch.load(out, map_location="cpu", weights_only=True)
+        state = read_torch_checkpoint(out, "prior training checkpoint")
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{out} exists and is not a prior training checkpoint; choose another --out")
         ckpt_cfg = PriorConfig.from_dict(state["config"])
@@ -276,7 +277,7 @@ def export_weights(checkpoint: str | Path, path: str | Path, meta: dict | None =
     the checkpoint's step and the mean loss of its last 200 steps are added.
     """
     checkpoint = Path(checkpoint)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_torch_checkpoint(checkpoint, "prior training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{checkpoint} is not a prior training checkpoint")
     model = load_geometry_prior(checkpoint)

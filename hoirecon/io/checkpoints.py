@@ -1,5 +1,5 @@
 """Reading a torch checkpoint and checking its state dict against a network, the same way
-for every backend.
+everywhere (backends, the prior, the fit's resume checkpoint and scene file).
 
 ``read_torch_checkpoint`` is ``torch.load(weights_only=True)`` with a one-line ``UserError``.
 Backends then do their own fix-ups (unwrapping ``{"model": ...}``, renaming keys, STCN's

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hoirecon.backends.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
+from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.errors import UserError
 
 
