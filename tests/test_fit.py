@@ -326,3 +326,17 @@ def test_hand_pixels_keep_the_object_behind_a_missing_hand(mode):
     assert g_mo[1] != 0 and g_mo[2] != 0  # object and background pixels still move the object
     g_mh, g_dh, g_mo, g_do = grads(p_full)
     assert g_mo[0] != 0  # without the option the object shrinks under a missing hand
+
+
+def test_corrupt_checkpoint_or_scene_file_is_one_clear_error(tiny_clip, tmp_path):
+    from hoirecon.errors import UserError
+
+    labels = labels_from_masks(tiny_clip["hand"], tiny_clip["obj"])
+    scene, _ = _scene(tiny_clip)
+    ck = tmp_path / "fit.ckpt"
+    ck.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match="cannot read fit checkpoint"):
+        optimize_scene(scene, labels, _opt_cfg(5), checkpoint_path=ck)
+    (tmp_path / "scene.pt").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UserError, match="cannot read fitted scene"):
+        load_object_sdf(tmp_path)

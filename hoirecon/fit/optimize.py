@@ -41,6 +41,7 @@ from hoirecon.fit.losses import (
 from hoirecon.fit.scene import BlendConfig, HOIScene, blend_for_labels
 from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
 from hoirecon.geometry.regions import mask_iou
+from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.render.blend import LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.volume import VolumeRenderConfig
@@ -374,7 +375,7 @@ def optimize_scene(
     start, history = 0, []
     ck = None
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        ck = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        ck = read_torch_checkpoint(checkpoint_path, "fit checkpoint (delete it, or run with --force, to start afresh)")
         if isinstance(scene.sdf, GridSDF):
             scene.sdf.set_resolution(int(ck["sdf_spec"]["resolution"]))
             scene.sdf.to(scene.K.device)

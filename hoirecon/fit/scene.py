@@ -36,6 +36,7 @@ from hoirecon.errors import UserError
 from hoirecon.fit.init import _rigid_inverse
 from hoirecon.fit.sdf import ObjectSDF, build_object_sdf
 from hoirecon.geometry.rotations import axis_angle_to_matrix
+from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.render.blend import LABEL_HAND, hard_blend_masks, soft_blend_masks
 from hoirecon.render.camera import pixel_directions, pixel_rays
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_pixels
@@ -299,8 +300,8 @@ def load_object_sdf(fit_dir: str | Path, device: str | torch.device = "cpu"):
     path = Path(fit_dir) / "scene.pt"
     if not path.is_file():
         raise UserError(f"no fitted scene at {path}; run `hoirecon fit` first")
+    state = read_torch_checkpoint(path, "fitted scene")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         sdf = build_object_sdf(state["sdf_spec"])
         if "resolution" in state["sdf_spec"]:
             sdf.set_resolution(int(state["sdf_spec"]["resolution"]))
