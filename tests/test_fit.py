@@ -294,40 +294,6 @@ def test_time_budget_stops_early_and_reports_the_steps_done(tiny_clip):
     assert res.history[-1]["seconds"] >= 0.5
 
 
-@pytest.mark.parametrize("mode", ["occlusion", "paper", "hard"])
-def test_hand_pixels_keep_the_object_behind_a_missing_hand(mode):
-    from hoirecon.fit.scene import BlendConfig, blend_for_labels
-
-    # pixels: hand observed, rendered hand misses it, object rendered there | object | background |
-    # hand observed, rendered hand covers it, object 5 cm in front of it | ... object 1 cm in front
-    labels = torch.tensor([1, 2, 0, 1, 1])
-    m_h = torch.tensor([0.2, 0.6, 0.3, 0.8, 0.8], requires_grad=True)
-    d_h = torch.tensor([0.50, 0.52, 0.5, 0.50, 0.50], requires_grad=True)
-    m_o = torch.tensor([0.9, 0.8, 0.4, 0.6, 0.6], requires_grad=True)
-    d_o = torch.tensor([0.48, 0.51, 0.5, 0.45, 0.49], requires_grad=True)
-    cfg = BlendConfig(mode=mode, gamma=0.05, hand_front_margin=0.02)
-    p_free = blend_for_labels(m_h, d_h, m_o, d_o, labels, cfg, hand_pixels_hand_only=True)
-    p_full = blend_for_labels(m_h, d_h, m_o, d_o, labels, cfg, hand_pixels_hand_only=False)
-    torch.testing.assert_close(p_free, p_full)  # same values either way: only the gradients differ
-
-    def grads(p):
-        for t in (m_h, d_h, m_o, d_o):
-            t.grad = None
-        p.gather(-1, labels[:, None]).log().sum().backward()
-        # hard blending has no depth gradient at all (grad None)
-        return [t.grad if t.grad is not None else torch.zeros(5) for t in (m_h, d_h, m_o, d_o)]
-
-    g_mh, g_dh, g_mo, g_do = grads(p_free)
-    assert g_mo[0] == 0 and g_do[0] == 0  # a misplaced hand does not erode the object it hides
-    assert g_mo[4] == 0 and g_do[4] == 0  # nor does a hand a little too deep
-    assert g_mh[0] > 0 and g_mh[3] > 0  # the hand still grows over the pixels it should cover
-    assert g_dh[0] == 0 and g_dh[3] == 0 and g_dh[4] == 0  # ... but does not slide towards the camera to win
-    assert g_mo[3] < 0  # an object in front of a rendered, observed hand still gives way
-    assert g_mo[1] != 0 and g_mo[2] != 0  # object and background pixels still move the object
-    g_mh, g_dh, g_mo, g_do = grads(p_full)
-    assert g_mo[0] != 0  # without the option the object shrinks under a missing hand
-
-
 def test_corrupt_checkpoint_or_scene_file_is_one_clear_error(tiny_clip, tmp_path):
     from hoirecon.errors import UserError
 

@@ -37,7 +37,7 @@ from hoirecon.fit.init import _rigid_inverse
 from hoirecon.fit.sdf import ObjectSDF, build_object_sdf
 from hoirecon.geometry.rotations import axis_angle_to_matrix
 from hoirecon.io.checkpoints import read_torch_checkpoint
-from hoirecon.render.blend import LABEL_HAND, hard_blend_masks, soft_blend_masks
+from hoirecon.render.blend import hard_blend_masks, soft_blend_masks
 from hoirecon.render.camera import pixel_directions, pixel_rays
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_pixels
 from hoirecon.render.volume import LaplaceDensity, VolumeRenderConfig, render_sdf_volume
@@ -76,9 +76,6 @@ class BlendConfig:
         (``hoirecon.render.blend.hard_blend_masks``, no gradient through the depth order);
         the fit then adds an ordinal depth loss (``hoirecon.fit.losses.ordinal_depth_loss``).
     tau: depth temperature (m) of the occlusion mode.
-    hand_front_margin: (m) used by ``blend_for_labels``: at a pixel observed as hand, an
-        object rendered this much in front of the rendered hand is wrong and gives way; one
-        closer to the hand than that may be right where the hand estimate is off in depth.
     """
 
     mode: str = "occlusion"
@@ -86,7 +83,6 @@ class BlendConfig:
     gamma: float = 1e-4
     d_near: float = 0.0
     d_far: float = 2.0
-    hand_front_margin: float = 0.02
 
 
 def missing_depth_as_far(depth: torch.Tensor, far: float) -> torch.Tensor:
@@ -120,35 +116,6 @@ def blend_semantic(m_h: torch.Tensor, d_h: torch.Tensor, m_o: torch.Tensor, d_o:
     return torch.stack([1.0 - p_fg, p_h, p_o], dim=-1)
 
 
-
-def blend_for_labels(m_h: torch.Tensor, d_h: torch.Tensor, m_o: torch.Tensor, d_o: torch.Tensor,
-                     labels: torch.Tensor, cfg: BlendConfig, hand_pixels_hand_only: bool) -> torch.Tensor:
-    """``blend_semantic`` for the mask loss at pixels with observed ``labels``.
-
-    With ``hand_pixels_hand_only`` the values are the same, but at pixels observed as hand the
-    object gets a gradient only where the rendered hand covers the pixel and the object is
-    rendered more than ``cfg.hand_front_margin`` in front of it (an object clearly in front
-    of a visible hand must give way), and the hand's depth gets none. A visible hand says
-    nothing about the object behind it: while the hand estimate is centimetres off, the full
-    gradient erodes the object wherever the true hand hides it (tuning clips: bottle F@10
-    0.49); without the margin, an object just in front of fingers that are a little too deep
-    was still carved (bottle 0.57); with the hand's depth attached, the hand wins the depth
-    orders by sliding towards the camera (6 cm). Object and background pixels keep every
-    gradient, depth order included.
-
-    Args:
-        m_h, d_h, m_o, d_o: (...) as in ``blend_semantic``. labels: (...) int (0 bg, 1 hand, 2 object).
-    Returns:
-        probs: (..., 3).
-    """
-    probs = blend_semantic(m_h, d_h, m_o, d_o, cfg)
-    if not hand_pixels_hand_only:
-        return probs
-    covered = (m_h.detach() > 0.5) & (d_o.detach() < d_h.detach() - cfg.hand_front_margin)
-    m_o_h = torch.where(covered, m_o, m_o.detach())
-    d_o_h = torch.where(covered, d_o, d_o.detach())
-    probs_hand_px = blend_semantic(m_h, d_h.detach(), m_o_h, d_o_h, cfg)
-    return torch.where((labels == LABEL_HAND)[..., None], probs_hand_px, probs)
 
 class HOIScene(nn.Module):
     """Learnable hand-object scene of a clip (see module docstring).

@@ -16,10 +16,8 @@ Reads ``frames/meta.json`` (size), ``masks/{hand,object}/NNNNNN.png`` and
 - ``summary.json``: final losses, per-frame mask IoUs, steps, seconds, init info.
 
 Presets: ``fast`` (grid SDF 48^3 -> 96^3 with a small surface-area prior ``LossWeights.sdf_area``,
-penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``, hand pixels move only the hand
-(``OptimizeConfig.hand_pixels_hand_only``)) and
-``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal, the full
-gradient of eq. 1-2 at every pixel).
+penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``) and
+``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal).
 Resumable: a checkpoint in ``ctx.scratch_dir`` every ``checkpoint_every`` steps.
 """
 
@@ -137,7 +135,7 @@ def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
             lr_obj_trans=lr, lr_cam_rot=lr, lr_cam_trans=lr, lr_artic=lr, lr_shape=lr, lr_decay=0.1,
             warmup_steps=100, grid_schedule=(), blend=blend,
             vol=VolumeRenderConfig(n_coarse=64, n_importance=64, perturb=True, normal_mode="autograd"),
-            weights=LossWeights(sdf_smooth=0.0), hand_pixels_hand_only=False,
+            weights=LossWeights(sdf_smooth=0.0),
         )
     opt = replace(opt, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                   per_frame_object_pose=cfg.per_frame_object_pose, max_seconds=cfg.time_budget_s)
