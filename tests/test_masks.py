@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -256,3 +257,23 @@ def test_object_hidden_in_the_hand_comes_back_with_shape_memory():
         results[memory] = (mask_iou(fwd[-1][1], objs[-1]), mask_iou(bwd[0][1], objs[0]))
     assert min(results[(1,)]) > 0.9, results  # re-emerges forward, and tracks back to frame 0
     assert max(results[()]) < 0.5, results  # without memory the block is lost once hidden
+
+
+@pytest.mark.parametrize("method", ["farneback", "dis"])
+def test_tracker_flow_recovers_a_known_shift(method):
+    from hoirecon.segment.classic import FlowTracker, TrackerConfig
+
+    rng = np.random.default_rng(0)
+    tex = cv2.GaussianBlur(rng.integers(0, 255, (96, 112, 3), dtype=np.uint8), (5, 5), 1.5)
+    src = tex[8:72, 8:96]
+    dst = tex[6:70, 5:93]  # content moves by (+3, +2) px from src to dst
+    flow = FlowTracker(TrackerConfig(flow_method=method)).flow(src, dst)
+    inner = flow[16:48, 16:72].reshape(-1, 2)
+    np.testing.assert_allclose(np.median(inner, 0), [-3.0, -2.0], atol=0.3)  # dst pixel -> where it was in src
+
+
+def test_tracker_rejects_an_unknown_flow_method():
+    from hoirecon.segment.classic import FlowTracker, TrackerConfig
+
+    with pytest.raises(ValueError, match="flow_method"):
+        FlowTracker(TrackerConfig(flow_method="lucas-kanade"))

@@ -28,6 +28,9 @@ import numpy as np
 from hoirecon.geometry.regions import box_iou, mask_box
 
 
+FLOW_METHODS = ("farneback", "dis")
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     """Knobs of the flow + GrabCut tracker (defaults tuned on nothing in particular; see docs)."""
@@ -44,6 +47,11 @@ class TrackerConfig:
     # each mask's foreground colour model is learned once on the first frame and kept (the
     # background model is re-learned every frame: the background changes as the camera moves)
     first_frame_colour: bool = True
+    # one of FLOW_METHODS: "farneback" (polynomial expansion, 4 levels, 9 px window) or "dis"
+    # (``flow_preset``). Farneback keeps more of a thin object's own motion (synthetic knife,
+    # object IoU 0.525 -> 0.598; toy_plane forward-backward object IoU 0.83 -> 0.88) for
+    # ~15 % more masks-stage CPU; equal on the other synthetic clips.
+    flow_method: str = "farneback"
     flow_preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
     # Indices of the masks that keep a shape memory (held objects; the masks stage tracks
     # [hand, object]). A part of the remembered shape that is neither seen nor behind another
@@ -294,7 +302,7 @@ def move_mask(mask: np.ndarray, src_to_dst: np.ndarray) -> np.ndarray:
 
 
 class FlowTracker:
-    """Frame-to-frame mask propagation with DIS flow + GrabCut refinement.
+    """Frame-to-frame mask propagation with dense optical flow + GrabCut refinement.
 
     After ``track``, ``amodal`` (K, H, W) bool holds the last frame's remembered full shapes
     (the visible masks plus the remembered parts of ``cfg.shape_memory`` masks that are hidden);
@@ -302,6 +310,8 @@ class FlowTracker:
     """
 
     def __init__(self, cfg: TrackerConfig = TrackerConfig()):
+        if cfg.flow_method not in FLOW_METHODS:
+            raise ValueError(f"unknown flow_method {cfg.flow_method!r}; choose one of {FLOW_METHODS}")
         self.cfg = cfg
         self.dis = cv2.DISOpticalFlow_create(cfg.flow_preset)
         self.amodal: np.ndarray | None = None
@@ -310,6 +320,8 @@ class FlowTracker:
         """Dense flow (H, W, 2) mapping pixels of ``dst`` to where they were in ``src``."""
         g_src = cv2.cvtColor(src, cv2.COLOR_RGB2GRAY)
         g_dst = cv2.cvtColor(dst, cv2.COLOR_RGB2GRAY)
+        if self.cfg.flow_method == "farneback":
+            return cv2.calcOpticalFlowFarneback(g_dst, g_src, None, 0.5, 4, 9, 5, 5, 1.1, 0)
         return self.dis.calc(g_dst, g_src, None)
 
     def warp(self, mask: np.ndarray, flow_dst_to_src: np.ndarray) -> np.ndarray:

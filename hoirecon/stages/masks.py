@@ -40,7 +40,7 @@ from hoirecon.geometry.regions import mask_iou
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "4"
+VERSION = "5"
 DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("flow", "stcn")
