@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoirecon.io.checkpoints import check_state_dict, strip_prefix
 from hoirecon.backends.glide_tokenizer import GlideTokenizer, get_glide_tokenizer
 from hoirecon.errors import UserError
+from hoirecon.io.checkpoints import check_state_dict, strip_prefix
 from hoirecon.weights import require_weights
 
 WEIGHTS_FILE = "diffhoi/ddpm2d/checkpoints/last.ckpt"

@@ -45,10 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.backends.ops import nms, roi_align
 from hoirecon.backends.resnet import RESNET101, ResNet
 from hoirecon.errors import RunError, UserError
+from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.weights import require_weights
 
 WEIGHTS_FILE = "doh100/faster_rcnn_1_8_132028.pth"

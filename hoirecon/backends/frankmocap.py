@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.backends.resnet import RESNET50, ResNet
 from hoirecon.errors import UserError
+from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint, strip_prefix
 from hoirecon.io.safe_pickle import NUMPY_GLOBALS, restricted_load
 from hoirecon.weights import require_weights
 

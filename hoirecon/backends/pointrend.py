@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hoirecon.io.checkpoints import check_state_dict, strip_prefix
 from hoirecon.backends.ops import roi_align
 from hoirecon.errors import UserError
+from hoirecon.io.checkpoints import check_state_dict, strip_prefix
 
 CHECKPOINT_NAME = "pointrend/model_final_ba17b9.pkl"
 CHECKPOINT_SOURCE = (

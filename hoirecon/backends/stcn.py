@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint
 from hoirecon.backends.resnet import RESNET18, RESNET50, ResNet
 from hoirecon.errors import UserError
+from hoirecon.io.checkpoints import check_state_dict, read_torch_checkpoint
 from hoirecon.weights import require_weights
 
 WEIGHTS_FILE = "stcn/stcn.pth"

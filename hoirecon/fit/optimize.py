@@ -47,7 +47,6 @@ from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.volume import VolumeRenderConfig
 
 
-
 @dataclass
 class OptimizeConfig:
     """Settings of the scene optimisation (see module docstring).

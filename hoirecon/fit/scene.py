@@ -116,7 +116,6 @@ def blend_semantic(m_h: torch.Tensor, d_h: torch.Tensor, m_o: torch.Tensor, d_o:
     return torch.stack([1.0 - p_fg, p_h, p_o], dim=-1)
 
 
-
 class HOIScene(nn.Module):
     """Learnable hand-object scene of a clip (see module docstring).
 

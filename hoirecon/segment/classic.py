@@ -4,9 +4,10 @@
 - ``segment_hand_object``: first-frame hand and object masks from their two boxes together
   (GrabCut on the boxes' neighbourhood, so the colour models are local; the object may be
   split by the fingers; pixels both claim go to the closer colour model).
-- ``track_masks``: propagate masks frame to frame by DIS optical flow, refined by GrabCut
-  seeded with the warped mask (sure foreground inside an eroded core, probable in a band,
-  sure background far away), which keeps the boundary on image edges instead of drifting.
+- ``FlowTracker``: propagate masks frame to frame by dense optical flow (Farneback, or DIS),
+  refined by GrabCut seeded with the warped mask (sure foreground inside an eroded core,
+  probable in a band, sure background far away), which keeps the boundary on image edges
+  instead of drifting.
   A held object also keeps a *shape memory* (``FlowTracker.amodal``): its full shape, moved
   each frame by the similarity that best explains the flow over it (where it is hidden, that
   is the flow of the hand in front of it), so that it can grow back when it reappears.
@@ -313,7 +314,7 @@ class FlowTracker:
         if cfg.flow_method not in FLOW_METHODS:
             raise ValueError(f"unknown flow_method {cfg.flow_method!r}; choose one of {FLOW_METHODS}")
         self.cfg = cfg
-        self.dis = cv2.DISOpticalFlow_create(cfg.flow_preset)
+        self.dis = cv2.DISOpticalFlow_create(cfg.flow_preset) if cfg.flow_method == "dis" else None
         self.amodal: np.ndarray | None = None
 
     def flow(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
