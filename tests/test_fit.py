@@ -15,6 +15,7 @@ from hoirecon.fit.mesh import extract_mesh
 from hoirecon.fit.optimize import (
     InitConfig,
     OptimizeConfig,
+    PixelSampler,
     StopRequested,
     build_initial_scene,
     evaluate_masks,
@@ -306,3 +307,20 @@ def test_corrupt_checkpoint_or_scene_file_is_one_clear_error(tiny_clip, tmp_path
     (tmp_path / "scene.pt").write_bytes(b"\x80\x04garbage")
     with pytest.raises(UserError, match="cannot read fitted scene"):
         load_object_sdf(tmp_path)
+
+
+def test_pixel_sampler_follows_class_probabilities():
+    labels = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    labels[:, 20:30, 20:30] = 2
+    labels[:, 30:34, 20:30] = 1
+    probs = np.array([0.5, 0.2, 0.3])
+    pix, lab = PixelSampler(labels).sample(torch.tensor([0, 1]), 100, probs, torch.Generator().manual_seed(0))
+    assert pix.shape == (2, 100, 2) and lab.shape == (2, 100)
+    for t in range(2):
+        assert [int((lab[t] == c).sum()) for c in range(3)] == [50, 20, 30]
+        u, v = pix[t, :, 0].long(), pix[t, :, 1].long()
+        assert torch.equal(labels[t][v, u].long(), lab[t])  # each sample carries its pixel's label
+    # a class absent from a frame gives its share to the others
+    labels[1, 30:34, 20:30] = 0
+    _, lab = PixelSampler(labels).sample(torch.tensor([1]), 100, probs, torch.Generator().manual_seed(0))
+    assert int((lab == 1).sum()) == 0 and int((lab == 0).sum()) + int((lab == 2).sum()) == 100
