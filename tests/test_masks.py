@@ -14,7 +14,7 @@ from hoirecon.io.masks import read_mask_folder, write_mask_folder
 from hoirecon.io.video import write_video
 from hoirecon.pipeline.runner import read_manifest, run_pipeline
 from hoirecon.geometry.regions import mask_iou
-from hoirecon.segment.classic import FlowTracker, TrackerConfig, grabcut_from_box, segment_hand_object
+from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig, parse_box
 
@@ -58,10 +58,10 @@ def test_mask_iou():
     assert mask_iou(a, b) == pytest.approx(4 / 12)
 
 
-def test_grabcut_and_tracker_follow_the_object():
+def test_first_frame_cut_and_tracker_follow_the_object():
     frames, hands, objs = zip(*[_scene(t) for t in range(8)])
-    first_obj = grabcut_from_box(frames[0], (24, 26, 56, 70), sure_bg=hands[0])
-    assert mask_iou(first_obj, objs[0]) > 0.8
+    first_hand, first_obj = segment_hand_object(frames[0], _box(hands[0]), (24, 26, 56, 70))
+    assert mask_iou(first_obj, objs[0]) > 0.8 and mask_iou(first_hand, hands[0]) > 0.8
     tracked = FlowTracker().track(list(frames), np.stack([hands[0], objs[0]]))
     assert tracked.shape == (8, 2, H, W)
     assert mask_iou(tracked[-1, 1], objs[-1]) > 0.75 and mask_iou(tracked[-1, 0], hands[-1]) > 0.7

@@ -1,6 +1,5 @@
 """Classical offline segmentation and mask tracking (no learned weights).
 
-- ``grabcut_from_box``: a first-frame mask from a box (GrabCut, opencv-contrib).
 - ``segment_hand_object``: first-frame hand and object masks from their two boxes together
   (GrabCut on the boxes' neighbourhood, so the colour models are local; the object may be
   split by the fingers; pixels both claim go to the closer colour model).
@@ -188,27 +187,6 @@ def segment_hand_object(image: np.ndarray, hand_box: Sequence[float], object_box
         to_hand[contested] = scores[0] > scores[1]
         obj = obj & ~to_hand
     return np.stack([hand & ~obj, obj])
-
-
-def grabcut_from_box(image: np.ndarray, box: Sequence[float], iters: int = 5,
-                     sure_fg: np.ndarray | None = None, sure_bg: np.ndarray | None = None) -> np.ndarray:
-    """Segment the object inside ``box`` (x0, y0, x1, y1) with GrabCut; (H, W) bool.
-
-    ``sure_fg``/``sure_bg`` (H, W) bool pin pixels (e.g. hand landmarks, another object's mask).
-    """
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = [int(round(v)) for v in box]
-    x0, y0 = max(0, x0), max(0, y0)
-    x1, y1 = min(w, x1), min(h, y1)
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        return np.zeros((h, w), bool)
-    # the box centre is very likely the object: it anchors GrabCut's colour model
-    mask = _box_seed((h, w), (x0, y0, x1, y1), centre=True)
-    if sure_bg is not None:
-        mask[sure_bg] = cv2.GC_BGD
-    if sure_fg is not None:
-        mask[sure_fg] = cv2.GC_FGD
-    return _run_grabcut(image, mask, iters)
 
 
 def learn_colour_model(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
