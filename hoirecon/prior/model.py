@@ -366,7 +366,12 @@ def load_geometry_prior(path: str | Path | None = None, device=None) -> Geometry
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise UserError(f"prior weights not found: {path}")
-    payload = read_torch_checkpoint(path, "prior weights")
+    return geometry_prior_from_payload(read_torch_checkpoint(path, "prior weights"), path, device)
+
+
+def geometry_prior_from_payload(payload, path: str | Path, device=None) -> GeometryPrior:
+    """The model held by an already-read weights file or training checkpoint (``path`` names it
+    in errors); as ``load_geometry_prior``."""
     if not isinstance(payload, dict) or "config" not in payload:
         raise UserError(f"{path} is not a hoirecon geometry prior file")
     config = PriorConfig.from_dict(payload["config"])

@@ -37,7 +37,7 @@ import torch
 from hoirecon.errors import UserError
 from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.prior.data import PriorDataset, load_prior_dataset
-from hoirecon.prior.model import GeometryPrior, PriorConfig, load_geometry_prior, save_prior_weights
+from hoirecon.prior.model import GeometryPrior, PriorConfig, geometry_prior_from_payload, save_prior_weights
 
 Progress = Callable[[int, int, dict], None]
 CHECKPOINT_FORMAT = "hoirecon-geometry-prior-train-v1"
@@ -280,7 +280,7 @@ def export_weights(checkpoint: str | Path, path: str | Path, meta: dict | None =
     state = read_torch_checkpoint(checkpoint, "prior training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{checkpoint} is not a prior training checkpoint")
-    model = load_geometry_prior(checkpoint)
+    model = geometry_prior_from_payload(state, checkpoint)
     hist = state["history"]
     info = {
         "step": int(state["step"]),
