@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
+from hoirecon.geometry.regions import mask_iou  # noqa: E402
 from hoirecon.hand import build_hand_model  # noqa: E402
 from hoirecon.io.masks import read_mask_folder  # noqa: E402
-from hoirecon.geometry.regions import mask_iou  # noqa: E402
 from hoirecon.synth.generator import generate_clip  # noqa: E402
 from hoirecon.synth.raster import rasterize  # noqa: E402
 

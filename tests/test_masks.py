@@ -10,10 +10,10 @@ import pytest
 
 from conftest import run_cli
 from hoirecon.errors import RunError, UserError
+from hoirecon.geometry.regions import mask_iou
 from hoirecon.io.masks import read_mask_folder, write_mask_folder
 from hoirecon.io.video import write_video
 from hoirecon.pipeline.runner import read_manifest, run_pipeline
-from hoirecon.geometry.regions import mask_iou
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig, parse_box

@@ -32,11 +32,11 @@ from typing import Optional
 import numpy as np
 
 from hoirecon.errors import RunError, UserError
+from hoirecon.geometry.regions import mask_iou
 from hoirecon.io.masks import overlay_masks, read_mask_folder, write_mask_folder
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.hashing import file_digest, tree_digest
 from hoirecon.pipeline.runner import StageContext, StageDef
-from hoirecon.geometry.regions import mask_iou
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
