@@ -61,7 +61,11 @@ class OptimizeConfig:
     sample_start, sample_end: (bg, hand, object) pixel-sampling probabilities at the first
         and the last step (linear in between).
     grid_schedule: ((fraction of steps, resolution), ...) coarse-to-fine switches of the
-        grid SDF (ignored by the MLP).
+        grid SDF (ignored by the MLP). Default none: the grid keeps the initial resolution
+        (``InitConfig.grid_resolution``). A switch to 96^3 at 40 % of the steps (the default
+        until fit VERSION 3) carved what no view constrains: every new node starts with fresh
+        Adam moments, whose first steps are lr x sign(gradient), and the finer nodes each see
+        fewer rays (docs/DEVELOPING.md, "Tried and rejected").
     eikonal_points: random points in the sphere per step for the MLP's eikonal term.
     checkpoint_every: steps between resumable checkpoints (0 = never).
     seed: seeds every random draw.
@@ -88,7 +92,7 @@ class OptimizeConfig:
     warmup_steps: int = 50
     sample_start: tuple[float, float, float] = (0.35, 0.35, 0.3)
     sample_end: tuple[float, float, float] = (0.1, 0.1, 0.8)
-    grid_schedule: tuple[tuple[float, int], ...] = ((0.4, 96),)
+    grid_schedule: tuple[tuple[float, int], ...] = ()
     eikonal_points: int = 256
     checkpoint_every: int = 100
     seed: int = 0

@@ -15,7 +15,7 @@ Reads ``frames/meta.json`` (size), ``masks/{hand,object}/NNNNNN.png`` and
 - ``preview/step_XXXXX.png``: rendered vs observed labels on a few frames.
 - ``summary.json``: final losses, per-frame mask IoUs, steps, seconds, init info.
 
-Presets: ``fast`` (grid SDF 48^3 -> 96^3 with a small surface-area prior ``LossWeights.sdf_area``,
+Presets: ``fast`` (grid SDF 48^3 with a small surface-area prior ``LossWeights.sdf_area``,
 penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``) and
 ``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal).
 Resumable: a checkpoint in ``ctx.scratch_dir`` every ``checkpoint_every`` steps.
@@ -53,7 +53,7 @@ from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.render.volume import VolumeRenderConfig
 from hoirecon.stages.frames import load_frames_meta
 
-VERSION = "2"
+VERSION = "3"
 PRESETS = ("fast", "paper")
 
 
