@@ -261,8 +261,6 @@ def test_object_hidden_in_the_hand_comes_back_with_shape_memory():
 
 @pytest.mark.parametrize("method", ["farneback", "dis"])
 def test_tracker_flow_recovers_a_known_shift(method):
-    from hoirecon.segment.classic import FlowTracker, TrackerConfig
-
     rng = np.random.default_rng(0)
     tex = cv2.GaussianBlur(rng.integers(0, 255, (96, 112, 3), dtype=np.uint8), (5, 5), 1.5)
     src = tex[8:72, 8:96]
@@ -273,7 +271,5 @@ def test_tracker_flow_recovers_a_known_shift(method):
 
 
 def test_tracker_rejects_an_unknown_flow_method():
-    from hoirecon.segment.classic import FlowTracker, TrackerConfig
-
     with pytest.raises(ValueError, match="flow_method"):
         FlowTracker(TrackerConfig(flow_method="lucas-kanade"))
