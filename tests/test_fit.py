@@ -324,3 +324,38 @@ def test_pixel_sampler_follows_class_probabilities():
     labels[1, 30:34, 20:30] = 0
     _, lab = PixelSampler(labels).sample(torch.tensor([1]), 100, probs, torch.Generator().manual_seed(0))
     assert int((lab == 1).sum()) == 0 and int((lab == 0).sum()) + int((lab == 2).sum()) == 100
+
+
+def test_deep_penetration_loss_by_hand():
+    from hoirecon.fit.losses import deep_penetration_loss
+
+    sdf = torch.tensor([[-0.01, 0.02, -0.02], [0.0, 0.01, 0.03]])  # frame 1 has nothing inside
+    # frame 0: (0.1^2 + 0.2^2) with radius 0.1; frame 1: 0; mean over frames.
+    assert float(deep_penetration_loss(sdf, 0.1)) == pytest.approx((0.01 + 0.04) / 2)
+
+
+def test_hand_penetration_moves_the_hand_and_never_the_object(tiny_clip):
+    from hoirecon.fit.losses import LossWeights
+    from hoirecon.fit.optimize import hand_penetration_ramp, scene_losses
+
+    init = InitConfig(sdf_kind="grid", grid_resolution=16, hull_resolution=16)
+    scene, _ = build_initial_scene(tiny_clip["hand_model"], tiny_clip["K"], tiny_clip["T_cam_to_hand"],
+                                   tiny_clip["articulation"], np.zeros(10), "right", (SIZE, SIZE), tiny_clip["hand"],
+                                   tiny_clip["obj"], init)
+    # A sloped field with the whole hand inside: every vertex has a non-zero push outwards.
+    r = scene.sdf.radius
+    scene.sdf.set_values_m((scene.sdf.node_points().norm(dim=-1) - 3 * r).reshape((scene.sdf.resolution,) * 3))
+    only = LossWeights(mask=0, eikonal=0, sdf_smooth=0, sdf_area=0, penetration=0, temporal_artic=0, temporal_cam=0,
+                       temporal_obj=0, artic_prior=0, cam_prior=0, hand_penetration=1.0)
+    cfg = replace(_opt_cfg(100), weights=only, rays_per_step=16, hand_penetration_start=0.5)
+    assert hand_penetration_ramp(10, cfg) == 0.0 and hand_penetration_ramp(99, cfg) == 1.0
+    frames, pix = torch.tensor([0, 2]), torch.full((2, 8, 2), 40.0)
+    labels = torch.zeros(2, 8, dtype=torch.long)
+    _, terms_early = scene_losses(scene, frames, pix, labels, cfg, torch.Generator().manual_seed(0), step=10)
+    assert terms_early["hand_penetration"] == 0.0
+    total, terms = scene_losses(scene, frames, pix, labels, cfg, torch.Generator().manual_seed(0), step=99)
+    assert terms["hand_penetration"] > 0
+    total.backward()
+    assert scene.sdf.values.grad is None or float(scene.sdf.values.grad.abs().max()) == 0.0
+    assert float(scene.artic_delta.grad[[0, 2]].abs().sum()) > 0
+    assert float(scene.obj_trans.grad[[0, 2]].abs().sum()) > 0

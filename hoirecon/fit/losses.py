@@ -8,6 +8,9 @@
 - ``temporal_first_diff`` / ``temporal_second_diff``: smoothness over frames.
 - ``penetration_loss``: hand vertices inside the object (object SDF < 0), in units of the
   bounding radius so the weight is size-independent.
+- ``deep_penetration_loss``: the same depths squared and summed over each frame's vertices:
+  a few fingertips deep inside dominate it, where the mean over ~all hand vertices of
+  ``penetration_loss`` dilutes them to nothing.
 - ``ordinal_depth_loss``: with hard blending (the seed's B.4 ablation) the depth order gets
   no gradient from the masks; where both surfaces cover a pixel, the one observed must be
   in front (the ordinal depth loss of PHOSA-style mesh fitting).
@@ -30,6 +33,10 @@ class LossWeights:
     sdf_area: surface area of the grid's zero level set in units of radius^2 (grid SDF
         only): a minimal-surface prior for the parts no view constrains.
     penetration: mean over hand vertices of relu(-sdf) / radius.
+    hand_penetration: ``deep_penetration_loss`` with the object SDF held fixed, so it moves
+        only the hand and the object pose (never carves the object); ramped in over the
+        last part of the fit (``OptimizeConfig.hand_penetration_start``), when the hand
+        and the object are aligned by the masks.
     temporal_artic: squared 2nd differences of the articulation over frames (rad^2).
     temporal_cam: squared 2nd differences of the camera pose (rotation-matrix entries
         and translation / radius) over frames.
@@ -46,6 +53,7 @@ class LossWeights:
     sdf_smooth: float = 1e-3
     sdf_area: float = 0.01
     penetration: float = 10.0
+    hand_penetration: float = 100.0
     temporal_artic: float = 1.0
     temporal_cam: float = 1.0
     temporal_obj: float = 1.0
@@ -84,6 +92,11 @@ def temporal_second_diff(x: torch.Tensor) -> torch.Tensor:
 def penetration_loss(sdf_at_hand_verts: torch.Tensor, radius: float) -> torch.Tensor:
     """sdf_at_hand_verts: (B, V) object SDF (m) at hand vertices -> mean relu(-sdf) / radius."""
     return torch.relu(-sdf_at_hand_verts).mean() / radius
+
+
+def deep_penetration_loss(sdf_at_hand_verts: torch.Tensor, radius: float) -> torch.Tensor:
+    """sdf_at_hand_verts: (B, V) object SDF (m) -> mean over frames of sum_v (relu(-sdf_v) / radius)^2."""
+    return (torch.relu(-sdf_at_hand_verts) / radius).pow(2).sum(-1).mean()
 
 
 def ordinal_depth_loss(labels: torch.Tensor, mask_hand: torch.Tensor, depth_hand: torch.Tensor,

@@ -31,6 +31,7 @@ from hoirecon.errors import RunError
 from hoirecon.fit.init import estimate_object_center, estimate_object_radius, visual_hull_sdf
 from hoirecon.fit.losses import (
     LossWeights,
+    deep_penetration_loss,
     eikonal_loss,
     ordinal_depth_loss,
     penetration_loss,
@@ -75,6 +76,10 @@ class OptimizeConfig:
     per_frame_object_pose: optimise a per-frame object pose delta on top of the shared
         ``T_hand_to_obj`` (the method); False = one shared pose for the clip (the seed's B.3
         ablation).
+    hand_penetration_start: fraction of the steps where ``weights.hand_penetration`` starts
+        its linear ramp (0 at this fraction, full weight at the last step). Earlier the hand is
+        still centimetres off and the object a fat visual hull: pushing the hand out of it
+        then would open the grasp.
     """
 
     steps: int = 1500
@@ -98,6 +103,7 @@ class OptimizeConfig:
     seed: int = 0
     per_frame_object_pose: bool = True
     max_seconds: float | None = None
+    hand_penetration_start: float = 0.5
     weights: LossWeights = field(default_factory=LossWeights)
     vol: VolumeRenderConfig = field(default_factory=lambda: VolumeRenderConfig(
         n_coarse=48, n_importance=32, perturb=True, normal_mode="none"))
@@ -254,9 +260,15 @@ class PixelSampler:
         return torch.stack(pix), torch.stack(lab)
 
 
+def hand_penetration_ramp(step: int, cfg: OptimizeConfig) -> float:
+    """Factor (0..1) of ``weights.hand_penetration`` at ``step`` (linear from ``hand_penetration_start``)."""
+    a = step / max(1, cfg.steps - 1)
+    return float(np.clip((a - cfg.hand_penetration_start) / max(1e-6, 1.0 - cfg.hand_penetration_start), 0.0, 1.0))
+
+
 def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, labels: torch.Tensor,
-                 cfg: OptimizeConfig, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its weighted terms for one batch of pixels."""
+                 cfg: OptimizeConfig, gen: torch.Generator, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its weighted terms for one batch of pixels (``step`` None = the last step)."""
     w = cfg.weights
     dev = scene.K.device
     r = scene.render_pixels(frames.to(dev), pix.to(dev), cfg.vol, cfg.mesh, cfg.blend)
@@ -281,6 +293,13 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
         terms["eikonal"] = eikonal_loss(torch.cat(grads))
     verts_obj = r["verts_obj"]
     terms["penetration"] = penetration_loss(scene.sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2]), radius)
+    ramp = hand_penetration_ramp(cfg.steps - 1 if step is None else step, cfg)
+    if w.hand_penetration:  # logged at every step (0 before the ramp) so log rows keep one set of keys
+        terms["hand_penetration"] = verts_obj.sum() * 0.0
+        if ramp > 0:
+            frozen = {k: v.detach() for k, v in scene.sdf.named_parameters()}
+            sdf_fixed = torch.func.functional_call(scene.sdf, frozen, (verts_obj.reshape(-1, 3),))
+            terms["hand_penetration"] = ramp * deep_penetration_loss(sdf_fixed.reshape(verts_obj.shape[:2]), radius)
     art = scene.articulation()
     terms["temporal_artic"] = temporal_second_diff(art)
     T_c2h = scene.T_cam_to_hand()
@@ -398,7 +417,7 @@ def optimize_scene(
             g["lr"] = g["base_lr"] * factor
         frames = torch.randperm(T, generator=gen)[: min(cfg.frames_per_step, T)]
         pix, lab = sampler.sample(frames, n_per_frame, sample_probs(step, cfg), gen)
-        total, terms = scene_losses(scene, frames, pix, lab, cfg, gen)
+        total, terms = scene_losses(scene, frames, pix, lab, cfg, gen, step)
         if guidance is not None:
             sds, sds_info = guidance(scene, step, cfg.steps, gen)
             total = total if sds is None else total + sds
