@@ -68,6 +68,7 @@ def run_fit_child(out: Path, preset: str, steps: int | None, threads: int = 1,
 def hand_penetration_mm(fit_dir: Path) -> np.ndarray:
     """(T,) deepest hand vertex inside the fitted object per frame (mm, 0 = none inside)."""
     from hoirecon.fit.scene import load_object_sdf
+    from hoirecon.geometry.transforms import transform_points
     from hoirecon.hand import build_hand_model
 
     sdf = load_object_sdf(fit_dir)
@@ -77,7 +78,7 @@ def hand_penetration_mm(fit_dir: Path) -> np.ndarray:
     verts = hand(art, torch.zeros(len(art), 3), torch.as_tensor(poses["shape"])[None], None,
                  side=str(poses["side"])).verts
     T = torch.as_tensor(poses["T_hand_to_obj"])
-    verts_obj = verts @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
+    verts_obj = transform_points(T, verts)
     d = sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2])
     return ((-d.min(1).values).clamp_min(0.0) * 1000.0).numpy()
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCHMARKS, cpu_model, timed, write_section  # noqa: E402
 
+from hoirecon.geometry.transforms import transform_points  # noqa: E402
 from hoirecon.hand import build_hand_model  # noqa: E402
 from hoirecon.pipeline.runner import run_stage  # noqa: E402
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig  # noqa: E402
@@ -57,7 +58,7 @@ def keypoint_jitter_cm(hands: dict) -> float:
     n = T_h2c.shape[0]
     with torch.no_grad():
         kp = hand(torch.tensor(hands["articulation"]), torch.zeros(n, 3), torch.tensor(hands["shape"])[None]).keypoints
-    kp = kp @ T_h2c[:, :3, :3].transpose(1, 2) + T_h2c[:, None, :3, 3]
+    kp = transform_points(T_h2c, kp)
     if n < 3:
         return 0.0
     return float((kp[2:] - 2 * kp[1:-1] + kp[:-2]).norm(dim=-1).mean() * 100)

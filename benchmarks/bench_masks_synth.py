@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
 from hoirecon.geometry.regions import mask_iou  # noqa: E402
+from hoirecon.geometry.transforms import transform_points  # noqa: E402
 from hoirecon.hand import build_hand_model  # noqa: E402
 from hoirecon.io.masks import read_mask_folder  # noqa: E402
 from hoirecon.synth.generator import generate_clip  # noqa: E402
@@ -43,7 +44,7 @@ def hand_mesh_iou(hands: dict, gt_hand: np.ndarray, gt_obj: np.ndarray) -> list[
                     torch.as_tensor(hands["shape"], dtype=torch.float32)[None].expand(T, -1),
                     side=str(hands["side"]))
         T_h2c = torch.linalg.inv(torch.as_tensor(hands["T_cam_to_hand"], dtype=torch.float32))
-        verts = out.verts @ T_h2c[:, :3, :3].transpose(1, 2) + T_h2c[:, None, :3, 3]
+        verts = transform_points(T_h2c, out.verts)
         K = torch.as_tensor(hands["K"], dtype=torch.float32)[None].expand(T, -1, -1)
         H, W = gt_hand.shape[1:]
         sil = (rasterize(verts, out.faces, K, H, W).face_index >= 0).numpy()

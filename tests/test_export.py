@@ -21,8 +21,8 @@ import trimesh
 
 from hoirecon.errors import UserError
 from hoirecon.export.gltf import matrices_to_gltf_quaternions
-from hoirecon.export.meshes import rigid_inverse, transform_points
 from hoirecon.geometry.rotations import axis_angle_to_matrix
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.masks import write_mask_folder
 from hoirecon.io.video import write_png
 from hoirecon.pipeline.runner import run_stage, write_external_stage
@@ -61,7 +61,7 @@ def make_fake_clip(root: Path, T: int = 8, W: int = 96, H: int = 72, fps: float 
         Rt = _pose([1.2, 0.1 * t, 0.0], [0, 0, 0])
         T_hand_to_cam.append(_pose([0, 0, 0], (-(Rt[:3, :3] @ look) + torch.tensor([0, 0, 0.45])).tolist()) @ Rt)
     T_hand_to_cam = torch.stack(T_hand_to_cam)
-    T_cam_to_hand = rigid_inverse(T_hand_to_cam)
+    T_cam_to_hand = invert_rigid(T_hand_to_cam)
     K = torch.tensor([[1.1 * W, 0, W / 2 - 0.5], [0, 1.1 * W, H / 2 - 0.5], [0, 0, 1.0]])
 
     # Masks: the sphere by a ray test, the hand by hard rasterization, depth-ordered.
@@ -247,7 +247,7 @@ def test_obj_camera_world_subsampled_from_sdf(clip):
     # The fake SDF is a sphere of radius 4 cm; marching cubes at 48^3 of a 32^3 grid.
     r = np.linalg.norm(obj.vertices, axis=1)
     assert abs(r.mean() - SPHERE_R) < 2e-3 and r.std() < 1e-3
-    T_obj_to_cam0 = rigid_inverse(info["T_hand_to_obj"][0] @ info["T_cam_to_hand"][0])
+    T_obj_to_cam0 = invert_rigid(info["T_hand_to_obj"][0] @ info["T_cam_to_hand"][0])
     obj_cam = trimesh.load(out / "object_camera.obj", force="mesh")
     assert np.allclose(obj_cam.vertices, transform_points(T_obj_to_cam0, torch.tensor(obj.vertices).float()),
                        atol=1e-5)

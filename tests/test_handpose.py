@@ -10,11 +10,11 @@ import torch
 
 from hoirecon.errors import MissingWeightsError, RunError
 from hoirecon.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle, random_rotation_matrix
+from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.hand import build_hand_model
 from hoirecon.handpose.ik import IKConfig, KeypointModel, fit_hand_to_landmarks, kabsch_rotation
 from hoirecon.handpose.perspective import (
     intrinsics_from_focal,
-    invert_rigid,
     normalized_to_pixels,
     pixels_to_normalized,
     project_weak,

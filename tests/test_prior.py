@@ -8,6 +8,7 @@ import torch
 
 from hoirecon.categories import CATEGORIES
 from hoirecon.errors import UserError
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.prior.geometry import (
     ViewConfig,
     decode_geometry,
@@ -16,8 +17,6 @@ from hoirecon.prior.geometry import (
     render_object_mesh,
     render_object_sdf,
     sample_views,
-    transform_points,
-    invert_rigid,
 )
 from hoirecon.prior.model import GeometryPrior, PriorConfig, linear_alphas_cumprod, load_geometry_prior
 from hoirecon.prior.sds import SDSConfig, sample_timesteps, sds_loss, sds_t_max, sds_weight, score_distillation_loss

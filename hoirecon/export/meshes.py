@@ -1,4 +1,4 @@
-"""Meshes of the export stage: the object mesh, per-frame hand meshes, rigid transforms, files.
+"""Meshes of the export stage: the object mesh, per-frame hand meshes, files.
 
 Frames (``T_a_to_b`` maps points of frame a into frame b, metres, OpenCV camera axes):
 
@@ -8,6 +8,8 @@ Frames (``T_a_to_b`` maps points of frame a into frame b, metres, OpenCV camera 
 - world frame of the exported clip: the object frame (default) or the first frame's
   camera frame; both are static frames in which the object does not move:
   ``T_obj_to_world`` is the identity or ``inv(T_cam_to_obj^0)``.
+
+Rigid transforms (inverse, applying one to points): ``hoirecon.geometry.transforms``.
 """
 
 from __future__ import annotations
@@ -21,35 +23,6 @@ import trimesh
 from hoirecon.errors import RunError, UserError
 
 MESH_FORMATS = ("glb", "obj", "ply")
-
-
-def rigid_inverse(T: torch.Tensor) -> torch.Tensor:
-    """Inverse of rigid poses.
-
-    Args:
-        T: (..., 4, 4) rotation + translation.
-    Returns:
-        (..., 4, 4) with ``R^T`` and ``-R^T t``.
-    """
-    R = T[..., :3, :3].transpose(-1, -2)
-    t = -(R @ T[..., :3, 3:4])
-    out = torch.zeros_like(T)
-    out[..., :3, :3] = R
-    out[..., :3, 3:4] = t
-    out[..., 3, 3] = 1.0
-    return out
-
-
-def transform_points(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Apply rigid poses to point sets.
-
-    Args:
-        T: (B, 4, 4) or (4, 4) (shared by the batch).
-        x: (B, N, 3) or (N, 3).
-    Returns:
-        (B, N, 3) or (N, 3): ``R @ x + t`` per batch element.
-    """
-    return x @ T[..., :3, :3].transpose(-1, -2) + T[..., None, :3, 3]
 
 
 def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from hoirecon.export.gltf import OBJECT, SKIN
-from hoirecon.export.meshes import rigid_inverse
+from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.render.mesh import vertex_normals
 from hoirecon.synth.raster import interpolate, rasterize
 
@@ -306,7 +306,7 @@ def input_views(geom: ClipGeometry, scale: float, ssaa: int = 2, index: list[int
     """
     idx = torch.as_tensor(range(geom.hand_verts.shape[0]) if index is None else index, dtype=torch.long)
     w, h = scaled_size(geom.image_size, scale)
-    T_obj_to_cam = rigid_inverse(geom.T_cam_to_obj[idx])
+    T_obj_to_cam = invert_rigid(geom.T_cam_to_obj[idx])
     K = scale_intrinsics(geom.K.expand(len(idx), 3, 3), w / geom.image_size[0])
     return _batched_render(geom.hand_verts[idx], geom, T_obj_to_cam, K, h, w, ssaa, batch), (w, h)
 

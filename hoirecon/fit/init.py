@@ -25,17 +25,7 @@ import torch
 from scipy import ndimage
 
 from hoirecon.errors import RunError
-
-
-def _rigid_inverse(T: torch.Tensor) -> torch.Tensor:
-    """(..., 4, 4) rigid transforms -> their inverses."""
-    R = T[..., :3, :3]
-    t = T[..., :3, 3:]
-    out = torch.zeros_like(T)
-    out[..., :3, :3] = R.transpose(-1, -2)
-    out[..., :3, 3:] = -R.transpose(-1, -2) @ t
-    out[..., 3, 3] = 1.0
-    return out
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 
 
 def estimate_object_center(
@@ -131,10 +121,10 @@ def visual_hull_sdf(
         st = np.ones((2 * dilate_px + 1, 2 * dilate_px + 1), bool)
         known_fg = np.stack([ndimage.binary_dilation(m, st) for m in known_fg])
     fg = torch.from_numpy(known_fg).to(device)
-    T_o2c = _rigid_inverse(T_cam_to_obj.to(device=device, dtype=pts.dtype))
+    T_o2c = invert_rigid(T_cam_to_obj.to(device=device, dtype=pts.dtype))
     votes = torch.zeros(pts.shape[0], dtype=torch.int32, device=device)
     for t in range(Tn):
-        pc = pts @ T_o2c[t, :3, :3].T + T_o2c[t, :3, 3]
+        pc = transform_points(T_o2c[t], pts)
         zc = pc[:, 2]
         ok = zc > 1e-4
         u = torch.round(K[0, 0] * pc[:, 0] / zc.clamp_min(1e-4) + K[0, 1] * pc[:, 1] / zc.clamp_min(1e-4) + K[0, 2])

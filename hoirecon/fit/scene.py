@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from hoirecon.errors import UserError
-from hoirecon.fit.init import _rigid_inverse
 from hoirecon.fit.sdf import ObjectSDF, build_object_sdf
 from hoirecon.geometry.rotations import axis_angle_to_matrix
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.render.blend import hard_blend_masks, soft_blend_masks
 from hoirecon.render.camera import pixel_directions, pixel_rays
@@ -52,11 +52,6 @@ def pose_matrix(rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
     bottom = torch.zeros(*top.shape[:-2], 1, 4, dtype=top.dtype, device=top.device)
     bottom[..., 0, 3] = 1.0
     return torch.cat([top, bottom], dim=-2)
-
-
-def transform_points(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """T: (B, 4, 4), x: (B, N, 3) -> (B, N, 3)."""
-    return x @ T[:, :3, :3].transpose(-1, -2) + T[:, None, :3, 3]
 
 
 @dataclass
@@ -176,10 +171,11 @@ class HOIScene(nn.Module):
         f = self._frames(frames)
         return pose_matrix(self.cam_rot[f], self.cam_trans[f]) @ self.T_cam_to_hand_init[f]
 
-    def T_hand_to_obj(self, frames: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 4, 4) hand-to-object poses of ``frames``."""
+    def T_hand_to_obj(self, frames: torch.Tensor | None = None, base_fixed: bool = False) -> torch.Tensor:
+        """(B, 4, 4) hand-to-object poses of ``frames`` (``base_fixed``: no gradient to the shared pose)."""
         f = self._frames(frames)
         base = pose_matrix(self.obj_rot_base, self.obj_trans_base)
+        base = base.detach() if base_fixed else base
         return pose_matrix(self.obj_rot[f], self.obj_trans[f]) @ base
 
     def articulation(self, frames: torch.Tensor | None = None) -> torch.Tensor:
@@ -211,7 +207,7 @@ class HOIScene(nn.Module):
         T_c2h = self.T_cam_to_hand(frames)
         T_h2o = self.T_hand_to_obj(frames)
         verts_hand, faces = self.hand_verts_hand(frames)
-        verts_cam = transform_points(_rigid_inverse(T_c2h), verts_hand)
+        verts_cam = transform_points(invert_rigid(T_c2h), verts_hand)
         mh = render_mesh_pixels(verts_cam, faces, K, pix, mesh_cfg)
         T_c2o = T_h2o @ T_c2h
         origins, dirs = pixel_rays(pix, K, T_c2o)

@@ -1,7 +1,7 @@
-"""Small batched, differentiable geometry helpers (rotations, ...).
+"""Small batched, differentiable geometry helpers (rotations, rigid transforms, ...).
 
 Import from the submodules (``from hoirecon.geometry.rotations import axis_angle_to_matrix``);
-the rotation helpers are also re-exported here for convenience.
+the rotation and rigid-transform helpers are also re-exported here for convenience.
 """
 
 from hoirecon.geometry.rotations import (
@@ -19,10 +19,12 @@ from hoirecon.geometry.rotations import (
     rotation_between_vectors,
     skew,
 )
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 
 __all__ = [
     "axis_angle_to_matrix",
     "axis_angle_to_quaternion",
+    "invert_rigid",
     "matrix_to_axis_angle",
     "matrix_to_quaternion",
     "matrix_to_rotation_6d",
@@ -34,4 +36,5 @@ __all__ = [
     "rotation_6d_to_matrix",
     "rotation_between_vectors",
     "skew",
+    "transform_points",
 ]

@@ -16,7 +16,6 @@
 from hoirecon.handpose.ik import IKConfig, IKResult, KeypointModel, fit_hand_to_landmarks
 from hoirecon.handpose.perspective import (
     intrinsics_from_focal,
-    invert_rigid,
     normalized_to_pixels,
     pixels_to_normalized,
     weak_to_cam_to_hand,
@@ -31,7 +30,6 @@ __all__ = [
     "KeypointModel",
     "fit_hand_to_landmarks",
     "intrinsics_from_focal",
-    "invert_rigid",
     "normalized_to_pixels",
     "pixels_to_normalized",
     "weak_to_cam_to_hand",

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from hoirecon.geometry.rotations import axis_angle_to_matrix
+from hoirecon.geometry.transforms import invert_rigid
 
 
 def image_half_extent(width: int, height: int) -> float:
@@ -118,13 +119,6 @@ def rigid_transform(rotation: Tensor, translation: Tensor) -> Tensor:
     T[:, :3, 3] = translation
     T[:, 3, 3] = 1.0
     return T
-
-
-def invert_rigid(T: Tensor) -> Tensor:
-    """(B, 4, 4) rigid transforms -> their inverses ``[R^T | -R^T t]``."""
-    R, t = T[:, :3, :3], T[:, :3, 3]
-    Rt = R.transpose(1, 2)
-    return rigid_transform(Rt, -(Rt @ t[..., None])[..., 0])
 
 
 def weak_to_hand_to_cam(

@@ -34,13 +34,12 @@ import torch
 
 from hoirecon.categories import CATEGORIES, PAPER_CATEGORIES, normalize_category
 from hoirecon.errors import RunError, UserError
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.prior.geometry import (
     ViewConfig,
-    invert_rigid,
     render_hand_condition,
     render_object_mesh,
     sample_views,
-    transform_points,
 )
 
 Progress = Callable[[int, int], None]

@@ -115,21 +115,6 @@ def sample_views(
     return T, cfg.intrinsics(B, **like)
 
 
-def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Apply rigid transforms. T: (B, 4, 4); points: (B, N, 3) -> (B, N, 3)."""
-    return points @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
-
-
-def invert_rigid(T: torch.Tensor) -> torch.Tensor:
-    """Inverse of rigid transforms. T: (B, 4, 4) -> (B, 4, 4)."""
-    R_inv = T[:, :3, :3].transpose(1, 2)
-    out = torch.zeros_like(T)
-    out[:, :3, :3] = R_inv
-    out[:, :3, 3] = -(R_inv @ T[:, :3, 3:4])[..., 0]
-    out[:, 3, 3] = 1.0
-    return out
-
-
 # ----------------------------------------------------------------------------- encoding
 
 

@@ -193,7 +193,7 @@ def synthetic_hand_conditions(
     from hoirecon.errors import RunError
     from hoirecon.hand import build_hand_model
     from hoirecon.prior.data import render_grasp_views
-    from hoirecon.prior.geometry import invert_rigid, transform_points
+    from hoirecon.geometry.transforms import invert_rigid, transform_points
     from hoirecon.synth.grasp import place_grasp
     from hoirecon.synth.objects import make_object_info
 

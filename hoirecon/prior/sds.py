@@ -50,16 +50,15 @@ from typing import Protocol
 import torch
 
 from hoirecon.errors import UserError
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.prior.geometry import (
     ObjectSDFRendering,
     SDFCallable,
     ViewConfig,
     default_sds_volume_config,
-    invert_rigid,
     render_hand_condition,
     render_object_sdf,
     sample_views,
-    transform_points,
 )
 from hoirecon.prior.model import linear_alphas_cumprod
 from hoirecon.render.volume import VolumeRenderConfig

@@ -49,10 +49,9 @@ from hoirecon.export.meshes import (
     MESH_FORMATS,
     hand_meshes_hand_frame,
     object_mesh_from_fit,
-    rigid_inverse,
-    transform_points,
     write_mesh,
 )
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.masks import overlay_masks, read_mask_folder
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
@@ -240,7 +239,7 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
     T_cam_to_obj = T_hand_to_obj @ T_cam_to_hand
     hand_local, hand_faces = hand_meshes_hand_frame(hand_model, torch.as_tensor(poses["articulation"], **f32),
                                                     torch.as_tensor(poses["shape"], **f32), poses["side"])
-    T_obj_to_world = (rigid_inverse(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
+    T_obj_to_world = (invert_rigid(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
     T_hand_to_world = T_obj_to_world @ T_hand_to_obj
     timings["geometry"] = time.perf_counter() - t0
 
@@ -257,7 +256,7 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
         T_cam_to_world = (T_obj_to_world @ T_cam_to_obj)[sel].cpu().numpy() if cfg.camera else None
         display = np.eye(4, dtype=np.float32)
         # Viewers are Y-up looking down -Z: show the world as the first camera saw it.
-        R_world_to_cam0 = rigid_inverse(T_obj_to_world @ T_cam_to_obj[0])[:3, :3].cpu().numpy()
+        R_world_to_cam0 = invert_rigid(T_obj_to_world @ T_cam_to_obj[0])[:3, :3].cpu().numpy()
         display[:3, :3] = OPENCV_TO_GLTF_CAMERA @ R_world_to_cam0
         glb = write_animated_glb(
             out / "interaction.glb", obj_v, obj_f, hand_local[sel].cpu().numpy(), faces_np,

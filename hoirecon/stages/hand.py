@@ -59,12 +59,12 @@ import torch
 
 from hoirecon.errors import RunError, UserError
 from hoirecon.geometry.rotations import axis_angle_to_matrix, reflect_axis_angle
+from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.hand import build_hand_model
 from hoirecon.hand.model import HAND_MODELS, HandModel
 from hoirecon.handpose.ik import IKConfig, KeypointModel, fit_hand_to_landmarks
 from hoirecon.handpose.perspective import (
     intrinsics_from_focal,
-    invert_rigid,
     normalized_to_pixels,
     pixels_to_normalized,
     rigid_transform,
