@@ -359,3 +359,17 @@ def test_hand_penetration_moves_the_hand_and_never_the_object(tiny_clip):
     assert scene.sdf.values.grad is None or float(scene.sdf.values.grad.abs().max()) == 0.0
     assert float(scene.artic_delta.grad[[0, 2]].abs().sum()) > 0
     assert float(scene.obj_trans.grad[[0, 2]].abs().sum()) > 0
+    # Default "frame_pose": the shared object pose is held (it moved whole objects off the hand).
+    assert scene.obj_trans_base.grad is None or float(scene.obj_trans_base.grad.abs().max()) == 0.0
+    scene.zero_grad(set_to_none=True)
+    total, _ = scene_losses(scene, frames, pix, labels, replace(cfg, hand_penetration_moves="pose"),
+                            torch.Generator().manual_seed(0), step=99)
+    total.backward()
+    assert float(scene.obj_trans_base.grad.abs().sum()) > 0
+    # With the object pose held too, only the fingers (articulation, shape) move.
+    scene.zero_grad(set_to_none=True)
+    cfg_fingers = replace(cfg, hand_penetration_moves="hand")
+    total, _ = scene_losses(scene, frames, pix, labels, cfg_fingers, torch.Generator().manual_seed(0), step=99)
+    total.backward()
+    assert scene.obj_trans.grad is None or float(scene.obj_trans.grad.abs().max()) == 0.0
+    assert float(scene.artic_delta.grad[[0, 2]].abs().sum()) > 0

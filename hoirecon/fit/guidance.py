@@ -66,9 +66,9 @@ class GuidanceConfig:
         setting), affordable on CPU: measured on a 30-frame 256 px synth mug clip, 1 torch
         thread, one SDS evaluation (one random frame, 64x64 render of 32+32 samples/ray,
         its backward, the shipped prior's 2-batch guided UNet pass) costs 0.14 s on the
-        48^3 grid and 0.18 s on the 96^3 grid, so ``fit --preset fast`` (1500 steps at
-        ~0.1 s) gains 1400 x ~0.16 s = ~225 s: ~6.5 min per clip; even at a pessimistic
-        0.3 s per evaluation it is 150 s + 1400 x 0.3 s = 570 s < 15 min. In general the
+        48^3 grid of ``fit --preset fast``, so its 1500 steps (~0.05 s each without the
+        prior) gain 1400 x 0.14 s = ~200 s: ~4.5 min per clip; even at a pessimistic
+        0.3 s per evaluation it is 75 s + 1400 x 0.3 s = ~8 min < 15 min. In general the
         extra time is (steps - start_step) / every x cost; raise ``every`` on a slower or
         busier machine.
     sds: t range / annealing / weighting / guidance scale (``SDSConfig`` defaults: the

@@ -34,9 +34,10 @@ class LossWeights:
         only): a minimal-surface prior for the parts no view constrains.
     penetration: mean over hand vertices of relu(-sdf) / radius.
     hand_penetration: ``deep_penetration_loss`` with the object SDF held fixed, so it moves
-        only the hand and the object pose (never carves the object); ramped in over the
-        last part of the fit (``OptimizeConfig.hand_penetration_start``), when the hand
-        and the object are aligned by the masks.
+        only the hand and the per-frame object pose (never carves the object; what it moves:
+        ``OptimizeConfig.hand_penetration_moves``); ramped in over the last part of the fit
+        (``OptimizeConfig.hand_penetration_start``), when the masks have aligned the hand and
+        the object.
     temporal_artic: squared 2nd differences of the articulation over frames (rad^2).
     temporal_cam: squared 2nd differences of the camera pose (rotation-matrix entries
         and translation / radius) over frames.

@@ -42,10 +42,14 @@ from hoirecon.fit.losses import (
 from hoirecon.fit.scene import BlendConfig, HOIScene
 from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
 from hoirecon.geometry.regions import mask_iou
+from hoirecon.geometry.transforms import transform_points
 from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.render.blend import LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.volume import VolumeRenderConfig
+
+
+HAND_PENETRATION_MOVES = ("pose", "frame_pose", "hand")
 
 
 @dataclass
@@ -80,6 +84,11 @@ class OptimizeConfig:
         its linear ramp (0 at this fraction, full weight at the last step). Earlier the hand is
         still centimetres off and the object a fat visual hull: pushing the hand out of it
         then would open the grasp.
+    hand_penetration_moves: what that term may move besides the articulation and the shape:
+        "frame_pose" (default: the per-frame object pose deltas), "pose" (those and the
+        shared object pose) or "hand" (nothing else). Moving the shared pose pushed whole
+        objects off the hand (CD_h up); the fingers alone cannot leave a thin handle
+        (docs/DEVELOPING.md).
     """
 
     steps: int = 1500
@@ -104,11 +113,17 @@ class OptimizeConfig:
     per_frame_object_pose: bool = True
     max_seconds: float | None = None
     hand_penetration_start: float = 0.5
+    hand_penetration_moves: str = "frame_pose"
     weights: LossWeights = field(default_factory=LossWeights)
     vol: VolumeRenderConfig = field(default_factory=lambda: VolumeRenderConfig(
         n_coarse=48, n_importance=32, perturb=True, normal_mode="none"))
     mesh: MeshRenderConfig = field(default_factory=MeshRenderConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
+
+    def __post_init__(self):
+        if self.hand_penetration_moves not in HAND_PENETRATION_MOVES:
+            raise ValueError(f"hand_penetration_moves must be one of {HAND_PENETRATION_MOVES}, "
+                             f"got {self.hand_penetration_moves!r}")
 
 
 @dataclass
@@ -298,7 +313,12 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
         terms["hand_penetration"] = verts_obj.sum() * 0.0
         if ramp > 0:
             frozen = {k: v.detach() for k, v in scene.sdf.named_parameters()}
-            sdf_fixed = torch.func.functional_call(scene.sdf, frozen, (verts_obj.reshape(-1, 3),))
+            pts = verts_obj
+            if cfg.hand_penetration_moves != "pose":
+                T_h2o = scene.T_hand_to_obj(frames.to(dev), base_fixed=True)
+                T_h2o = T_h2o if cfg.hand_penetration_moves == "frame_pose" else T_h2o.detach()
+                pts = transform_points(T_h2o, r["verts_hand"])
+            sdf_fixed = torch.func.functional_call(scene.sdf, frozen, (pts.reshape(-1, 3),))
             terms["hand_penetration"] = ramp * deep_penetration_loss(sdf_fixed.reshape(verts_obj.shape[:2]), radius)
     art = scene.articulation()
     terms["temporal_artic"] = temporal_second_diff(art)

@@ -18,8 +18,8 @@ Reads ``frames/meta.json`` (size), ``masks/{hand,object}/NNNNNN.png`` and
 Presets: ``fast`` (grid SDF 48^3 with a small surface-area prior ``LossWeights.sdf_area``,
 penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``) and
 ``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal). Both
-push the hand out of the object over the second half of the fit with the object held fixed
-(``LossWeights.hand_penetration``).
+push the hand out of the object over the second half of the fit with the object's shape and
+shared pose held fixed (``LossWeights.hand_penetration``).
 Resumable: a checkpoint in ``ctx.scratch_dir`` every ``checkpoint_every`` steps.
 """
 
