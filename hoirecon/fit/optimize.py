@@ -308,9 +308,9 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
         terms["eikonal"] = eikonal_loss(torch.cat(grads))
     verts_obj = r["verts_obj"]
     terms["penetration"] = penetration_loss(scene.sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2]), radius)
-    ramp = hand_penetration_ramp(cfg.steps - 1 if step is None else step, cfg)
     if w.hand_penetration:  # logged at every step (0 before the ramp) so log rows keep one set of keys
-        terms["hand_penetration"] = verts_obj.sum() * 0.0
+        terms["hand_penetration"] = verts_obj.new_zeros(())
+        ramp = hand_penetration_ramp(cfg.steps - 1 if step is None else step, cfg)
         if ramp > 0:
             frozen = {k: v.detach() for k, v in scene.sdf.named_parameters()}
             pts = verts_obj

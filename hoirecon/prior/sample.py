@@ -191,9 +191,9 @@ def synthetic_hand_conditions(
         hand_cond (num_hands, 7, S, S), objects (num_hands, 5, S, S).
     """
     from hoirecon.errors import RunError
+    from hoirecon.geometry.transforms import invert_rigid, transform_points
     from hoirecon.hand import build_hand_model
     from hoirecon.prior.data import render_grasp_views
-    from hoirecon.geometry.transforms import invert_rigid, transform_points
     from hoirecon.synth.grasp import place_grasp
     from hoirecon.synth.objects import make_object_info
 
