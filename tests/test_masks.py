@@ -273,3 +273,57 @@ def test_tracker_flow_recovers_a_known_shift(method):
 def test_tracker_rejects_an_unknown_flow_method():
     with pytest.raises(ValueError, match="flow_method"):
         FlowTracker(TrackerConfig(flow_method="lucas-kanade"))
+
+
+def _hand_with_a_finger_apart(finger_px: int = 10, finger_rgb=(225, 170, 140)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A skin disc (the part the flow carried) and, 8 px of background away, a ``finger_rgb``
+    'finger' of ``finger_px`` x 6 px that just came into view; (image, disc, finger)."""
+    rng = np.random.default_rng(2)
+    bg = (rng.random((H // 8, W // 8, 3)) * 50 + 60).astype(np.uint8)
+    img = np.kron(bg, np.ones((8, 8, 1), np.uint8))
+    yy, xx = np.mgrid[:H, :W]
+    disc = (xx - 40) ** 2 + (yy - 48) ** 2 < 14 ** 2
+    finger = (xx >= 62) & (xx < 62 + finger_px) & (yy >= 45) & (yy < 51)
+    img[disc] = (225, 170, 140)
+    img[finger] = finger_rgb
+    noise = rng.normal(0.0, 6.0, img.shape)  # camera noise: colour models with some width
+    return np.clip(img + noise, 0, 255).astype(np.uint8), disc, finger
+
+
+def test_refine_keeps_a_piece_the_landmarks_vouch_for_if_its_colours_are_the_masks():
+    from hoirecon.segment.classic import learn_colour_model
+
+    img, disc, finger = _hand_with_a_finger_apart()
+    band = np.zeros((H, W), bool)
+    band[30:66, 20:80] = True  # the landmarks' band covers the disc and the finger
+    skin = learn_colour_model(img, disc)
+    tracker = FlowTracker()
+    anchor = (np.zeros((H, W), bool), band)
+    without = tracker.refine(img, disc, anchor=anchor, fg_model=skin)
+    assert not (without & finger).any()  # an island with no sure foreground is dropped
+    kept = tracker.refine(img, disc, anchor=anchor, fg_model=skin, support=band)
+    assert (kept & finger).sum() > 0.8 * finger.sum() and mask_iou(kept & ~finger, disc) > 0.9
+    # a piece of a skin-like colour is kept, unless another mask's colours explain it better ...
+    img3, _, _ = _hand_with_a_finger_apart(finger_rgb=(212, 160, 148))
+    assert (tracker.refine(img3, disc, anchor=anchor, fg_model=skin, support=band) & finger).any()
+    rival = learn_colour_model(img3, finger)
+    assert not (tracker.refine(img3, disc, anchor=anchor, fg_model=skin, support=band,
+                               rival_models=[rival]) & finger).any()
+    # ... nor when it is a speck
+    img2, disc2, speck = _hand_with_a_finger_apart(finger_px=2)
+    assert not (tracker.refine(img2, disc2, anchor=anchor, fg_model=learn_colour_model(img2, disc2),
+                               support=band) & speck).any()
+
+
+def test_tracker_tells_an_anchor_what_its_mask_is_next_to():
+    frames, hands, objs = zip(*[_scene(t) for t in range(3)])
+    seen = []
+
+    def anchor(image, warped, near):
+        seen.append((warped.copy(), near.copy()))
+        return None
+
+    FlowTracker().track(list(frames), np.stack([hands[0], objs[0]]), anchors=[anchor, None])
+    assert len(seen) == 2
+    warped, near = seen[0]
+    assert mask_iou(near, objs[1]) > 0.8 and mask_iou(warped, hands[1]) > 0.8

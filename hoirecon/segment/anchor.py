@@ -43,7 +43,13 @@ def landmark_seeds(keypoints_2d: np.ndarray, shape_hw: tuple[int, int],
 
 
 class HandLandmarkAnchor:
-    """Callable ``(image, warped_hand_mask) -> (sure, probable) | None`` for ``FlowTracker``.
+    """Callable ``(image, warped_hand_mask, near=None) -> (sure, probable) | None`` for ``FlowTracker``.
+
+    ``near`` (H, W) bool: the other tracked masks warped into this frame (the held object).
+    When the hand cannot be found from the previous landmarks or on the warped hand mask's
+    box, it is searched once more on the box of the hand and ``near`` together: as the hand
+    turns behind what it holds, the warped mask keeps only the part that was visible (a
+    wrist going out of view), while the fingers come into view over the object, outside it.
 
     Keeps the previous frame's landmarks to track the crop; make a new one per clip pass.
     """
@@ -54,18 +60,28 @@ class HandLandmarkAnchor:
         self.band_px = band_px
         self.previous = None
 
-    def __call__(self, image: np.ndarray, warped: np.ndarray):
-        box = mask_box(warped)
-        if box is None:
-            self.previous = None
-            return None
+    def _region(self, mask: np.ndarray) -> np.ndarray:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * self.band_px + 1,) * 2)
-        region = cv2.dilate(warped.astype(np.uint8), k).astype(bool)
-        result = self.tracker.track(image, self.previous, region=region) if self.previous is not None else None
-        if result is None or result.score < self.tracker.cfg.presence_threshold:
-            found = self.tracker.search(image, box, region)
-            result = found if result is None or found.score > result.score else result
-        if result.score < self.tracker.cfg.presence_threshold:
+        return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+    def __call__(self, image: np.ndarray, warped: np.ndarray, near: np.ndarray | None = None):
+        threshold = self.tracker.cfg.presence_threshold
+        box = mask_box(warped)
+        result = None
+        if box is not None:
+            region = self._region(warped)
+            if self.previous is not None:
+                result = self.tracker.track(image, self.previous, region=region)
+            if result is None or result.score < threshold:
+                found = self.tracker.search(image, box, region)
+                result = found if result is None or found.score > result.score else result
+        if (result is None or result.score < threshold) and near is not None:
+            both = warped | near
+            both_box = mask_box(both)
+            if both_box is not None:
+                found = self.tracker.search(image, both_box, self._region(both))
+                result = found if result is None or found.score > result.score else result
+        if result is None or result.score < threshold:
             self.previous = None
             return None
         self.previous = result

@@ -96,6 +96,26 @@ def _significant_components(mask: np.ndarray, min_fraction: float) -> np.ndarray
     return np.isin(labels, 1 + np.nonzero(areas >= min_fraction * areas.max())[0])
 
 
+def _supported_islands(image: np.ndarray, islands: np.ndarray, support: np.ndarray, model: np.ndarray,
+                       rivals: Sequence[np.ndarray], min_area: int) -> np.ndarray:
+    """Components of ``islands`` (H, W) bool of at least ``min_area`` pixels that touch
+    ``support`` (H, W) bool and whose mean colour log-likelihood under ``model`` beats that
+    under every model in ``rivals``."""
+    _, labels = cv2.connectedComponents(islands.astype(np.uint8), connectivity=8)
+    keep = np.zeros(islands.shape, bool)
+    for i in np.unique(labels[support & islands]):
+        if i == 0:
+            continue
+        piece = labels == i
+        if piece.sum() < min_area:
+            continue
+        pixels = image[piece]
+        own = gmm_log_likelihood(model, pixels).mean()
+        if all(own > gmm_log_likelihood(r, pixels).mean() for r in rivals):
+            keep |= piece
+    return keep
+
+
 def mask_box_xyxy(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Bounding box (x0, y0, x1, y1), exclusive ends, of (H, W) bool ``mask``; None if empty."""
     box = mask_box(mask)
@@ -327,11 +347,17 @@ class FlowTracker:
 
     def refine(self, image: np.ndarray, warped: np.ndarray, forbid: np.ndarray | None = None,
                anchor: tuple[np.ndarray, np.ndarray] | None = None, band: int | None = None,
-               fg_model: np.ndarray | None = None) -> np.ndarray:
+               fg_model: np.ndarray | None = None, support: np.ndarray | None = None,
+               rival_models: Sequence[np.ndarray] = ()) -> np.ndarray:
         """GrabCut seeded by a warped mask: eroded core sure-FG, band probable, outside sure-BG.
 
         anchor: optional (sure (H,W) bool, probable (H,W) bool) extra seeds, e.g. from hand
         landmarks, that let the mask grow where the warp alone would not reach.
+        support: optional (H, W) bool where an outside cue (the hand landmarks' band) places
+        the mask: pieces of the cut there are kept even if they hold no sure foreground
+        (fingers coming into view apart from the part the flow carried), if their colours fit
+        ``fg_model`` better than each of ``rival_models`` (the other masks' colour models: an
+        object coming out of the fist is in the hand's band too).
         band: band half-width in px (default ``band_for(warped)``).
         fg_model: fixed foreground colour model (see ``track``), else learned from the seeds.
         """
@@ -366,7 +392,11 @@ class FlowTracker:
                                          keep=None, fg_model=fg_model)
         # every piece holding sure foreground stays (an object split by the fingers is several
         # pieces); only islands GrabCut grew from nothing are dropped
-        out = _components_touching(out, seed == cv2.GC_FGD)
+        kept = _components_touching(out, seed == cv2.GC_FGD)
+        if support is not None and fg_model is not None:
+            kept |= _supported_islands(image, out & ~kept, support, fg_model, rival_models,
+                                       self.cfg.min_area_px)
+        out = kept
         allowed = warped & ~forbid if forbid is not None else warped
         if (out & allowed).sum() < self.cfg.min_keep_fraction * allowed.sum():
             # the cut threw away most of what the flow carried: keep the flow's mask
@@ -422,8 +452,9 @@ class FlowTracker:
         Args:
             frames: T images (H, W, 3) uint8.
             first_masks: (K, H, W) bool, mutually exclusive, order = priority where they overlap.
-            anchors: per mask, None or a callable ``(image, warped_mask) -> (sure, probable) | None``
-                giving extra seeds each frame (see ``hoirecon.segment.anchor``).
+            anchors: per mask, None or a callable ``(image, warped_mask, near) -> (sure, probable) | None``
+                giving extra seeds each frame (see ``hoirecon.segment.anchor``); ``near`` is the
+                union of the other masks warped into the frame.
             first_amodal: (K, H, W) bool remembered full shapes in frame 0 (another track's
                 ``amodal``), else the first masks.
         Returns:
@@ -467,17 +498,23 @@ class FlowTracker:
                 # the confident interior of the other masks is not up for grabs (a grown hand
                 # must not swallow the object it holds)
                 others = np.zeros_like(taken)
+                near = np.zeros_like(taken)  # what this mask is next to: the holder or the held
                 for j in range(K):
                     if j != k:
                         others |= cores[j]
-                anchor = anchors[k](frames[t], warped) if anchors is not None and anchors[k] is not None else None
+                        near |= warped_all[j]
+                anchor = (anchors[k](frames[t], warped, near)
+                          if anchors is not None and anchors[k] is not None else None)
+                # pieces the anchor alone vouches for may not lie on the other masks
+                support = None if anchor is None else anchor[1] & ~near
                 if k in predicted:
                     probable = predicted[k][0]
                     anchor = (np.zeros_like(taken), probable) if anchor is None else (anchor[0], anchor[1] | probable)
                 if anchor is not None:
                     anchor = (anchor[0] & ~others, anchor[1] & ~others)
+                rivals = [fg_models[j] for j in range(K) if j != k and fg_models[j] is not None]
                 m = self.refine(frames[t], warped, forbid=taken | others, anchor=anchor, band=bands[k],
-                                fg_model=fg_models[k]) & ~taken
+                                fg_model=fg_models[k], support=support, rival_models=rivals) & ~taken
                 if k in predicted:
                     holder = taken.copy()  # the other masks: decided ones of this frame, else warped
                     for j in range(k + 1, K):

@@ -40,7 +40,7 @@ from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "5"
+VERSION = "6"
 DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("flow", "stcn")
