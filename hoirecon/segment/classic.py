@@ -96,6 +96,15 @@ def _significant_components(mask: np.ndarray, min_fraction: float) -> np.ndarray
     return np.isin(labels, 1 + np.nonzero(areas >= min_fraction * areas.max())[0])
 
 
+def _union_except(masks: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Union of the (H, W) bool ``masks`` other than ``masks[k]``; (H, W) bool."""
+    out = np.zeros_like(masks[k], dtype=bool)
+    for j, m in enumerate(masks):
+        if j != k:
+            out |= m
+    return out
+
+
 def _supported_islands(image: np.ndarray, islands: np.ndarray, support: np.ndarray, model: np.ndarray,
                        rivals: Sequence[np.ndarray], min_area: int) -> np.ndarray:
     """Components of ``islands`` (H, W) bool of at least ``min_area`` pixels that touch
@@ -480,41 +489,32 @@ class FlowTracker:
         # (and then leaks further), so a mask slowly grows into look-alike background
         fg_models = [learn_colour_model(frames[0], first_masks[k]) if self.cfg.first_frame_colour else None
                      for k in range(K)]
+        rivals = [[m for j, m in enumerate(fg_models) if j != k and m is not None] for k in range(K)]
         for t in range(1, T):
             flow = self.flow(frames[t - 1], frames[t])
             taken = np.zeros(first_masks.shape[1:], bool)
             warped_all = [self.warp(out[t - 1, k], flow) for k in range(K)]
             bands = [self.band_for(w) for w in warped_all]
             cores = [self.core_of(w, b) for w, b in zip(warped_all, bands)]
-            predicted = {}
-            for k in remember:
-                holder = np.zeros_like(taken)
-                for j in range(K):
-                    if j != k:
-                        holder |= warped_all[j]
-                predicted[k] = self.predict_shape(amodal[k], unseen[k], flow, holder)
+            # what each mask is next to: the other masks warped into this frame (the holder or the held)
+            nears = [_union_except(warped_all, k) for k in range(K)]
+            predicted = {k: self.predict_shape(amodal[k], unseen[k], flow, nears[k]) for k in remember}
             for k in range(K):
                 warped = warped_all[k]
                 # the confident interior of the other masks is not up for grabs (a grown hand
                 # must not swallow the object it holds)
-                others = np.zeros_like(taken)
-                near = np.zeros_like(taken)  # what this mask is next to: the holder or the held
-                for j in range(K):
-                    if j != k:
-                        others |= cores[j]
-                        near |= warped_all[j]
-                anchor = (anchors[k](frames[t], warped, near)
+                others = _union_except(cores, k)
+                anchor = (anchors[k](frames[t], warped, nears[k])
                           if anchors is not None and anchors[k] is not None else None)
                 # pieces the anchor alone vouches for may not lie on the other masks
-                support = None if anchor is None else anchor[1] & ~near
+                support = None if anchor is None else anchor[1] & ~nears[k]
                 if k in predicted:
                     probable = predicted[k][0]
                     anchor = (np.zeros_like(taken), probable) if anchor is None else (anchor[0], anchor[1] | probable)
                 if anchor is not None:
                     anchor = (anchor[0] & ~others, anchor[1] & ~others)
-                rivals = [fg_models[j] for j in range(K) if j != k and fg_models[j] is not None]
                 m = self.refine(frames[t], warped, forbid=taken | others, anchor=anchor, band=bands[k],
-                                fg_model=fg_models[k], support=support, rival_models=rivals) & ~taken
+                                fg_model=fg_models[k], support=support, rival_models=rivals[k]) & ~taken
                 if k in predicted:
                     holder = taken.copy()  # the other masks: decided ones of this frame, else warped
                     for j in range(k + 1, K):
@@ -531,10 +531,7 @@ class FlowTracker:
                 taken |= m
             for k in remember:
                 shape, age = predicted[k]
-                behind = np.zeros_like(taken)
-                for j in range(K):
-                    if j != k:
-                        behind |= out[t, j]
+                behind = _union_except(out[t], k)
                 seen = int(out[t, k].sum())
                 if behind.sum() >= self.cfg.min_area_px and (
                         seen == 0 or seen < self.cfg.collapse_fraction * (shape & ~behind).sum()):
