@@ -213,7 +213,8 @@ def main() -> None:
         cmd += f' --variants "{args.variants}"'
     masks_note = "GT masks"
     if tracked:
-        masks_note = ("masks from `hoirecon masks` with the clip's boxes (mean IoU against GT, hand / object: " +
+        masks_note = ("masks from `hoirecon masks` on the clip's rendered frames with its boxes (mean IoU against GT, "
+                      "hand / object: " +
                       ", ".join(f"{c} {t['iou_hand']:.2f} / {t['iou_object']:.2f}" if t["ok"] else
                                 f"{c}: left out, {t['message']}" for c, t in tracked.items()) + ")")
     header = (f"Command: `.venv/bin/python benchmarks/bench_ablation.py {cmd}` "
