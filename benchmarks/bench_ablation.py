@@ -71,7 +71,8 @@ def track_masks(clip: Path, dst: Path) -> dict:
     """Copy of a synthetic clip with its masks replaced by ``hoirecon masks`` from its boxes.json.
 
     -> {"ok", "iou_hand", "iou_object" (mean per-frame IoU against the clip's GT masks), "message"}."""
-    from hoirecon.geometry.regions import mask_iou
+    from bench_masks_synth import mean_mask_iou
+
     from hoirecon.io.masks import read_mask_folder
 
     if dst.exists():
@@ -84,8 +85,8 @@ def track_masks(clip: Path, dst: Path) -> dict:
         return {"ok": False, "message": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     gt_hand, gt_obj = read_mask_folder(clip / "masks")
     hand, obj = read_mask_folder(dst / "masks")
-    return {"ok": True, "iou_hand": float(np.mean([mask_iou(a, b) for a, b in zip(hand, gt_hand)])),
-            "iou_object": float(np.mean([mask_iou(a, b) for a, b in zip(obj, gt_obj)])), "message": ""}
+    return {"ok": True, "iou_hand": mean_mask_iou(hand, gt_hand), "iou_object": mean_mask_iou(obj, gt_obj),
+            "message": ""}
 
 
 def render_tables(results: dict[str, dict[str, dict]], cats: list[str], header: str) -> str:

@@ -55,6 +55,11 @@ def hand_mesh_iou(hands: dict, gt_hand: np.ndarray, gt_obj: np.ndarray) -> list[
     return [mask_iou(sil[t] & care[t], gt_hand[t] & care[t]) for t in range(T) if hands["valid"][t]]
 
 
+def mean_mask_iou(pred, gt) -> float:
+    """pred, gt: (T, H, W) bool (arrays or sequences of frames) -> mean per-frame IoU."""
+    return float(np.mean([mask_iou(a, b) for a, b in zip(pred, gt)]))
+
+
 def one_pixel_shift_iou(masks: np.ndarray) -> float:
     """masks: (T, H, W) bool -> mean IoU of each mask with itself moved 1 px (4 directions, zero fill)."""
     ious = []
@@ -63,7 +68,7 @@ def one_pixel_shift_iou(masks: np.ndarray) -> float:
         H, W = masks.shape[1:]
         moved[:, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
             masks[:, max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
-        ious += [mask_iou(a, b) for a, b in zip(masks, moved)]
+        ious.append(mean_mask_iou(masks, moved))
     return float(np.mean(ious))
 
 
@@ -85,8 +90,7 @@ def main() -> None:
                 rows.append(row)
                 continue
             hand, obj = read_mask_folder(out / "masks")
-            row["iou_hand"] = float(np.mean([mask_iou(a, b) for a, b in zip(hand, gt_hand)]))
-            row["iou_obj"] = float(np.mean([mask_iou(a, b) for a, b in zip(obj, gt_obj)]))
+            row["iou_hand"], row["iou_obj"] = mean_mask_iou(hand, gt_hand), mean_mask_iou(obj, gt_obj)
             t0 = time.perf_counter()
             h = subprocess.run(HOIRECON + ["hand", str(out), "--quiet"], capture_output=True, text=True)
             row["hand_s"] = time.perf_counter() - t0

@@ -42,6 +42,11 @@ def landmark_seeds(keypoints_2d: np.ndarray, shape_hw: tuple[int, int],
     return sure_b, probable.astype(bool)
 
 
+def _better(current, candidate):
+    """The higher-scoring of two landmark results (``current`` may be None; ties keep it)."""
+    return candidate if current is None or candidate.score > current.score else current
+
+
 class HandLandmarkAnchor:
     """Callable ``(image, warped_hand_mask, near=None) -> (sure, probable) | None`` for ``FlowTracker``.
 
@@ -73,14 +78,12 @@ class HandLandmarkAnchor:
             if self.previous is not None:
                 result = self.tracker.track(image, self.previous, region=region)
             if result is None or result.score < threshold:
-                found = self.tracker.search(image, box, region)
-                result = found if result is None or found.score > result.score else result
+                result = _better(result, self.tracker.search(image, box, region))
         if (result is None or result.score < threshold) and near is not None:
             both = warped | near
             both_box = mask_box(both)
             if both_box is not None:
-                found = self.tracker.search(image, both_box, self._region(both))
-                result = found if result is None or found.score > result.score else result
+                result = _better(result, self.tracker.search(image, both_box, self._region(both)))
         if result is None or result.score < threshold:
             self.previous = None
             return None
