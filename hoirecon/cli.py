@@ -29,7 +29,8 @@ from hoirecon.stages.frames import FramesConfig
 from hoirecon.stages.export import ExportConfig, parse_frames
 from hoirecon.stages.fit import FitConfig
 from hoirecon.stages.hand import HandConfig
-from hoirecon.stages.masks import MasksConfig, parse_box
+from hoirecon.io.boxes import parse_box
+from hoirecon.stages.masks import MasksConfig
 from hoirecon.stages.registry import STAGES
 
 app = typer.Typer(

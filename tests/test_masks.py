@@ -16,7 +16,8 @@ from hoirecon.io.video import write_video
 from hoirecon.pipeline.runner import read_manifest, run_pipeline
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
-from hoirecon.stages.masks import STAGE as MASKS, MasksConfig, parse_box
+from hoirecon.io.boxes import parse_box
+from hoirecon.stages.masks import STAGE as MASKS, MasksConfig
 
 H, W = 96, 128
 

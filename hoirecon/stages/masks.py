@@ -33,6 +33,7 @@ import numpy as np
 
 from hoirecon.errors import RunError, UserError
 from hoirecon.geometry.regions import mask_iou
+from hoirecon.io.boxes import Box, check_box, check_box_numbers, read_boxes_file, sidecar_boxes
 from hoirecon.io.masks import overlay_masks, read_mask_folder, write_mask_folder
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.hashing import file_digest, tree_digest
@@ -44,8 +45,6 @@ VERSION = "6"
 DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("flow", "stcn")
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -70,50 +69,17 @@ class MasksConfig:
             if value not in choices:
                 raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
         for name, box in (("--hand-box", self.hand_box), ("--object-box", self.object_box)):
-            if box is not None and (len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]):
-                raise UserError(f"{name} must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {box}")
+            if box is not None:
+                check_box_numbers(tuple(box), name)
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise UserError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
         for name, path in (("--boxes", self.boxes_file), ("--masks-dir", self.masks_dir)):
             if path is not None and not Path(path).exists():
                 raise UserError(f"{name}: not found: {path}")
-
-
-def parse_box(text: str | None, option: str) -> Optional[Box]:
-    """'x0,y0,x1,y1' -> tuple of floats; UserError on bad syntax."""
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise UserError(f"{option} must be four numbers x0,y0,x1,y1, got '{text}'")
-    return values  # type: ignore[return-value]
-
-
-def read_boxes_file(path: Path) -> tuple[Optional[Box], Optional[Box]]:
-    """boxes.json: ``{"hand": [x0,y0,x1,y1], "object": [x0,y0,x1,y1]}`` in original-video pixels."""
-    try:
-        data = json.loads(Path(path).read_text())
-        hand = tuple(float(v) for v in data["hand"]) if data.get("hand") is not None else None
-        obj = tuple(float(v) for v in data["object"]) if data.get("object") is not None else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f"cannot read boxes file {path}: expected JSON like "
-                        '{"hand": [x0,y0,x1,y1], "object": [x0,y0,x1,y1]}') from None
-    for b in (hand, obj):
-        if b is not None and len(b) != 4:
-            raise UserError(f"boxes file {path}: each box needs 4 numbers")
-    return hand, obj  # type: ignore[return-value]
-
-
-def sidecar_boxes(source: str) -> Optional[Path]:
-    """A ``boxes.json`` next to the clip (``<clip>.boxes.json`` or ``boxes.json`` in its folder)."""
-    src = Path(source)
-    for cand in (src.with_suffix(".boxes.json"), (src if src.is_dir() else src.parent) / "boxes.json"):
-        if cand.is_file():
-            return cand
-    return None
+        if self.boxes_file is not None and not Path(self.boxes_file).is_file():
+            raise UserError(f"--boxes: {self.boxes_file} is a folder, expected a boxes.json file")
+        if self.masks_dir is not None and not Path(self.masks_dir).is_dir():
+            raise UserError(f"--masks-dir: {self.masks_dir} is a file, expected a folder with hand/ and object/")
 
 
 def _external(cfg: MasksConfig) -> dict[str, str]:
@@ -149,36 +115,52 @@ def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box
     return hand, obj, info
 
 
-def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray],
-                       device: str) -> tuple[Box, Box, str, Optional[dict]]:
+def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], device: str,
+                       report=lambda message: None) -> tuple[Box, Box, str, Optional[dict]]:
     """First-frame (hand, object) boxes in working-frame pixels, where they came from, and the
-    automatic detection's scores (None unless ``auto`` found a box)."""
-    hand, obj, origin = cfg.hand_box, cfg.object_box, "options"
-    if (hand is None or obj is None) and cfg.boxes_file:
-        fh, fo = read_boxes_file(Path(cfg.boxes_file))
-        hand, obj, origin = hand or fh, obj or fo, "boxes file"
-    if hand is None or obj is None:
-        side = sidecar_boxes(meta["source"])
-        if side is not None:
-            fh, fo = read_boxes_file(side)
-            hand, obj, origin = hand or fh, obj or fo, str(side)
+    automatic detection's scores (None unless ``auto`` found a box).
+
+    Where the two boxes came from different places (a boxes.json with only "hand", the object
+    then detected), ``origin`` names both and ``report`` gets one line saying so.
+    """
+    given = {"hand": cfg.hand_box, "object": cfg.object_box}
+    origins = {k: "options" for k, b in given.items() if b is not None}
+    files = [(Path(cfg.boxes_file), "boxes file")] if cfg.boxes_file else []
+    sidecar = sidecar_boxes(meta["source"])
+    files += [(sidecar, str(sidecar))] if sidecar is not None else []
+    for path, name in files:
+        if len(origins) == 2:
+            break
+        for key, box in zip(("hand", "object"), read_boxes_file(path)):
+            if key not in origins and box is not None:
+                given[key], origins[key] = box, name
+    original_wh = tuple(meta["original_size"])
+    for key in origins:  # boxes are checked in the pixels the user wrote them in
+        check_box(tuple(given[key]), f"the {key} box (from {origins[key]})", original_wh)
     scale = np.array(meta["size"] * 2, float) / np.array(meta["original_size"] * 2, float)
-    hand = tuple(np.asarray(hand) * scale) if hand is not None else None
-    obj = tuple(np.asarray(obj) * scale) if obj is not None else None
+    hand, obj = (tuple(np.asarray(given[k]) * scale) if given[k] is not None else None for k in ("hand", "object"))
     detection = None
     if hand is None or obj is None:
+        missing = [k for k in ("hand", "object") if k not in origins]
         if cfg.detector == "doh100":
             from hoirecon.backends.doh100 import DOH100Detector
 
             det_hand, det_obj = DOH100Detector(device).first_frame_boxes(frames[0])
-            hand, obj, origin = hand or det_hand, obj or det_obj, "doh100"
+            hand, obj = hand or det_hand, obj or det_obj
         elif cfg.detector == "auto":
             hand, obj, detection = _auto_boxes(frames, hand, obj)
-            origin = "auto"
         if hand is None or obj is None:
             missing = " and ".join(n for n, b in (("hand", hand), ("object", obj)) if b is None)
             raise UserError(f"no first-frame {missing} box: pass --hand-box/--object-box x0,y0,x1,y1 "
                             f"(original video pixels), --boxes boxes.json, or --detector auto|doh100")
+        origins.update({k: cfg.detector for k in missing})
+        if len(missing) == 1:
+            report(f"first-frame boxes: the {missing[0]} box was detected ({cfg.detector}); the other came "
+                   f"from {origins['hand' if missing[0] == 'object' else 'object']}")
+    if origins["hand"] == origins["object"]:
+        origin = origins["hand"]
+    else:
+        origin = f"{origins['hand']} (hand), {origins['object']} (object)"
     return hand, obj, origin, detection  # type: ignore[return-value]
 
 
@@ -232,7 +214,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         quality = {"source": "user", "passed": True, "track_iou": None, "per_frame_iou": None}
         boxes = {}
     else:
-        hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device)
+        hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
         first = _first_masks(cfg, frames[0], hand_box, obj_box, ctx.device)
         with ctx.reporter.task("tracking masks (forward + backward)", total=2 * (T - 1)) as task:
             fwd, amodal = _track(cfg, frames, first, ctx.device, task)
