@@ -29,6 +29,8 @@ Artifacts in ``<out>/export/``:
   ``side_by_side.mp4`` (input | reconstruction over the input | fixed novel view, one
   video frame per exported frame), ``summary.png`` (contact sheet + metrics). Skipped with
   ``pictures=False``.
+- ``view.html`` (``format=glb``): the animated glb in an offline three.js viewer with the clip's
+  metrics and pictures (``hoirecon.export.viewer``).
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ from hoirecon.export.meshes import (
     object_mesh_from_fit,
     write_mesh,
 )
+from hoirecon.export.viewer import write_clip_view
 from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.masks import overlay_masks, read_mask_folder
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "1"
+VERSION = "2"  # 2: view.html
 WORLDS = ("object", "camera")
 TURNTABLE_FPS = 12.0
 SUMMARY_MIN_TILE = 192  # px: tiles of small clips are enlarged on the summary page
@@ -348,6 +351,10 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
             outputs["summary"] = str(final / "summary.png")
             task.advance()
         timings["pictures"] = time.perf_counter() - t0 - sum(timings.values())
+
+    if glb is not None:
+        write_clip_view(ctx.out_root, out, ctx.out_root.name)
+        outputs["view"] = str(final / "view.html")
 
     summary = {
         "num_frames": int(len(sel)), "format": fmt, "world": cfg.world, "mesh_source": mesh_source,
