@@ -44,7 +44,27 @@ app = typer.Typer(
 
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or info lines (for batch loops).")
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
-DeviceOpt = typer.Option("cpu", "--device", help="Torch device for learned stages, e.g. cpu or cuda.")
+def _checked_device(name: str) -> str:
+    """The --device value if this torch can run on it, else a one-line UserError naming what it supports."""
+    import torch
+
+    supported = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + \
+        (["mps"] if torch.backends.mps.is_available() else [])
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in supported:
+        raise UserError(f"--device {name!r} is not available: this torch ({torch.__version__}) supports "
+                        f"{', '.join(supported)}")
+    index = torch.device(name).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise UserError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+DeviceOpt = typer.Option("cpu", "--device", callback=_checked_device,
+                         help="Torch device for learned stages, e.g. cpu or cuda.")
 OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default: hoirecon_out/<clip name>).")
 ForceOpt = typer.Option(None, "--force", help=f"Recompute this stage and all after it ({', '.join(STAGE_ORDER)}).")
 MaxFramesOpt = typer.Option(None, "--max-frames", help="Keep at most this many frames.")
@@ -88,7 +108,8 @@ class _Session:
         # the runner's status/seconds win over a stage summary's own keys of the same name
         self.summary.setdefault("stages", {})[result.name] = {
             **result.summary, "status": result.status, "seconds": round(result.seconds, 3)}
-        word = "cached" if result.status == "cached" else f"done in {result.seconds:.1f} s"
+        word = {"cached": "cached", "edited": "kept as edited by hand"}.get(result.status,
+                                                                          f"done in {result.seconds:.1f} s")
         self.reporter.info(f"[green]✓[/green] {result.name:<7} {word}")
 
     def finish(self) -> None:
@@ -129,14 +150,15 @@ def _default_out(clip: Path) -> Path:
 
 
 def _frames_config(clip: Path, max_frames, stride, size) -> FramesConfig:
-    return FramesConfig(source=str(clip.resolve()), max_frames=max_frames, stride=stride, size=size or None)
+    return FramesConfig(source=str(clip.resolve()), max_frames=max_frames, stride=stride, size=size)
 
 
-def _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou) -> MasksConfig:
+def _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou,
+                  side: str) -> MasksConfig:
     return MasksConfig(hand_box=parse_box(hand_box, "--hand-box"), object_box=parse_box(object_box, "--object-box"),
                        boxes_file=str(boxes.resolve()) if boxes else None,
                        masks_dir=str(masks_dir.resolve()) if masks_dir else None,
-                       detector=detector, segmenter=segmenter, tracker=tracker, iou_threshold=iou)
+                       detector=detector, segmenter=segmenter, tracker=tracker, iou_threshold=iou, side=side)
 
 
 def _is_output_folder(path: Path) -> bool:
@@ -181,7 +203,7 @@ def run(
     s.summary.update(out=str(out), category=category)
     stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size)),
               (STAGES["masks"], _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker,
-                                              iou_threshold)),
+                                              iou_threshold, side)),
               (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model)),
               (STAGES["fit"], FitConfig(preset=preset, prior=prior, category=category, steps=steps, seed=seed,
                                         hand_model=hand_model, sds_weight=sds_weight, sds_every=sds_every)),
@@ -230,6 +252,7 @@ def masks(
     segmenter: str = SegmenterOpt,
     tracker: str = TrackerOpt,
     iou_threshold: float = IouOpt,
+    side: str = SideOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -237,7 +260,7 @@ def masks(
 ) -> None:
     """Hand and object masks for every frame (first-frame boxes, segmentation, tracking, IoU filter)."""
     s = _session(quiet, as_json, "masks")
-    cfg = _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou_threshold)
+    cfg = _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou_threshold, side)
     if _is_output_folder(clip_or_out):
         out = clip_or_out
         stages = []
@@ -516,7 +539,7 @@ def status(
     table = Table(title=str(out))
     for col in ("stage", "state", "seconds", "finished", "reason"):
         table.add_column(col)
-    colour = {"done": "green", "stale": "yellow", "missing": "red"}
+    colour = {"done": "green", "edited": "cyan", "stale": "yellow", "missing": "red"}
     for r in rows:
         table.add_row(r["stage"], f"[{colour[r['state']]}]{r['state']}[/]",
                       "" if r["seconds"] is None else f"{r['seconds']:.1f}", r["finished"] or "", r["reason"])
@@ -535,12 +558,29 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
     """Reconstruct a hand and the object it holds in 3D from a short video clip (DiffHOI)."""
 
 
-def _fail(message: str, code: int) -> int:
+def _fail(message: str, code: int, argv: list[str] | None = None) -> int:
     print(f"hoirecon: error: {message}", file=sys.stderr)
     if _CURRENT is not None and _CURRENT.as_json:
         print(json.dumps({**_CURRENT.summary, "ok": False, "error": message, "exit_code": code}, indent=2,
                          default=str))
+    elif _CURRENT is None and "--json" in (sys.argv[1:] if argv is None else argv):
+        # refused before the command started (bad option value, unknown option, missing
+        # argument): batch scripts that parse stdout still get a summary
+        print(json.dumps({"command": _command_name(argv), "ok": False, "error": message, "exit_code": code},
+                         indent=2))
     return code
+
+
+def _command_name(argv: list[str] | None) -> str | None:
+    """The (sub)command words of a command line, e.g. "run" or "prior sample"."""
+    words = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+        if arg != "prior":
+            break
+    return " ".join(words) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,20 +594,20 @@ def main(argv: list[str] | None = None) -> int:
     except _Exit as e:
         return e.exit_code
     except _Abort:
-        return _fail("aborted", 130)
+        return _fail("aborted", 130, argv)
     except _NoArgsIsHelp as e:
         print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
         return 2
     except _ClickException as e:  # usage errors: unknown option, bad value, missing argument
-        return _fail(" ".join(e.format_message().split()), 2)
+        return _fail(" ".join(e.format_message().split()), 2, argv)
     except HoireconError as e:
-        return _fail(" ".join(str(e).split()), e.exit_code)
+        return _fail(" ".join(str(e).split()), e.exit_code, argv)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted", 130, argv)
     except Exception as e:  # a bug: still one line, traceback on request
         if os.environ.get("HOIRECON_DEBUG"):
             traceback.print_exc()
-        return _fail(f"internal error: {type(e).__name__}: {e} (set HOIRECON_DEBUG=1 for the traceback)", 1)
+        return _fail(f"internal error: {type(e).__name__}: {e} (set HOIRECON_DEBUG=1 for the traceback)", 1, argv)
 
 
 def entry() -> None:

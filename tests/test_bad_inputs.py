@@ -104,3 +104,63 @@ def test_json_error_summary(tmp_path):
     code, out, err = run_cli("frames", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o"), "--json")
     summary = json.loads(out)
     assert code == 2 and summary["ok"] is False and summary["exit_code"] == 2 and "not found" in summary["error"]
+
+
+# ---------------------------------------------------------------- issue 20
+
+
+@pytest.mark.parametrize("device,expect", [("banana", "supports cpu"), ("cuda", "supports cpu")])
+def test_unavailable_device(tmp_path, tiny_video, device, expect):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    code, _, err = run_cli("masks", str(tiny_video), "--out", str(tmp_path / "o"), "--device", device)
+    _assert_one_line_error(code, err, expect)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["fit", "OUT", "--steps", "abc"], "--steps"),
+    (["fit", "OUT", "--bogus"], "--bogus"),
+    (["run"], "Missing argument"),
+    (["prior", "sample"], "--category"),
+    (["fit", "OUT", "--device", "banana"], "--device"),
+])
+def test_json_on_command_line_errors(tmp_path, args, expect):
+    args = [str(tmp_path) if a == "OUT" else a for a in args]
+    code, out, err = run_cli(*args, "--json")
+    _assert_one_line_error(code, err, expect)
+    summary = json.loads(out)
+    assert summary["ok"] is False and summary["exit_code"] == 2 and expect in summary["error"]
+    assert summary["command"] == " ".join(a for a in args[:2] if not a.startswith(("-", "/")))
+
+
+def test_size_zero_is_refused(tmp_path, tiny_video):
+    code, _, err = run_cli("frames", str(tiny_video), "--out", str(tmp_path / "o"), "--size", "0")
+    _assert_one_line_error(code, err, "--size")
+    _assert_no_frames(tmp_path / "o")
+
+
+def test_boxes_option_pointing_at_a_folder(tmp_path, tiny_video):
+    code, _, err = run_cli("masks", str(tiny_video), "--out", str(tmp_path / "o"), "--boxes", str(tmp_path))
+    _assert_one_line_error(code, err, "is a folder")
+
+
+@pytest.mark.parametrize("boxes,expect", [
+    ({"hands": [1, 1, 20, 20], "obj": [20, 20, 40, 40]}, '"hands", "obj"'),
+    ({"hand": [100, 100, 120, 120], "object": [10, 10, 30, 30]}, "64x48"),
+])
+def test_bad_boxes_file(tmp_path, tiny_video, boxes, expect):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(boxes))
+    code, _, err = run_cli("masks", str(tiny_video), "--out", str(tmp_path / "o"), "--boxes", str(path), "-q")
+    _assert_one_line_error(code, err, expect)
+
+
+@pytest.mark.parametrize("box,expect", [("nan,0,10,10", "finite"), ("0,0,inf,10", "finite"),
+                                        ("200,200,300,300", "64x48")])
+def test_bad_box_options(tmp_path, tiny_video, box, expect):
+    code, _, err = run_cli("masks", str(tiny_video), "--out", str(tmp_path / "o"), "--hand-box", box,
+                           "--object-box", "10,10,30,30", "-q")
+    _assert_one_line_error(code, err, expect)

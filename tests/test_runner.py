@@ -11,6 +11,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from hoirecon.errors import UserError
@@ -200,3 +201,127 @@ def test_killed_run_leaves_no_done_stage_and_rerun_finishes(tmp_path):
     assert json.loads((out / "slow" / "stage.json").read_text())["status"] == "done"
     assert (out / "after" / "count.txt").read_text() == "6"
     assert not list(out.glob(".slow.tmp-*")) and not (out / ".work").exists()
+
+
+# ---------------------------------------------------------------- issue 20: edits, outside inputs, leftovers
+
+
+def test_hand_edited_output_is_kept_and_downstream_recomputes(tmp_path):
+    run_pipeline(tmp_path, pipeline())
+    (tmp_path / "a" / "a.txt").write_text("5")  # the user fixes an output by hand
+    assert freshness(tmp_path, A, Cfg(1))[0] == "edited"
+    rows = {r["stage"]: (r["state"], r["reason"]) for r in status_table(tmp_path, [A, B])}
+    assert rows["a"][0] == "edited" and "a.txt" in rows["a"][1]
+    assert rows["b"][0] == "stale"
+    CALLS.clear()
+    results = run_pipeline(tmp_path, pipeline())
+    assert [r.status for r in results] == ["edited", "ran"] and CALLS == ["b"]
+    assert (tmp_path / "b" / "b.txt").read_text() == "5+1"  # b read the edited file, not the recorded one
+    assert read_manifest(tmp_path / "a")["edited"] == ["a.txt"]
+    assert [r["state"] for r in status_table(tmp_path, [A, B])] == ["done", "done"]
+    # --force discards the edit
+    run_pipeline(tmp_path, pipeline(), force_from="a")
+    assert (tmp_path / "b" / "b.txt").read_text() == "1+1"
+
+
+def test_added_or_removed_output_file_is_an_edit(tmp_path):
+    run_pipeline(tmp_path, pipeline())
+    (tmp_path / "a" / "extra.txt").write_text("x")
+    assert freshness(tmp_path, A, Cfg(1))[0] == "edited"
+    (tmp_path / "a" / "extra.txt").unlink()
+    assert freshness(tmp_path, A, Cfg(1))[0] == "done"
+    (tmp_path / "a" / "a.txt").unlink()
+    assert freshness(tmp_path, A, Cfg(1))[0] == "edited"
+    assert freshness(tmp_path, B, Cfg(1))[0] == "stale"
+
+
+def test_unchanged_outputs_are_not_digested_again(tmp_path, monkeypatch):
+    import hoirecon.pipeline.runner as runner
+
+    run_pipeline(tmp_path, pipeline())
+    digests = []
+    real = runner.tree_digest
+    monkeypatch.setattr(runner, "tree_digest", lambda *a, **k: digests.append(a) or real(*a, **k))
+    assert freshness(tmp_path, B, Cfg(1)) == ("done", "up to date")
+    assert digests == []  # sizes and mtimes matched: no file was read
+    os.utime(tmp_path / "a" / "a.txt", ns=(1, 1))  # touched, same bytes: digested once, no edit
+    assert freshness(tmp_path, B, Cfg(1)) == ("done", "up to date") and len(digests) >= 1
+
+
+@dataclass(frozen=True)
+class SourceCfg:
+    path: str
+
+
+def _copy_source(ctx, cfg):
+    (ctx.tmp_dir / "copy.txt").write_text(open(cfg.path).read())
+    return {}
+
+
+def test_status_notices_a_changed_outside_input(tmp_path):
+    from pathlib import Path
+
+    from hoirecon.stages.frames import source_digest  # UserError when the file is gone
+
+    source = tmp_path / "source.txt"
+    source.write_text("one")
+    src = StageDef("src", "1", (), _copy_source, external_inputs=lambda c: {"source": source_digest(Path(c.path))},
+                   config_type=SourceCfg)
+    after = StageDef("after", "1", ("src",), lambda ctx, cfg: {})
+    out = tmp_path / "out"
+    run_pipeline(out, [(src, SourceCfg(str(source))), (after, Cfg())])
+    assert [r["state"] for r in status_table(out, [src, after])] == ["done", "done"]
+    source.write_text("two")
+    rows = status_table(out, [src, after])
+    assert [r["state"] for r in rows] == ["stale", "stale"] and "source" in rows[0]["reason"]
+    assert [r.status for r in run_pipeline(out, [(src, SourceCfg(str(source))), (after, Cfg())])] == ["ran", "ran"]
+    source.unlink()
+    assert status_table(out, [src, after])[0]["state"] == "stale"
+
+
+def test_failed_run_leaves_no_scratch_lock_or_empty_folder(tmp_path):
+    def boom(ctx, cfg):
+        raise RuntimeError("boom")
+
+    def boom_after_checkpoint(ctx, cfg):
+        (ctx.scratch_dir / "checkpoint").write_text("resume from here")
+        raise RuntimeError("boom")
+
+    out = tmp_path / "new"
+    with pytest.raises(RuntimeError):
+        run_pipeline(out, [(StageDef("a", "1", (), boom), Cfg())])
+    assert not out.exists()  # the failed run created it and left nothing worth keeping
+    run_pipeline(tmp_path / "o", pipeline())
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            run_pipeline(tmp_path / "o", [(StageDef("b", "1", ("a",), boom), Cfg(9))])
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a", "b"]
+    with pytest.raises(RuntimeError):
+        run_pipeline(tmp_path / "o", [(StageDef("b", "1", ("a",), boom_after_checkpoint), Cfg(9))])
+    kept = list((tmp_path / "o" / ".work").iterdir())
+    assert len(kept) == 1 and (kept[0] / "checkpoint").is_file()  # resumable state stays
+
+
+def test_cli_status_tells_what_run_would_do(tmp_path, tiny_video):
+    from conftest import make_frames, run_cli
+    from hoirecon.io.masks import write_mask_folder
+    from hoirecon.io.video import write_video
+
+    masks = tmp_path / "my_masks"
+    full = np.zeros((12, 48, 64), bool)
+    full[:, 10:30, 10:30] = True
+    write_mask_folder(masks, full, np.roll(full, 20, axis=2))
+    out = tmp_path / "o"
+    code, _, err = run_cli("masks", str(tiny_video), "--out", str(out), "--masks-dir", str(masks), "--quiet")
+    assert code == 0, err
+
+    def states():
+        code, stdout, err = run_cli("status", str(out), "--json")
+        assert code == 0, err
+        return {r["stage"]: r["state"] for r in json.loads(stdout)["stages"]}
+
+    assert states() == {"frames": "done", "masks": "done", "hand": "missing", "fit": "missing", "export": "missing"}
+    write_mask_folder(masks, full, np.roll(full, 10, axis=2))  # the user's masks change
+    assert states()["masks"] == "stale"
+    write_video(tiny_video, make_frames()[::-1], fps=10)  # the source video changes
+    assert states()["frames"] == "stale"

@@ -12,6 +12,14 @@ the same config hash and the same input digests (upstream stages' output digests
 digests of external files such as the source video). Otherwise it is recomputed, and
 the stages after it become stale because their recorded input digests no longer match.
 
+Outputs edited by hand (a mask PNG fixed after looking at ``overlay.mp4``): the manifest
+records each file's size and mtime, so a cheap stat finds a changed, added or removed file;
+only then is the folder digested again. A stage whose files differ from what it recorded is
+*edited*: a rerun keeps the edit (the manifest takes the new digest and lists the edited
+files) instead of recomputing it, and every stage that read the old files is stale, because
+the digest a downstream stage compares with is always that of the files as they are now.
+``--force <stage>`` recomputes it and discards the edit.
+
 Commit protocol (why a kill at any instant is safe): outputs go to the tmp folder; the
 manifest is written last inside it; the old folder is renamed aside, the tmp folder
 renamed into place, then the old one deleted. Between the two renames no folder exists,
@@ -72,12 +80,15 @@ class StageDef:
     inputs: tuple[str, ...]
     run: Callable[[StageContext, Any], dict] | None
     external_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
+    # Rebuilds the config from the manifest's JSON, so that ``status`` digests the same
+    # external files a rerun would (None: the recorded JSON dict stands in for the config).
+    config_type: type | None = None
 
 
 @dataclass
 class StageResult:
     name: str
-    status: str  # "ran" | "cached"
+    status: str  # "ran" | "cached" | "edited" (kept as edited by hand)
     seconds: float
     summary: dict = field(default_factory=dict)
 
@@ -94,54 +105,139 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def file_stats(stage_dir: Path) -> dict[str, list[int]]:
+    """{relative path: [size, mtime_ns]} of a stage folder's files, its manifest left out."""
+    stats = {}
+    for p in sorted(q for q in stage_dir.rglob("*") if q.is_file()):
+        rel = p.relative_to(stage_dir).as_posix()
+        if rel != MANIFEST:
+            st = p.stat()
+            stats[rel] = [st.st_size, st.st_mtime_ns]
+    return stats
+
+
+def edited_files(stage_dir: Path, manifest: dict) -> tuple[str, list[str]]:
+    """(digest of the stage's files as they are now, the files changed since it was recorded).
+
+    Cheap when nothing changed: sizes and mtimes are compared first, and the folder is only
+    digested again when one differs (a file touched but not changed is then no edit).
+    Manifests written before files were recorded cannot tell, and count as unedited.
+    """
+    recorded = manifest.get("files")
+    if recorded is None:
+        return manifest["output_digest"], []
+    now = file_stats(stage_dir)
+    differ = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+    if not differ:
+        return manifest["output_digest"], []
+    digest = tree_digest(stage_dir, exclude=(MANIFEST,))
+    return digest, ([] if digest == manifest["output_digest"] else differ)
+
+
+def _few_files(files: list[str], shown: int = 3) -> str:
+    return ", ".join(files[:shown]) + (f" (+{len(files) - shown} more)" if len(files) > shown else "")
+
+
 def _input_digests(out_root: Path, stage: StageDef, config: Any) -> dict[str, str]:
+    """Digests of what ``stage`` reads now: upstream stages' files (edits included) and external files."""
     digests = {}
     for name in stage.inputs:
         m = read_manifest(out_root / name)
         if m is None or m.get("status") != "done":
             raise UserError(f"stage '{stage.name}' needs stage '{name}' first: {out_root / name} has no results")
-        digests[name] = m["output_digest"]
+        digests[name] = edited_files(out_root / name, m)[0]
     digests.update(stage.external_inputs(config))
     return digests
 
 
 def freshness(out_root: Path, stage: StageDef, config: Any) -> tuple[str, str]:
-    """('done'|'stale'|'missing', reason) of ``stage`` for this config."""
+    """('done'|'edited'|'stale'|'missing', reason) of ``stage`` for this config.
+
+    'edited': up to date but its files were changed by hand since it ran (a rerun keeps them).
+    """
     m = read_manifest(out_root / stage.name)
     if m is None or m.get("status") != "done":
         return "missing", "no results"
+    if not m.get("external"):
+        if m.get("version") != stage.version:
+            return "stale", f"code version {m.get('version')} -> {stage.version}"
+        if m.get("config_hash") != config_digest(config):
+            return "stale", "config changed"
+        try:
+            current = _input_digests(out_root, stage, config)
+        except UserError as err:
+            return "stale", str(err)
+        recorded = m.get("inputs", {})
+        changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+        if changed:
+            return "stale", "inputs changed since it ran: " + ", ".join(changed)
+    _, edited = edited_files(out_root / stage.name, m)
+    if edited:
+        return "edited", (f"{len(edited)} file(s) changed by hand since it ran ({_few_files(edited)}): kept, later "
+                          f"stages recompute from them; --force {stage.name} recomputes it")
     if m.get("external"):
-        return "done", "provided externally"
-    if m.get("version") != stage.version:
-        return "stale", f"code version {m.get('version')} -> {stage.version}"
-    if m.get("config_hash") != config_digest(config):
-        return "stale", "config changed"
-    try:
-        current = _input_digests(out_root, stage, config)
-    except UserError as err:
-        return "stale", str(err)
-    if m.get("inputs") != current:
-        changed = sorted(k for k in set(current) | set(m.get("inputs", {})) if current.get(k) != m.get("inputs", {}).get(k))
-        return "stale", "inputs changed: " + ", ".join(changed)
+        return "done", f"provided by {m.get('producer', 'external')}"
     return "done", "up to date"
+
+
+def _adopt_edits(stage_dir: Path, manifest: dict) -> dict:
+    """Record the hand-edited files of a committed stage as its outputs (the manifest is
+    replaced atomically); returns the new manifest."""
+    digest, edited = edited_files(stage_dir, manifest)
+    manifest = {**manifest, "output_digest": digest, "files": file_stats(stage_dir),
+                "edited": sorted(set(manifest.get("edited", [])) | set(edited)), "edited_recorded": _now()}
+    tmp = stage_dir / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, stage_dir / MANIFEST)
+    return manifest
+
+
+LOCK = ".hoirecon.lock"
 
 
 @contextmanager
 def output_lock(out_root: Path) -> Iterator[None]:
-    """Exclusive lock on an output folder, so two commands never write into it at once."""
+    """Exclusive lock on an output folder, so two commands never write into it at once.
+
+    The lock file is removed on release, and so is the output folder when the command
+    created it and left nothing in it (a run that failed before writing anything).
+    """
+    created = not out_root.exists()
+    lock = out_root / LOCK
     try:
         out_root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out_root / ".hoirecon.lock", os.O_CREAT | os.O_RDWR, 0o644)
     except OSError as err:
         raise UserError(f"cannot write to output folder {out_root}: {err.strerror}") from None
+    fd = _acquire(lock, out_root)
     try:
+        yield
+    finally:
+        # Unlinked while still held: a process that opened the old file meanwhile sees that
+        # its inode is no longer the lock file's and tries again (``_acquire``).
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        if created:
+            _remove_empty(out_root)
+
+
+def _acquire(lock: Path, out_root: Path) -> int:
+    for _ in range(10):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as err:
+            raise UserError(f"cannot write to output folder {out_root}: {err.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise UserError(f"output folder {out_root} is in use by another hoirecon process") from None
-        yield
-    finally:
-        os.close(fd)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder released and removed this file between our open and flock
+    raise UserError(f"output folder {out_root} is in use by another hoirecon process")
 
 
 def _clean_leftovers(out_root: Path, name: str) -> None:
@@ -165,11 +261,15 @@ def run_stage(out_root: Path, stage: StageDef, config: Any, *, force: bool = Fal
     """Run ``stage`` unless it is fresh (or ``force``); commit its folder atomically."""
     if stage.run is None:
         raise UserError(f"stage '{stage.name}' is not implemented yet")
-    state, _ = freshness(out_root, stage, config)
+    state, reason = freshness(out_root, stage, config)
     final_dir = out_root / stage.name
     if state == "done" and not force:
         m = read_manifest(final_dir) or {}
         return StageResult(stage.name, "cached", 0.0, m.get("summary", {}))
+    if state == "edited" and not force:
+        reporter.info(f"{stage.name}: {reason}")
+        m = _adopt_edits(final_dir, read_manifest(final_dir) or {})
+        return StageResult(stage.name, "edited", 0.0, {**m.get("summary", {}), "edited": m["edited"]})
 
     inputs = _input_digests(out_root, stage, config)
     chash = config_digest(config)
@@ -188,6 +288,7 @@ def run_stage(out_root: Path, stage: StageDef, config: Any, *, force: bool = Fal
         summary = stage.run(ctx, config) or {}
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        _remove_empty(scratch)  # a failed run keeps only scratch it can resume from
         raise
     seconds = time.perf_counter() - t0
     manifest = {
@@ -198,6 +299,7 @@ def run_stage(out_root: Path, stage: StageDef, config: Any, *, force: bool = Fal
         "config_hash": chash,
         "inputs": inputs,
         "output_digest": tree_digest(tmp_dir),
+        "files": file_stats(tmp_dir),
         "status": "done",
         "started": started,
         "finished": _now(),
@@ -207,11 +309,17 @@ def run_stage(out_root: Path, stage: StageDef, config: Any, *, force: bool = Fal
     (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_dir(tmp_dir, final_dir)
     shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        scratch.parent.rmdir()  # only when no other stage keeps resumable state
-    except OSError:
-        pass
+    _remove_empty(scratch.parent)  # only when no other stage keeps resumable state
     return StageResult(stage.name, "ran", seconds, summary)
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove ``folder`` and then ``.work`` above it when they are empty."""
+    for path in (folder, folder.parent) if folder.parent.name == ".work" else (folder,):
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def config_to_json(config: Any) -> Any:
@@ -235,7 +343,8 @@ def write_external_stage(out_root: Path, name: str, files_writer: Callable[[Path
         manifest = {
             "stage": name, "version": "external", "hoirecon_version": __version__, "external": True,
             "producer": producer, "config": {}, "config_hash": "", "inputs": {},
-            "output_digest": tree_digest(tmp_dir), "status": "done", "started": _now(), "finished": _now(),
+            "output_digest": tree_digest(tmp_dir), "files": file_stats(tmp_dir), "status": "done",
+            "started": _now(), "finished": _now(),
             "seconds": 0.0, "summary": summary or {},
         }
         (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -265,33 +374,35 @@ def run_pipeline(out_root: Path, stages: list[tuple[StageDef, Any]], *, force_fr
 
 
 def status_table(out_root: Path, stages: list[StageDef]) -> list[dict]:
-    """Per stage: name, state (done/stale/missing), reason, seconds, finished — using the recorded configs."""
+    """Per stage: name, state (done/edited/stale/missing), reason, seconds, finished.
+
+    Each stage is judged by ``freshness`` with the config it recorded, so external files
+    (the source video, --boxes, --masks-dir) and hand edits count exactly as a rerun with
+    the same settings would count them; a stage after one that would be recomputed is stale.
+    """
     rows = []
-    upstream_bad = None
+    upstream = None  # the first stage a rerun would (re)compute: everything after it is stale
     for stage in stages:
         m = read_manifest(out_root / stage.name)
-        if m is None or m.get("status") != "done":
-            rows.append({"stage": stage.name, "state": "missing", "reason": "no results", "seconds": None,
-                         "finished": None})
-            upstream_bad = upstream_bad or stage.name
-            continue
-        state, reason = "done", "up to date"
-        if m.get("external"):
-            reason = f"provided by {m.get('producer', 'external')}"
-        elif m.get("version") != stage.version:
-            state, reason = "stale", f"code version {m.get('version')} -> {stage.version}"
-        else:
-            current = {}
-            for name in stage.inputs:
-                um = read_manifest(out_root / name)
-                current[name] = um.get("output_digest") if um else None
-            recorded = {k: v for k, v in m.get("inputs", {}).items() if k in stage.inputs}
-            if recorded != current:
-                state, reason = "stale", "an input stage changed"
-            elif upstream_bad:
-                state, reason = "stale", f"stage '{upstream_bad}' is not done"
-        if state != "done":
-            upstream_bad = upstream_bad or stage.name
-        rows.append({"stage": stage.name, "state": state, "reason": reason, "seconds": m.get("seconds"),
-                     "finished": m.get("finished")})
+        state, reason = "missing", "no results"
+        if m is not None and m.get("status") == "done":
+            state, reason = _recorded_freshness(out_root, stage, m)
+            if state in ("done", "edited") and upstream:
+                state, reason = "stale", f"stage '{upstream}' is not done or is recomputed first"
+        if state in ("stale", "missing") and upstream is None:
+            upstream = stage.name
+        rows.append({"stage": stage.name, "state": state, "reason": reason,
+                     "seconds": m.get("seconds") if m else None, "finished": m.get("finished") if m else None})
     return rows
+
+
+def _recorded_freshness(out_root: Path, stage: StageDef, manifest: dict) -> tuple[str, str]:
+    """``freshness`` of a committed stage with the config recorded in its manifest."""
+    recorded = manifest.get("config", {})
+    if manifest.get("external") or manifest.get("version") != stage.version or stage.config_type is None:
+        return freshness(out_root, stage, recorded)
+    try:
+        config = stage.config_type(**recorded)
+    except (TypeError, UserError) as err:  # e.g. its --boxes file is gone
+        return "stale", f"its recorded settings no longer hold: {err}"
+    return freshness(out_root, stage, config)

@@ -121,4 +121,5 @@ STAGE = StageDef(
     inputs=(),
     run=run_frames,
     external_inputs=lambda cfg: {"source": source_digest(Path(cfg.source))},
+    config_type=FramesConfig,
 )

@@ -243,4 +243,5 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
             "overlay": str(ctx.out_root / "masks" / "overlay.mp4")}
 
 
-STAGE = StageDef(name="masks", version=VERSION, inputs=("frames",), run=run_masks, external_inputs=_external)
+STAGE = StageDef(name="masks", version=VERSION, inputs=("frames",), run=run_masks, external_inputs=_external,
+                 config_type=MasksConfig)
