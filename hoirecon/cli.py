@@ -546,6 +546,94 @@ def status(
     Console().print(table)
 
 
+# ----------------------------------------------------------------------------- pose (Liu et al.)
+
+from typer.core import TyperGroup as _TyperGroup  # noqa: E402
+
+
+class _PoseGroup(_TyperGroup):
+    """``hoirecon pose CLIP ...`` runs the stage (the ``run`` subcommand); ``pose train`` trains."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+pose_app = typer.Typer(cls=_PoseGroup, no_args_is_help=True,
+                       help="Per-frame hand and object poses from the pose network (Liu et al.), given the object's "
+                            "template mesh: `hoirecon pose CLIP --object-mesh MESH`; `hoirecon pose train`.")
+app.add_typer(pose_app, name="pose")
+
+
+@pose_app.command("run")
+def pose_run(
+    clip_or_out: Path = typer.Argument(..., help="A clip (frames and masks are made first) or an output folder "
+                                                 "with frames and masks (e.g. a synth folder)."),
+    object_mesh: Path = typer.Option(..., "--object-mesh", help="The object's template mesh (watertight, metres)."),
+    out: Optional[Path] = OutOpt,
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Network weights (default: "
+                                                                   "weights/pose/pose_cpu.pt)."),
+    focal: float = typer.Option(1.0, "--focal", help="Focal length in normalised units (half the longer side = 1)."),
+    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per-frame hand and object poses (poses.npz) and an overlay video, cached as stage `pose`."""
+    from hoirecon.stages.pose import PoseConfig
+
+    s = _session(quiet, as_json, "pose")
+    cfg = PoseConfig(object_mesh=str(object_mesh.resolve()), weights=str(weights.resolve()) if weights else None,
+                     focal=focal)
+    if _is_output_folder(clip_or_out):
+        out, stages = clip_or_out, []
+    else:
+        from hoirecon.stages.masks import MasksConfig
+
+        if not clip_or_out.exists():
+            raise UserError(f"clip not found: {clip_or_out}")
+        out = out or _default_out(clip_or_out)
+        stages = [(STAGES["frames"], _frames_config(clip_or_out, None, 1, 640)), (STAGES["masks"], MasksConfig())]
+    _run_stages(s, out, stages + [(STAGES["pose"], cfg)], "pose" if force else None, device)
+    s.finish()
+
+
+@pose_app.command("train")
+def pose_train(
+    data: Path = typer.Option(..., "--data", help="Folder of labelled clips (synth folders)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Weights file to write."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Folder of unlabelled clips (frames, masks, "
+                                             "object.ply): the semi-supervised phase."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights."),
+    network: str = typer.Option("cpu", "--network", help="cpu | paper (512 px, ResNet-50-FPN)."),
+    steps: int = typer.Option(400, "--steps", help="Supervised steps (0 with --init: only the semi phase)."),
+    semi_steps: int = typer.Option(150, "--semi-steps", help="Steps of the semi-supervised phase."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Seconds per phase at most."),
+    seed: int = SeedOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train the pose network on labelled clips, then (with --unlabeled) on consistent pseudo-labels too."""
+    import dataclasses
+
+    from hoirecon.pose.recipe import RecipeConfig, train_recipe
+
+    s = _session(quiet, as_json, "pose train")
+    base = RecipeConfig(network=network)
+    cfg = dataclasses.replace(
+        base, sup=dataclasses.replace(base.sup, steps=steps, seed=seed, time_budget_s=time_budget),
+        semi=dataclasses.replace(base.semi, steps=semi_steps, seed=seed + 1, time_budget_s=time_budget))
+    with s.reporter.task("training pose network", total=None) as task:
+        summary = train_recipe(data, out, cfg, unlabeled=unlabeled, init=init,
+                               progress=lambda phase, step, total, v: task.update(
+                                   description=f"{phase} {step}/{total} loss {v['total']:.3f}"))
+    s.summary.update({"out": str(out), "result": summary})
+    s.reporter.info(f"[green]✓[/green] pose weights written to {out}")
+    s.finish()
+
+
+
 def _version_callback(value: bool) -> None:
     if value:
         print(f"hoirecon {__version__}")

@@ -6,7 +6,7 @@ continuous extent it covers, so a mask whose pixels run from column a to b has `
 
 Control points (the paper's 21): the 8 corners of the object's axis-aligned bounding box in
 its own frame (corner ``i`` takes the max along axis k where bit k of i is set), the 12 edge
-midpoints (pairs of corners that differ in one bit, in ``_EDGES`` order), then the box centre.
+midpoints (pairs of corners that differ in one bit, in ``BOX_EDGES`` order), then the box centre.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["box_control_points", "vote_control_points", "solve_pnp", "solve_translation", "mask_box",
+__all__ = ["BOX_EDGES", "box_control_points", "vote_control_points", "solve_pnp", "solve_translation", "mask_box",
            "square_crop", "to_crop", "from_crop", "crop_intrinsics", "crop_image"]
 
 _CORNERS = [(i & 1, (i >> 1) & 1, (i >> 2) & 1) for i in range(8)]
-_EDGES = [(i, i | (1 << k)) for i in range(8) for k in range(3) if not i & (1 << k)]
+BOX_EDGES = [(i, i | (1 << k)) for i in range(8) for k in range(3) if not i & (1 << k)]
 
 
 def box_control_points(points: Tensor) -> Tensor:
@@ -34,8 +34,8 @@ def box_control_points(points: Tensor) -> Tensor:
     lo, hi = points.min(-2).values, points.max(-2).values  # (..., 3)
     bits = torch.tensor(_CORNERS, dtype=points.dtype, device=points.device)  # (8, 3)
     corners = lo[..., None, :] + bits * (hi - lo)[..., None, :]
-    a = torch.tensor([e[0] for e in _EDGES], device=points.device)
-    b = torch.tensor([e[1] for e in _EDGES], device=points.device)
+    a = torch.tensor([e[0] for e in BOX_EDGES], device=points.device)
+    b = torch.tensor([e[1] for e in BOX_EDGES], device=points.device)
     mids = 0.5 * (corners[..., a, :] + corners[..., b, :])
     centre = 0.5 * (lo + hi)[..., None, :]
     return torch.cat([corners, mids, centre], dim=-2)
