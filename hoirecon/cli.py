@@ -20,7 +20,7 @@ from typer import Abort as _Abort, Exit as _Exit
 from typer._click.exceptions import ClickException as _ClickException, NoArgsIsHelpError as _NoArgsIsHelp
 
 from hoirecon import __version__
-from hoirecon.categories import normalize_category
+from hoirecon.categories import category_name, normalize_category
 from hoirecon.errors import HoireconError, UserError
 from hoirecon.pipeline.report import Reporter
 from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, run_pipeline, status_table
@@ -168,7 +168,8 @@ def _is_output_folder(path: Path) -> bool:
 @app.command()
 def run(
     clip: Path = typer.Argument(..., help="Video file or folder of images."),
-    category: str = typer.Option(..., "--category", "-c", help="Object category, e.g. mug, bottle, kettle."),
+    category: str = typer.Option(..., "--category", "-c", help="The object's name, e.g. mug, bottle, kettle; any "
+                                 "name (one the prior does not know runs it category-agnostic), or unknown."),
     out: Optional[Path] = OutOpt,
     force: Optional[str] = ForceOpt,
     max_frames: Optional[int] = MaxFramesOpt,
@@ -198,7 +199,7 @@ def run(
 ) -> None:
     """Run every stage on CLIP: frames -> masks -> hand -> fit -> export (cached)."""
     s = _session(quiet, as_json, "run")
-    category = normalize_category(category)
+    category = category_name(category)
     out = out or _default_out(clip)
     s.summary.update(out=str(out), category=category)
     stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size)),
@@ -317,7 +318,8 @@ def fit(
     out: Path = typer.Argument(..., help="Output folder with frames, masks and hand (or a synth folder)."),
     preset: str = PresetOpt,
     prior: str = PriorOpt,
-    category: str = typer.Option("unknown", "--category", "-c", help="Object category for the prior."),
+    category: str = typer.Option("unknown", "--category", "-c", help="The object's name for the prior (any name; "
+                                 "unknown = any object)."),
     sds_weight: float = SdsWeightOpt,
     sds_every: int = SdsEveryOpt,
     steps: Optional[int] = StepsOpt,
@@ -338,7 +340,7 @@ def fit(
 ) -> None:
     """Optimise the hand-object scene (object SDF, object and camera poses, hand) against the masks."""
     s = _session(quiet, as_json, "fit")
-    cfg = FitConfig(preset=preset, prior=prior, category=normalize_category(category), sds_weight=sds_weight,
+    cfg = FitConfig(preset=preset, prior=prior, category=category_name(category), sds_weight=sds_weight,
                     sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
                     blend=blend, per_frame_object_pose=per_frame_pose, time_budget_s=time_budget,
                     mesh_resolution=mesh_resolution)

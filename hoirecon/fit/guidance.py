@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from hoirecon.categories import normalize_category
+from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
 from hoirecon.prior.sds import SDSConfig, SDSRenderConfig, score_distillation_loss
 
@@ -52,8 +52,8 @@ class GuidanceConfig:
 
     prior: "none" | "hoirecon" (shipped weights) | "diffhoi" (authors' checkpoint) | a path
         to a prior ``.pt`` file.
-    category: object category conditioning the prior (``hoirecon.categories``; "unknown" =
-        category-agnostic).
+    category: the object's name (``hoirecon.categories.category_name``: any name; one outside
+        the prior's vocabulary, or "unknown", runs the prior's category-agnostic branch).
     weight: weight of the SDS loss. Default 1e-3 = the authors' ``w_diffuse``:
         ``hoirecon.prior.sds.sds_loss`` uses the same reduction as their code (the
         per-pixel gradient ``w(t) (eps_hat - eps)`` summed over the 5 x 64 x 64 image, not
@@ -98,7 +98,7 @@ class PriorGuidance:
 
     Args:
         prior: a ``NoisePredictor`` (``GeometryPrior`` or ``TextPromptPrior``), frozen.
-        category: canonical category name.
+        category: the name the prior is conditioned on (in its vocabulary, or "unknown").
         hand_vert_uv: (V, 2) per-vertex uv of the hand model (``HandModel.vert_uv``).
         cfg: GuidanceConfig.
     """
@@ -187,12 +187,26 @@ def build_guidance(cfg: GuidanceConfig, hand_model, device: str | torch.device =
         cfg: GuidanceConfig. hand_model: ``hoirecon.hand.HandModel`` (for ``vert_uv``).
         device: where the prior runs (the scene's device).
     Returns:
-        PriorGuidance, or None for ``prior="none"``. Raises UserError for an unknown prior
-        name or category, MissingWeightsError for "diffhoi" without its checkpoint.
+        PriorGuidance (its ``category``: the name the prior is conditioned on), or None for
+        ``prior="none"``. Raises UserError for an unknown prior name, MissingWeightsError for
+        "diffhoi" without its checkpoint.
     """
     name = str(cfg.prior).strip()
     if name.lower() == "none":
         return None
-    category = normalize_category(cfg.category)
     prior = _load_prior(name.lower() if name.lower() in PRIOR_NAMES else name, torch.device(device))
-    return PriorGuidance(prior, category, hand_model.vert_uv.detach().to(device), cfg)
+    return PriorGuidance(prior, prior_category(prior, category_name(cfg.category)),
+                         hand_model.vert_uv.detach().to(device), cfg)
+
+
+def prior_category(prior, category: str) -> str:
+    """The name ``prior`` is conditioned on for ``category``: the name itself where the prior
+    knows it (a text prior such as DiffHOI's reads any name), else "unknown", the
+    unconditional branch a classifier-free-guided prior is trained with."""
+    if not hasattr(prior, "category_ids"):  # free text
+        return category
+    try:
+        prior.category_ids(category, 1)
+    except UserError:
+        return UNKNOWN
+    return category

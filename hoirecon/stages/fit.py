@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from hoirecon.categories import normalize_category
+from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
 from hoirecon.fit.guidance import PRIOR_NAMES, GuidanceConfig, build_guidance
 from hoirecon.fit.losses import LossWeights
@@ -66,7 +66,8 @@ class FitConfig:
     preset: "fast" (grid SDF, minutes on 2 CPU cores) | "paper" (MLP SDF, 50k steps).
     prior: geometry prior distilled into the object SDF (``hoirecon.fit.guidance``):
         "none" | "hoirecon" (shipped weights) | "diffhoi" (authors' checkpoint) | a prior .pt.
-    category: object category conditioning the prior ("unknown" = category-agnostic).
+    category: the object's name, conditioning the prior: any name (``category_name``); one
+        outside the prior's vocabulary runs its category-agnostic branch ("unknown").
     sds_weight: weight of the SDS term (authors' w_diffuse 1e-3, same summed reduction).
     sds_every: SDS on every N-th step after step 100 (each SDS step weighs N x sds_weight).
     steps: override of the preset's step count.
@@ -107,7 +108,7 @@ class FitConfig:
             raise UserError(f"unknown preset '{self.preset}': choose one of {', '.join(PRESETS)}")
         if self.prior.lower() not in PRIOR_NAMES and not self.prior.endswith((".pt", ".pth", ".ckpt")):
             raise UserError(f"unknown prior '{self.prior}': choose one of {', '.join(PRIOR_NAMES)} or a prior .pt file")
-        normalize_category(self.category)
+        category_name(self.category)
         if self.sds_weight < 0 or self.sds_every < 1:
             raise UserError(f"--sds-weight must be >= 0 and --sds-every >= 1, got {self.sds_weight}, {self.sds_every}")
         if self.steps is not None and self.steps < 1:
@@ -172,6 +173,15 @@ def _read_hands(hand_dir: Path, n_frames: int) -> dict:
     return d
 
 
+def _check_hand_model(hands: dict, hand_model: str, path: Path) -> None:
+    """UserError unless the hand stage fitted the hand model the fit is told to use (its
+    articulation and shape values mean nothing to another model)."""
+    fitted = str(hands.get("hand_model", hand_model))
+    if fitted != hand_model:
+        raise UserError(f"--hand-model {hand_model} does not match the hand stage, which fitted {fitted} ({path}): "
+                        f"pass --hand-model {fitted}, or rerun the hand stage with --hand-model {hand_model}")
+
+
 def _preview(scene, labels: torch.Tensor, opt_cfg: OptimizeConfig, frames: list[int], path: Path) -> None:
     """Rows: observed labels | rendered labels, for a few frames (hand blue, object orange)."""
     colours = np.array([[30, 30, 30], [255, 120, 40], [30, 150, 255]], np.uint8)  # BGR: bg, hand, object
@@ -195,6 +205,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     T = int(meta["num_frames"])
     hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
     hands = _read_hands(ctx.input_dir("hand"), T)
+    _check_hand_model(hands, cfg.hand_model, ctx.input_dir("hand") / "hands.npz")
     if obj_m.reshape(T, -1).sum(1).max() == 0:
         raise UserError("the object mask is empty in every frame; check the masks stage")
     init_cfg, opt_cfg = preset_configs(cfg)
@@ -202,6 +213,10 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     hand_model = build_hand_model(cfg.hand_model, device)
     guidance = build_guidance(GuidanceConfig(prior=cfg.prior, category=cfg.category, weight=cfg.sds_weight,
                                              every=cfg.sds_every), hand_model, device)
+    category_used = guidance.category if guidance is not None else None
+    if category_used == UNKNOWN and category_name(cfg.category) != UNKNOWN:
+        ctx.reporter.info(f"category '{cfg.category}' is not in the prior's vocabulary: the prior runs "
+                          f"category-agnostic ('unknown')")
     torch.manual_seed(cfg.seed)
     scene, init_info = build_initial_scene(hand_model, hands["K"], hands["T_cam_to_hand"], hands["articulation"],
                                            hands["shape"], hands["side"], (W, H), hand_m, obj_m, init_cfg,
@@ -238,7 +253,8 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     mesh.export(out / "object.ply")
     ious = evaluate_masks(scene, labels, opt_cfg, stride=cfg.iou_stride)
     summary = {
-        "preset": cfg.preset, "prior": cfg.prior, "category": cfg.category, "steps": result.steps_done,
+        "preset": cfg.preset, "prior": cfg.prior, "category": cfg.category, "category_used": category_used,
+        "steps": result.steps_done,
         "steps_planned": opt_cfg.steps, "resumed_from": result.resumed_from,
         "seconds": time.perf_counter() - t_start, "optimize_seconds": rows[-1]["seconds"],
         "final_losses": {k: v for k, v in rows[-1].items() if k not in ("step", "seconds")},
@@ -247,7 +263,8 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         "mask_iou": ious, "init": init_info, "object_faces": int(len(mesh.faces)),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {k: summary[k] for k in ("preset", "steps", "seconds", "mean_iou_object", "mean_iou_hand")}
+    return {k: summary[k] for k in ("preset", "category", "category_used", "steps", "seconds", "mean_iou_object",
+                                    "mean_iou_hand")}
 
 
 STAGE = StageDef("fit", VERSION, ("frames", "masks", "hand"), run_fit)

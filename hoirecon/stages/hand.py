@@ -73,10 +73,11 @@ from hoirecon.handpose.perspective import (
 from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_hand_track
 from hoirecon.io.masks import read_mask_folder
 from hoirecon.io.video import read_rgb, write_video
-from hoirecon.pipeline.runner import StageContext, StageDef
+from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
 from hoirecon.stages.frames import frame_paths, load_frames_meta
+from hoirecon.stages.masks import tracked_side
 
 VERSION = "1"
 BACKENDS = ("mediapipe", "frankmocap")
@@ -357,6 +358,14 @@ def _torch_threads(device: torch.device, num: int = 1):
         torch.set_num_threads(before)
 
 
+def _check_side(side: str, masks_manifest: dict | None) -> None:
+    """UserError where the masks stage followed the other hand than ``side``."""
+    masks_side = tracked_side(masks_manifest)
+    if masks_side is not None and masks_side != side:
+        raise UserError(f"--side {side} does not match the masks stage, which followed a {masks_side} hand: rerun "
+                        f"masks with --side {side}, or the hand stage with --side {masks_side}")
+
+
 def run_hand(ctx: StageContext, cfg: HandConfig) -> dict:
     device = torch.device(ctx.device)
     with _torch_threads(device):
@@ -366,6 +375,7 @@ def run_hand(ctx: StageContext, cfg: HandConfig) -> dict:
 def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     frames_dir = ctx.input_dir("frames")
     masks_dir = ctx.input_dir("masks")
+    _check_side(cfg.side, read_manifest(masks_dir))
     meta = load_frames_meta(frames_dir)
     frames = [read_rgb(p) for p in frame_paths(frames_dir)]
     T = len(frames)

@@ -82,6 +82,17 @@ class MasksConfig:
             raise UserError(f"--masks-dir: {self.masks_dir} is a file, expected a folder with hand/ and object/")
 
 
+def tracked_side(manifest: dict | None) -> Optional[str]:
+    """The hand side (right/left) a committed masks stage followed with its hand landmarks, or
+    None where no side played a part (your own --masks-dir, masks written by ``synth``, STCN,
+    landmarks off)."""
+    cfg = (manifest or {}).get("config") or {}
+    if (manifest or {}).get("external") or cfg.get("masks_dir") or not cfg.get("hand_landmarks", True) \
+            or cfg.get("tracker") == "stcn":
+        return None
+    return cfg.get("side", "right")
+
+
 def _external(cfg: MasksConfig) -> dict[str, str]:
     digests = {}
     if cfg.boxes_file:
