@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import make_frames, run_cli
@@ -164,3 +165,24 @@ def test_bad_box_options(tmp_path, tiny_video, box, expect):
     code, _, err = run_cli("masks", str(tiny_video), "--out", str(tmp_path / "o"), "--hand-box", box,
                            "--object-box", "10,10,30,30", "-q")
     _assert_one_line_error(code, err, expect)
+
+
+def test_masks_dir_with_every_object_mask_empty(tmp_path, tiny_video):
+    from hoirecon.io.masks import write_mask_folder
+
+    hand = np.zeros((12, 48, 64), bool)
+    hand[:, 10:30, 10:30] = True
+    write_mask_folder(tmp_path / "m", hand, np.zeros_like(hand))
+    code, _, err = run_cli("masks", str(tiny_video), "--out", str(tmp_path / "o"), "--masks-dir", str(tmp_path / "m"),
+                           "-q")
+    _assert_one_line_error(code, err, "every object mask")
+
+
+def test_one_frame_clip_warns_that_nothing_is_tracked(tmp_path):
+    video = tmp_path / "one.mp4"
+    write_video(video, make_frames(1), fps=10)
+    code, out, err = run_cli("frames", str(video), "--out", str(tmp_path / "o"), "--json")
+    assert code == 0, err
+    assert "nothing is tracked" in json.loads(out)["stages"]["frames"]["warnings"][0]
+    code, _, err = run_cli("frames", str(video), "--out", str(tmp_path / "o2"))
+    assert code == 0 and "warning" in err and "nothing is tracked" in err

@@ -84,3 +84,13 @@ def test_read_torch_checkpoint(tmp_path):
             read_torch_checkpoint(bad, "test checkpoint")
         assert str(err.value).startswith(f"cannot read test checkpoint {bad}: ") and "\n" not in str(err.value)
     assert not marker.exists()
+
+
+def test_refused_checkpoint_is_one_plain_line_without_torch_advice(tmp_path):
+    bad = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(1), "evil": _Evil(tmp_path / "pwned")}, bad)
+    with pytest.raises(UserError) as err:
+        read_torch_checkpoint(bad, "test checkpoint")
+    message = str(err.value)
+    assert "\x1b" not in message and "weights_only" not in message and "trust" not in message
+    assert "system" in message and "never run" in message  # names the refused global (os.system)

@@ -10,6 +10,7 @@ in the same one-line ``UserError`` before ``load_state_dict(strict=True)`` runs.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,9 +33,21 @@ def read_torch_checkpoint(path: str | os.PathLike, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt zip, truncated pickle, refused global, ...
-        lines = str(err).strip().splitlines()
-        reason = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-        raise UserError(f"cannot read {what} {path}: {reason}") from None
+        raise UserError(f"cannot read {what} {path}: {_load_failure(err)}") from None
+
+
+def _load_failure(err: Exception) -> str:
+    """One plain line for a failed ``torch.load``. A refused pickle gets no advice to load it
+    with ``weights_only=False`` (torch's own message starts with that, in ANSI bold): running
+    the file's code is exactly what is refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if text.startswith("Weights only load failed"):
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds Python objects besides tensors{what}, whose code is never run here; it is not a "
+                f"weights file this tool can use")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:

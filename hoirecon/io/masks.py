@@ -44,7 +44,8 @@ def read_mask_folder(root: Path, num_frames: int | None = None,
                      size_wh: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate a mask folder -> (hand (T,H,W) bool, object (T,H,W) bool).
 
-    UserError (one line) for: missing subfolder, wrong count, wrong size, unreadable file.
+    UserError (one line) for: missing subfolder, wrong count, wrong size, unreadable file, a kind
+    that is empty in every frame.
     """
     root = Path(root)
     out = []
@@ -65,6 +66,9 @@ def read_mask_folder(root: Path, num_frames: int | None = None,
             masks.append(m)
         if len({m.shape for m in masks}) != 1:
             raise UserError(f"masks in {sub} do not all have the same size")
+        if not any(m.any() for m in masks):
+            raise UserError(f"every {kind} mask in {sub} is empty: nothing to reconstruct the {kind} from "
+                            f"(masks are white on black)")
         out.append(np.stack(masks))
     return out[0], out[1]
 

@@ -91,6 +91,12 @@ def run_frames(ctx: StageContext, cfg: FramesConfig) -> dict:
             written += 1
             task.advance()
     check_frame_count(source, info, decoded)
+    warnings = []
+    if written == 1:
+        # Said here because later stages look fine on one frame (the masks' forward-backward
+        # IoU is 1 by construction) while nothing is tracked and the fit sees a single view.
+        warnings.append("the clip has 1 frame: nothing is tracked and the object is seen from one view only")
+        ctx.reporter.info(f"[yellow]warning:[/yellow] {warnings[-1]}")
     meta = {
         "fps": info.fps / cfg.stride,
         "num_frames": written,
@@ -102,7 +108,7 @@ def run_frames(ctx: StageContext, cfg: FramesConfig) -> dict:
         "source_kind": "images" if source.is_dir() else "video",
     }
     (ctx.tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-    return {"num_frames": written, "size": [w, h], "fps": meta["fps"]}
+    return {"num_frames": written, "size": [w, h], "fps": meta["fps"], **({"warnings": warnings} if warnings else {})}
 
 
 def load_frames_meta(frames_dir: Path) -> dict:
