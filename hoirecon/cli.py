@@ -377,12 +377,17 @@ def synth(
                                                                "toy_car), or unknown with --object-mesh."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (a valid OUT for fit/eval)."),
     frames: int = typer.Option(30, "--frames", help="Number of frames."),
-    size: int = typer.Option(256, "--size", help="Frame size in pixels (square)."),
+    size: str = typer.Option("256", "--size", help="Frame size in pixels: N (square) or WxH, e.g. 640x480."),
+    fov: Optional[float] = typer.Option(None, "--fov", help="Horizontal field of view in degrees (default: drawn in "
+                                                            "50-60 from the seed); the true intrinsics go to gt/."),
     seed: int = typer.Option(0, "--seed", help="Everything random follows from it."),
-    object_mesh: Optional[Path] = typer.Option(None, "--object-mesh", help="A watertight mesh file instead of a "
-                                                                           "procedural object."),
-    object_size: Optional[float] = typer.Option(None, "--object-size", help="Largest extent of --object-mesh in "
-                                                                            "metres."),
+    object_mesh: Optional[Path] = typer.Option(None, "--object-mesh", help="A closed mesh file instead of a "
+                                                                           "procedural object (seams merged, small "
+                                                                           "holes filled)."),
+    object_size: Optional[float] = typer.Option(None, "--object-size", help="Largest extent of the object in metres "
+                                                                            "(default: a mesh keeps its size when it "
+                                                                            "is a hand-held size in metres, else "
+                                                                            "0.15)."),
     view_range: float = typer.Option(90.0, "--view-range", help="Arc of viewing directions over the clip (deg)."),
     noise_scale: float = typer.Option(1.0, "--noise-scale", help="Scale of the noisy hand initialisation "
                                                                  "(0 = ground truth)."),
@@ -405,9 +410,15 @@ def synth(
     noise = dataclasses.replace(NoiseConfig().scaled(noise_scale), invalid_fraction=invalid_fraction)
     with s.reporter.task(f"synth {category}", total=None):
         summary = generate_clip(category, out, frames=frames, size=size, seed=seed, object_mesh=object_mesh,
-                                object_size=object_size, view_range_deg=view_range, noise=noise, fps=fps)
+                                object_size=object_size, view_range_deg=view_range, noise=noise, fps=fps,
+                                fov_deg=fov)
     s.summary.update({**summary, "out": str(out)})
-    s.reporter.info(f"[green]✓[/green] synth   {category} clip with ground truth in {out}")
+    for note in summary["object_mesh_notes"]:
+        s.reporter.info(f"  object mesh: {note}")
+    cam = summary["intrinsics"]
+    s.reporter.info(f"[green]✓[/green] synth   {category} clip with ground truth in {out} ({cam['width']}x"
+                    f"{cam['height']}, fov {cam['fov_deg']:.1f} deg, focal {cam['fx']:.1f} px; grasp "
+                    f"{summary['penetration_mm']:.2f} mm deep, {len(summary['contacts'])} fingers in contact)")
     s.finish()
 
 

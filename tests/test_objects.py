@@ -114,7 +114,7 @@ def test_load_object_mesh(tmp_path):
     box.apply_translation((5.0, -3.0, 1.0))
     path = tmp_path / "box.ply"
     box.export(path)
-    mesh = load_object_mesh(path, 0.1)
+    mesh = load_object_mesh(path, 0.1).mesh
     assert mesh.is_watertight
     assert np.isclose(mesh.extents.max(), 0.1)
     assert np.allclose(mesh.bounds.mean(axis=0), 0.0)
@@ -124,16 +124,31 @@ def test_load_object_mesh(tmp_path):
     holed.update_faces(np.arange(1, len(holed.faces)))
     assert not holed.is_watertight
     holed.export(tmp_path / "holed.ply")
-    assert load_object_mesh(tmp_path / "holed.ply", 0.2).is_watertight
+    holed_loaded = load_object_mesh(tmp_path / "holed.ply", 0.2)
+    assert holed_loaded.mesh.is_watertight and any("filled holes" in n for n in holed_loaded.notes)
 
-    # An open tube (two 32-sided holes) cannot be closed by the repair.
+    # An open tube (two 32-sided holes, as where a scanned handle meets its body) is closed by fans.
     tube = trimesh.creation.cylinder(0.5, 1.0, sections=32)
     keep = np.abs(tube.face_normals[:, 2]) < 0.5
     tube.update_faces(keep)
     tube.remove_unreferenced_vertices()
     tube.export(tmp_path / "tube.ply")
-    with pytest.raises(UserError, match="not watertight"):
-        load_object_mesh(tmp_path / "tube.ply", 0.1)
+    closed = load_object_mesh(tmp_path / "tube.ply", 0.1)
+    assert closed.mesh.is_watertight and closed.mesh.volume > 0 and any("2 larger holes" in n for n in closed.notes)
+    # Its volume is the full cylinder's (the fans close the ends flat).
+    full = trimesh.creation.cylinder(0.5, 1.0, sections=32)
+    assert closed.mesh.volume == pytest.approx(full.volume * 0.1**3, rel=1e-6)
+
+    # A fin (a triangle hanging off an edge: three faces on one edge) stays open: refused.
+    fin = trimesh.creation.box((1.0, 1.0, 1.0))
+    a, b = fin.edges_unique[0]
+    tip = len(fin.vertices)
+    fin = trimesh.Trimesh(np.vstack([fin.vertices, [[3.0, 3.0, 3.0]]]), np.vstack([fin.faces, [[a, b, tip]]]),
+                          process=False)
+    fin.export(tmp_path / "fin.ply")
+    with pytest.raises(UserError, match="not watertight and could not be repaired") as err:
+        load_object_mesh(tmp_path / "fin.ply", 0.1)
+    assert "open edges" in str(err.value) and "\n" not in str(err.value)
 
     with pytest.raises(UserError, match="not found"):
         load_object_mesh(tmp_path / "missing.obj", 0.1)
@@ -142,3 +157,46 @@ def test_load_object_mesh(tmp_path):
         load_object_mesh(tmp_path / "junk.obj", 0.1)
     with pytest.raises(UserError, match="positive"):
         load_object_mesh(path, 0.0)
+
+
+def _write_seam_split_obj(mesh: trimesh.Trimesh, path) -> None:
+    """Write ``mesh`` as a scanner does: every face corner its own vertex with its own texture
+    coordinate and normal, so the file's surface is split along every edge (all seams)."""
+    lines = []
+    for i, tri in enumerate(np.asarray(mesh.triangles)):
+        for j, v in enumerate(tri):
+            lines.append(f"v {v[0]:.9f} {v[1]:.9f} {v[2]:.9f}")
+            lines.append(f"vt {(i % 97) / 97 + j / 300:.6f} {(i // 97) / 97:.6f}")
+            n = mesh.face_normals[i]
+            lines.append(f"vn {n[0]:.6f} {n[1]:.6f} {n[2]:.6f}")
+        k = 3 * i
+        lines.append(f"f {k + 1}/{k + 1}/{k + 1} {k + 2}/{k + 2}/{k + 2} {k + 3}/{k + 3}/{k + 3}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_seam_split_scan_is_merged_and_keeps_its_metric_size(tmp_path):
+    """A 12 cm mug-sized cylinder in metres, written with split texture/normal seams (as YCB's scans)."""
+    scan = trimesh.creation.cylinder(radius=0.04, height=0.12, sections=24)
+    path = tmp_path / "textured_simple.obj"
+    _write_seam_split_obj(scan, path)
+    # The split file is open as trimesh reads it by default: the defect being fixed.
+    assert not trimesh.load(str(path), force="mesh").is_watertight
+    loaded = load_object_mesh(path)
+    assert loaded.mesh.is_watertight and loaded.mesh.volume > 0
+    assert any("merged" in n and "seams" in n for n in loaded.notes)
+    # Its own size is kept (a hand-held size in metres), and the notes say so.
+    assert loaded.scale == 1.0 and np.isclose(loaded.mesh.extents.max(), 0.12)
+    assert any("kept the file's scale" in n for n in loaded.notes)
+    assert loaded.mesh.volume == pytest.approx(scan.volume, rel=1e-6)
+
+
+def test_mesh_scale_rule(tmp_path):
+    """Hand-held sizes in metres are kept; other units are rescaled to 15 cm, and said so."""
+    for extent, expect in ((0.24, 0.24), (0.035, 0.035), (2.0, 0.15), (120.0, 0.15), (0.001, 0.15)):
+        path = tmp_path / f"box{extent}.ply"
+        trimesh.creation.box((extent, extent / 2, extent / 3)).export(path)
+        loaded = load_object_mesh(path)
+        assert np.isclose(loaded.mesh.extents.max(), expect), extent
+        assert any(("rescaled" in n) == (expect != extent) for n in loaded.notes), (extent, loaded.notes)
+    loaded = load_object_mesh(tmp_path / "box0.24.ply", 0.1)
+    assert np.isclose(loaded.mesh.extents.max(), 0.1) and any("--object-size" in n for n in loaded.notes)

@@ -117,7 +117,8 @@ def test_masks_agree_with_depth(clip):
     np.testing.assert_array_equal(hand | obj, depth > 0)
 
 
-def _visible_masks(gt: dict, mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _visible_masks(gt: dict, mesh: trimesh.Trimesh, size_wh: tuple[int, int] = (SIZE, SIZE)
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hand/object visible masks and depth rendered from the GT poses with the soft renderer."""
     hand_model = build_hand_model("anny")
     n = gt["T_cam_to_hand"].shape[0]
@@ -130,8 +131,9 @@ def _visible_masks(gt: dict, mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndar
     obj_cam = obj_v[None] @ T_obj_to_cam[:, :3, :3].transpose(1, 2) + T_obj_to_cam[:, None, :3, 3]
     K = torch.from_numpy(gt["K"]).float().expand(n, 3, 3)
     cfg = MeshRenderConfig(sigma=1e-6)  # hard edges: D < 0.3 beyond 0.001 px outside a face
-    rh = render_mesh_image(hand_cam, out.faces, K, SIZE, SIZE, cfg)
-    ro = render_mesh_image(obj_cam, torch.from_numpy(np.asarray(mesh.faces)), K, SIZE, SIZE, cfg)
+    W, H = size_wh
+    rh = render_mesh_image(hand_cam, out.faces, K, H, W, cfg)
+    ro = render_mesh_image(obj_cam, torch.from_numpy(np.asarray(mesh.faces)), K, H, W, cfg)
     h_in = (rh.mask > 0.5).numpy()
     o_in = (ro.mask > 0.5).numpy()
     dh, do = rh.depth.numpy(), ro.depth.numpy()
@@ -211,7 +213,8 @@ def test_user_mesh(tmp_path):
     mesh.export(path)
     out = tmp_path / "user"
     summary = generate_clip("bottle", out, frames=3, size=64, seed=0, object_mesh=path, object_size=0.12)
-    assert summary["penetration_mm"] < 3.0
+    assert summary["penetration_mm"] <= 1.0 and len(summary["contacts"]) >= 3
+    assert any("--object-size" in note for note in summary["object_mesh_notes"])
     gt_mesh = trimesh.load(out / "gt" / "object.ply", force="mesh")
     assert max(gt_mesh.extents) == pytest.approx(0.12, rel=1e-3)
     hand, obj = read_mask_folder(out / "masks", num_frames=3)
@@ -332,3 +335,99 @@ def test_winding_number_and_penetration_depth():
     assert depth[2] == depth[3] == 0.0
     sdf = MeshSDF(mesh)(pts)
     assert np.sign(sdf).tolist() == [-1, -1, 1, 1]
+
+
+# ----------------------------------------------------------------------------- camera: fov, non-square frames
+
+
+@pytest.fixture(scope="module")
+def wide_clip(tmp_path_factory) -> Path:
+    """A landscape 120x80 clip seen through a 40-degree lens."""
+    out = tmp_path_factory.mktemp("synth") / "wide"
+    generate_clip("bottle", out, frames=3, size="120x80", seed=2, fov_deg=40.0)
+    return out
+
+
+def test_recorded_intrinsics_project_the_hand_joints(wide_clip):
+    gt = _npz(wide_clip / "gt" / "gt.npz")
+    cam = json.loads((wide_clip / "gt" / "info.json").read_text())["intrinsics"]
+    assert (cam["width"], cam["height"]) == (120, 80) and gt["image_size"].tolist() == [120, 80]
+    assert cam["fov_deg"] == pytest.approx(40.0) and float(gt["fov_deg"]) == pytest.approx(40.0)
+    assert cam["fx"] == pytest.approx(60.0 / np.tan(np.radians(20.0)), rel=1e-5) and cam["fy"] == cam["fx"]
+    assert (cam["cx"], cam["cy"]) == (59.5, 39.5)
+    assert cam["fov_y_deg"] == pytest.approx(np.degrees(2 * np.arctan(40.0 / cam["fx"])), abs=1e-3)
+    np.testing.assert_allclose(gt["K"], [[cam["fx"], 0, cam["cx"]], [0, cam["fy"], cam["cy"]], [0, 0, 1]], rtol=1e-6)
+    # fx, fy, cx, cy put the GT 3D joints on their GT 2D positions ...
+    kp = gt["keypoints_cam"].astype(np.float64)
+    uv = np.stack([cam["fx"] * kp[..., 0] / kp[..., 2] + cam["cx"], cam["fy"] * kp[..., 1] / kp[..., 2] + cam["cy"]], -1)
+    np.testing.assert_allclose(uv, gt["keypoints_2d"], atol=1e-3)
+    # ... and those lie on the rendered hand (or on the object in front of it): checked
+    # against the frames' own masks, not against the projection that wrote keypoints_2d.
+    hand, obj = read_mask_folder(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    px = np.round(uv).astype(int)
+    inside = (px[..., 0] >= 0) & (px[..., 0] < 120) & (px[..., 1] >= 0) & (px[..., 1] < 80)
+    assert inside.mean() > 0.9
+    t_idx = np.broadcast_to(np.arange(3)[:, None], px.shape[:2])[inside]
+    on_hand = hand[t_idx, px[inside][:, 1], px[inside][:, 0]]
+    on_either = on_hand | obj[t_idx, px[inside][:, 1], px[inside][:, 0]]
+    assert on_either.mean() > 0.95 and on_hand.mean() > 0.5
+    # A wrong focal (the default 50-60 degree lens) puts them elsewhere.
+    f_wrong = 60.0 / np.tan(np.radians(27.5))
+    wrong = np.stack([f_wrong * kp[..., 0] / kp[..., 2] + cam["cx"], f_wrong * kp[..., 1] / kp[..., 2] + cam["cy"]], -1)
+    assert np.linalg.norm(wrong - gt["keypoints_2d"], axis=-1).mean() > 2.0
+
+
+def test_non_square_frames_masks_and_depth(wide_clip):
+    meta = json.loads((wide_clip / "frames" / "meta.json").read_text())
+    assert meta["size"] == meta["original_size"] == [120, 80]
+    assert read_rgb(wide_clip / "frames" / "000000.png").shape == (80, 120, 3)
+    assert _npz(wide_clip / "gt" / "depth.npz")["depth"].shape == (3, 80, 120)
+    assert _npz(wide_clip / "hand" / "hands.npz")["image_size"].tolist() == [120, 80]
+    # The soft renderer, given the recorded K and the GT poses, draws the same masks.
+    gt = _npz(wide_clip / "gt" / "gt.npz")
+    mesh = trimesh.load(wide_clip / "gt" / "object.ply", force="mesh")
+    hand_vis, obj_vis, _ = _visible_masks(gt, mesh, (120, 80))
+    hand, obj = read_mask_folder(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    for t in range(3):
+        assert _iou(hand_vis[t], hand[t]) > 0.97 and _iou(obj_vis[t], obj[t]) > 0.97, t
+
+
+def test_fov_keeps_the_seeds_camera_path(clip, tmp_path):
+    """--fov changes the lens only: same grasp, same viewing directions as the seed's own clip."""
+    out = tmp_path / "narrow"
+    generate_clip("mug", out, frames=FRAMES, size=SIZE, seed=3, view_range_deg=60, fov_deg=40.0)
+    a, b = _npz(clip / "gt" / "gt.npz"), _npz(out / "gt" / "gt.npz")
+    np.testing.assert_array_equal(a["T_hand_to_obj"], b["T_hand_to_obj"])
+    np.testing.assert_array_equal(a["articulation"], b["articulation"])
+    assert float(b["fov_deg"]) == pytest.approx(40.0) and b["K"][0, 0] > a["K"][0, 0]
+    for bad in (5.0, 170.0, float("nan")):
+        with pytest.raises(UserError, match="--fov"):
+            generate_clip("mug", tmp_path / "x", frames=2, size=SIZE, fov_deg=bad)
+    for bad in ("640x", "0x480", "64x48x2", "abc", 16):
+        with pytest.raises(UserError, match="--size"):
+            generate_clip("mug", tmp_path / "y", frames=2, size=bad)
+
+
+# ----------------------------------------------------------------------------- grasp limits on any mesh
+
+
+def test_grasp_search_retries_until_the_limits_hold(tmp_path):
+    """A 15 cm box whose first grasps miss the limits (seed 6: two misses): the search tries again."""
+    from hoirecon.synth.generator import build_scene
+
+    trimesh.creation.box((1.0, 1.0, 1.0)).export(tmp_path / "box.obj")
+    scene = build_scene("unknown", frames=2, size=64, seed=6, object_mesh=tmp_path / "box.obj")
+    assert scene.grasp_tries >= 2
+    assert scene.penetration_mm <= 1.0 and len(scene.contacts) >= 3
+    assert any("rescaled" in note for note in scene.mesh_notes)
+
+
+def test_a_clip_missing_the_grasp_limits_is_never_written(tmp_path):
+    from hoirecon.errors import RunError
+    from hoirecon.synth.grasp import GraspConfig
+
+    out = tmp_path / "never"
+    with pytest.raises(RunError, match="no grasp") as err:
+        generate_clip("mug", out, frames=2, size=64, seed=3, grasp_cfg=GraspConfig(min_contacts=6, max_tries=2))
+    assert "\n" not in str(err.value)
+    assert not out.exists()

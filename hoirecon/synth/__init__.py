@@ -3,6 +3,7 @@
 from hoirecon.synth.objects import (
     CATEGORIES,
     GraspRegion,
+    LoadedMesh,
     ObjectInfo,
     load_object_mesh,
     make_object,
@@ -14,6 +15,7 @@ from hoirecon.synth.objects import (
 __all__ = [
     "CATEGORIES",
     "GraspRegion",
+    "LoadedMesh",
     "ObjectInfo",
     "load_object_mesh",
     "make_object",

@@ -36,9 +36,17 @@ Output folder (``generate_clip``)::
 (T, 45); ``wrist_rot`` (T, 3) zeros (the wrist rotation is folded into T_cam_to_hand);
 ``shape`` (10,); ``side`` ('right'); ``hand_model`` ('anny'); ``category``; ``penetration_mm`` (deepest hand
 vertex inside the object); ``keypoints_cam`` (T, 21, 3) hand keypoints in the camera
-frame (MediaPipe order, ``hoirecon.hand.MEDIAPIPE_KEYPOINT_NAMES``); ``fps``; ``seed``;
-``view_span_deg`` (largest angle between two viewing directions of the clip); ``fov_deg``.
-All float arrays are float32, metres, OpenCV camera frame.
+frame (MediaPipe order, ``hoirecon.hand.MEDIAPIPE_KEYPOINT_NAMES``); ``keypoints_2d`` (T, 21, 2)
+their pixel positions (x right, y down; ``K`` applied, visible or not); ``fps``; ``seed``;
+``view_span_deg`` (largest angle between two viewing directions of the clip); ``fov_deg``,
+``fov_y_deg`` (horizontal and vertical field of view). All float arrays are float32, metres,
+OpenCV camera frame.
+
+The true camera: ``K`` = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] in pixels, fx = fy =
+W / 2 / tan(fov_deg / 2), (cx, cy) = ((W - 1) / 2, (H - 1) / 2); ``gt/info.json`` repeats it
+as ``intrinsics`` {fx, fy, cx, cy, width, height, fov_deg, fov_y_deg}. Frames may be
+non-square (``size`` "WxH"). ``hand/hands.npz`` carries the same K (the hand stage of a synth
+folder is done); the pipeline's own hand stage, rerun on the clip, knows nothing of it.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ import shutil
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -67,8 +75,9 @@ from hoirecon.io.video import write_png, write_video
 from hoirecon.pipeline.hashing import file_digest
 from hoirecon.pipeline.runner import commit_dir, output_lock, write_external_stage
 from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
+from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import vertex_normals
-from hoirecon.synth.grasp import GraspConfig, MeshSDF, generic_grasp_region, penetration_depth, place_grasp
+from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
 from hoirecon.synth.raster import interpolate, rasterize
@@ -76,8 +85,11 @@ from hoirecon.synth.raster import interpolate, rasterize
 __all__ = ["SynthScene", "build_scene", "render_scene", "generate_clip", "write_example"]
 
 PRODUCER = "hoirecon synth"
-DEFAULT_MESH_SIZE_M = 0.15
+# Horizontal field of view drawn per clip when none is given (deg).
 FOV_RANGE_DEG = (50.0, 60.0)
+# The fields of view ``fov_deg`` may ask for (deg): phone main cameras are ~65-75, action
+# cameras up to ~120; below ~15 the camera would stand metres away from a hand-held object.
+FOV_LIMITS_DEG = (15.0, 120.0)
 # Fraction of the image width spanned by the hand-object bounding sphere's diameter; the
 # masks' bounding box then spans roughly 40-70 % of the frame.
 SPHERE_FILL_RANGE = (0.55, 0.8)
@@ -103,8 +115,10 @@ class SynthScene:
     penetration_mm: deepest hand vertex inside the object mesh.
     contacts: fingers within 2 mm of the surface.
     view_span_deg: largest angle between two viewing directions (object frame).
-    fov_deg: horizontal field of view.
+    fov_deg: horizontal field of view (K[0, 0] = W / 2 / tan(fov_deg / 2)).
     category: canonical category name.
+    grasp_tries: placements the grasp search made (``hoirecon.synth.grasp.search_grasp``).
+    mesh_notes: what was done to a user's mesh file (repairs, rescaling), one sentence each.
     """
 
     mesh: trimesh.Trimesh
@@ -122,6 +136,8 @@ class SynthScene:
     view_span_deg: float
     fov_deg: float
     category: str
+    grasp_tries: int = 1
+    mesh_notes: list = field(default_factory=list)
 
     @property
     def T_cam_to_hand(self) -> np.ndarray:
@@ -180,12 +196,23 @@ def _apply(T: np.ndarray, points: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- scene
 
 
-def _object(category: str, rng: np.random.Generator, object_mesh, object_size):
-    """(mesh, sdf, grasp region, thumb sign) for a procedural object or a user mesh."""
+@dataclass
+class _Object:
+    """The object of a clip: mesh (object frame, m), the signed distance the grasp search
+    uses, the (region, thumb side) grasps to try in order, and notes on a user's mesh."""
+
+    mesh: trimesh.Trimesh
+    sdf: object
+    grasp_candidates: list
+    notes: list
+
+
+def _object(category: str, rng: np.random.Generator, object_mesh, object_size) -> _Object:
+    """A procedural object of ``category`` or the user's mesh file."""
     if object_mesh is not None:
-        mesh = load_object_mesh(object_mesh, object_size or DEFAULT_MESH_SIZE_M)
-        region = generic_grasp_region(mesh)
-        return mesh, MeshSDF(mesh), region, (1.0 if rng.random() < 0.5 else -1.0)
+        loaded = load_object_mesh(object_mesh, object_size)
+        thumb = 1.0 if rng.random() < 0.5 else -1.0
+        return _Object(loaded.mesh, MeshSDF(loaded.mesh), mesh_grasp_candidates(loaded.mesh, thumb), loaded.notes)
     if category == "unknown":
         raise UserError("category 'unknown' has no procedural object; give --object-mesh FILE")
     info = make_object_info(category, rng)
@@ -203,7 +230,8 @@ def _object(category: str, rng: np.random.Generator, object_mesh, object_size):
 
         region = GraspRegion(region.name, region.point * s, region.approach, region.axis, region.width * s)
     sign = _THUMB_ALONG_AXIS.get(info.category, 1.0 if info.category != "toy_car" else rng.choice([-1.0, 1.0]))
-    return mesh, sdf, region, float(sign)
+    # The family's own grasp, retried with new random draws when one misses the limits.
+    return _Object(mesh, sdf, [(region, float(sign))], [])
 
 
 def _camera_path(
@@ -270,29 +298,30 @@ def _camera_path(
 def build_scene(
     category: str,
     frames: int = 30,
-    size: int = 256,
+    size: int | tuple[int, int] | str = 256,
     seed: int = 0,
     object_mesh: str | Path | None = None,
     object_size: float | None = None,
     view_range_deg: float = 90.0,
     grasp_cfg: GraspConfig = GraspConfig(),
+    fov_deg: float | None = None,
 ) -> SynthScene:
     """Object, grasp, hand and camera path of a clip (no rendering). See ``generate_clip``."""
-    _check_args(frames, size, view_range_deg)
+    image_size = parse_image_size(size)
+    _check_args(frames, view_range_deg, fov_deg)
     category = normalize_category(category)
     rng_obj, rng_grasp, rng_cam = _streams(seed, category)[:3]
-    mesh, sdf, region, thumb_sign = _object(category, rng_obj, object_mesh, object_size)
+    obj = _object(category, rng_obj, object_mesh, object_size)
 
     hand = build_hand_model("anny")
     shape = np.clip(rng_grasp.normal(0.0, 0.8, size=10), -2.0, 2.0).astype(np.float32)
-    grasp = place_grasp(hand, sdf, region, shape, rng_grasp, grasp_cfg, thumb_along_axis=thumb_sign)
+    mesh = obj.mesh
+    found = search_grasp(hand, mesh, obj.sdf, obj.grasp_candidates, shape, rng_grasp, grasp_cfg)
+    grasp, verts_obj = found.grasp, found.hand_verts_obj
     with torch.no_grad():
         out = hand(torch.from_numpy(grasp.articulation)[None], torch.zeros(1, 3), torch.from_numpy(shape)[None])
     hand_verts = out.verts[0].double().numpy()
     keypoints = out.keypoints[0].double().numpy()
-    verts_obj = _apply(grasp.T_hand_to_obj, hand_verts)
-    mesh_sdf = sdf if isinstance(sdf, MeshSDF) else MeshSDF(mesh)
-    penetration = float(penetration_depth(mesh, verts_obj, mesh_sdf).max() * 1000.0)
 
     # Camera path around the union of hand and object.
     union = np.concatenate([np.asarray(mesh.vertices), verts_obj])
@@ -300,25 +329,70 @@ def build_scene(
     radius = float(np.linalg.norm(union - centre, axis=1).max())
     hand_side = _unit(verts_obj.mean(0) - np.asarray(mesh.vertices).mean(0))
     forearm = _unit(grasp.T_hand_to_obj[:3, :3] @ np.array([1.0, 0.0, 0.0]))
-    fov = rng_cam.uniform(*FOV_RANGE_DEG)
-    T_obj_to_cam, span = _camera_path(rng_cam, frames, centre, radius, hand_side, forearm, fov, view_range_deg)
-    f = 0.5 * size / np.tan(0.5 * np.radians(fov))
-    K = np.array([[f, 0.0, 0.5 * (size - 1)], [0.0, f, 0.5 * (size - 1)], [0.0, 0.0, 1.0]])
+    # Drawn even when the fov is given, so the rest of the camera path stays the seed's.
+    fov_random = rng_cam.uniform(*FOV_RANGE_DEG)
+    fov = float(fov_random if fov_deg is None else fov_deg)
+    K = intrinsics(fov, image_size)
+    T_obj_to_cam, span = _camera_path(rng_cam, frames, centre, radius, hand_side, forearm,
+                                      _narrow_fov_deg(K, image_size), view_range_deg)
     return SynthScene(
-        mesh=mesh, K=K, image_size=(size, size), T_obj_to_cam=T_obj_to_cam, T_hand_to_obj=grasp.T_hand_to_obj,
+        mesh=mesh, K=K, image_size=image_size, T_obj_to_cam=T_obj_to_cam, T_hand_to_obj=grasp.T_hand_to_obj,
         articulation=grasp.articulation, shape=shape, hand_verts=hand_verts,
-        hand_faces=hand.faces.numpy().astype(np.int64), keypoints_hand=keypoints, penetration_mm=penetration,
-        contacts=grasp.contacts, view_span_deg=span, fov_deg=float(fov), category=category,
+        hand_faces=hand.faces.numpy().astype(np.int64), keypoints_hand=keypoints, penetration_mm=found.penetration_mm,
+        contacts=grasp.contacts, view_span_deg=span, fov_deg=fov, category=category,
+        grasp_tries=found.tries, mesh_notes=list(obj.notes),
     )
 
 
-def _check_args(frames: int, size: int, view_range_deg: float) -> None:
+def parse_image_size(size: int | tuple[int, int] | str) -> tuple[int, int]:
+    """Frame size (W, H) from ``256`` (square), ``"640x480"`` (W x H) or a (W, H) pair.
+
+    Raises:
+        UserError: not of that form, or a side outside 32-2048 pixels.
+    """
+    if isinstance(size, str):
+        parts = size.lower().replace(" ", "").split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2):
+            raise UserError(f"--size must be N (square) or WxH in pixels, e.g. 256 or 640x480; got '{size}'")
+        size = values[0] if len(values) == 1 else tuple(values)
+    W, H = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    for name, v in (("width", W), ("height", H)):
+        if not 32 <= v <= 2048:
+            raise UserError(f"--size: the {name} must be between 32 and 2048 pixels, got {v}")
+    return W, H
+
+
+def intrinsics(fov_deg: float, image_size: tuple[int, int]) -> np.ndarray:
+    """(3, 3) float64 pinhole intrinsics: horizontal field of view ``fov_deg`` over the width,
+    square pixels (fy = fx), principal point at the image centre (pixel centres at integers)."""
+    W, H = image_size
+    f = 0.5 * W / np.tan(0.5 * np.radians(fov_deg))
+    return np.array([[f, 0.0, 0.5 * (W - 1)], [0.0, f, 0.5 * (H - 1)], [0.0, 0.0, 1.0]])
+
+
+def _fov_y_deg(K: np.ndarray, image_size: tuple[int, int]) -> float:
+    return float(np.degrees(2.0 * np.arctan(0.5 * image_size[1] / K[1, 1])))
+
+
+def _narrow_fov_deg(K: np.ndarray, image_size: tuple[int, int]) -> float:
+    """The smaller of the horizontal and vertical fields of view: the hand and object must
+    fit the frame's shorter side (for a square frame: the horizontal fov, as before)."""
+    fov_x = float(np.degrees(2.0 * np.arctan(0.5 * image_size[0] / K[0, 0])))
+    return min(fov_x, _fov_y_deg(K, image_size))
+
+
+def _check_args(frames: int, view_range_deg: float, fov_deg: float | None) -> None:
     if int(frames) < 1:
         raise UserError(f"--frames must be >= 1, got {frames}")
-    if not 32 <= int(size) <= 2048:
-        raise UserError(f"--size must be between 32 and 2048 pixels, got {size}")
     if not 0.0 <= float(view_range_deg) <= 360.0:
         raise UserError(f"--view-range must be between 0 and 360 degrees, got {view_range_deg}")
+    if fov_deg is not None and not FOV_LIMITS_DEG[0] <= float(fov_deg) <= FOV_LIMITS_DEG[1]:
+        raise UserError(f"--fov must be between {FOV_LIMITS_DEG[0]:g} and {FOV_LIMITS_DEG[1]:g} degrees "
+                        f"(horizontal), got {fov_deg}")
 
 
 # ----------------------------------------------------------------------------- appearance
@@ -527,6 +601,14 @@ def _boxes(hand: np.ndarray, obj: np.ndarray) -> dict:
     return out
 
 
+def _intrinsics_record(K: np.ndarray, image_size: tuple[int, int]) -> dict:
+    """The true camera of a clip for gt/info.json: fx, fy, cx, cy in pixels, fields of view in degrees."""
+    return {"fx": round(float(K[0, 0]), 4), "fy": round(float(K[1, 1]), 4), "cx": round(float(K[0, 2]), 4),
+            "cy": round(float(K[1, 2]), 4), "width": int(image_size[0]), "height": int(image_size[1]),
+            "fov_deg": round(float(np.degrees(2.0 * np.arctan(0.5 * image_size[0] / K[0, 0]))), 4),
+            "fov_y_deg": round(_fov_y_deg(K, image_size), 4)}
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int):
     """Run with ``n`` torch threads, then restore. The tensors here are small (a hand batch,
@@ -549,7 +631,7 @@ def generate_clip(
     category: str,
     out_dir: str | Path,
     frames: int = 30,
-    size: int = 256,
+    size: int | tuple[int, int] | str = 256,
     seed: int = 0,
     object_mesh: str | Path | None = None,
     object_size: float | None = None,
@@ -557,6 +639,7 @@ def generate_clip(
     noise: NoiseConfig = NoiseConfig(),
     fps: float = 15.0,
     grasp_cfg: GraspConfig = GraspConfig(),
+    fov_deg: float | None = None,
 ) -> dict:
     """Generate a synthetic clip with ground truth into ``out_dir`` (see the module docstring).
 
@@ -564,15 +647,19 @@ def generate_clip(
         category: object category (``hoirecon.categories``; "unknown" needs ``object_mesh``).
         out_dir: output folder; its frames/masks/hand stages are replaced (as done, external).
         frames: number of frames T.
-        size: frames are size x size pixels.
+        size: frame size: N (N x N pixels), "WxH" or (W, H) (``parse_image_size``).
         seed: everything (object, grasp, camera path, appearance, noise) follows from it.
         object_mesh: a mesh file to use instead of the procedural object.
         object_size: largest extent of the object in metres (default: the family's own
-            size; 0.15 m for a mesh file).
+            size; a mesh file keeps its own when it is a hand-held size in metres, else
+            0.15 m: ``load_object_mesh``).
         view_range_deg: the viewing directions relative to the object span at most this arc.
         noise: noise of the hand initialisation written to ``hand/hands.npz``.
         fps: frame rate of video.mp4 and frames/meta.json.
-        grasp_cfg: hand placement settings.
+        grasp_cfg: hand placement settings and the limits every clip's grasp meets.
+        fov_deg: horizontal field of view in degrees (default: drawn in ``FOV_RANGE_DEG``
+            from the seed). The true intrinsics are in ``gt/gt.npz`` (``K``) and
+            ``gt/info.json`` (``intrinsics``).
 
     Returns:
         A JSON-able summary (also in ``gt/info.json``).
@@ -582,14 +669,18 @@ def generate_clip(
     if fps <= 0:
         raise UserError(f"--fps must be positive, got {fps}")
     with _torch_threads(1):
-        scene = build_scene(category, frames, size, seed, object_mesh, object_size, view_range_deg, grasp_cfg)
+        scene = build_scene(category, frames, size, seed, object_mesh, object_size, view_range_deg, grasp_cfg,
+                            fov_deg)
         renders = render_scene(scene, seed)
     noise_rng = _streams(seed, scene.category)[4]
     T_cam_to_hand = scene.T_cam_to_hand
     n = scene.num_frames
+    W, H = scene.image_size
     articulation = np.repeat(scene.articulation[None], n, 0)
     init = perturb_hand(T_cam_to_hand, articulation, scene.shape, noise, noise_rng)
     keypoints_cam = _apply(np.linalg.inv(T_cam_to_hand), scene.keypoints_hand[None])
+    K_batch = torch.from_numpy(scene.K).expand(n, 3, 3)
+    keypoints_2d = project_points(torch.from_numpy(keypoints_cam), K_batch).numpy()
 
     hand_mask = renders.label == LABEL_HAND
     obj_mask = renders.label == LABEL_OBJECT
@@ -597,17 +688,18 @@ def generate_clip(
     fills = []
     for m in union:
         ys, xs = np.nonzero(m)
-        fills.append(max(np.ptp(xs) + 1, np.ptp(ys) + 1) / size if len(xs) else 0.0)
+        fills.append(max((np.ptp(xs) + 1) / W, (np.ptp(ys) + 1) / H) if len(xs) else 0.0)
     dist = np.linalg.norm(np.linalg.inv(scene.T_obj_to_cam)[:, :3, 3], axis=1)
     summary = {
         "out": str(out_dir),
         "category": scene.category,
         "object": str(object_mesh) if object_mesh else "procedural",
         "frames": n,
-        "size": [size, size],
+        "size": [W, H],
         "seed": int(seed),
         "fps": float(fps),
         "fov_deg": round(scene.fov_deg, 3),
+        "intrinsics": _intrinsics_record(scene.K, scene.image_size),
         "camera_distance_m": [round(float(dist.min()), 4), round(float(dist.max()), 4)],
         "view_range_deg": float(view_range_deg),
         "view_span_deg": round(scene.view_span_deg, 3),
@@ -616,6 +708,8 @@ def generate_clip(
         "object_pixels_mean": float(obj_mask.sum((1, 2)).mean()),
         "penetration_mm": round(scene.penetration_mm, 3),
         "contacts": scene.contacts,
+        "grasp_tries": scene.grasp_tries,
+        "object_mesh_notes": scene.mesh_notes,
         "object_extent_m": [round(float(v), 4) for v in scene.mesh.extents],
         "noise": asdict(noise),
     }
@@ -633,7 +727,7 @@ def generate_clip(
         def write_frames(d: Path) -> None:
             for t, img in enumerate(renders.rgb):
                 write_png(d / f"{t:06d}.png", img)
-            meta = {"fps": float(fps), "num_frames": n, "original_size": [size, size], "size": [size, size],
+            meta = {"fps": float(fps), "num_frames": n, "original_size": [W, H], "size": [W, H],
                     "stride": 1, "source": str(video.resolve()), "source_digest": file_digest(video),
                     "source_kind": "video", "synthetic": True}
             (d / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -649,7 +743,7 @@ def generate_clip(
         def write_hand(d: Path) -> None:
             _write_npz(d / "hands.npz", K=scene.K.astype(np.float32), T_cam_to_hand=init["T_cam_to_hand"],
                        articulation=init["articulation"], shape=init["shape"], side=np.array("right"),
-                       valid=init["valid"], image_size=np.array([size, size], np.int64),
+                       valid=init["valid"], image_size=np.array([W, H], np.int64),
                        hand_model=np.array("anny"))
 
         stage_summary = {"num_frames": n, "seed": int(seed)}
@@ -664,7 +758,7 @@ def generate_clip(
             _write_npz(
                 gt_tmp / "gt.npz",
                 K=scene.K.astype(np.float32),
-                image_size=np.array([size, size], np.int64),
+                image_size=np.array([W, H], np.int64),
                 T_cam_to_hand=T_cam_to_hand.astype(np.float32),
                 T_hand_to_obj=np.repeat(scene.T_hand_to_obj[None], n, 0).astype(np.float32),
                 articulation=articulation.astype(np.float32),
@@ -675,10 +769,12 @@ def generate_clip(
                 category=np.array(scene.category),
                 penetration_mm=np.float32(scene.penetration_mm),
                 keypoints_cam=keypoints_cam.astype(np.float32),
+                keypoints_2d=keypoints_2d.astype(np.float32),
                 fps=np.float32(fps),
                 seed=np.int64(seed),
                 view_span_deg=np.float32(scene.view_span_deg),
                 fov_deg=np.float32(scene.fov_deg),
+                fov_y_deg=np.float32(_fov_y_deg(scene.K, scene.image_size)),
             )
             scene.mesh.export(gt_tmp / "object.ply")
             _write_npz(gt_tmp / "depth.npz", depth=renders.depth)

@@ -48,7 +48,10 @@ __all__ = [
     "winding_number",
     "penetration_depth",
     "generic_grasp_region",
+    "mesh_grasp_candidates",
     "place_grasp",
+    "SearchedGrasp",
+    "search_grasp",
 ]
 
 SDF = Callable[[np.ndarray], np.ndarray]
@@ -81,6 +84,11 @@ class GraspConfig:
     slide_m: std of the random slide of the hand along the part axis.
     anchor_back_m: range of the distance from the knuckle line (finger bases) to where the
         part crosses the palm, towards the wrist.
+    max_penetration_mm, min_contacts: a grasp is kept only when no hand vertex is deeper
+        than this inside the object mesh (exact test) and at least this many fingers touch
+        it (``Grasp.contacts``); a ground truth with the hand inside the object would make
+        every score computed on the clip meaningless.
+    max_tries: ``search_grasp`` gives up after this many placements.
     """
 
     contact_gap_m: float = 0.0015
@@ -94,6 +102,9 @@ class GraspConfig:
     roll_deg: float = 6.0
     slide_m: float = 0.003
     anchor_back_m: tuple[float, float] = (0.012, 0.022)
+    max_penetration_mm: float = 1.0
+    min_contacts: int = 3
+    max_tries: int = 32
 
 
 @dataclass
@@ -252,6 +263,94 @@ def generic_grasp_region(mesh: trimesh.Trimesh) -> GraspRegion:
     axis, approach = vt[0], vt[2]
     width = float(np.ptp((pts - centre) @ approach))
     return GraspRegion("body", centre, -approach / np.linalg.norm(approach), axis / np.linalg.norm(axis), width)
+
+
+def mesh_grasp_candidates(mesh: trimesh.Trimesh, thumb_along_axis: float) -> list[tuple[GraspRegion, float]]:
+    """Grasps to try on a mesh without a known one, as (region, thumb side) pairs, first guess first.
+
+    The first is ``generic_grasp_region`` with the given thumb side. Then, around the
+    longest and the middle principal axis, the palm comes from either side of each other
+    axis, with either thumb side; first across the middle, then a fifth of the length
+    towards either end. The width along the approach is measured from the region's point
+    to the farthest surface point, so the open hand always starts outside the object.
+    """
+    pts = sample_surface(np.asarray(mesh.vertices), np.asarray(mesh.faces), 20000, seed=0)
+    centre = pts.mean(0)
+    _, _, vt = np.linalg.svd(pts - centre, full_matrices=False)
+    out = [(generic_grasp_region(mesh), float(thumb_along_axis))]
+    for shift in (0.0, 0.2, -0.2):
+        for a in (0, 1):
+            axis = vt[a]
+            length = float(np.ptp((pts - centre) @ axis))
+            point = centre + shift * length * axis
+            for b in [i for i in range(3) if i != a]:
+                for approach in (-vt[b], vt[b]):
+                    width = 2.0 * float(np.abs((pts - point) @ approach).max())
+                    region = GraspRegion("body", point, _unit(approach), _unit(axis), width)
+                    out.extend((region, sign * thumb_along_axis) for sign in (1.0, -1.0))
+    return out
+
+
+@dataclass
+class SearchedGrasp:
+    """The grasp ``search_grasp`` kept.
+
+    grasp: the placement. hand_verts_obj: (V, 3) float64 hand vertices in the object frame.
+    penetration_mm: deepest hand vertex inside the object mesh (exact). tries: placements made.
+    """
+
+    grasp: Grasp
+    hand_verts_obj: np.ndarray
+    penetration_mm: float
+    tries: int
+
+
+def search_grasp(
+    hand: HandModel,
+    mesh: trimesh.Trimesh,
+    sdf: SDF,
+    candidates: list[tuple[GraspRegion, float]],
+    shape: np.ndarray,
+    rng: np.random.Generator,
+    cfg: GraspConfig = GraspConfig(),
+    mesh_sdf: MeshSDF | None = None,
+) -> SearchedGrasp:
+    """Place grasps (``place_grasp``) until one meets ``cfg``'s limits on the mesh.
+
+    Try i uses ``candidates[i % len(candidates)]`` (region, thumb side) with fresh random
+    tilt/slide/anchor draws from ``rng``, so a single candidate is retried with new draws.
+    The first placement that passes is kept, so an object whose first grasp is good gets
+    the same grasp as without the search.
+
+    Args:
+        mesh: the object (watertight, object frame); penetration is measured on it.
+        sdf: the signed distance the placement searches with (analytic or ``MeshSDF``).
+        mesh_sdf: a ``MeshSDF`` of ``mesh`` (built here if None).
+
+    Raises:
+        RunError: no placement within ``cfg.max_tries`` meets the limits (one line with the best).
+    """
+    mesh_sdf = mesh_sdf or (sdf if isinstance(sdf, MeshSDF) else MeshSDF(mesh))
+    ev = _HandEval(hand, shape)
+    best = (np.inf, 0)
+    for i in range(cfg.max_tries):
+        region, thumb = candidates[i % len(candidates)]
+        try:
+            grasp = place_grasp(hand, sdf, region, shape, rng, cfg, thumb_along_axis=thumb)
+        except RunError:
+            continue  # this approach never reaches the surface; try another
+        verts = _transform(ev.verts(grasp.articulation[None])[0], grasp.T_hand_to_obj[:3, :3], grasp.T_hand_to_obj[:3, 3])
+        depth_mm = float(penetration_depth(mesh, verts, mesh_sdf).max() * 1000.0)
+        if depth_mm <= cfg.max_penetration_mm and len(grasp.contacts) >= cfg.min_contacts:
+            return SearchedGrasp(grasp, verts, depth_mm, i + 1)
+        if len(grasp.contacts) >= cfg.min_contacts:
+            best = min(best, (depth_mm, len(grasp.contacts)))
+        elif not np.isfinite(best[0]):
+            best = (np.inf, max(best[1], len(grasp.contacts)))
+    found = f"best: {best[0]:.1f} mm deep" if np.isfinite(best[0]) else f"at most {best[1]} fingers in contact"
+    raise RunError(f"no grasp with the hand at most {cfg.max_penetration_mm:g} mm inside the object and at least "
+                   f"{cfg.min_contacts} fingers touching it in {cfg.max_tries} tries ({found}); "
+                   "try another --seed or another mesh")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -32,6 +32,8 @@ from pathlib import Path
 import mcubes
 import numpy as np
 import trimesh
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from hoirecon.errors import RunError, UserError
 
@@ -39,6 +41,9 @@ __all__ = [
     "CATEGORIES",
     "GraspRegion",
     "ObjectInfo",
+    "LoadedMesh",
+    "HANDHELD_EXTENT_M",
+    "DEFAULT_MESH_SIZE_M",
     "sample_object_params",
     "object_sdf",
     "make_object_info",
@@ -599,17 +604,120 @@ def make_object(category: str, rng: np.random.Generator | int | None = None) -> 
     return make_object_info(category, rng).mesh
 
 
-def load_object_mesh(path: str | Path, size_m: float) -> trimesh.Trimesh:
-    """Load a mesh file, centre it on its bounding box and scale its largest extent to ``size_m``.
+# Largest extents (m) of a hand-held object: a mesh file whose largest extent falls here is
+# taken to be in metres already and keeps its size; outside it the units are unknown.
+HANDHELD_EXTENT_M = (0.03, 0.40)
+# The size a mesh of unknown units is scaled to (largest extent, m).
+DEFAULT_MESH_SIZE_M = 0.15
+
+
+@dataclass
+class LoadedMesh:
+    """A user's object mesh ready for ``synth``.
+
+    mesh: watertight, outward winding, centred on its bounding box, in metres.
+    scale: factor applied to the file's coordinates (1.0: kept as metres).
+    notes: one sentence per thing done to the file's mesh (repairs, rescaling), for the user.
+    """
+
+    mesh: trimesh.Trimesh
+    scale: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _close_mesh(mesh: trimesh.Trimesh) -> list[str]:
+    """Repair ``mesh`` in place towards a closed, outward-wound surface; say what was done.
+
+    Scanned meshes (e.g. YCB's ``textured_simple.obj``) duplicate every vertex on a texture
+    or normal seam, which leaves them open along the seams although the surface is closed:
+    merging those first closes most of them without touching the geometry. Small holes are
+    then filled and the winding made consistent.
+    """
+    notes = []
+    if not mesh.is_watertight:
+        before = len(mesh.vertices)
+        mesh.merge_vertices(merge_tex=True, merge_norm=True)
+        if len(mesh.vertices) < before:
+            notes.append(f"merged {before - len(mesh.vertices)} vertices split by texture/normal seams")
+    if not mesh.is_watertight:
+        faces = len(mesh.faces)
+        mesh.update_faces(mesh.nondegenerate_faces())
+        mesh.update_faces(mesh.unique_faces())
+        mesh.remove_unreferenced_vertices()
+        if len(mesh.faces) < faces:
+            notes.append(f"removed {faces - len(mesh.faces)} degenerate or duplicate faces")
+    if not mesh.is_watertight:
+        faces = len(mesh.faces)
+        trimesh.repair.fill_holes(mesh)
+        loops = _fan_fill_loops(mesh)
+        if len(mesh.faces) > faces:
+            notes.append(f"filled holes with {len(mesh.faces) - faces} faces"
+                         + (f" ({loops} larger hole{'s' if loops > 1 else ''} closed by a fan)" if loops else ""))
+    if mesh.is_watertight and not mesh.is_winding_consistent:
+        trimesh.repair.fix_winding(mesh)
+        notes.append("made the face winding consistent")
+    if mesh.is_watertight and mesh.volume < 0:
+        mesh.invert()
+        notes.append("turned the faces outwards (the file's winding was inside out)")
+    return notes
+
+
+def _boundary_edges(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(E, 2) edges used by only one face, directed as in that face."""
+    return mesh.edges[trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)]
+
+
+def _fan_fill_loops(mesh: trimesh.Trimesh) -> int:
+    """Close every hole whose boundary is one simple loop by a fan around its centroid.
+
+    ``trimesh.repair.fill_holes`` closes only holes of three or four edges; a part glued on
+    without its end caps (a scanned mug's handle) leaves larger loops. Returns the number
+    of loops closed; the mesh is changed in place.
+    """
+    edges = _boundary_edges(mesh)
+    if len(edges) == 0:
+        return 0
+    n = len(mesh.vertices)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    degree = np.bincount(edges.ravel(), minlength=n)
+    verts = np.asarray(mesh.vertices)
+    new_verts, new_faces = [], []
+    for label in np.unique(component[edges[:, 0]]):
+        loop_edges = edges[component[edges[:, 0]] == label]
+        loop = np.unique(loop_edges)
+        if (degree[loop] != 2).any():
+            continue  # not a simple loop (holes touching each other): left open
+        centre = len(verts) + len(new_verts)
+        new_verts.append(verts[loop].mean(0))
+        # The fan's triangles run along each edge backwards, so they wind like their neighbours.
+        new_faces.extend([b, a, centre] for a, b in loop_edges)
+    if new_verts:
+        mesh.vertices = np.concatenate([verts, np.asarray(new_verts)])
+        mesh.faces = np.concatenate([np.asarray(mesh.faces), np.asarray(new_faces, dtype=np.int64)])
+    return len(new_verts)
+
+
+def _open_edges(mesh: trimesh.Trimesh) -> int:
+    """Number of edges used by only one face (the boundary of the holes)."""
+    return len(_boundary_edges(mesh))
+
+
+def load_object_mesh(path: str | Path, size_m: float | None = None) -> LoadedMesh:
+    """Load a mesh file as a watertight object in metres, centred on its bounding box.
 
     Any format trimesh reads (a scene is flattened into one mesh). A mesh that is not
-    watertight is repaired (merge vertices, fill holes, fix winding) when possible.
+    watertight is repaired when possible (seams merged, holes filled, winding fixed;
+    ``LoadedMesh.notes`` says what was done). Scale: ``size_m`` sets the largest extent;
+    without it a mesh whose largest extent is a hand-held size in metres
+    (``HANDHELD_EXTENT_M``) keeps its own scale, any other is scaled to
+    ``DEFAULT_MESH_SIZE_M`` (and a note says so).
 
     Raises:
         UserError: unreadable file, empty mesh, bad size, or a mesh that stays open.
     """
     path = Path(path)
-    if not size_m > 0:
+    if size_m is not None and not size_m > 0:
         raise UserError(f"object size must be positive metres, got {size_m}")
     if not path.is_file():
         raise UserError(f"object mesh not found: {path}")
@@ -620,17 +728,27 @@ def load_object_mesh(path: str | Path, size_m: float) -> trimesh.Trimesh:
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise UserError(f"object mesh {path} has no triangles")
     extent = float(np.max(mesh.extents))
-    if not extent > 0:
-        raise UserError(f"object mesh {path} is degenerate (zero size)")
+    if not extent > 0 or not np.isfinite(extent):
+        raise UserError(f"object mesh {path} is degenerate (zero or infinite size)")
+    notes = _close_mesh(mesh)
+    if not mesh.is_watertight:
+        raise UserError(f"object mesh {path} is not watertight and could not be repaired "
+                        f"({_open_edges(mesh)} open edges left after merging seams and filling holes); "
+                        "close its holes first")
     mesh.apply_translation(-mesh.bounds.mean(axis=0))
-    mesh.apply_scale(size_m / extent)
-    if not mesh.is_watertight:
-        mesh.merge_vertices()
-        mesh.update_faces(mesh.nondegenerate_faces())
-        trimesh.repair.fill_holes(mesh)
-        trimesh.repair.fix_normals(mesh)
-    if not mesh.is_watertight:
-        raise UserError(f"object mesh {path} is not watertight and could not be repaired; close its holes first")
-    if mesh.volume < 0:
-        mesh.invert()
-    return mesh
+    lo, hi = HANDHELD_EXTENT_M
+    if size_m is not None:
+        scale = size_m / extent
+        if not np.isclose(scale, 1.0):
+            notes.append(f"scaled by {scale:.4g} to a largest extent of {size_m:g} m (--object-size)")
+    elif lo <= extent <= hi:
+        scale = 1.0
+        notes.append(f"kept the file's scale: largest extent {extent:.3f} m, a hand-held size in metres")
+    else:
+        scale = DEFAULT_MESH_SIZE_M / extent
+        notes.append(f"rescaled by {scale:.4g}: the largest extent {extent:.4g} is not a hand-held size in metres "
+                     f"({lo:g}-{hi:g}), so the units are unknown; it is now {DEFAULT_MESH_SIZE_M:g} m "
+                     "(--object-size sets it)")
+    if scale != 1.0:
+        mesh.apply_scale(scale)
+    return LoadedMesh(mesh=mesh, scale=float(scale), notes=notes)
