@@ -16,7 +16,7 @@ from torch import Tensor
 from hoirecon.geometry.rotations import axis_angle_to_matrix
 from hoirecon.pose.network import PoseNetOutput, image_to_roi
 
-__all__ = ["LossWeights", "PoseTargets", "decode_hand_params", "pose_losses"]
+__all__ = ["LossWeights", "PoseTargets", "decode_hand_params", "heatmap_cross_entropy", "pose_losses"]
 
 
 def decode_hand_params(params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -45,12 +45,17 @@ class PoseTargets:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """joints_2d: L1 of the soft-argmax joints (hand-box fractions); rotation: squared Frobenius
+    """joints_2d: L1 of the soft-argmax joints (hand-box fractions); heatmap: cross-entropy of
+    the heatmaps' softmax against a Gaussian of ``heatmap_sigma`` cells at each true joint (the
+    soft-argmax alone gives flat initial heatmaps almost no gradient: measured, its L1 stayed at
+    0.25 of the box over 400 steps from scratch); rotation: squared Frobenius
     distance of the global rotation matrices; articulation, shape: squared errors;
     votes: smooth-L1 of every cell's control points (object-box fractions); confidence: squared
     error of the confidence against ``exp(-distance / conf_scale)`` of the vote's own error."""
 
     joints_2d: float = 1.0
+    heatmap: float = 1.0
+    heatmap_sigma: float = 1.0
     rotation: float = 0.5
     articulation: float = 1.0
     shape: float = 0.05
@@ -63,6 +68,26 @@ def _weighted_mean(per_sample: Tensor, weight: Tensor) -> Tensor:
     return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def heatmap_cross_entropy(heatmaps: Tensor, joints_roi: Tensor, sigma: float) -> Tensor:
+    """Per-sample cross-entropy of softmax heatmaps against Gaussian targets.
+
+    Args:
+        heatmaps: (B, J, R, R) logits. joints_roi: (B, J, 2) true joints as RoI fractions (may
+            lie outside [0, 1]: their target is then the nearest border cells). sigma: in cells.
+    Returns:
+        (B,) mean over joints.
+    """
+    B, J, R, _ = heatmaps.shape
+    centres = (torch.arange(R, dtype=heatmaps.dtype, device=heatmaps.device) + 0.5)
+    pos = (joints_roi * R).clamp(0.5, R - 0.5)
+    gx = torch.exp(-0.5 * ((centres - pos[..., 0:1]) / sigma) ** 2)  # (B, J, R)
+    gy = torch.exp(-0.5 * ((centres - pos[..., 1:2]) / sigma) ** 2)
+    target = gy[..., :, None] * gx[..., None, :]
+    target = target / target.sum((-1, -2), keepdim=True)
+    logp = torch.log_softmax(heatmaps.flatten(2), -1).view_as(heatmaps)
+    return -(target * logp).sum((-1, -2)).mean(1)
+
+
 def pose_losses(out: PoseNetOutput, target: PoseTargets, hand_boxes: Tensor,
                 w: LossWeights = LossWeights()) -> dict[str, Tensor]:
     """The terms and their weighted sum ``"total"`` (scalars); ``hand_boxes`` (B, 4) crop pixels."""
@@ -71,6 +96,8 @@ def pose_losses(out: PoseNetOutput, target: PoseTargets, hand_boxes: Tensor,
     joints = (image_to_roi(out.joints_2d, hand_boxes) - image_to_roi(target.joints_2d, hand_boxes)).abs()
     terms = {
         "joints_2d": _weighted_mean(joints.mean((1, 2)), hw),
+        "heatmap": _weighted_mean(heatmap_cross_entropy(out.heatmaps, image_to_roi(target.joints_2d, hand_boxes),
+                                                        w.heatmap_sigma), hw),
         "rotation": _weighted_mean((axis_angle_to_matrix(rot) - target.hand_rot).square().sum((1, 2)), hw),
         "articulation": _weighted_mean((art - target.articulation).square().mean(1), hw),
         "shape": _weighted_mean((shape - target.shape).square().mean(1), hw),
