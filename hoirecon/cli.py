@@ -533,6 +533,73 @@ def prior_sample(
 
 
 @app.command()
+def batch(
+    clips: Optional[list[str]] = typer.Argument(None, help="Clip files (videos), folders or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Batch folder: DIR/<clip name>/ per clip, batch.jsonl, "
+                                                      "batch.csv, index.html."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV or JSON list of clips with columns clip, "
+                                                                     "category, boxes, focal (and name)."),
+    category: Optional[str] = typer.Option(None, "--category", "-c", help="Category of the clips whose manifest "
+                                                                          "row gives none."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Clips at once on this machine (default: "
+                                                                        "what fits the cores and memory)."),
+    ray: bool = typer.Option(False, "--ray", help="Run the clips as Ray tasks ($RAY_ADDRESS or a local Ray; "
+                                                  "needs the extra 'ray' of hoirecon)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="A running Ray cluster (implies --ray)."),
+    rerun_done: bool = typer.Option(False, "--rerun-done", help="Run clips an earlier batch finished with the same "
+                                                                "settings again (their fresh stages stay cached)."),
+    force: Optional[str] = ForceOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    stride: int = StrideOpt,
+    size: int = SizeOpt,
+    detector: str = DetectorOpt,
+    segmenter: str = SegmenterOpt,
+    tracker: str = TrackerOpt,
+    iou_threshold: float = IouOpt,
+    hand_backend: str = HandBackendOpt,
+    side: str = SideOpt,
+    hand_model: str = HandModelOpt,
+    preset: str = PresetOpt,
+    prior: str = PriorOpt,
+    sds_weight: float = SdsWeightOpt,
+    sds_every: int = SdsEveryOpt,
+    steps: Optional[int] = StepsOpt,
+    seed: int = SeedOpt,
+    export_format: str = FormatOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run every stage on many clips (one output folder each), resumable, with one report."""
+    from hoirecon.batch import BatchConfig, run_batch
+    from hoirecon.errors import RunError
+
+    s = _session(quiet, as_json, "batch")
+    # The run options are checked here once (the same configs `run` builds), not in every clip.
+    MasksConfig(detector=detector, segmenter=segmenter, tracker=tracker, iou_threshold=iou_threshold)
+    HandConfig(backend=hand_backend, side=side, hand_model=hand_model)
+    FitConfig(preset=preset, prior=prior, steps=steps, seed=seed, hand_model=hand_model, sds_weight=sds_weight,
+              sds_every=sds_every)
+    ExportConfig(format=export_format)
+    if force is not None and force not in STAGE_ORDER:
+        raise UserError(f"--force: unknown stage '{force}' (choose from {', '.join(STAGE_ORDER)})")
+    options = {"--force": force, "--max-frames": max_frames, "--stride": stride, "--size": size,
+               "--detector": detector, "--segmenter": segmenter, "--tracker": tracker, "--iou-threshold": iou_threshold,
+               "--hand-backend": hand_backend, "--side": side, "--hand-model": hand_model, "--preset": preset,
+               "--prior": prior, "--sds-weight": sds_weight, "--sds-every": sds_every, "--steps": steps,
+               "--seed": seed, "--format": export_format}
+    cfg = BatchConfig(inputs=tuple(clips or ()), out=str(out), manifest=str(manifest) if manifest else None,
+                      category=category,
+                      run_options=tuple(a for k, v in options.items() if v is not None for a in (k, str(v))),
+                      device=device, workers=workers, ray=ray, ray_address=ray_address, rerun_done=rerun_done)
+    summary = run_batch(cfg, s.reporter)
+    s.summary.update(summary)
+    if summary["failed"]:
+        raise RunError(f"{summary['failed']} of {summary['clips']} clips failed: see {summary['reports']['jsonl']}")
+    s.finish()
+
+
+@app.command()
 def status(
     out: Path = typer.Argument(..., help="Output folder."),
     as_json: bool = JsonOpt,
