@@ -142,7 +142,7 @@ def test_training_step_lowers_loss():
     images, hand, obj, targets = _batch(4, TINY.image_size)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(12):
         loss = pose_losses(net(images, hand, obj), targets, hand)["total"]
         opt.zero_grad()
         loss.backward()
