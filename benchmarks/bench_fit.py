@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_model, write_section  # noqa: E402
+from common import cpu_model, hand_penetration_mm, write_section  # noqa: E402
 
 from hoirecon.synth.objects import CATEGORIES  # noqa: E402
 
@@ -62,25 +62,6 @@ def run_fit_child(out: Path, preset: str, steps: int | None, threads: int = 1,
         raise SystemExit(f"fit failed on {out} (exit {proc.returncode}): {err[-2000:]}")
     # ru_maxrss is in kilobytes on Linux.
     return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 1e6}
-
-
-@torch.no_grad()
-def hand_penetration_mm(fit_dir: Path) -> np.ndarray:
-    """(T,) deepest hand vertex inside the fitted object per frame (mm, 0 = none inside)."""
-    from hoirecon.fit.scene import load_object_sdf
-    from hoirecon.geometry.transforms import transform_points
-    from hoirecon.hand import build_hand_model
-
-    sdf = load_object_sdf(fit_dir)
-    poses = np.load(fit_dir / "poses.npz")
-    hand = build_hand_model("anny")
-    art = torch.as_tensor(poses["articulation"])
-    verts = hand(art, torch.zeros(len(art), 3), torch.as_tensor(poses["shape"])[None], None,
-                 side=str(poses["side"])).verts
-    T = torch.as_tensor(poses["T_hand_to_obj"])
-    verts_obj = transform_points(T, verts)
-    d = sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2])
-    return ((-d.min(1).values).clamp_min(0.0) * 1000.0).numpy()
 
 
 def score(out: Path) -> dict:

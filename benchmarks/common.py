@@ -54,3 +54,30 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS.write_text(text)
+
+
+def hand_object_signed_distance(fit_dir: Path):
+    """(T, V) signed distance (m) of every fitted hand vertex to the fitted object surface,
+    negative inside, from a fit folder (``scene.pt`` + ``poses.npz``)."""
+    import numpy as np
+    import torch
+
+    from hoirecon.fit.scene import load_object_sdf
+    from hoirecon.geometry.transforms import transform_points
+    from hoirecon.hand import build_hand_model
+
+    with torch.no_grad():
+        sdf = load_object_sdf(fit_dir)
+        poses = np.load(Path(fit_dir) / "poses.npz")
+        hand = build_hand_model("anny")
+        art = torch.as_tensor(poses["articulation"])
+        verts = hand(art, torch.zeros(len(art), 3), torch.as_tensor(poses["shape"])[None], None,
+                     side=str(poses["side"])).verts
+        verts_obj = transform_points(torch.as_tensor(poses["T_hand_to_obj"]), verts)
+        return sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2]).numpy()
+
+
+def hand_penetration_mm(fit_dir: Path):
+    """(T,) deepest hand vertex inside the fitted object per frame (mm, 0 = none inside)."""
+    d = hand_object_signed_distance(fit_dir)
+    return (-d.min(1)).clip(min=0.0) * 1000.0

@@ -79,10 +79,14 @@ DetectorOpt = typer.Option("auto", "--detector", help="First-frame boxes when no
                            "MediaPipe hand search + the held object next to it; check overlay.mp4) | boxes (require "
                            "--hand-box/--object-box or boxes.json) | doh100 (the paper's detector, needs weights).")
 SegmenterOpt = typer.Option("grabcut", "--segmenter", help="First-frame masks from boxes: grabcut | pointrend.")
-TrackerOpt = typer.Option("flow", "--tracker", help="Mask tracking: flow | stcn.")
+TrackerOpt = typer.Option("foreground", "--tracker", help="Mask tracking: foreground (default: each frame's learned "
+                          "foreground split by the hand's landmarks) | flow (optical flow + GrabCut) | stcn (the paper's, needs weights).")
 IouOpt = typer.Option(0.4, "--iou-threshold", help="Minimum forward-backward IoU for hand and object.")
 HandBackendOpt = typer.Option("mediapipe", "--hand-backend", help="Hand estimator: mediapipe | frankmocap.")
 SideOpt = typer.Option("right", "--side", help="The hand holding the object: right | left.")
+FocalOpt = typer.Option(None, "--focal", help="The camera's focal length in pixels of the original video (default: "
+                        "estimated by structure from motion on the object, else 90 degrees across the longer side).")
+FovOpt = typer.Option(None, "--fov", help="The camera's horizontal field of view in degrees (instead of --focal).")
 HandModelOpt = typer.Option("anny", "--hand-model", help="Hand model: anny (open) | mano (needs weights).")
 PresetOpt = typer.Option("fast", "--preset", help="fast (minutes on a CPU) | paper (the seed's 50k steps).")
 PriorOpt = typer.Option("hoirecon", "--prior", help="Diffusion prior distilled into the object: hoirecon (the "
@@ -186,6 +190,8 @@ def run(
     hand_backend: str = HandBackendOpt,
     side: str = SideOpt,
     hand_model: str = HandModelOpt,
+    focal: Optional[float] = FocalOpt,
+    fov: Optional[float] = FovOpt,
     preset: str = PresetOpt,
     prior: str = PriorOpt,
     sds_weight: float = SdsWeightOpt,
@@ -205,7 +211,8 @@ def run(
     stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size)),
               (STAGES["masks"], _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker,
                                               iou_threshold, side)),
-              (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model)),
+              (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model, focal_px=focal,
+                                          fov_deg=fov)),
               (STAGES["fit"], FitConfig(preset=preset, prior=prior, category=category, steps=steps, seed=seed,
                                         hand_model=hand_model, sds_weight=sds_weight, sds_every=sds_every)),
               (STAGES["export"], ExportConfig(format=export_format))]
@@ -278,7 +285,10 @@ def hand(
     backend: str = typer.Option("mediapipe", "--backend", help="Hand estimator: mediapipe | frankmocap."),
     side: str = SideOpt,
     hand_model: str = HandModelOpt,
-    focal: float = typer.Option(1.0, "--focal", help="Focal length in normalised units (half the longer side = 1)."),
+    focal: Optional[float] = FocalOpt,
+    fov: Optional[float] = FovOpt,
+    sfm: bool = typer.Option(True, "--sfm/--no-sfm", help="Structure from motion on the object's pixels for the "
+                             "focal length and the object's own rotations."),
     smooth: float = typer.Option(1.0, "--smooth", help="Joint-velocity smoothing weight (0 = off)."),
     presence_threshold: float = typer.Option(0.5, "--presence-threshold", help="Landmark presence needed per frame."),
     ik_iterations: int = typer.Option(200, "--ik-iterations", help="IK optimisation steps per frame."),
@@ -290,10 +300,21 @@ def hand(
 ) -> None:
     """Per-frame hand initialisation: articulation, shape, camera pose T_cam_to_hand (seed A.5, eq. 4)."""
     s = _session(quiet, as_json, "hand")
-    cfg = HandConfig(backend=backend, side=side, hand_model=hand_model, focal=focal, smooth_weight=smooth,
+    cfg = HandConfig(backend=backend, side=side, hand_model=hand_model, focal_px=focal, fov_deg=fov, sfm=sfm,
+                     smooth_weight=smooth,
                      presence_threshold=presence_threshold, ik_iterations=ik_iterations, perspective_ik=not weak_ik)
     _run_stages(s, out, [(STAGES["hand"], cfg)], "hand" if force else None, device, existing=True)
     s.finish()
+
+
+def _hand_config_with_camera(out: Path, focal: Optional[float], fov: Optional[float]) -> HandConfig:
+    manifest = read_manifest(out / "hand")
+    if manifest is None:
+        raise UserError(f"no hand stage in {out}: run `hoirecon hand {out} --focal ...` first")
+    known = {f for f in HandConfig.__dataclass_fields__}
+    settings = {k: v for k, v in manifest.get("config", {}).items() if k in known}
+    settings.update(focal_px=focal, fov_deg=fov)
+    return HandConfig(**settings)
 
 
 def _require_output_folder(out: Path) -> None:
@@ -333,6 +354,8 @@ def fit(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop the optimisation after this "
                                                 "many seconds (schedules still span the preset's steps)."),
     mesh_resolution: int = typer.Option(128, "--mesh-resolution", help="Marching-cubes grid of object.ply."),
+    focal: Optional[float] = FocalOpt,
+    fov: Optional[float] = FovOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -344,7 +367,12 @@ def fit(
                     sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
                     blend=blend, per_frame_object_pose=per_frame_pose, time_budget_s=time_budget,
                     mesh_resolution=mesh_resolution)
-    _run_stages(s, out, [(STAGES["fit"], cfg)], "fit" if force else None, device, existing=True)
+    stages = [(STAGES["fit"], cfg)]
+    if focal is not None or fov is not None:
+        # The camera is the hand stage's: redo it with this one, keeping its other settings.
+        _require_output_folder(out)
+        stages.insert(0, (STAGES["hand"], _hand_config_with_camera(out, focal, fov)))
+    _run_stages(s, out, stages, "fit" if force else None, device, existing=True)
     s.finish()
 
 

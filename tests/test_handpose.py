@@ -434,7 +434,7 @@ def test_frankmocap_conversion_with_a_stand_in(hand, monkeypatch):
     est = hand_stage.estimate_frankmocap(frames, masks, hand, cfg, "cpu", regressor=fake)
     assert est.valid.tolist() == [True, False]
     assert torch.allclose(est.articulation[0], art, atol=1e-6)
-    T_h2c = weak_to_hand_to_cam(est.weak_cam[:1], est.wrist_rot[:1], est.weak_origin[:1], cfg.focal)
+    T_h2c = weak_to_hand_to_cam(est.weak_cam[:1], est.wrist_rot[:1], est.weak_origin[:1], 1.0)
     # The index MCP (FrankMocap's camera origin) projects exactly where FrankMocap's weak camera puts it.
     kp = hand(art[None], torch.zeros(1, 3)).keypoints
     mcp_cam = (T_h2c[0, :3, :3] @ kp[0, 5]) + T_h2c[0, :3, 3]
@@ -458,6 +458,7 @@ def test_hand_config_rejects_bad_values():
     from hoirecon.errors import UserError
     from hoirecon.stages.hand import HandConfig
 
-    for kw in ({"backend": "x"}, {"side": "middle"}, {"focal": 0.0}, {"smooth_weight": -1.0}):
+    for kw in ({"backend": "x"}, {"side": "middle"}, {"focal_px": 0.0}, {"focal_px": float("nan")}, {"fov_deg": 0.5},
+               {"fov_deg": 200.0}, {"focal_px": 500.0, "fov_deg": 60.0}, {"smooth_weight": -1.0}):
         with pytest.raises(UserError):
             HandConfig(**kw)

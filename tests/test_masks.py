@@ -147,6 +147,20 @@ def test_cli_iou_failure_is_one_line_exit_1(tmp_path):
     assert code == 1 and len(err.strip().splitlines()) == 1 and "--masks-dir" in err
 
 
+def test_failed_check_leaves_its_overlay_and_quality(tmp_path):
+    clip, _, _ = _clip(tmp_path, teleport=True)
+    out = tmp_path / "o"
+    boxes = ("--hand-box", "50,30,76,58", "--object-box", "24,26,56,70", "--quiet")
+    code, _, err = run_cli("masks", str(clip), "--out", str(out), *boxes)
+    overlay = out / "masks_failed" / "overlay.mp4"
+    assert code == 1 and str(overlay) in err and overlay.stat().st_size > 0
+    quality = json.loads((out / "masks_failed" / "quality.json").read_text())
+    assert quality["passed"] is False and quality["track_iou"]["object"] < 0.4
+    # --iou-threshold 0 goes on with the masks as they are, and the stale failure pictures go.
+    code, _, _ = run_cli("masks", str(clip), "--out", str(out), *boxes, "--iou-threshold", "0")
+    assert code == 0 and (out / "masks" / "overlay.mp4").is_file() and not (out / "masks_failed").exists()
+
+
 def test_user_masks_dir_is_validated(tmp_path):
     clip, hands, objs = _clip(tmp_path)
     good = tmp_path / "good"

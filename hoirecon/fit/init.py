@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -148,3 +150,78 @@ def visual_hull_sdf(
     # -0.5 voxel shifts put the zero level halfway between an inside and an outside node.
     sdf = np.where(occ, -(inside - 0.5 * voxel), outside - 0.5 * voxel)
     return torch.from_numpy(sdf.astype(np.float32)).to(device)
+
+
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotation matrices -> (...,) rotation angles in degrees."""
+    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+@dataclass
+class ObjectCameras:
+    """Object-frame cameras from structure from motion (``hoirecon.geometry.object_sfm``).
+
+    R_cam_from_obj: (T, 3, 3), t_cam_from_obj: (T, 3) in the model's frame and scale;
+    registered: (T,) bool (at least one True); center: (3,) the object's centre in the model.
+    """
+
+    R_cam_from_obj: np.ndarray
+    t_cam_from_obj: np.ndarray
+    registered: np.ndarray
+    center: np.ndarray
+
+
+def object_in_hand_poses(cams: ObjectCameras, T_cam_to_hand: np.ndarray,
+                         center_hand: np.ndarray) -> np.ndarray:
+    """Per-frame pose of the object in the hand's frame, with the object's motion from structure
+    from motion and the hand's own per-frame pose.
+
+    The object frame has its origin at the model's centre and the model's axes. The model's
+    scale is set so that the object centre's median depth equals that of ``center_hand``
+    (the centre triangulated through the hand-derived cameras). Frames that did not register
+    keep the nearest registered frame's object pose in the hand (the object then moves with
+    the hand, as it does between registered frames).
+
+    Args:
+        cams: the object-frame cameras. T_cam_to_hand: (T, 4, 4). center_hand: (3,).
+    Returns:
+        T_hand_to_obj (T, 4, 4).
+    """
+    T_hand_to_cam = np.linalg.inv(np.asarray(T_cam_to_hand, np.float64))
+    R, t, reg = np.asarray(cams.R_cam_from_obj, np.float64), np.asarray(cams.t_cam_from_obj, np.float64), cams.registered
+    model_depth = (R @ cams.center + t)[:, 2]
+    hand_depth = (T_hand_to_cam[:, :3, :3] @ center_hand + T_hand_to_cam[:, :3, 3])[:, 2]
+    scale = float(np.median(hand_depth[reg]) / max(np.median(model_depth[reg]), 1e-9))
+    T_obj_to_cam = np.tile(np.eye(4), (len(R), 1, 1))
+    T_obj_to_cam[:, :3, :3] = R
+    T_obj_to_cam[:, :3, 3] = scale * (R @ cams.center + t)
+    T_hand_to_obj = np.linalg.inv(T_obj_to_cam) @ T_hand_to_cam
+    idx = np.nonzero(reg)[0]
+    nearest = idx[np.abs(np.arange(len(R))[:, None] - idx[None]).argmin(1)]
+    return T_hand_to_obj[nearest]
+
+
+def grasp_consensus(T_hand_to_obj: np.ndarray, max_angle_deg: float = 45.0,
+                    max_shift: float = 0.05) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """The grasp most frames agree on, and the frames whose hand pose contradicts it.
+
+    A held object moves with the hand, so the hand's pose in the object frame changes little
+    over a clip; a frame far from the others is the hand estimator's error (a hand seen from
+    above read as seen from below, a hand cut by the frame's edge put twice as far away).
+
+    Args:
+        T_hand_to_obj: (T, 4, 4) per-frame hand-to-object poses.
+        max_angle_deg, max_shift: a frame whose hand rotation (degrees) or position in the
+            object frame (m) is farther than this from the consensus frame's is an outlier.
+    Returns:
+        consensus frame (the medoid: least median rotation angle to the others), rotation
+        deviation (T,) degrees, position deviation (T,) m, outliers (T,) bool.
+    """
+    R = np.asarray(T_hand_to_obj, np.float64)[:, :3, :3]
+    pairwise = rotation_angle_deg(np.transpose(R, (0, 2, 1))[:, None] @ R[None])
+    ref = int(np.argmin(np.median(pairwise, 1)))
+    hand_in_obj = np.asarray(T_hand_to_obj, np.float64)[:, :3, 3]
+    angle = pairwise[ref]
+    shift = np.linalg.norm(hand_in_obj - np.median(hand_in_obj, 0), axis=-1)
+    return ref, angle, shift, (angle > max_angle_deg) | (shift > max_shift)

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 
 from hoirecon.errors import RunError
-from hoirecon.fit.init import estimate_object_center, estimate_object_radius, visual_hull_sdf
+from hoirecon.fit.init import (
+    ObjectCameras,
+    estimate_object_center,
+    estimate_object_radius,
+    grasp_consensus,
+    object_in_hand_poses,
+    visual_hull_sdf,
+)
 from hoirecon.fit.losses import (
     LossWeights,
     deep_penetration_loss,
@@ -167,7 +174,8 @@ def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
 def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side: str, image_size,
                         hand_masks: np.ndarray, obj_masks: np.ndarray, cfg: InitConfig,
                         device: str | torch.device = "cpu", seed: int = 0,
-                        valid: np.ndarray | None = None) -> tuple[HOIScene, dict]:
+                        valid: np.ndarray | None = None,
+                        object_cameras: ObjectCameras | None = None) -> tuple[HOIScene, dict]:
     """Place the object near the hand, size it, carve its visual hull, build the scene.
 
     Args:
@@ -176,8 +184,12 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         hand_masks, obj_masks: (T, H, W) bool.
         valid: (T,) bool, frames where the hand estimator found the hand (None = all);
             the others get ``cfg.invalid_trust`` as their weight of the init priors.
+        object_cameras: object-frame cameras from structure from motion: each frame's object
+            pose starts from them (``hoirecon.fit.init.object_in_hand_poses``); None: one
+            shared pose, the object frame aligned with the hand's.
     Returns:
-        scene (on ``device``) and an info dict (centre_hand, radius, hull volume fraction).
+        scene (on ``device``) and an info dict (centre_hand, radius, hull volume fraction;
+        with object cameras, the per-frame disagreement of the hand-derived rotations).
     """
     K = np.asarray(K, np.float64)
     T_c2h = np.asarray(T_cam_to_hand, np.float64)
@@ -188,10 +200,25 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
                          torch.as_tensor(np.asarray(shape), dtype=torch.float32, device=hdev)[None], None, side=side)
         hand_center = out.verts.mean(dim=(0, 1)).double().cpu().numpy()
     center = estimate_object_center(obj_masks, K, T_c2h, hand_center, cfg.center_ridge)
-    radius = estimate_object_radius(obj_masks, K, T_c2h, center, cfg.radius_margin)
     T_h2o = np.eye(4)
     T_h2o[:3, 3] = -center
-    T_c2o = torch.as_tensor(T_h2o[None] @ T_c2h, dtype=torch.float32)
+    start, trust_cap = None, np.ones(len(T_c2h))
+    T_h2o_frames = np.repeat(T_h2o[None], len(T_c2h), 0)
+    if object_cameras is not None:
+        T_h2o_frames = object_in_hand_poses(object_cameras, T_c2h, center)
+        ref, angle, shift, outliers = grasp_consensus(T_h2o_frames)
+        # Where the hand estimator contradicts the grasp the other frames agree on, the hand
+        # starts from that grasp, carried by the object's own camera, and is trusted less.
+        T_c2o = T_h2o_frames @ T_c2h
+        T_c2h = np.where(outliers[:, None, None], np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o, T_c2h)
+        T_h2o_frames = np.where(outliers[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
+        trust_cap = np.where(outliers, cfg.invalid_trust, 1.0)
+        # Base pose = frame 0's; every frame's own pose is a fixed start on top of it.
+        T_h2o = T_h2o_frames[0]
+        start = T_h2o_frames @ np.linalg.inv(T_h2o)
+    # Sized around the object's own centre in each frame (the camera-to-object poses' origin).
+    radius = estimate_object_radius(obj_masks, K, T_h2o_frames @ T_c2h, np.zeros(3), cfg.radius_margin)
+    T_c2o = torch.as_tensor(T_h2o_frames @ T_c2h, dtype=torch.float32)
     hull = visual_hull_sdf(torch.from_numpy(obj_masks), torch.from_numpy(hand_masks),
                            torch.as_tensor(K, dtype=torch.float32), T_c2o, radius, cfg.hull_resolution,
                            cfg.hull_dilate_px, cfg.hull_max_votes)
@@ -201,16 +228,24 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         sdf = build_object_sdf({"kind": cfg.sdf_kind, "radius": radius})
     gen = torch.Generator().manual_seed(seed)
     prefit_err = fit_sdf_to_grid(sdf, hull, steps=cfg.mlp_prefit_steps, generator=gen)
-    trust = None
+    trust = None if object_cameras is None else trust_cap.astype(np.float32)
     if valid is not None:
         valid = np.asarray(valid, bool).reshape(-1)
         if valid.shape[0] != T_c2h.shape[0]:
             raise RunError(f"'valid' has {valid.shape[0]} frames, the clip has {T_c2h.shape[0]}")
-        trust = np.where(valid, 1.0, cfg.invalid_trust).astype(np.float32)
+        trust = np.minimum(np.where(valid, 1.0, cfg.invalid_trust), trust_cap).astype(np.float32)
     scene = HOIScene(sdf, hand_model, K, T_c2h, articulation, shape, side, image_size, T_h2o,
-                     beta_init=cfg.beta_init * radius, beta_min=cfg.beta_min * radius, init_trust=trust).to(device)
+                     object_in_camera=object_cameras is not None,
+                     beta_init=cfg.beta_init * radius, beta_min=cfg.beta_min * radius, init_trust=trust,
+                     obj_start=None if start is None else torch.as_tensor(start, dtype=torch.float32)).to(device)
     info = {"center_hand": center.tolist(), "radius": float(radius),
             "hull_fraction": float((hull < 0).float().mean()), "prefit_error_m": prefit_err}
+    if object_cameras is not None:
+        info["object_cameras"] = {
+            "consensus_frame": ref, "registered": object_cameras.registered.tolist(),
+            "hand_vs_grasp_rotation_deg": [round(float(v), 2) for v in angle],
+            "hand_vs_grasp_shift_mm": [round(float(v) * 1000, 1) for v in shift],
+            "hand_outlier_frames": np.nonzero(outliers)[0].tolist()}
     return scene, info
 
 

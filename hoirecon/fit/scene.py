@@ -6,9 +6,11 @@ Parameters (T frames), all float32:
   ``sdf.radius`` at the object-frame origin; ``density`` (VolSDF Laplace beta, metres).
 - camera: ``T_cam_to_hand^t = [Rot(cam_rot^t) | cam_trans^t] @ T_cam_to_hand_init^t``
   (a small correction applied in the hand frame; deltas start at zero).
-- object pose: ``T_hand_to_obj^t = [Rot(obj_rot^t) | obj_trans^t] @ [Rot(obj_rot_base) | obj_trans_base]``
-  (shared base pose + per-frame deltas starting at zero, in the object frame, so a delta
-  rotation turns the object about its centre).
+- object pose: ``T_hand_to_obj^t = [Rot(obj_rot^t) | obj_trans^t] @ obj_start^t
+  @ [Rot(obj_rot_base) | obj_trans_base]`` (shared base pose + per-frame deltas starting at
+  zero, in the object frame, so a delta rotation turns the object about its centre;
+  ``obj_start`` (T, 4, 4) is a fixed per-frame start, the identity unless structure from
+  motion on the object says how it moves in the hand's frame, see ``hoirecon.fit.init``).
 - hand: ``articulation^t = articulation_init^t + artic_delta^t``, ``shape`` shared; the
   hand mesh in the hand frame is the hand model with ``wrist_rot = 0`` and no translation
   (the wrist rotation is folded into the camera pose, as in the paper).
@@ -121,6 +123,12 @@ class HOIScene(nn.Module):
         shape_init: (10,). side: 'right' | 'left'. image_size: (W, H).
         T_hand_to_obj_base: (4, 4) initial shared object pose (rotation + translation).
         beta_init: initial Laplace beta (m). beta_min: its floor (m).
+        obj_start: (T, 4, 4) fixed per-frame start of the object pose, applied in the object
+            frame after the base pose (None = identity).
+        object_in_camera: the object's pose is anchored in the camera, not in the hand: a
+            correction of the hand's camera pose moves the hand alone (used when the object's
+            cameras come from its own motion, structure from motion, and the hand's from the
+            hand estimator).
         init_trust: (T,) weights of the pull to the hand / camera initialisation per frame
             (None = 1 everywhere; the fit uses ``InitConfig.invalid_trust`` where hands.npz
             says ``valid = False``).
@@ -128,7 +136,7 @@ class HOIScene(nn.Module):
 
     def __init__(self, sdf: ObjectSDF, hand_model, K, T_cam_to_hand_init, articulation_init, shape_init,
                  side: str, image_size: tuple[int, int], T_hand_to_obj_base, beta_init: float, beta_min: float,
-                 init_trust=None):
+                 init_trust=None, obj_start=None, object_in_camera: bool = False):
         super().__init__()
         f32 = dict(dtype=torch.float32)
         T = int(torch.as_tensor(T_cam_to_hand_init).shape[0])
@@ -143,6 +151,9 @@ class HOIScene(nn.Module):
         # (lower on frames where the hand estimator failed and the init is interpolated).
         trust = torch.ones(T, **f32) if init_trust is None else torch.as_tensor(init_trust, **f32).reshape(T)
         self.register_buffer("init_trust", trust.clone())
+        start = torch.eye(4, **f32).repeat(T, 1, 1) if obj_start is None else torch.as_tensor(obj_start, **f32)
+        self.register_buffer("obj_start", start.reshape(T, 4, 4).clone())
+        self.object_in_camera = bool(object_in_camera)
         self.density = LaplaceDensity(beta_init=beta_init - beta_min, beta_min=beta_min)
         base = torch.as_tensor(T_hand_to_obj_base, **f32)
         from hoirecon.geometry.rotations import matrix_to_axis_angle
@@ -176,7 +187,11 @@ class HOIScene(nn.Module):
         f = self._frames(frames)
         base = pose_matrix(self.obj_rot_base, self.obj_trans_base)
         base = base.detach() if base_fixed else base
-        return pose_matrix(self.obj_rot[f], self.obj_trans[f]) @ base
+        T = pose_matrix(self.obj_rot[f], self.obj_trans[f]) @ self.obj_start[f] @ base
+        if self.object_in_camera:
+            # T_hand_to_obj = T_cam_to_obj @ T_hand_to_cam, with T_cam_to_obj fixed to the initial hand camera.
+            T = T @ self.T_cam_to_hand_init[f] @ invert_rigid(self.T_cam_to_hand(f))
+        return T
 
     def articulation(self, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 45) refined articulation."""
@@ -248,6 +263,7 @@ class HOIScene(nn.Module):
             "beta": float(self.density.beta().detach()),
             "side": self.side,
             "image_size": list(self.image_size),
+            "object_in_camera": self.object_in_camera,
             "params": {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("sdf.")},
         }
 

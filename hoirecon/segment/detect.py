@@ -295,7 +295,7 @@ def static_background(frame0_rgb: np.ndarray, frame_k_rgb: np.ndarray, hand: np.
     return residual < cfg.static_frac * hand_motion
 
 
-def _more_like(image_rgb: np.ndarray, region_a: np.ndarray, region_b: np.ndarray, bins: int = 16) -> np.ndarray:
+def more_like(image_rgb: np.ndarray, region_a: np.ndarray, region_b: np.ndarray, bins: int = 16) -> np.ndarray:
     """(H, W) bool: pixels whose (Lab, ``bins``^3 histogram) colour is more frequent in
     ``region_a`` than in ``region_b`` (both (H, W) bool)."""
     lab = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB).astype(np.int64) * bins // 256
@@ -307,7 +307,8 @@ def _more_like(image_rgb: np.ndarray, region_a: np.ndarray, region_b: np.ndarray
 
 def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
                           cfg: ObjectDetectConfig = ObjectDetectConfig(),
-                          static: Optional[np.ndarray] = None) -> np.ndarray:
+                          static: Optional[np.ndarray] = None,
+                          foreground: Optional[np.ndarray] = None) -> np.ndarray:
     """The held object's first-frame mask: what stands out next to the hand and touches it.
 
     GrabCut with: background = pixels farther than ``cfg.reach`` hand sizes from the hand,
@@ -318,6 +319,8 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
         image_rgb: (H, W, 3) uint8 RGB.
         keypoints_2d: (21, 2) hand landmarks, image pixels.
         static: (H, W) bool static background (:func:`static_background`) or None.
+        foreground: (H, W) bool, the learned foreground of a person and what they hold
+            (``hoirecon.segment.foreground``), or None; outside it is background.
     Returns:
         (H, W) bool (empty when nothing stands out).
     """
@@ -331,6 +334,8 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
     init[:border], init[-border:], init[:, :border], init[:, -border:] = (cv2.GC_BGD,) * 4
     if static is not None:
         init[static] = cv2.GC_BGD
+    if foreground is not None:
+        init[~foreground] = cv2.GC_BGD
     init[hand] = cv2.GC_BGD
     if (init == cv2.GC_PR_FGD).sum() < 16:
         return np.zeros((h, w), bool)
@@ -344,7 +349,7 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     # Skin next to the landmarks (forearm, the palm's edges) is not the object: drop pixels
     # whose colour is more frequent in the hand's region than in the candidate region.
-    skin = _more_like(image_rgb, hand, fg.astype(bool) & (dist > cfg.contact_frac * size))
+    skin = more_like(image_rgb, hand, fg.astype(bool) & (dist > cfg.contact_frac * size))
     hand = hand | (skin & (dist < cfg.reach * size))
     fg[skin] = 0
     dist = cv2.distanceTransform((~hand).astype(np.uint8), cv2.DIST_L2, 3)
@@ -356,13 +361,16 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
 
 
 def detect_held_object_box(frames_rgb: Sequence[np.ndarray], keypoints_2d: np.ndarray,
-                           cfg: ObjectDetectConfig = ObjectDetectConfig()) -> Optional[tuple[Box, float]]:
+                           cfg: ObjectDetectConfig = ObjectDetectConfig(),
+                           foreground: Optional[np.ndarray] = None) -> Optional[tuple[Box, float]]:
     """First-frame box of the object held by the hand, or None.
 
     Args:
         frames_rgb: T x (H, W, 3) uint8 RGB (only the first ``cfg.motion_frames + 1`` are used;
             one frame disables the motion cue).
         keypoints_2d: (21, 2) the hand's landmarks in frame 0 (:class:`HandDetection`).
+        foreground: (H, W) bool learned foreground of frame 0 or None (see
+            :func:`object_mask_near_hand`).
     Returns:
         ((x0, y0, x1, y1), score) with score the object mask's area as a fraction of its box
         (a compactness measure in (0, 1]), or None when no region touches the hand.
@@ -376,7 +384,7 @@ def detect_held_object_box(frames_rgb: Sequence[np.ndarray], keypoints_2d: np.nd
         dist = cv2.distanceTransform((~hand).astype(np.uint8), cv2.DIST_L2, 3)
         static = static_background(first, frames_rgb[min(len(frames_rgb) - 1, cfg.motion_frames)], hand,
                                    dist > cfg.reach * size, cfg)
-    mask = object_mask_near_hand(first, keypoints_2d, cfg, static)
+    mask = object_mask_near_hand(first, keypoints_2d, cfg, static, foreground)
     box = mask_box(mask)
     if box is None:
         return None

@@ -39,6 +39,7 @@ import torch
 from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
 from hoirecon.fit.guidance import PRIOR_NAMES, GuidanceConfig, build_guidance
+from hoirecon.fit.init import ObjectCameras, rotation_angle_deg
 from hoirecon.fit.losses import LossWeights
 from hoirecon.fit.mesh import extract_mesh
 from hoirecon.fit.optimize import (
@@ -55,7 +56,7 @@ from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.render.volume import VolumeRenderConfig
 from hoirecon.stages.frames import load_frames_meta
 
-VERSION = "4"
+VERSION = "5"
 PRESETS = ("fast", "paper")
 
 
@@ -84,6 +85,9 @@ class FitConfig:
     preview_every: steps between preview images (0 = only the last step).
     checkpoint_every: steps between resumable checkpoints.
     iou_stride: pixel stride of the final per-frame mask IoU evaluation.
+    object_cameras: where the hand stage registered the object by structure from motion,
+        start each frame's object rotation from it (the object's own motion) instead of
+        from the hand's (False: the hand-derived cameras only, as the paper).
     """
 
     preset: str = "fast"
@@ -102,6 +106,7 @@ class FitConfig:
     preview_every: int = 500
     checkpoint_every: int = 100
     iou_stride: int = 2
+    object_cameras: bool = True
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -182,6 +187,42 @@ def _check_hand_model(hands: dict, hand_model: str, path: Path) -> None:
                         f"pass --hand-model {fitted}, or rerun the hand stage with --hand-model {hand_model}")
 
 
+def _object_cameras(hands: dict) -> Optional[ObjectCameras]:
+    """The hand stage's structure-from-motion object cameras, or None where none registered."""
+    registered = np.asarray(hands.get("sfm_registered", np.zeros(0, bool)), bool)
+    if registered.size != len(hands["T_cam_to_hand"]) or not registered.any():
+        return None
+    return ObjectCameras(np.asarray(hands["R_cam_from_obj_sfm"], np.float64),
+                         np.asarray(hands["t_cam_from_obj_sfm"], np.float64), registered,
+                         np.asarray(hands["center_sfm"], np.float64))
+
+
+def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dict:
+    """Which cameras the fit started from; per frame, how far the hand estimator's pose of the
+    hand in the object frame is from the grasp most frames agree on (frames past the limits
+    started from that grasp instead), and how far the fitted object rotations end from
+    structure from motion (degrees, relative to the first registered frame)."""
+    if cams is None:
+        return {"source": "hand", "sfm_registered_frames": 0}
+    with torch.no_grad():
+        T_c2o = (scene.T_hand_to_obj() @ scene.T_cam_to_hand()).cpu().numpy().astype(np.float64)
+    fitted_obj_from_cam = T_c2o[:, :3, :3]
+    sfm_obj_from_cam = np.transpose(cams.R_cam_from_obj, (0, 2, 1))
+    reg = cams.registered
+    ref = int(np.nonzero(reg)[0][0])
+    # The object's rotation between the reference frame and frame t, as the camera sees it.
+    fitted = fitted_obj_from_cam @ np.transpose(fitted_obj_from_cam[ref])[None]
+    sfm = sfm_obj_from_cam @ np.transpose(sfm_obj_from_cam[ref])[None]
+    error = rotation_angle_deg(np.transpose(fitted, (0, 2, 1)) @ sfm)
+    grasp = init_info["object_cameras"]
+    return {"source": "object: structure from motion; hand: hand estimator", "sfm_registered_frames": int(reg.sum()),
+            "grasp_consensus_frame": grasp["consensus_frame"], "hand_outlier_frames": grasp["hand_outlier_frames"],
+            "hand_vs_grasp_rotation_deg": grasp["hand_vs_grasp_rotation_deg"],
+            "hand_vs_grasp_shift_mm": grasp["hand_vs_grasp_shift_mm"],
+            "fitted_vs_sfm_rotation_deg": [round(float(v), 2) if r else None for v, r in zip(error, reg)],
+            "fitted_vs_sfm_rotation_deg_max": round(float(error[reg].max()), 2)}
+
+
 def _preview(scene, labels: torch.Tensor, opt_cfg: OptimizeConfig, frames: list[int], path: Path) -> None:
     """Rows: observed labels | rendered labels, for a few frames (hand blue, object orange)."""
     colours = np.array([[30, 30, 30], [255, 120, 40], [30, 150, 255]], np.uint8)  # BGR: bg, hand, object
@@ -218,9 +259,11 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         ctx.reporter.info(f"category '{cfg.category}' is not in the prior's vocabulary: the prior runs "
                           f"category-agnostic ('unknown')")
     torch.manual_seed(cfg.seed)
+    cams = _object_cameras(hands) if cfg.object_cameras else None
     scene, init_info = build_initial_scene(hand_model, hands["K"], hands["T_cam_to_hand"], hands["articulation"],
                                            hands["shape"], hands["side"], (W, H), hand_m, obj_m, init_cfg,
-                                           device, cfg.seed, valid=hands.get("valid"))
+                                           device, cfg.seed, valid=hands.get("valid"),
+                                           object_cameras=cams)
     out = ctx.tmp_dir
     init_mesh = extract_mesh(scene.sdf, scene.sdf.radius, 64, device)
     init_mesh.export(out / "object_init.ply")
@@ -261,6 +304,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         "mean_iou_object": float(np.mean([r["iou_object"] for r in ious])),
         "mean_iou_hand": float(np.mean([r["iou_hand"] for r in ious])),
         "mask_iou": ious, "init": init_info, "object_faces": int(len(mesh.faces)),
+        "cameras": _camera_report(scene, cams, init_info),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {k: summary[k] for k in ("preset", "category", "category_used", "steps", "seconds", "mean_iou_object",

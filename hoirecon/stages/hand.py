@@ -37,7 +37,16 @@ Artifacts in ``<out>/hand/``:
     frames; ``weak_origin`` (T, 3) the weak camera's reference point in the hand frame
     (metres); ``wrist_rot`` (T, 3) final axis-angle rotation hand frame -> camera;
     ``presence`` (T,) the estimator's confidence (0 where none); ``image_size`` (W, H);
-    ``focal`` () the focal length in normalised units; ``hand_model`` (str).
+    ``focal`` () the focal length in normalised units; ``hand_model`` (str);
+    structure from motion on the object's pixels (``hoirecon.geometry.object_sfm``; all
+    False / identity / zero when it did not register enough frames): ``sfm_registered``
+    (T,) bool, ``R_cam_from_obj_sfm`` (T, 3, 3), ``t_cam_from_obj_sfm`` (T, 3) and
+    ``center_sfm`` (3,), in the model's own frame and scale.
+``camera.json``
+    The intrinsics used (``focal_px``, ``fov_deg`` across the width, ``cx``, ``cy``,
+    ``image_size``), where the focal length came from (``source``: --focal, --fov,
+    structure from motion, or the paper's default) and the structure-from-motion result
+    (registered frames, its focal, why it was not used).
 ``overlay.mp4``
     The shaded hand mesh (blue-green, white outline; grey on interpolated frames) over every
     frame, with the estimator's 2D keypoints as green dots.
@@ -51,13 +60,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 
 from hoirecon.errors import RunError, UserError
+from hoirecon.geometry.object_sfm import ObjectSfM, object_sfm
 from hoirecon.geometry.rotations import axis_angle_to_matrix, reflect_axis_angle
 from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.hand import build_hand_model
@@ -79,7 +92,7 @@ from hoirecon.render.mesh import render_mesh_image
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 from hoirecon.stages.masks import tracked_side
 
-VERSION = "1"
+VERSION = "2"
 BACKENDS = ("mediapipe", "frankmocap")
 SIDES = ("right", "left")
 
@@ -91,8 +104,12 @@ class HandConfig:
     backend: "mediapipe" (offline default) | "frankmocap" (paper; needs weights).
     side: which hand holds the object: "right" | "left".
     hand_model: "anny" (offline default) | "mano" (needs weights/mano/MANO_RIGHT.pkl).
-    focal: pinhole focal length in normalised units (half the longer image side = 1); the
-        paper uses 1 (90 degree field of view across the longer side).
+    focal_px: the camera's focal length in pixels of the original video, when known.
+    fov_deg: else its horizontal field of view in degrees, when known.
+    sfm: with neither, estimate the focal length (and the object's own per-frame rotation)
+        by structure from motion on the object's pixels (``hoirecon.geometry.object_sfm``);
+        where that fails (too little texture), the paper's focal of 1 in normalised units
+        (half the longer image side; 90 degrees across it) is used.
     smooth_weight: joint-velocity penalty weight (0 = no smoothing), see
         ``hoirecon.handpose.smooth``.
     presence_threshold: MediaPipe presence (x mask and handedness agreement) needed for a
@@ -112,7 +129,9 @@ class HandConfig:
     backend: str = "mediapipe"
     side: str = "right"
     hand_model: str = "anny"
-    focal: float = 1.0
+    focal_px: Optional[float] = None
+    fov_deg: Optional[float] = None
+    sfm: bool = True
     smooth_weight: float = 1.0
     presence_threshold: float = 0.5
     ik_iterations: int = 200
@@ -124,8 +143,12 @@ class HandConfig:
                                      ("hand model", self.hand_model, HAND_MODELS)):
             if value not in choices:
                 raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
-        if not self.focal > 0:
-            raise UserError(f"--focal must be > 0, got {self.focal}")
+        if self.focal_px is not None and not (math.isfinite(self.focal_px) and self.focal_px > 0):
+            raise UserError(f"--focal must be a positive number of pixels, got {self.focal_px}")
+        if self.fov_deg is not None and not (math.isfinite(self.fov_deg) and 1.0 <= self.fov_deg <= 170.0):
+            raise UserError(f"--fov must be in [1, 170] degrees, got {self.fov_deg}")
+        if self.focal_px is not None and self.fov_deg is not None:
+            raise UserError("give --focal or --fov, not both")
         if self.smooth_weight < 0:
             raise UserError(f"--smooth must be >= 0, got {self.smooth_weight}")
         if not 0.0 <= self.presence_threshold <= 1.0:
@@ -162,11 +185,11 @@ def _empty_estimate(T: int, device) -> PerFrameEstimate:
 
 
 def estimate_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks: np.ndarray,
-                       hand: HandModel, cfg: HandConfig, device, task=None) -> PerFrameEstimate:
+                       hand: HandModel, cfg: HandConfig, device, task=None, focal: float = 1.0) -> PerFrameEstimate:
     """MediaPipe landmarks on mask crops (:func:`track_mediapipe`) + IK (:func:`fit_landmark_track`)."""
     results = track_mediapipe(frames, hand_masks, obj_masks, cfg, task)
     H, W = frames[0].shape[:2]
-    return fit_landmark_track(results, hand, cfg, W, H, device)
+    return fit_landmark_track(results, hand, cfg, W, H, device, focal)
 
 
 def track_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks: np.ndarray,
@@ -186,8 +209,9 @@ def track_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks:
 
 
 def fit_landmark_track(results: list, hand: HandModel, cfg: HandConfig, width: int, height: int,
-                       device) -> PerFrameEstimate:
-    """IK on the frames with landmarks: per-frame shape first, then again with the mean shape."""
+                       device, focal: float = 1.0) -> PerFrameEstimate:
+    """IK on the frames with landmarks: per-frame shape first, then again with the mean shape
+    (through a pinhole of ``focal`` in normalised units when ``cfg.perspective_ik``)."""
     T = len(results)
     est = _empty_estimate(T, device)
     idx = [t for t, r in enumerate(results) if r is not None]
@@ -202,7 +226,7 @@ def fit_landmark_track(results: list, hand: HandModel, cfg: HandConfig, width: i
                                   IKConfig(iterations=cfg.ik_iterations, world_weight=cfg.world_weight))
     mean_shape = first.shape.mean(0)
     ik2 = IKConfig(iterations=max(1, cfg.ik_iterations // 2), world_weight=cfg.world_weight,
-                   perspective_focal=cfg.focal if cfg.perspective_ik else None)
+                   perspective_focal=focal if cfg.perspective_ik else None)
     fit = fit_hand_to_landmarks(hand, world, image_xy, cfg.side, ik2, shape=mean_shape, init=first)
     sel = torch.tensor(idx, device=device)
     est.articulation[sel] = fit.articulation
@@ -358,6 +382,38 @@ def _torch_threads(device: torch.device, num: int = 1):
         torch.set_num_threads(before)
 
 
+def resolve_camera(cfg: HandConfig, meta: dict, frames: list[np.ndarray], obj_masks: np.ndarray,
+                   scratch: Path) -> tuple[float, dict, Optional[ObjectSfM]]:
+    """The focal length to use, in normalised units, with where it came from.
+
+    The user's ``--focal`` (original-video pixels) or ``--fov`` win; else structure from
+    motion on the object's pixels; else the paper's default.
+    Returns (focal, camera info for ``camera.json``, the SfM result or None).
+    """
+    W, H = (int(v) for v in meta["size"])
+    half = max(W, H) / 2.0
+    sfm = None
+    if cfg.focal_px is not None:
+        scale = W / float(meta.get("original_size", meta["size"])[0])
+        focal_px, source = cfg.focal_px * scale, "--focal"
+    elif cfg.fov_deg is not None:
+        focal_px, source = (W / 2.0) / math.tan(math.radians(cfg.fov_deg) / 2.0), "--fov"
+    else:
+        focal_px, source = half, "default (the paper's focal 1: 90 degrees across the longer side)"
+    if cfg.sfm:
+        known = None if source.startswith("default") else focal_px
+        sfm = object_sfm(frames, obj_masks, scratch / "object_sfm", focal_px=known)
+        if sfm.usable and source.startswith("default"):
+            focal_px, source = float(sfm.focal_px), "structure from motion on the object"
+    info = {"focal_px": round(focal_px, 2), "fov_deg": round(math.degrees(2 * math.atan(W / 2.0 / focal_px)), 2),
+            "cx": (W - 1) / 2.0, "cy": (H - 1) / 2.0, "image_size": [W, H], "source": source,
+            "sfm": None if sfm is None else {
+                "registered_frames": int(sfm.registered.sum()), "num_frames": len(frames),
+                "focal_px": None if sfm.focal_px is None else round(sfm.focal_px, 2),
+                "points": sfm.num_points, "used": sfm.usable, "reason": sfm.reason}}
+    return focal_px / half, info, sfm
+
+
 def _check_side(side: str, masks_manifest: dict | None) -> None:
     """UserError where the masks stage followed the other hand than ``side``."""
     masks_side = tracked_side(masks_manifest)
@@ -382,10 +438,15 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     W, H = (int(v) for v in meta["size"])
     hand_masks, obj_masks = read_mask_folder(masks_dir, num_frames=T, size_wh=(W, H))
     hand = build_hand_model(cfg.hand_model, device)
+    with ctx.reporter.task("camera (structure from motion on the object)" if cfg.sfm else "camera", total=1) as task:
+        focal, camera, sfm = resolve_camera(cfg, meta, frames, obj_masks, Path(ctx.scratch_dir))
+        task.advance()
+    ctx.reporter.info(f"focal length {camera['focal_px']:.0f} px ({camera['fov_deg']:.0f} degrees across), "
+                      f"from {camera['source']}")
 
     with ctx.reporter.task(f"hand ({cfg.backend})", total=T) as task:
         if cfg.backend == "mediapipe":
-            est = estimate_mediapipe(frames, hand_masks, obj_masks, hand, cfg, device, task)
+            est = estimate_mediapipe(frames, hand_masks, obj_masks, hand, cfg, device, task, focal)
         else:
             est = estimate_frankmocap(frames, hand_masks, hand, cfg, device, task)
     valid = est.valid
@@ -396,7 +457,7 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     # Seed A.5: shared shape = mean of the per-frame shapes; rotation from the wrist; eq. 4.
     shape = est.shape[valid].mean(0)
     sel = valid.nonzero()[:, 0]
-    T_hand_to_cam = weak_to_hand_to_cam(est.weak_cam[sel], est.wrist_rot[sel], est.weak_origin[sel], cfg.focal)
+    T_hand_to_cam = weak_to_hand_to_cam(est.weak_cam[sel], est.wrist_rot[sel], est.weak_origin[sel], focal)
     transl = torch.zeros(T, 3, device=device)
     transl[sel] = T_hand_to_cam[:, :3, 3]
     articulation, wrist_rot, transl = smooth_hand_track(
@@ -404,7 +465,7 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
         SmoothConfig(velocity_weight=cfg.smooth_weight))
     T_hand_to_cam = rigid_transform(axis_angle_to_matrix(wrist_rot), transl)
     T_cam_to_hand = invert_rigid(T_hand_to_cam)
-    K = intrinsics_from_focal(cfg.focal, W, H, device=device)
+    K = intrinsics_from_focal(focal, W, H, device=device)
 
     with torch.no_grad():
         out = hand(articulation, torch.zeros_like(wrist_rot), shape, side=cfg.side)
@@ -431,9 +492,16 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
         wrist_rot=wrist_rot.cpu().numpy().astype(np.float32),
         presence=est.presence.cpu().numpy().astype(np.float32),
         image_size=np.array([W, H], np.int64),
-        focal=np.array(cfg.focal, np.float32),
+        focal=np.array(focal, np.float32),
         hand_model=np.array(cfg.hand_model),
+        sfm_registered=(sfm.registered if sfm is not None and sfm.usable else np.zeros(T, bool)),
+        R_cam_from_obj_sfm=(sfm.R_cam_from_obj if sfm is not None and sfm.usable
+                            else np.tile(np.eye(3), (T, 1, 1))).astype(np.float32),
+        t_cam_from_obj_sfm=(sfm.t_cam_from_obj if sfm is not None and sfm.usable
+                            else np.zeros((T, 3))).astype(np.float32),
+        center_sfm=(sfm.center if sfm is not None and sfm.usable else np.zeros(3)).astype(np.float32),
     )
+    (ctx.tmp_dir / "camera.json").write_text(json.dumps(camera, indent=2))
     valid_np = valid.cpu().numpy()
     reproj_np = reproj.cpu().numpy()
 
@@ -461,7 +529,7 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
                       for v, p, e, iou in zip(valid_np, est.presence.cpu().numpy(), reproj_np, ious)],
     }
     (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))
-    return {"num_frames": T, "valid_frames": int(valid_np.sum()), "backend": cfg.backend,
+    return {"num_frames": T, "valid_frames": int(valid_np.sum()), "backend": cfg.backend, "camera": camera,
             "reprojection_px_median": round(quality["reprojection_px_median"], 2),
             "mask_iou_median": round(quality["mask_iou_median"], 3),
             "overlay": str(ctx.out_root / "hand" / "overlay.mp4")}

@@ -8,11 +8,20 @@ Backends (``--detector``, ``--segmenter``, ``--tracker``):
 - first-frame boxes: user boxes (``--hand-box``/``--object-box``, ``--boxes boxes.json``,
   or a ``boxes.json`` next to the clip) always win; else ``auto`` (default, offline: MediaPipe
   hand landmarks searched over crops, the held object from the region next to the hand that
-  stands out from the background and moves with the hand; ``hoirecon.segment.detect``),
-  ``doh100`` (paper, needs weights), or ``boxes`` (boxes required).
-- segmenter: ``grabcut`` (default, offline) | ``pointrend`` (paper, needs weights).
-- tracker: ``flow`` (default: DIS optical flow + GrabCut refinement) | ``stcn`` (paper, needs weights).
+  stands out from the background, lies in the learned foreground and moves with the hand;
+  ``hoirecon.segment.detect``), ``doh100`` (paper, needs weights), or ``boxes`` (boxes required).
+- segmenter: ``grabcut`` (default, offline; with the ``foreground`` tracker the first frame is
+  the learned foreground split by the hand's landmarks, and the box-only colour cut is the
+  fallback where no landmarks are found) | ``pointrend`` (paper, needs weights).
+- tracker: ``foreground`` (default: every frame's own learned foreground, MediaPipe's selfie
+  segmenter, split into hand and object by the hand's landmarks and a colour cut, kept
+  consistent in time by the previous masks moved by optical flow; ``hoirecon.segment.foreground``;
+  where that foreground does not see the first-frame hand and object, e.g. on renders, the clip
+  falls back to ``flow``) | ``flow`` (DIS optical flow + GrabCut refinement) | ``stcn`` (paper,
+  needs weights).
 ``--masks-dir`` bypasses all of it with user masks (validated for count, size, format).
+A failed check still writes ``<out>/masks_failed/overlay.mp4`` and ``quality.json`` (``passed``
+false) for the user to look at; ``--iou-threshold 0`` goes on with the masks as they are.
 
 Artifacts in ``<out>/masks/``: ``hand/NNNNNN.png``, ``object/NNNNNN.png`` (0/255),
 ``boxes.json`` (first-frame boxes in working-frame pixels, ``boxes_from`` and, for ``auto``,
@@ -25,6 +34,7 @@ detection's scores or null), ``overlay.mp4``.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -41,10 +51,11 @@ from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "6"
+VERSION = "7"
 DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
-TRACKERS = ("flow", "stcn")
+TRACKERS = ("foreground", "flow", "stcn")
+FAILED_DIR = "masks_failed"  # where a failed forward-backward check leaves its overlay and quality.json
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class MasksConfig:
     masks_dir: Optional[str] = None
     detector: str = "auto"
     segmenter: str = "grabcut"
-    tracker: str = "flow"
+    tracker: str = "foreground"
     iou_threshold: float = 0.4
     hand_landmarks: bool = True  # re-anchor the hand mask on MediaPipe landmarks (flow tracker)
     side: str = "right"
@@ -117,13 +128,24 @@ def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box
     info = {"hand": {"presence": round(found.presence, 4), "score": round(found.score, 4), "source": found.source}}
     hand = hand if hand is not None else found.box
     if obj is None:
-        held = detect_held_object_box(frames, found.keypoints_2d)
+        held = detect_held_object_box(frames, found.keypoints_2d, foreground=_first_foreground(frames[0], found))
         if held is None:
             raise RunError("no held object found next to the hand in the first frame: pass --object-box "
                            "x0,y0,x1,y1 (original video pixels) or --boxes boxes.json")
         obj = held[0]
         info["object"] = {"fill": round(held[1], 4)}
     return hand, obj, info
+
+
+def _first_foreground(first: np.ndarray, found) -> Optional[np.ndarray]:
+    """Frame 0's learned foreground touching the hand (None where it misses the hand: the
+    colour cut alone then decides)."""
+    from hoirecon.segment.detect import hand_region_from_keypoints
+    from hoirecon.segment.foreground import SelfieForeground, foreground_union
+
+    hand = hand_region_from_keypoints(found.keypoints_2d, first.shape[:2])
+    union = foreground_union(SelfieForeground()(first), hand, 0.5)
+    return union if (union & hand).sum() > 0.3 * hand.sum() else None
 
 
 def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], device: str,
@@ -175,12 +197,15 @@ def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], d
     return hand, obj, origin, detection  # type: ignore[return-value]
 
 
-def _first_masks(cfg: MasksConfig, first: np.ndarray, hand_box: Box, obj_box: Box, device: str) -> np.ndarray:
+def _first_masks(cfg: MasksConfig, frames: list[np.ndarray], hand_box: Box, obj_box: Box, device: str) -> np.ndarray:
+    first = frames[0]
     if cfg.segmenter == "pointrend":
         from hoirecon.backends.pointrend import PointRendBox2Mask
 
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
+    elif cfg.tracker == "foreground" and (split := _first_foreground_split(frames, hand_box, obj_box)) is not None:
+        hand, obj = split
     else:
         # One joint cut: each mask sees the other's colours as background, thin or mostly
         # hidden objects keep their pieces (see segment_hand_object).
@@ -193,17 +218,51 @@ def _first_masks(cfg: MasksConfig, first: np.ndarray, hand_box: Box, obj_box: Bo
     return np.stack([hand, obj])
 
 
-def _track(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, device: str, task,
+def _first_foreground_split(frames: list[np.ndarray], hand_box: Box, obj_box: Box) -> tuple[np.ndarray, np.ndarray] | None:
+    """(hand, object) from the learned foreground split by the hand's landmarks, or None where
+    no landmarks are found in the hand box or the foreground misses the object (a white object
+    on a white wall): the colour cut then decides."""
+    from hoirecon.segment.detect import landmarks_in_box
+    from hoirecon.segment.foreground import (SelfieForeground, box_region, first_frame_split, hand_coloured,
+                                             landmark_hand_seeds, static_foreground)
+
+    first = frames[0]
+    found = landmarks_in_box(first, hand_box)
+    if found is None:
+        return None
+    in_obj = box_region(first.shape[:2], obj_box)
+    seeds = landmark_hand_seeds(first, found.keypoints_2d, np.zeros(in_obj.shape, bool),
+                                hand_coloured(first, found.keypoints_2d, in_obj))
+    foreground = SelfieForeground()
+    probs = [foreground(f) for f in frames]
+    hand, obj = first_frame_split(first, probs[0], static_foreground(frames, probs), seeds, hand_box, obj_box)
+    if obj.sum() < 0.1 * in_obj.sum() or hand.sum() < 16:
+        return None
+    return hand, obj
+
+
+def _foreground_sees(first_frame: np.ndarray, first: np.ndarray, min_fraction: float = 0.5) -> bool:
+    """Whether the learned foreground covers at least ``min_fraction`` of the first-frame hand and
+    object (it is trained on people: a render without one, or an odd clip, may show nothing)."""
+    from hoirecon.segment.foreground import SelfieForeground
+
+    both = first[0] | first[1]
+    return bool((SelfieForeground()(first_frame)[both] > 0.5).mean() >= min_fraction) if both.any() else False
+
+
+def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first: np.ndarray, device: str, task,
            first_amodal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Masks (T, 2, H, W) tracked from ``first``, and the tracker's remembered full shapes at the
-    last frame (flow tracker only; the backward pass starts from them so that an object hidden
-    in the hand at the end can still be tracked back)."""
-    if cfg.tracker == "stcn":
+    """Masks (T, 2, H, W) tracked from ``first`` by ``tracker_name``, and the tracker's remembered
+    full shapes at the last frame (flow tracker only; the backward pass starts from them so that
+    an object hidden in the hand at the end can still be tracked back)."""
+    if tracker_name == "stcn":
         from hoirecon.backends.stcn import STCNTracker
 
         out = np.asarray(STCNTracker(device).track(np.stack(frames), first)).astype(bool)
         task.advance(len(frames) - 1)
         return out, None
+    if tracker_name == "foreground":
+        return _track_foreground(cfg, frames, first, task), None
     anchors = None
     if cfg.hand_landmarks:
         from hoirecon.segment.anchor import HandLandmarkAnchor
@@ -212,6 +271,30 @@ def _track(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, device
     tracker = FlowTracker(TrackerConfig())
     out = tracker.track(frames, first, on_frame=task.advance, anchors=anchors, first_amodal=first_amodal)
     return out, tracker.amodal
+
+
+def _track_foreground(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, task) -> np.ndarray:
+    from hoirecon.segment.anchor import HandLandmarkAnchor
+    from hoirecon.segment.foreground import ForegroundSplitTracker, SelfieForeground, landmark_hand_seeds
+
+    anchor = HandLandmarkAnchor(side=cfg.side) if cfg.hand_landmarks else None
+
+    def seeder(image, warped_hand, warped_object):
+        if anchor is None or anchor(image, warped_hand, near=warped_object) is None:
+            return None
+        return landmark_hand_seeds(image, anchor.previous.keypoints_2d, warped_object & ~warped_hand)
+
+    return ForegroundSplitTracker(SelfieForeground()).track(frames, first, seeder, on_frame=task.advance)
+
+
+def _write_failed_check(folder: Path, frames, hand: np.ndarray, obj: np.ndarray, quality: dict, fps: float) -> Path:
+    """A failed check leaves its overlay and quality.json in ``folder`` (the stage's own folder
+    only ever holds masks that passed); returns the overlay's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "quality.json").write_text(json.dumps(quality, indent=2))
+    overlay = folder / "overlay.mp4"
+    write_video(overlay, (overlay_masks(f, h, o) for f, h, o in zip(frames, hand, obj)), fps=fps)
+    return overlay
 
 
 def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
@@ -226,25 +309,32 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         boxes = {}
     else:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
-        first = _first_masks(cfg, frames[0], hand_box, obj_box, ctx.device)
+        first = _first_masks(cfg, frames, hand_box, obj_box, ctx.device)
+        tracker = cfg.tracker
+        if tracker == "foreground" and not _foreground_sees(frames[0], first):
+            ctx.reporter.info("the learned foreground does not see the hand and object in the first frame: "
+                              "tracking them by optical flow instead (--tracker flow)")
+            tracker = "flow"
         with ctx.reporter.task("tracking masks (forward + backward)", total=2 * (T - 1)) as task:
-            fwd, amodal = _track(cfg, frames, first, ctx.device, task)
-            bwd = _track(cfg, frames[::-1], fwd[-1], ctx.device, task, first_amodal=amodal)[0][::-1]
+            fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task)
+            bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task, first_amodal=amodal)[0][::-1]
         track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
         per_frame = [{"hand": mask_iou(fwd[t, 0], bwd[t, 0]), "object": mask_iou(fwd[t, 1], bwd[t, 1])}
                      for t in range(T)]
         passed = all(v >= cfg.iou_threshold for v in track_iou.values())
-        quality = {"source": f"{cfg.segmenter}+{cfg.tracker}", "boxes_from": origin, "detection": detection,
+        quality = {"source": f"{cfg.segmenter}+{tracker}", "boxes_from": origin, "detection": detection,
                    "passed": passed,
                    "threshold": cfg.iou_threshold, "track_iou": track_iou, "per_frame_iou": per_frame}
+        hand, obj = fwd[:, 0], fwd[:, 1]
         if not passed:
+            shown = _write_failed_check(ctx.out_root / FAILED_DIR, frames, hand, obj, quality, meta["fps"])
             raise RunError(
                 f"masks failed the forward-backward check: IoU hand {track_iou['hand']:.2f}, object "
-                f"{track_iou['object']:.2f} (need >= {cfg.iou_threshold:.2f}); try other boxes, "
-                f"--tracker stcn, or give your own masks with --masks-dir")
-        hand, obj = fwd[:, 0], fwd[:, 1]
+                f"{track_iou['object']:.2f} (need >= {cfg.iou_threshold:.2f}); see {shown}; try other boxes, "
+                f"--iou-threshold 0 to go on with these masks, or give your own with --masks-dir")
         boxes = {"hand": [float(v) for v in hand_box], "object": [float(v) for v in obj_box],
                  "boxes_from": origin, "scores": detection}
+    shutil.rmtree(ctx.out_root / FAILED_DIR, ignore_errors=True)  # an earlier failure's pictures no longer apply
     write_mask_folder(ctx.tmp_dir, hand, obj)
     (ctx.tmp_dir / "boxes.json").write_text(json.dumps(boxes, indent=2))
     (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))

@@ -1,0 +1,172 @@
+"""Real everyday clips end to end: `hoirecon run` on every clip of ../shared/data/real/, twice.
+
+Once with automatic first-frame boxes and once with the boxes drawn by hand in 100DOH's
+style (the object box around the whole object, the part behind the fingers included), kept
+in ``benchmarks/real/<clip>.boxes.json``; per-clip settings (which hand, category) are in
+``benchmarks/real/clips.json``. No ground truth exists for these clips, so the table reports
+self-consistency:
+
+- masks: whether the forward-backward check passed, and its IoUs;
+- silhouette IoU of the fitted object and hand, rendered with the fitted cameras, against
+  the masks: median and worst frame;
+- deepest hand vertex inside the fitted object (mm), share of frames in contact (some hand
+  vertex within 5 mm of the object surface);
+- object pose jitter: mean acceleration of the object centre in the camera (mm / frame²)
+  and mean change of its angular velocity (degrees / frame²);
+- the focal length used and where it came from; frames registered by structure from
+  motion and the largest angle between the fitted and the SfM object rotations;
+- wall time and peak memory of the whole `hoirecon run` process.
+
+It also copies each run's summary picture to ``docs/images/real_<clip>_<boxes>.png``.
+
+    .venv/bin/python benchmarks/bench_real.py [--clips toy_plane,hand_fan] [--prior none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import hand_object_signed_distance, machine, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "real"
+SETTINGS = Path(__file__).resolve().parent / "real"
+IMAGES = ROOT / "docs" / "images"
+CONTACT_MM = 5.0
+
+
+def run_clip(video: Path, out: Path, settings: dict, boxes: Path | None, prior: str) -> dict:
+    """`hoirecon run` in a child process -> exit code, last error line, wall seconds, peak RSS."""
+    exe = Path(sys.executable).with_name("hoirecon")
+    cmd = [str(exe), "run", str(video), "--category", settings.get("category", "unknown"), "--out", str(out),
+           "--side", settings.get("side", "right"), "--prior", prior, "--quiet"]
+    if boxes is not None:
+        cmd += ["--boxes", str(boxes)]
+    else:
+        cmd += ["--detector", "auto"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+    return {"exit": os.waitstatus_to_exitcode(status), "error": err[-1] if err else "",
+            "seconds": time.perf_counter() - t0, "peak_rss_gb": usage.ru_maxrss / 1e6}
+
+
+def pose_jitter(fit_dir: Path) -> tuple[float, float]:
+    """Mean object-centre acceleration in the camera (mm) and mean angular-velocity change (deg)."""
+    poses = np.load(fit_dir / "poses.npz")
+    T_c2o = poses["T_hand_to_obj"].astype(np.float64) @ poses["T_cam_to_hand"].astype(np.float64)
+    T_o2c = np.linalg.inv(T_c2o)
+    centre = T_o2c[:, :3, 3]
+    R = T_o2c[:, :3, :3]
+    if len(R) < 3:
+        return 0.0, 0.0
+    accel = np.linalg.norm(centre[2:] - 2 * centre[1:-1] + centre[:-2], axis=-1).mean() * 1000.0
+    step = np.transpose(R[:-1], (0, 2, 1)) @ R[1:]
+    change = np.transpose(step[:-1], (0, 2, 1)) @ step[1:]
+    cos = np.clip((np.trace(change, axis1=1, axis2=2) - 1) / 2, -1, 1)
+    return float(accel), float(np.degrees(np.arccos(cos)).mean())
+
+
+def score(out: Path, run: dict) -> dict:
+    row = dict(run)
+    quality_path = out / "masks" / "quality.json"
+    if not quality_path.is_file():
+        quality_path = out / "masks_failed" / "quality.json"
+    if quality_path.is_file():
+        q = json.loads(quality_path.read_text())
+        row["masks_passed"] = q.get("passed")
+        row["fb_iou"] = q.get("track_iou")
+    camera = out / "hand" / "camera.json"
+    if camera.is_file():
+        c = json.loads(camera.read_text())
+        row["focal_px"], row["focal_source"] = c["focal_px"], c["source"]
+        row["sfm_registered"] = (c.get("sfm") or {}).get("registered_frames")
+    summary = out / "fit" / "summary.json"
+    if not summary.is_file():
+        return row
+    s = json.loads(summary.read_text())
+    obj = np.array([r["iou_object"] for r in s["mask_iou"]])
+    hand = np.array([r["iou_hand"] for r in s["mask_iou"]])
+    row.update(obj_iou_median=float(np.median(obj)), obj_iou_worst=float(obj.min()),
+               hand_iou_median=float(np.median(hand)), hand_iou_worst=float(hand.min()))
+    row["sfm_rotation_max_deg"] = s.get("cameras", {}).get("fitted_vs_sfm_rotation_deg_max")
+    d = hand_object_signed_distance(out / "fit")
+    row["deepest_mm"] = float(max(0.0, -d.min()) * 1000.0)
+    row["contact_share"] = float((d.min(1) * 1000.0 < CONTACT_MM).mean())
+    row["jitter_mm"], row["jitter_deg"] = pose_jitter(out / "fit")
+    return row
+
+
+def fmt(v, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| clip | boxes | exit | masks passed (IoU hand / object) | object IoU median / worst | "
+            "hand IoU median / worst | deepest hand vertex (mm) | contact frames | jitter (mm / deg) | "
+            "focal (px, source) | SfM frames, max rot. error (deg) | wall (s) | peak RSS (GB) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        fb = r.get("fb_iou") or {}
+        masks = (f"{r.get('masks_passed')} ({fmt(fb.get('hand'), '.2f')} / {fmt(fb.get('object'), '.2f')})"
+                 if fb else str(r.get("masks_passed")))
+        lines.append(
+            f"| {r['clip']} | {r['boxes']} | {r['exit']} | {masks} | "
+            f"{fmt(r.get('obj_iou_median'), '.2f')} / {fmt(r.get('obj_iou_worst'), '.2f')} | "
+            f"{fmt(r.get('hand_iou_median'), '.2f')} / {fmt(r.get('hand_iou_worst'), '.2f')} | "
+            f"{fmt(r.get('deepest_mm'), '.1f')} | {fmt(r.get('contact_share'), '.0%')} | "
+            f"{fmt(r.get('jitter_mm'), '.1f')} / {fmt(r.get('jitter_deg'), '.1f')} | "
+            f"{fmt(r.get('focal_px'), '.0f')} ({r.get('focal_source', '—')}) | "
+            f"{fmt(r.get('sfm_registered'), 'd')}, {fmt(r.get('sfm_rotation_max_deg'), '.1f')} | "
+            f"{r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |")
+    errors = [f"- {r['clip']} ({r['boxes']}): {r['error']}" for r in rows if r["exit"] != 0]
+    return head + "\n".join(lines) + ("\n\nFailed runs:\n" + "\n".join(errors) if errors else "") + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", default=None, help="comma-separated clip names (default: every clip)")
+    ap.add_argument("--boxes", default="auto,drawn", help="auto, drawn or both")
+    ap.add_argument("--prior", default="none", help="fit --prior for every run")
+    ap.add_argument("--work", default="/tmp/bench_real")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    settings = json.loads((SETTINGS / "clips.json").read_text())
+    names = args.clips.split(",") if args.clips else sorted(p.name for p in REAL.iterdir() if p.is_dir())
+    started = machine()
+    rows = []
+    for name in names:
+        for mode in args.boxes.split(","):
+            out = Path(args.work) / f"{name}-{mode}"
+            shutil.rmtree(out, ignore_errors=True)
+            boxes = SETTINGS / f"{name}.boxes.json" if mode == "drawn" else None
+            run = run_clip(REAL / name / "video.mp4", out, settings.get(name, {}), boxes, args.prior)
+            row = {"clip": name, "boxes": mode, **score(out, run)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            picture = out / "export" / "summary.png"
+            if picture.is_file() and not args.no_write:
+                shutil.copy(picture, IMAGES / f"real_{name}_{mode}.png")
+    body = (f"## Real clips end to end (`bench_real`)\n\n"
+            f"`.venv/bin/python benchmarks/bench_real.py --prior {args.prior}`; machine: {started}. "
+            f"No ground truth: IoUs are of the fit's renderings against the masks it was fitted to. "
+            f"Summary pictures: `docs/images/real_<clip>_<boxes>.png`.\n\n" + table(rows))
+    print(body)
+    if not args.no_write:
+        write_section("bench_real", body)
+
+
+if __name__ == "__main__":
+    main()

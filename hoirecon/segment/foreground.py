@@ -1,0 +1,328 @@
+"""Hand and object masks from each frame's own evidence: a learned foreground cue split by the hand.
+
+MediaPipe's selfie segmenter (shipped inside the ``mediapipe`` wheel, run through
+``ai-edge-litert``) marks a person's hand *together with* the object it holds as foreground,
+frame by frame, so it cannot drift the way flow-carried masks do. It does not say which
+pixels are hand and which are object; that split comes from the hand's landmarks (its bones
+are sure hand, a finger-wide band around them is probable hand) and a GrabCut colour model,
+run inside the foreground only. The previous frame's masks, moved by optical flow, keep the
+split consistent in time and limit how far the object may grow in one frame (a static
+cupboard the object passes in front of is foreground too, but it is not the object).
+
+- ``SelfieForeground``: (H, W, 3) uint8 RGB -> (H, W) float32 foreground probability.
+- ``split_foreground``: one frame's foreground, hand seeds and hints -> (hand, object) masks.
+- ``ForegroundSplitTracker``: the whole clip, forward from first-frame masks.
+
+Images are ``(H, W, 3) uint8`` RGB; masks ``(H, W) bool``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from hoirecon.geometry.regions import mask_box
+
+SELFIE_MODEL = "selfie_segmentation/selfie_segmentation.tflite"
+
+
+@dataclass(frozen=True)
+class ForegroundSplitConfig:
+    """Settings of the foreground split.
+
+    threshold: foreground probability above which a pixel is hand or held object.
+    grabcut_iters: GrabCut iterations of the hand / not-hand cut inside the foreground.
+    growth: in one frame the object may extend at most this fraction of its size (square
+        root of its area), plus ``growth_px``, past where the flow moved it (an object turning
+        shows new parts gradually; a cupboard touching it appears all at once).
+    growth_px: see ``growth``.
+    min_area_px: below this a mask counts as empty.
+    static_fraction, static_std: a pixel that is foreground in at least ``static_fraction`` of
+        the frames while its grey level varies by less than ``static_std`` (of 255, standard
+        deviation over the clip) belongs to something that never moves, not to a held object;
+        the object may not grow into it (it may still keep such pixels it already has).
+    box_slack: first-frame boxes are grown by this fraction of their size on each side.
+    """
+
+    threshold: float = 0.5
+    grabcut_iters: int = 3
+    growth: float = 0.15
+    growth_px: int = 6
+    min_area_px: int = 16
+    static_fraction: float = 0.9
+    static_std: float = 8.0
+    box_slack: float = 0.15
+
+
+class SelfieForeground:
+    """The learned per-frame foreground cue: ``__call__(image) -> (H, W) float32 in [0, 1]``."""
+
+    def __init__(self, num_threads: int = 1):
+        from hoirecon.handpose.landmarks import _interpreter, mediapipe_model_path
+
+        self.interp = _interpreter(mediapipe_model_path(SELFIE_MODEL), num_threads)
+        self.input = self.interp.get_input_details()[0]
+        self.output = self.interp.get_output_details()[0]
+        self.size_hw = tuple(int(v) for v in self.input["shape"][1:3])
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        # The model takes the whole frame squeezed to its square input, as MediaPipe feeds it.
+        x = cv2.resize(image, self.size_hw[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        self.interp.set_tensor(self.input["index"], x[None])
+        self.interp.invoke()
+        prob = self.interp.get_tensor(self.output["index"])[0, :, :, 0]
+        return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(1, int(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), _disk(radius)).astype(bool)
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    return cv2.erode(mask.astype(np.uint8), _disk(radius)).astype(bool)
+
+
+def components_touching(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """Connected components of ``mask`` (H, W) bool that share a pixel with ``anchor`` (H, W) bool."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    hit = np.unique(labels[anchor & mask])
+    return np.isin(labels, hit[hit > 0])
+
+
+def _crop_box(mask: np.ndarray, margin: int) -> Optional[tuple[int, int, int, int]]:
+    box = mask_box(mask)
+    if box is None:
+        return None
+    h, w = mask.shape
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin + 1), min(h, y1 + margin + 1)
+
+
+def _hand_cut(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray, hand_probable: np.ndarray,
+              not_hand: np.ndarray, iters: int) -> np.ndarray:
+    """GrabCut of the hand against everything else, inside the crop around ``union``; (H, W) bool."""
+    h, w = union.shape
+    crop = _crop_box(union, 8)
+    if crop is None or not hand_sure.any():
+        return hand_probable & union
+    x0, y0, x1, y1 = crop
+    init = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+    init[~_dilate(union, 2)] = cv2.GC_BGD
+    init[hand_probable & union] = cv2.GC_PR_FGD
+    init[not_hand & ~hand_probable] = cv2.GC_BGD
+    init[hand_sure] = cv2.GC_FGD
+    sub = np.ascontiguousarray(init[y0:y1, x0:x1])
+    if not ((sub == cv2.GC_BGD) | (sub == cv2.GC_PR_BGD)).any():
+        return hand_probable & union
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(np.ascontiguousarray(cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2BGR)), sub, None,
+                    bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # a colour model with too few pixels
+        return hand_probable & union
+    hand = np.zeros((h, w), bool)
+    hand[y0:y1, x0:x1] = (sub == cv2.GC_FGD) | (sub == cv2.GC_PR_FGD)
+    return hand & union
+
+
+def split_foreground(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray, hand_probable: np.ndarray,
+                     object_hint: np.ndarray, object_limit: np.ndarray,
+                     cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """Split one frame's hand + held-object foreground into a hand mask and an object mask.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        union: (H, W) bool, the foreground of the hand and what it holds.
+        hand_sure: (H, W) bool, pixels that are hand (the landmarks' bones, or the core of
+            the previous hand mask moved by flow).
+        hand_probable: (H, W) bool, where the hand may be (a band around the bones).
+        object_hint: (H, W) bool, pixels believed to be object (the core of the previous
+            object mask moved by flow), used as "not hand" where they are off the hand band.
+        object_limit: (H, W) bool, the object may not extend outside it.
+    Returns:
+        hand, object: (H, W) bool, disjoint, both inside ``union``.
+    """
+    hand_sure = hand_sure & union
+    hand = _hand_cut(image, union, hand_sure, hand_probable | hand_sure, object_hint, cfg.grabcut_iters)
+    hand = components_touching(hand, hand_sure) if hand_sure.any() else hand
+    # The forearm is foreground too but not the object: what is left of the union and lies
+    # outside the object's reach is dropped rather than given to either mask.
+    obj = union & ~hand & object_limit
+    obj = cv2.morphologyEx(obj.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+    anchor = object_hint if (object_hint & obj).any() else _dilate(hand, 3)
+    obj = components_touching(obj, anchor)
+    return hand, obj
+
+
+def object_reach(previous_object: np.ndarray, cfg: ForegroundSplitConfig) -> np.ndarray:
+    """(H, W) bool: where the object may be this frame, given its flow-moved previous mask."""
+    area = int(previous_object.sum())
+    radius = int(round(cfg.growth * np.sqrt(max(area, 1)))) + cfg.growth_px
+    return _dilate(previous_object, radius)
+
+
+def foreground_union(prob: np.ndarray, anchor: np.ndarray, threshold: float) -> np.ndarray:
+    """The foreground components (``prob`` (H, W) > threshold) that touch ``anchor`` (H, W) bool:
+    the hand and its object, not a person walking behind them or the side bars of a portrait clip."""
+    fg = prob > threshold
+    return components_touching(fg, anchor)
+
+
+def static_foreground(frames: Sequence[np.ndarray], probs: Sequence[np.ndarray],
+                      cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> np.ndarray:
+    """(H, W) bool: foreground that stays put over the clip (a cupboard next to the object).
+
+    Args:
+        frames: T x (H, W, 3) uint8 RGB. probs: T x (H, W) foreground probabilities.
+    """
+    count = np.zeros(frames[0].shape[:2], np.float64)
+    total = np.zeros_like(count)
+    total_sq = np.zeros_like(count)
+    for image, prob in zip(frames, probs):
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        count += prob > cfg.threshold
+        total += grey
+        total_sq += grey * grey
+    T = len(frames)
+    if T < 3:  # too few frames to tell still from held
+        return np.zeros(count.shape, bool)
+    std = np.sqrt(np.maximum(total_sq / T - (total / T) ** 2, 0.0))
+    return (count >= cfg.static_fraction * T) & (std < cfg.static_std)
+
+
+HandSeeder = Callable[[np.ndarray, np.ndarray, np.ndarray], Optional[tuple[np.ndarray, np.ndarray]]]
+
+
+class ForegroundSplitTracker:
+    """Hand and object masks for every frame: the foreground of each frame, split by the hand.
+
+    ``track(frames, first_masks, hand_seeder, on_frame)`` returns (T, 2, H, W) bool, [hand, object].
+    ``hand_seeder(image, warped_hand, warped_object) -> (sure, probable) | None`` gives the
+    hand's landmark seeds (``hoirecon.segment.anchor.HandLandmarkAnchor``); where it finds no
+    hand, the core of the flow-moved previous hand mask stands in.
+    """
+
+    def __init__(self, foreground: Callable[[np.ndarray], np.ndarray],
+                 cfg: ForegroundSplitConfig = ForegroundSplitConfig()):
+        from hoirecon.segment.classic import FlowTracker, TrackerConfig
+
+        self.foreground = foreground
+        self.cfg = cfg
+        self.flow = FlowTracker(TrackerConfig())
+
+    def step(self, image: np.ndarray, prob: np.ndarray, static: np.ndarray, warped_hand: np.ndarray,
+             warped_object: np.ndarray, seeds: Optional[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """One frame from its foreground ``prob``, the clip's ``static`` foreground and the
+        previous frame's masks moved by flow into it; (hand, object)."""
+        cfg = self.cfg
+        hand_size = int(np.sqrt(max(int(warped_hand.sum()), 1)))
+        if seeds is not None:
+            sure, probable = seeds
+        else:
+            sure = _erode(warped_hand, max(2, hand_size // 10))
+            probable = _dilate(warped_hand, max(2, hand_size // 15))
+        union = foreground_union(prob, sure | warped_hand | warped_object, cfg.threshold)
+        if union.sum() < cfg.min_area_px:
+            return warped_hand, warped_object
+        obj_size = int(np.sqrt(max(int(warped_object.sum()), 1)))
+        object_core = _erode(warped_object, max(1, obj_size // 12)) & ~probable
+        hand, obj = split_foreground(image, union, sure, probable, object_core,
+                                     self.object_limit(image, static, warped_object), cfg)
+        if hand.sum() < cfg.min_area_px:
+            hand = warped_hand & union
+        return hand, obj
+
+    def object_limit(self, image: np.ndarray, static: np.ndarray, warped_object: np.ndarray) -> np.ndarray:
+        """(H, W) bool: where the object may be this frame. It keeps what flow brought and may
+        grow a little, but not into the still foreground, nor into pixels coloured like it
+        (the still thing's edges, which the object uncovers and covers, vary too much to be
+        found still themselves)."""
+        limit = object_reach(warped_object, self.cfg) & ~(static & ~warped_object)
+        if static.any() and warped_object.any():
+            from hoirecon.segment.detect import more_like
+
+            limit &= warped_object | more_like(image, warped_object, static)
+        return limit
+
+    def track(self, frames: Sequence[np.ndarray], first_masks: np.ndarray, hand_seeder: Optional[HandSeeder] = None,
+              on_frame: Optional[Callable[[int], None]] = None) -> np.ndarray:
+        T = len(frames)
+        probs = [self.foreground(f) for f in frames]
+        static = static_foreground(frames, probs, self.cfg)
+        out = np.zeros((T, 2) + frames[0].shape[:2], bool)
+        out[0] = first_masks
+        for t in range(1, T):
+            flow = self.flow.flow(frames[t - 1], frames[t])
+            warped_hand = self.flow.warp(out[t - 1, 0], flow)
+            warped_object = self.flow.warp(out[t - 1, 1], flow)
+            seeds = hand_seeder(frames[t], warped_hand, warped_object) if hand_seeder is not None else None
+            out[t, 0], out[t, 1] = self.step(frames[t], probs[t], static, warped_hand, warped_object, seeds)
+            if on_frame is not None:
+                on_frame(1)
+        return out
+
+
+def box_region(shape_hw: tuple[int, int], box: Sequence[float], grow: float = 0.0) -> np.ndarray:
+    """(H, W) bool inside the (x0, y0, x1, y1) box, grown by ``grow`` times its size on each side."""
+    h, w = shape_hw
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = grow * (x1 - x0), grow * (y1 - y0)
+    region = np.zeros((h, w), bool)
+    region[max(0, int(y0 - dy)):min(h, int(np.ceil(y1 + dy)) + 1),
+           max(0, int(x0 - dx)):min(w, int(np.ceil(x1 + dx)) + 1)] = True
+    return region
+
+
+def first_frame_split(image: np.ndarray, prob: np.ndarray, static: np.ndarray,
+                      hand_seeds: tuple[np.ndarray, np.ndarray], hand_box: Sequence[float], object_box: Sequence[float],
+                      cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """First-frame (hand, object) from the foreground, the hand's landmark seeds and the two boxes.
+
+    The object box may cover the hand (100DOH's boxes do): the hand is cut out of it first.
+    The boxes are grown by ``cfg.box_slack`` (a box drawn or detected a little tight must not
+    cut the object straight across); the foreground decides within them.
+    """
+    shape = image.shape[:2]
+    sure, probable = hand_seeds
+    in_object_box = box_region(shape, object_box, cfg.box_slack)
+    boxes = box_region(shape, hand_box, cfg.box_slack) | in_object_box
+    union = foreground_union(prob, sure | (in_object_box & (prob > cfg.threshold)), cfg.threshold) & boxes
+    object_core = _erode(union & box_region(shape, object_box) & ~probable, 2)
+    return split_foreground(image, union, sure, probable, object_core & ~static, in_object_box & ~static, cfg)
+
+
+def landmark_hand_seeds(image: np.ndarray, keypoints_2d: np.ndarray, not_hand: np.ndarray,
+                        hand_like: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sure, probable) hand seeds (H, W) bool from (21, 2) landmarks.
+
+    Bones of fingers hidden behind the object run over object pixels, so sure hand is kept
+    only off ``not_hand`` (the previous object's core) and, when given, where ``hand_like``
+    (H, W) bool holds (pixels whose colour is the hand's)."""
+    from hoirecon.segment.anchor import landmark_seeds
+    from hoirecon.segment.detect import hand_region_from_keypoints
+
+    sure, probable = landmark_seeds(keypoints_2d, image.shape[:2])
+    # The palm between the bones is hand too (the bones' band alone leaves a hole there).
+    probable |= hand_region_from_keypoints(keypoints_2d, image.shape[:2])
+    sure &= ~not_hand
+    if hand_like is not None:
+        sure &= hand_like
+    return sure, probable
+
+
+def hand_coloured(image: np.ndarray, keypoints_2d: np.ndarray, elsewhere: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose colour is more frequent on the landmarks' palm and bones than in
+    ``elsewhere`` (H, W) bool."""
+    from hoirecon.segment.detect import hand_region_from_keypoints, more_like
+
+    region = hand_region_from_keypoints(keypoints_2d, image.shape[:2], finger_width=0.05)
+    return more_like(image, region, elsewhere & ~region)

@@ -1,0 +1,96 @@
+"""hoirecon.segment.foreground: the hand / object split of a foreground, and the tracker built on it.
+
+The split is tested on synthetic renders with the true union of hand and object standing in for
+the learned foreground (the selfie model is trained on people, not on renders), and with the
+object box drawn around the whole grasp, hand included, as 100DOH draws it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hoirecon.geometry.regions import mask_box, mask_iou
+from hoirecon.io.masks import read_mask_folder
+from hoirecon.io.video import read_rgb
+from hoirecon.segment.foreground import (
+    ForegroundSplitTracker,
+    SelfieForeground,
+    first_frame_split,
+    hand_coloured,
+    landmark_hand_seeds,
+    static_foreground,
+)
+from hoirecon.synth.generator import generate_clip
+
+
+def _clip(tmp_path: Path, category: str, seed: int, frames: int = 2):
+    out = tmp_path / category
+    generate_clip(category, out, frames=frames, size=160, seed=seed)
+    images = [read_rgb(p) for p in sorted((out / "frames").glob("*.png"))]
+    hand, obj = read_mask_folder(out / "masks", num_frames=frames, size_wh=(images[0].shape[1], images[0].shape[0]))
+    keypoints = np.load(out / "gt" / "gt.npz")["keypoints_2d"]
+    return images, hand, obj, keypoints
+
+
+def _box_mask(shape, box) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    m[y0:y1 + 1, x0:x1 + 1] = True
+    return m
+
+
+@pytest.mark.parametrize("category,seed", [("mug", 1), ("kettle", 3)])
+def test_split_when_the_object_box_covers_the_hand(tmp_path, category, seed):
+    images, hand, obj, keypoints = _clip(tmp_path, category, seed)
+    image, hand, obj, kp = images[0], hand[0], obj[0], keypoints[0]
+    hand_box, object_box = mask_box(hand), mask_box(hand | obj)  # the object box holds the whole hand
+    in_object_box = _box_mask(hand.shape, object_box)
+    seeds = landmark_hand_seeds(image, kp, np.zeros(hand.shape, bool), hand_coloured(image, kp, in_object_box))
+    got_hand, got_obj = first_frame_split(image, (hand | obj).astype(np.float32), np.zeros(hand.shape, bool),
+                                          seeds, hand_box, object_box)
+    assert not (got_hand & got_obj).any()
+    assert mask_iou(got_hand, hand) > 0.75 and mask_iou(got_obj, obj) > 0.75
+
+
+def test_tracker_follows_a_clip_from_its_foreground_and_landmarks(tmp_path):
+    T = 5
+    images, hand, obj, keypoints = _clip(tmp_path, "mug", 1, frames=T)
+    index = {im.tobytes(): t for t, im in enumerate(images)}
+    truth = {k: (hand[t] | obj[t]).astype(np.float32) for k, t in index.items()}
+
+    def seeder(image, warped_hand, warped_object):
+        return landmark_hand_seeds(image, keypoints[index[image.tobytes()]], warped_object & ~warped_hand)
+
+    tracker = ForegroundSplitTracker(lambda image: truth[image.tobytes()])
+    out = tracker.track(images, np.stack([hand[0], obj[0]]), seeder)
+    assert out.shape == (T, 2) + hand.shape[1:]
+    assert min(mask_iou(out[t, 0], hand[t]) for t in range(T)) > 0.7
+    assert min(mask_iou(out[t, 1], obj[t]) for t in range(T)) > 0.7
+
+
+def test_static_foreground_is_what_never_moves():
+    rng = np.random.default_rng(0)
+    T, H, W = 6, 40, 60
+    frames, probs = [], []
+    for t in range(T):
+        image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)  # a background that flickers
+        image[5:15, 5:15] = 200  # a cupboard: foreground, still
+        image[20:30, 10 + 5 * t:20 + 5 * t] = 60  # a held object: foreground, moving
+        prob = np.zeros((H, W), np.float32)
+        prob[5:15, 5:15] = 1.0
+        prob[20:30, 10 + 5 * t:20 + 5 * t] = 1.0
+        frames.append(image)
+        probs.append(prob)
+    still = static_foreground(frames, probs)
+    assert still[5:15, 5:15].all() and not still[20:30].any() and not still[:, 40:].any()
+    assert not static_foreground(frames[:2], probs[:2]).any()  # two frames cannot tell
+
+
+def test_selfie_foreground_sees_nothing_in_a_flat_image():
+    fg = SelfieForeground()
+    prob = fg(np.full((48, 64, 3), 128, np.uint8))
+    assert prob.shape == (48, 64) and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.mean() < 0.5

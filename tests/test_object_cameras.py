@@ -1,0 +1,92 @@
+"""Object-frame cameras: the object's own motion (structure from motion) in the fit's start, the
+grasp consensus that finds the hand estimator's wrong frames, and the camera options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from hoirecon.fit.init import ObjectCameras, grasp_consensus, object_in_hand_poses, rotation_angle_deg
+
+
+def _rot(axis, deg) -> np.ndarray:
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    a = np.radians(deg)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
+
+
+def _rigid(R, t) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
+def _grasp_clip(T: int = 8):
+    """A rigid grasp turning in front of the camera: true T_cam_to_hand, the true object pose in
+    the hand, and structure from motion of the object in its own frame and scale."""
+    T_hand_to_obj = _rigid(_rot([0.2, 1, 0.1], 70), [0.03, -0.02, 0.05])
+    T_cam_to_hand = []
+    for t in range(T):
+        T_hand_to_cam = _rigid(_rot([0.3, 1, 0.2], 12 * t), [0.02 * t, 0.0, 0.45])
+        T_cam_to_hand.append(np.linalg.inv(T_hand_to_cam))
+    T_cam_to_hand = np.stack(T_cam_to_hand)
+    # The model: the object frame turned by G, its origin moved by c, scaled by 1 / 0.3.
+    G, c, scale = _rot([1, 0, 0], 40), np.array([0.4, -0.1, 0.2]), 0.3
+    T_cam_to_obj = T_hand_to_obj[None] @ T_cam_to_hand
+    T_obj_to_cam = np.linalg.inv(T_cam_to_obj)
+    R_model = T_obj_to_cam[:, :3, :3] @ G.T  # camera from model
+    t_model = T_obj_to_cam[:, :3, 3] / scale - R_model @ c
+    cams = ObjectCameras(R_model, t_model, np.ones(T, bool), c)
+    return T_cam_to_hand, T_hand_to_obj, cams
+
+
+def test_object_in_hand_poses_recover_a_rigid_grasp():
+    T_cam_to_hand, true_h2o, cams = _grasp_clip()
+    center_hand = np.linalg.inv(true_h2o)[:3, 3]  # the object's centre in the hand frame
+    T_h2o = object_in_hand_poses(cams, T_cam_to_hand, center_hand)
+    # Constant over the clip (a rigid grasp seen through exact cameras) ...
+    assert rotation_angle_deg(np.transpose(T_h2o[:, :3, :3], (0, 2, 1)) @ T_h2o[0, :3, :3]).max() < 1e-4
+    assert np.allclose(T_h2o[:, :3, 3], T_h2o[0, :3, 3], atol=1e-9)
+    # ... with the object's centre where it is, at its metric distance from the hand.
+    hand_in_obj = T_h2o[0, :3, 3]
+    assert np.linalg.norm(hand_in_obj) == pytest.approx(np.linalg.norm(true_h2o[:3, 3]), rel=1e-6)
+
+
+def test_unregistered_frames_take_the_nearest_registered_grasp():
+    T_cam_to_hand, true_h2o, cams = _grasp_clip()
+    cams.registered[[0, 1, 5]] = False
+    cams.R_cam_from_obj[[0, 1, 5]] = np.eye(3)  # what an unregistered frame holds
+    T_h2o = object_in_hand_poses(cams, T_cam_to_hand, np.linalg.inv(true_h2o)[:3, 3])
+    assert np.allclose(T_h2o[0], T_h2o[2]) and np.allclose(T_h2o[5], T_h2o[4])
+
+
+def test_grasp_consensus_finds_the_hand_estimators_wrong_frames():
+    T_cam_to_hand, true_h2o, cams = _grasp_clip(10)
+    wrong = T_cam_to_hand.copy()
+    wrong[2] = _rigid(_rot([0, 0, 1], 150), [0, 0, 0]) @ wrong[2]  # a hand read upside down
+    wrong[7, :3, 3] *= 2.0  # a hand put twice as far away
+    T_h2o = object_in_hand_poses(cams, wrong, np.linalg.inv(true_h2o)[:3, 3])
+    ref, angle, shift, outliers = grasp_consensus(T_h2o)
+    assert outliers.tolist() == [t in (2, 7) for t in range(10)]
+    assert angle[2] == pytest.approx(150, abs=1) and shift[7] > 0.05 and ref not in (2, 7)
+
+
+def test_focal_and_fov_reach_the_camera(tmp_path):
+    clip = tmp_path / "s"
+    assert run_cli("synth", "--category", "mug", "--out", str(clip), "--frames", "3", "--size", "96",
+                   "--seed", "1", "--quiet")[0] == 0
+    code, _, err = run_cli("hand", str(clip), "--focal", "150", "--no-sfm", "--force", "--quiet")
+    assert code == 0, err
+    K = np.load(clip / "hand" / "hands.npz")["K"]
+    camera = json.loads((clip / "hand" / "camera.json").read_text())
+    assert K[0, 0] == pytest.approx(150.0) and camera["source"] == "--focal"  # same size as the video
+    code, out, err = run_cli("hand", str(clip), "--fov", "60", "--no-sfm", "--force", "--quiet", "--json")
+    assert code == 0, err
+    K = np.load(clip / "hand" / "hands.npz")["K"]
+    assert K[0, 0] == pytest.approx(48.0 / np.tan(np.radians(30.0)), rel=1e-5)
+    assert json.loads((clip / "hand" / "camera.json").read_text())["source"] == "--fov"
+    assert run_cli("hand", str(clip), "--focal", "150", "--fov", "60", "--quiet")[0] == 2
