@@ -682,7 +682,8 @@ def pose_run(
     out: Optional[Path] = OutOpt,
     weights: Optional[Path] = typer.Option(None, "--weights", help="Network weights (default: "
                                                                    "weights/pose/pose_cpu.pt)."),
-    focal: float = typer.Option(1.0, "--focal", help="Focal length in normalised units (half the longer side = 1)."),
+    focal: Optional[float] = typer.Option(None, "--focal", help="Focal length in pixels of the original video "
+                                          "(default: the paper's 90 degrees across the longer side)."),
     force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -693,7 +694,7 @@ def pose_run(
 
     s = _session(quiet, as_json, "pose")
     cfg = PoseConfig(object_mesh=str(object_mesh.resolve()), weights=str(weights.resolve()) if weights else None,
-                     focal=focal)
+                     focal_px=focal)
     if _is_output_folder(clip_or_out):
         out, stages = clip_or_out, []
     else:

@@ -35,6 +35,8 @@ def test_pose_stage_writes_poses_and_overlay(clip, capsys):
     assert (out / "pose" / "overlay.mp4").stat().st_size > 0
     assert main(args + ["--json"]) == 0  # cached the second time
     assert '"status": "cached"' in capsys.readouterr().out
+    assert main(args + ["--focal", "80"]) == 0  # pixels of the original video (here the same size)
+    assert np.load(out / "pose" / "poses.npz")["K"][0, 0] == pytest.approx(80.0)
 
 
 def test_pose_errors_exit_2(clip, tmp_path, capsys, monkeypatch):

@@ -3,8 +3,9 @@ object's template mesh.
 
 Reads the frames and the masks (their boxes are the network's hand and object boxes); the
 template (``object_mesh``, watertight, metres, its own frame) gives the 21 control points PnP
-needs. Intrinsics: a pinhole of focal ``focal`` in normalised units (half the longer image side
-= 1; the hand stage's convention), principal point at the frame centre.
+needs. Intrinsics: a pinhole of focal length ``focal_px`` (pixels of the original video, as the
+hand stage's ``--focal``; scaled to the working frames), or without it the paper's focal of 1
+in normalised units (half the longer image side), principal point at the frame centre.
 
 Artifacts in ``<out>/pose/``:
 
@@ -62,16 +63,17 @@ class PoseConfig:
 
     object_mesh: the object's template mesh file (watertight, metres, its own frame).
     weights: the network's weights file; None = ``weights/pose/pose_cpu.pt``.
-    focal: pinhole focal length in normalised units (half the longer image side = 1).
+    focal_px: the camera's focal length in pixels of the original video; None = the paper's
+        focal of 1 in normalised units (90 degrees across the longer side).
     """
 
     object_mesh: str
     weights: str | None = None
-    focal: float = 1.0
+    focal_px: float | None = None
 
     def __post_init__(self):
-        if not self.focal > 0:
-            raise UserError(f"--focal must be > 0, got {self.focal}")
+        if self.focal_px is not None and not (np.isfinite(self.focal_px) and self.focal_px > 0):
+            raise UserError(f"--focal must be a positive number of pixels, got {self.focal_px}")
 
 
 def _weights_path(cfg: PoseConfig) -> Path:
@@ -113,7 +115,10 @@ def run_pose(ctx: StageContext, cfg: PoseConfig) -> dict:
     meta = load_frames_meta(ctx.input_dir("frames"))
     ctx.input_dir("masks")
     W, H = (int(v) for v in meta["size"])
-    K = intrinsics_from_focal(cfg.focal, W, H, dtype=torch.float64).numpy()
+    focal = 1.0
+    if cfg.focal_px is not None:  # original-video pixels -> working pixels -> normalised units
+        focal = cfg.focal_px * W / float(meta.get("original_size", meta["size"])[0]) / (max(W, H) / 2.0)
+    K = intrinsics_from_focal(focal, W, H, dtype=torch.float64).numpy()
     device = torch.device(ctx.device)
     net, recipe = load_pose_net(_weights_path(cfg), device)
     clip = load_clip(ctx.out_root, K=K, template=cfg.object_mesh, labelled=False)
