@@ -19,18 +19,16 @@ import typer
 from typer import Abort as _Abort, Exit as _Exit
 from typer._click.exceptions import ClickException as _ClickException, NoArgsIsHelpError as _NoArgsIsHelp
 
+# Only light modules here: `--help` and `status` must not pay for torch. Stage configs are
+# imported inside the commands that build them (a stage module imports its libraries), and
+# STAGES imports a stage's module when it is first looked up.
 from hoirecon import __version__
 from hoirecon.categories import category_name, normalize_category
 from hoirecon.errors import HoireconError, UserError
 from hoirecon.pipeline.report import Reporter
 from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, run_pipeline, status_table
 from hoirecon.pipeline.runner import read_manifest
-from hoirecon.stages.frames import FramesConfig
-from hoirecon.stages.export import ExportConfig, parse_frames
-from hoirecon.stages.fit import FitConfig
-from hoirecon.stages.hand import HandConfig
 from hoirecon.io.boxes import parse_box
-from hoirecon.stages.masks import MasksConfig
 from hoirecon.stages.registry import STAGES
 
 app = typer.Typer(
@@ -124,9 +122,12 @@ class _Session:
 _CURRENT: Optional[_Session] = None
 
 
-def _session(quiet: bool, as_json: bool, command: str) -> _Session:
+def _session(quiet: bool, as_json: bool, command: str, torch_threads: bool = True) -> _Session:
+    """Start a command's session. torch_threads=False: the command never runs torch (``status``),
+    so torch is not imported just to set its threads."""
     global _CURRENT
-    _set_threads()
+    if torch_threads:
+        _set_threads()
     _CURRENT = _Session(quiet, as_json, command)
     return _CURRENT
 
@@ -154,11 +155,15 @@ def _default_out(clip: Path) -> Path:
 
 
 def _frames_config(clip: Path, max_frames, stride, size) -> FramesConfig:
+    from hoirecon.stages.frames import FramesConfig
+
     return FramesConfig(source=str(clip.resolve()), max_frames=max_frames, stride=stride, size=size)
 
 
 def _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou,
                   side: str) -> MasksConfig:
+    from hoirecon.stages.masks import MasksConfig
+
     return MasksConfig(hand_box=parse_box(hand_box, "--hand-box"), object_box=parse_box(object_box, "--object-box"),
                        boxes_file=str(boxes.resolve()) if boxes else None,
                        masks_dir=str(masks_dir.resolve()) if masks_dir else None,
@@ -204,6 +209,10 @@ def run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run every stage on CLIP: frames -> masks -> hand -> fit -> export (cached)."""
+    from hoirecon.stages.export import ExportConfig
+    from hoirecon.stages.fit import FitConfig
+    from hoirecon.stages.hand import HandConfig
+
     s = _session(quiet, as_json, "run")
     category = category_name(category)
     out = out or _default_out(clip)
@@ -299,6 +308,8 @@ def hand(
     as_json: bool = JsonOpt,
 ) -> None:
     """Per-frame hand initialisation: articulation, shape, camera pose T_cam_to_hand (seed A.5, eq. 4)."""
+    from hoirecon.stages.hand import HandConfig
+
     s = _session(quiet, as_json, "hand")
     cfg = HandConfig(backend=backend, side=side, hand_model=hand_model, focal_px=focal, fov_deg=fov, sfm=sfm,
                      smooth_weight=smooth,
@@ -308,6 +319,8 @@ def hand(
 
 
 def _hand_config_with_camera(out: Path, focal: Optional[float], fov: Optional[float]) -> HandConfig:
+    from hoirecon.stages.hand import HandConfig
+
     manifest = read_manifest(out / "hand")
     if manifest is None:
         raise UserError(f"no hand stage in {out}: run `hoirecon hand {out} --focal ...` first")
@@ -362,6 +375,8 @@ def fit(
     as_json: bool = JsonOpt,
 ) -> None:
     """Optimise the hand-object scene (object SDF, object and camera poses, hand) against the masks."""
+    from hoirecon.stages.fit import FitConfig
+
     s = _session(quiet, as_json, "fit")
     cfg = FitConfig(preset=preset, prior=prior, category=category_name(category), sds_weight=sds_weight,
                     sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
@@ -391,6 +406,8 @@ def export(
     as_json: bool = JsonOpt,
 ) -> None:
     """Export meshes (glb/obj/ply), the animated interaction, poses, and videos to look at."""
+    from hoirecon.stages.export import ExportConfig, parse_frames
+
     s = _session(quiet, as_json, "export")
     cfg = ExportConfig(format=export_format, frames=parse_frames(frames_opt), resolution=resolution, world=world,
                        pictures=pictures)
@@ -601,6 +618,10 @@ def batch(
     """Run every stage on many clips (one output folder each), resumable, with one report."""
     from hoirecon.batch import BatchConfig, run_batch
     from hoirecon.errors import RunError
+    from hoirecon.stages.export import ExportConfig
+    from hoirecon.stages.fit import FitConfig
+    from hoirecon.stages.hand import HandConfig
+    from hoirecon.stages.masks import MasksConfig
 
     s = _session(quiet, as_json, "batch")
     # The run options are checked here once (the same configs `run` builds), not in every clip.
@@ -633,7 +654,7 @@ def status(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show which stages of OUT are done, stale or missing, with their times."""
-    s = _session(False, as_json, "status")
+    s = _session(False, as_json, "status", torch_threads=False)
     if not out.is_dir():
         raise UserError(f"output folder not found: {out}")
     rows = status_table(out, [STAGES[n] for n in STAGE_ORDER])
