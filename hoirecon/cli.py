@@ -737,7 +737,7 @@ def pose_train(
                                              "object.ply): the semi-supervised phase."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights."),
     network: str = typer.Option("cpu", "--network", help="cpu | paper (512 px, ResNet-50-FPN)."),
-    steps: int = typer.Option(400, "--steps", help="Supervised steps (0 with --init: only the semi phase)."),
+    steps: int = typer.Option(1000, "--steps", help="Supervised steps (0 with --init: only the semi phase)."),
     semi_steps: int = typer.Option(150, "--semi-steps", help="Steps of the semi-supervised phase."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Seconds per phase at most."),
     seed: int = SeedOpt,

@@ -41,7 +41,7 @@ class RecipeConfig:
     jitter of the crops; consistency: the pseudo-label filter's tolerances."""
 
     network: str = "cpu"
-    sup: TrainConfig = TrainConfig(steps=400)
+    sup: TrainConfig = TrainConfig(steps=1000, lr=2e-3)  # the shipped weights' recipe
     semi: TrainConfig = TrainConfig(steps=150, lr=3e-4, seed=1)
     jitter: float = 0.1
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
