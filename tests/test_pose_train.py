@@ -71,3 +71,15 @@ def test_bad_weights_and_templates(tmp_path):
         load_template(tmp_path / "open.ply")
     with pytest.raises(UserError, match="not found"):
         load_template(tmp_path / "missing.ply")
+
+
+def test_recipe_supervised_then_semi(clip_dir, tmp_path):
+    """`hoirecon pose train --unlabeled`: both phases run; the pseudo-label counts are recorded."""
+    from hoirecon.pose.recipe import RecipeConfig, train_recipe
+
+    cfg = RecipeConfig(sup=TrainConfig(steps=2, batch_size=2), semi=TrainConfig(steps=2, batch_size=2))
+    summary = train_recipe(clip_dir.parent, tmp_path / "w.pt", cfg, unlabeled=clip_dir.parent)
+    assert summary["supervised"]["steps"] == 2 and summary["semi_supervised"]["steps"] == 2
+    assert summary["pseudo_labels"]["frames"] == 4 and summary["pseudo_labels"]["clips"] == 1
+    _, recipe = load_pose_net(tmp_path / "w.pt")
+    assert recipe["name"] == "cpu-semi"
