@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "official"
 
 
 @pytest.fixture(autouse=True, scope="session")

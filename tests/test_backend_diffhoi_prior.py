@@ -1,6 +1,6 @@
 """DiffHOI prior backend: checked against the official fixture and on small synthetic data.
 
-The fixture (``../shared/fixtures/official/diffhoi_prior``) holds the released network's
+The fixture (``tests/fixtures/official/diffhoi_prior``) holds the released network's
 state-dict layout and the outputs of documented calls after ``detinit.fill_``. The full-size
 network (385M parameters) is built and filled once per module (about 1.5 GB, ~25 s of CPU for
 the fill) and run on 4 samples in total.
@@ -21,12 +21,8 @@ from hoirecon.backends import diffhoi_prior as dp
 from hoirecon.backends.glide_tokenizer import TEXT_CTX, get_glide_tokenizer
 from hoirecon.errors import MissingWeightsError, UserError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared/fixtures/official"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"  # tests/fixtures/official/README.md
 FIXTURE = FIXTURES / "diffhoi_prior"
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "io.npz").is_file(),
-    reason=f"official DiffHOI prior fixture not found at {FIXTURE} (only in the shared workspace)",
-)
 
 # README: float64 vs float32 reference differ by <= 6e-5, batch-2 vs batch-1 by <= 8e-5.
 ATOL_OUTPUT = 2e-4
@@ -64,7 +60,6 @@ def filled_model():
 # ---------------------------------------------------------------------------------------------
 
 
-@needs_fixture
 def test_state_dict_matches_released_checkpoint_layout():
     with torch.device("meta"):
         model = dp.DiffHOIGlideUNet()
@@ -82,7 +77,6 @@ def test_state_dict_matches_released_checkpoint_layout():
     assert list(dp.checkpoint_to_model_state_dict(lightning)) == [k for k, _, _ in expected]
 
 
-@needs_fixture
 def test_tokenizer_and_prompt_match_fixture(io):
     tokenizer = get_glide_tokenizer()
     prompt = str(io["prompt"])
@@ -93,7 +87,6 @@ def test_tokenizer_and_prompt_match_fixture(io):
     assert tokenizer.decode(tokenizer.encode(prompt)) == prompt
 
 
-@needs_fixture
 def test_embeddings_and_text_encoder_match_fixture(filled_model, io):
     with torch.no_grad():
         for t in (500, 10):
@@ -106,7 +99,6 @@ def test_embeddings_and_text_encoder_match_fixture(filled_model, io):
             torch.testing.assert_close(xf_proj, _t(io, f"xf_proj_{branch}"), atol=1e-4, rtol=0)
 
 
-@needs_fixture
 def test_joint_text_spatial_attention_layout(io):
     qkv, enc_kv = _t(io, "diag_qkvattn_qkv"), _t(io, "diag_qkvattn_enc_kv")
     with_text, without_text = dp.qkv_attention(qkv, 3, enc_kv), dp.qkv_attention(qkv, 3)
@@ -114,7 +106,6 @@ def test_joint_text_spatial_attention_layout(io):
     torch.testing.assert_close(without_text, _t(io, "diag_qkvattn_out_noenc"), atol=1e-5, rtol=0)
 
 
-@needs_fixture
 def test_guided_noise_prediction_matches_fixture(filled_model, io):
     """One batch-2 call, built as DiffHOI's SDS builds it, checks the raw cond/uncond outputs
     at t=500 (captured by a hook) and the guided eps."""
@@ -149,7 +140,6 @@ def test_guided_noise_prediction_matches_fixture(filled_model, io):
     assert (eps - expected).abs().mean() < 2.5e-5
 
 
-@needs_fixture
 def test_raw_outputs_other_timestep_and_zero_hand(filled_model, io):
     x_t, hand = _t(io, "x_t"), _t(io, "hand_cond")
     tokens = torch.cat([_t(io, "tokens_cond"), _t(io, "tokens_uncond")])

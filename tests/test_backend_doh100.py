@@ -32,10 +32,8 @@ from hoirecon.backends.doh100 import (
 from hoirecon.backends.ops import roi_align
 from hoirecon.errors import MissingWeightsError, RunError, UserError
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"  # tests/fixtures/official/README.md
 FIX = FIXTURES / "doh100"
-needs_fixture = pytest.mark.skipif(not (FIX / "io.npz").is_file(),
-                                   reason=f"official fixture folder {FIX} is absent (only in the shared workspace)")
 
 # Suggested tolerances (fixture README, "Measured float32 sensitivity"), relative to max|ref|.
 TOL_BASE, TOL_RPN, TOL_HEAD = 1e-4, 6e-4, 6e-5
@@ -93,8 +91,6 @@ def backbone(filled_net):
 
 
 def test_state_dict_matches_checkpoint_layout():
-    if not FIX.is_dir():
-        pytest.skip(f"official fixture folder {FIX} is absent")
     keys = json.loads((FIX / "keys.json").read_text())
     with torch.device("meta"):  # names, shapes and dtypes only
         sd = HandObjectDetectorNet().state_dict()
@@ -103,7 +99,6 @@ def test_state_dict_matches_checkpoint_layout():
     assert mine == keys  # names, order (fill_ numbering), shapes and dtypes; no renaming
 
 
-@needs_fixture
 def test_preprocessing_backbone_and_rpn(io, backbone):
     assert _rel(backbone["blob"][:, :, ::8, ::8], io["blob_sub"]) == 0.0
     b = backbone["blob"]
@@ -133,7 +128,6 @@ def test_preprocessing_backbone_and_rpn(io, backbone):
     np.testing.assert_array_equal(generate_anchors().numpy(), io["anchors"])
 
 
-@needs_fixture
 def test_proposal_layer_on_tempered_maps(io):
     rois = rpn_proposals(torch.from_numpy(io["prop_in_cls_prob"]), torch.from_numpy(io["prop_in_bbox_deltas"]),
                          torch.from_numpy(io["im_info"]), DOH100Config())
@@ -142,7 +136,6 @@ def test_proposal_layer_on_tempered_maps(io):
     np.testing.assert_allclose(rois.numpy(), io["prop_rois"], rtol=0, atol=1e-3)
 
 
-@needs_fixture
 def test_full_forward_proposals(io, backbone):
     """(c1): the proposals from our own RPN maps. The README calls this informational because
     the degenerate survivors depend on bit-level RPN values, so it is asserted only when our
@@ -175,7 +168,6 @@ def _check_head(net, base_feat, im_info, rois_np, io, prefix, rows=None, padded_
     return out
 
 
-@needs_fixture
 def test_roi_head_on_fixed_boxes(io, filled_net, backbone):
     """(c3): ROI align, layer4 head, box and hand heads on 8 fixed boxes."""
     net, _ = filled_net
@@ -193,7 +185,6 @@ def test_roi_head_on_fixed_boxes(io, filled_net, backbone):
     assert _rel(out["fc7_padded"][0], io["fixed_fc7_padded"]) < TOL_HEAD
 
 
-@needs_fixture
 def test_roi_head_on_proposals(io, filled_net, backbone):
     """(c2) head outputs on the stored proposals (a row subset) and the enlarged rois (all rows)."""
     net, _ = filled_net
@@ -204,14 +195,12 @@ def test_roi_head_on_proposals(io, filled_net, backbone):
     assert _rel(out["fc7"][0, :, ::16], io["prop_fc7_sub"][PROP_ROWS]) < TOL_HEAD
 
 
-@needs_fixture
 def test_roi_head_on_full_forward_rois(io, filled_net, backbone):
     """(c1) head outputs recomputed on the stored full-forward rois (degenerate boxes, zero padding)."""
     net, _ = filled_net
     _check_head(net, backbone["base_feat"], backbone["im_info"], io["full_rois_sorted"], io, "full", FULL_ROWS)
 
 
-@needs_fixture
 def test_hand_rows_subset_matches_fixture(io, filled_net, backbone):
     """The inference shortcut (enlarged-ROI branch only for likely hands) gives the same values."""
     net, _ = filled_net

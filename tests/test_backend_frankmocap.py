@@ -18,12 +18,8 @@ import torch
 from hoirecon.backends import frankmocap as fm
 from hoirecon.errors import MissingWeightsError, UserError
 
-FIXTURE_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
+FIXTURE_ROOT = Path(__file__).resolve().parent / "fixtures" / "official"  # tests/fixtures/official/README.md
 FIXTURE = FIXTURE_ROOT / "frankmocap_hand"
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "io.npz").is_file(),
-    reason=f"official fixture folder {FIXTURE} is absent (only the project's shared checkout has it)",
-)
 # README "Verification and tolerances": max|diff| / max|ref| <= 1e-5, or atol ~2e-4.
 REL_TOL = 1e-5
 
@@ -63,7 +59,6 @@ def filled_encoder(fixture_io) -> fm.H3DWEncoder:
     return encoder.eval()
 
 
-@needs_fixture
 def test_state_dict_matches_released_checkpoint_keys():
     keys = json.loads((FIXTURE / "keys.json").read_text())
     encoder = fm.H3DWEncoder(torch.zeros(61))
@@ -73,7 +68,6 @@ def test_state_dict_matches_released_checkpoint_keys():
     assert "mean_params" not in encoder.state_dict()
 
 
-@needs_fixture
 @pytest.mark.parametrize("tag", ["raw", "norm"])
 def test_forward_matches_official_outputs(filled_encoder, fixture_io, tag):
     with torch.no_grad():
@@ -88,7 +82,6 @@ def test_forward_matches_official_outputs(filled_encoder, fixture_io, tag):
         assert err <= REL_TOL * np.abs(ref).max() and err <= 2e-4, (name, err)
 
 
-@needs_fixture
 def test_normalisation_and_mean_params_match_fixture(fixture_io):
     # The demo's Normalize(0.5, 0.5) applied to the ToTensor output.
     norm = fm.normalize_crop(torch.from_numpy(fixture_io["input_raw"]))

@@ -1,7 +1,7 @@
 """STCN backend: checkpoint layout, fixture outputs (fp64 tight, fp32 through `propagate`),
 the tracker's procedure, and checkpoint errors.
 
-Fixture: ../shared/fixtures/official/stcn/ (README there); skipped when absent.
+Fixture: tests/fixtures/official/stcn/ (tests/fixtures/official/README.md).
 """
 
 from __future__ import annotations
@@ -32,12 +32,8 @@ from hoirecon.backends.stcn import (
 )
 from hoirecon.errors import MissingWeightsError, UserError
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"  # tests/fixtures/official/README.md
 STCN_DIR = FIXTURES / "stcn"
-needs_fixture = pytest.mark.skipif(
-    not (STCN_DIR / "io.npz").is_file(),
-    reason=f"STCN fixture folder {STCN_DIR} is absent (only the project's shared checkout has it)",
-)
 
 
 def _load_detinit():
@@ -124,7 +120,6 @@ def _check_encoders(io: dict, frame: str, k16, qv16, f16, f8, f4, tol: float) ->
 # --------------------------------------------------------------------------------------
 
 
-@needs_fixture
 def test_state_dict_matches_keys_json():
     keys = json.loads((STCN_DIR / "keys.json").read_text())
     with torch.device("meta"):
@@ -167,7 +162,6 @@ def test_load_state_dict_strict_and_stage0_conv1():
 # --------------------------------------------------------------------------------------
 
 
-@needs_fixture
 def test_fixture_float64_matches_reference_chain(io, filled_net):
     """float64 port vs the float64 reference: limited by float32 storage, no pixel flips."""
     net = copy.deepcopy(filled_net).double()
@@ -223,7 +217,6 @@ def test_fixture_float64_matches_reference_chain(io, filled_net):
         _check_stats(prob, io, "f64ref__prob_f1_withbg", 1e-6)
 
 
-@needs_fixture
 def test_fixture_float32_through_propagate(io, filled_net):
     """The inference procedure on the 2-frame fixture clip vs the float32 reference
     (README tolerances), with intermediates captured by hooks."""
