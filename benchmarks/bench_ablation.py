@@ -14,6 +14,11 @@ GT masks, noisy hand init):
 - hard blending: full prior, ``--blend hard`` (front surface wins + ordinal depth loss, B.4);
 - full prior (ours): the shipped prior with the clip's category.
 
+``--clips tuning|heldout`` runs the variants on the real-object meshes of that set instead
+(``benchmarks/object_meshes.json``, ``benchmarks/object_meshes.py``; one clip per mesh and ``--seeds``
+entry, each fitted with the ``category`` listed there); the held-out set is for reporting only. It
+writes the section ``bench_ablation_<set>``.
+
 ``--masks tracked`` replaces each clip's ground-truth masks by the masks stage's own (``hoirecon masks``
 from the clip's first-frame boxes, default tracker) before fitting, so the variants are compared where
 mask errors are real (the seed's reason for the soft blend); a clip whose masks fail the
@@ -24,7 +29,8 @@ Every fit runs in a child process (``bench_fit.run_fit_child``); results are kep
 (variant, clip) under ``--work`` so an interrupted run resumes where it stopped
 (``--fresh`` starts over). Writes the ``bench_ablation`` section of BENCHMARKS.md.
 
-Usage: .venv/bin/python benchmarks/bench_ablation.py [--seed0 0] [--jobs 2] [--variants a,b] [--sds-every 1]
+Usage: .venv/bin/python benchmarks/bench_ablation.py [--clips procedural|tuning|heldout] [--seeds 7]
+       [--seed0 0] [--jobs 2] [--variants a,b] [--sds-every 1]
        [--no-prior-from /tmp/bench_fit/results_fast.json] [--masks gt|tracked] [--fresh] [--no-write]
 """
 
@@ -47,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fit import machine, run_fit_child, score  # noqa: E402
-from common import write_section  # noqa: E402
+from common import slug, write_section  # noqa: E402
+from object_meshes import CLIP_SETS, benchmark_clips  # noqa: E402
 
 from hoirecon.synth.objects import CATEGORIES  # noqa: E402
 
@@ -61,10 +68,6 @@ VARIANTS = {
     "hard blending": FULL + ["--blend", "hard"],
     "full prior (ours)": FULL,
 }
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
 def track_masks(clip: Path, dst: Path) -> dict:
@@ -125,6 +128,9 @@ def render_tables(results: dict[str, dict[str, dict]], cats: list[str], header: 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", default="procedural", choices=CLIP_SETS,
+                    help="procedural categories, or the tuning / held-out real-object meshes (object_meshes.json)")
+    ap.add_argument("--seeds", default="7", help="clip seeds of each real-object mesh (comma-separated)")
     ap.add_argument("--categories", default=",".join(CATEGORIES))
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
     ap.add_argument("--seed0", type=int, default=0)
@@ -141,7 +147,6 @@ def main() -> None:
                     help="fit on the clips' GT masks or on the masks stage's tracked masks")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from hoirecon.synth.generator import generate_clip
 
     torch.set_num_threads(1)
     names = [v.strip() for v in args.variants.split(",")]
@@ -154,14 +159,12 @@ def main() -> None:
     work = Path(args.work)
     if args.fresh and work.exists():
         shutil.rmtree(work)
-    cats = args.categories.split(",")
-    clips = {}
-    for i, cat in enumerate(cats):
-        src = work / "clips" / f"{cat}_s{args.seed0 + i}"
-        if not (src / "gt").is_dir():
-            generate_clip(cat, src, frames=args.frames, size=args.size, seed=args.seed0 + i,
-                          view_range_deg=args.view_range)
-        clips[cat] = src
+    # Columns are clip names (the category of a procedural clip, the mesh name of a real-object one).
+    bench = benchmark_clips(args.clips, work / "clips", args.frames, args.size, args.view_range,
+                            [int(x) for x in args.seeds.split(",")], args.categories.split(","), args.seed0)
+    clips = {c.name: c.out for c in bench}
+    fit_category = {c.name: c.category for c in bench}
+    cats = list(clips)
     tracked: dict[str, dict] = {}
     if args.masks == "tracked":
         for cat in cats:
@@ -178,14 +181,14 @@ def main() -> None:
     def one(job: tuple[str, str]) -> tuple[str, str, dict]:
         name, cat = job
         runs = work if args.masks == "gt" else work / "tracked_masks"
-        done = runs / slug(name) / f"{cat}.json"
+        done = runs / slug(name) / f"{slug(cat)}.json"
         if done.is_file():
             return name, cat, json.loads(done.read_text())
         out = runs / slug(name) / clips[cat].name
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(clips[cat], out, ignore=shutil.ignore_patterns("fit", "export", "eval"))
-        extra = [a.replace("{cat}", cat) for a in VARIANTS[name]]
+        extra = [a.replace("{cat}", fit_category[cat]) for a in VARIANTS[name]]
         if "none" not in extra:
             extra += ["--sds-every", str(args.sds_every)]
         m = {"variant": name, "category": cat, **run_fit_child(out, "fast", None, extra=extra), **score(out)}
@@ -194,7 +197,7 @@ def main() -> None:
         return name, cat, m
 
     results: dict[str, dict[str, dict]] = {n: {} for n in names}
-    if args.no_prior_from and "no prior" in names and args.masks == "gt":
+    if args.no_prior_from and "no prior" in names and args.masks == "gt" and args.clips == "procedural":
         for row in json.loads(Path(args.no_prior_from).read_text()):
             if row["category"] in cats and row["seed"] == args.seed0 + cats.index(row["category"]):
                 results["no prior"][row["category"]] = row
@@ -205,7 +208,8 @@ def main() -> None:
         for name, cat, m in pool.map(one, jobs):
             results[name][cat] = m
     results = {n: {c: rows[c] for c in cats if c in rows} for n, rows in results.items()}
-    cmd = f"--seed0 {args.seed0} --jobs {args.jobs} --sds-every {args.sds_every}"
+    cmd = (f"--seed0 {args.seed0}" if args.clips == "procedural" else f"--clips {args.clips} --seeds {args.seeds}")
+    cmd += f" --jobs {args.jobs} --sds-every {args.sds_every}"
     if args.no_prior_from:
         cmd += f" --no-prior-from {args.no_prior_from}"
     if args.masks == "tracked":
@@ -220,14 +224,18 @@ def main() -> None:
                                 f"{c}: left out, {t['message']}" for c, t in tracked.items()) + ")")
     header = (f"Command: `.venv/bin/python benchmarks/bench_ablation.py {cmd}` "
               f"({args.frames} frames, {args.size} px, view range {args.view_range:g} deg, {masks_note}, noisy hand init; "
-              f"category i uses clip seed {args.seed0}+i, the clips of `bench_fit.py`; every variant is "
+              + (f"category i uses clip seed {args.seed0}+i, the clips of `bench_fit.py`; " if args.clips == "procedural"
+                 else f"the {args.clips} real-object meshes of benchmarks/object_meshes.json (synth seed(s) {args.seeds}"
+                      f"{'; reporting only, never tuned on' if args.clips == 'heldout' else ''}); ")
+              + "every variant is "
               "`hoirecon fit --preset fast` with the options in `VARIANTS` of the script). Machine: "
               f"{machine()}. Date: {datetime.date.today().isoformat()}. {args.jobs} fits side by side on a shared "
               f"machine (load average at the end {os.getloadavg()[0]:.1f}): times are upper bounds.")
     text = render_tables(results, cats, header)
     print(text)
     if not args.no_write:
-        write_section("bench_ablation" if args.masks == "gt" else "bench_ablation_tracked", text)
+        section = "bench_ablation" if args.masks == "gt" else "bench_ablation_tracked"
+        write_section(section if args.clips == "procedural" else f"{section}_{args.clips}", text)
 
 
 if __name__ == "__main__":

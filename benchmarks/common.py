@@ -46,6 +46,11 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu_model()}, load average {load:.1f} at start, {date.today().isoformat()}"
 
 
+def slug(name: str) -> str:
+    """``name`` as a folder name: every character that is not a letter or digit becomes '_'."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+
+
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section between <!-- name:start --> and <!-- name:end -->."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
