@@ -89,6 +89,21 @@ def test_guidance_is_classifier_free_with_unknown_as_unconditional():
     assert torch.allclose(guided, eps_u + 4.0 * (eps_c - eps_u), atol=1e-5)
 
 
+def test_unknown_category_is_one_unguided_pass():
+    """Guidance changes nothing for the unconditional branch, so the prior runs it once (B, not 2B)."""
+    torch.manual_seed(1)
+    model = GeometryPrior(TINY).eval()
+    batches = []
+    model.unet.register_forward_hook(lambda mod, args, out: batches.append(args[0].shape[0]))
+    x, hand, t = torch.randn(2, 5, 64, 64), torch.randn(2, 7, 64, 64), torch.tensor([300, 700])
+    with torch.no_grad():
+        guided = model.predict_noise(x, t, hand, "unknown", guidance_scale=4.0)
+        plain = model.predict_noise(x, t, hand, "unknown")
+        model.predict_noise(x, t, hand, "knife", guidance_scale=4.0)
+    assert torch.equal(guided, plain)
+    assert batches == [2, 2, 4]
+
+
 def test_category_only_prior_ignores_the_hand_and_roundtrips(tmp_path):
     from dataclasses import replace as dc_replace
 
@@ -325,6 +340,28 @@ def test_one_sds_step_updates_a_tiny_sdf(hand):
     assert sum(float(g.abs().sum()) for g in grads) > 0
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, mlp.parameters()))
+
+
+def test_sds_rendering_at_a_lower_size_is_the_full_size_one_upsampled(hand):
+    """``SDSRenderConfig.render_size``: the same camera on 32 px, upsampled to the prior's 64 px,
+    shows the object where the 64 px rendering does, and the SDS gradient reaches the SDF."""
+    from hoirecon.prior.sds import SDSRenderConfig, render_sds_inputs
+
+    radius = torch.tensor(0.04, requires_grad=True)
+    hv = hand(torch.zeros(1, 45), torch.zeros(1, 3)).verts
+    T_hand_to_obj = torch.eye(4)[None].clone()
+    T_hand_to_obj[0, 1, 3] = 0.06
+    images = {}
+    for size in (None, 32):
+        r = render_sds_inputs(lambda x: x.norm(dim=-1) - radius, 0.002, T_hand_to_obj, hv, hand.faces, hand.vert_uv,
+                              torch.zeros(3), 0.1, SDSRenderConfig(render_size=size), torch.Generator().manual_seed(4))
+        assert r.object_image.shape == (1, 5, 64, 64)
+        images[size] = r.object_image
+    assert tuple(r.object.mask.shape) == (1, 32, 32)
+    full, small = (decode_geometry(images[k].detach()).mask > 0.5 for k in (None, 32))
+    assert full.sum() > 100 and (full & small).sum() / (full | small).sum() > 0.85
+    images[32][:, 0].sum().backward()
+    assert radius.grad is not None and float(radius.grad) > 0  # a larger sphere covers more pixels
 
 
 def test_mirroring_a_pair_equals_rendering_the_reflected_scene(grasp_views):

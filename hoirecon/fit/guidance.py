@@ -11,7 +11,8 @@ step and adds the returned loss to its total::
         total = total + sds
 
 Each evaluation (``hoirecon.prior.sds.score_distillation_loss``, seed A.3) picks one random
-frame, renders the object SDF (64x64 mask / normal / depth) and the hand (the condition)
+frame, renders the object SDF (mask / normal / depth at ``SDSRenderConfig.render_size``,
+upsampled to the prior's 64x64) and the hand (the condition, 64x64)
 from a random viewpoint around the hand-object pair, noises the object image at a random
 t and pulls it towards the prior's classifier-free-guided (scale 4) denoising.
 
@@ -63,14 +64,13 @@ class GuidanceConfig:
     start_step: no SDS before this step (seed A.2: the first 100 steps fit the masks alone,
         so the prior sees a rough object next to the hand, not the initial blob).
     every: SDS on every ``every``-th step from ``start_step``. Default 1 (the paper's
-        setting), affordable on CPU: measured on a 30-frame 256 px synth mug clip, 1 torch
-        thread, one SDS evaluation (one random frame, 64x64 render of 32+32 samples/ray,
-        its backward, the shipped prior's 2-batch guided UNet pass) costs 0.14 s on the
-        48^3 grid of ``fit --preset fast``, so its 1500 steps (~0.05 s each without the
-        prior) gain 1400 x 0.14 s = ~200 s: ~4.5 min per clip; even at a pessimistic
-        0.3 s per evaluation it is 75 s + 1400 x 0.3 s = ~8 min < 15 min. In general the
-        extra time is (steps - start_step) / every x cost; raise ``every`` on a slower or
-        busier machine.
+        setting). Cost, measured with ``benchmarks/bench_sds.py`` (CPU ms of one SDS step on
+        a 48^3 grid fit of ``--preset fast``, 1 thread): 168 ms with the object rendered at
+        64 px with 32 + 32 samples per ray (before issue 22), 59 ms with the defaults of
+        ``SDSRenderConfig`` (32 px upsampled, 24 + 16 samples), of which the prior's guided
+        UNet pass is ~30 ms (~21 ms for a category the prior does not know: one unguided
+        pass). The extra time of a fit is (steps - start_step) / every x that cost: ~80 s
+        CPU for the 1500 steps of ``fast``; raise ``every`` on a slower or busier machine.
     sds: t range / annealing / weighting / guidance scale (``SDSConfig`` defaults: the
         authors': t in [0.02, 0.98] of the schedule, no annealing, "bell" w(t), scale 4).
     render: SDS viewpoints and volume sampling (``SDSRenderConfig`` defaults).

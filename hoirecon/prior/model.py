@@ -246,7 +246,8 @@ class GeometryPrior(nn.Module):
         B = x_t.shape[0]
         ids = self.category_ids(category, B, x_t.device)
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(B)
-        if guidance_scale == 1.0:
+        if guidance_scale == 1.0 or bool((ids == self.unconditional_id).all()):
+            # Unconditional samples: eps_c = eps_u, so guidance changes nothing; one pass of B.
             return self._eps(x_t, t, hand_cond, ids)
         uncond = torch.full_like(ids, self.unconditional_id)
         eps = self._eps(

@@ -48,8 +48,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from hoirecon.errors import UserError
+from hoirecon.export.views import scale_intrinsics
 from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.prior.geometry import (
     ObjectSDFRendering,
@@ -256,12 +258,24 @@ class SDSRenderConfig:
     """Renderings for score distillation.
 
     view: random viewpoints (must match the prior's training data, ``RenderDataConfig.view``).
-    volume: SDF volume sampling at 64 px (default: 32 + 32 samples, jittered,
+    volume: SDF volume sampling (``default_sds_volume_config``: 24 + 16 samples, jittered,
         finite-difference normals).
+    render_size: side (px) at which the object SDF is volume-rendered; None = the prior's
+        ``view.image_size``. A smaller size renders the same camera on fewer pixels and
+        upsamples the encoded image bilinearly to ``view.image_size`` (the SDS gradient goes
+        back through the upsampling): the volume rendering and its backward, most of an SDS
+        step, scale with the pixel count. Default 32 of the prior's 64 px (a third of the
+        step's cost with the sampling above: benchmarks/bench_sds.py; quality in
+        BENCHMARKS.md, issue 22). The hand condition is always rasterized at full size.
     """
 
     view: ViewConfig = field(default_factory=ViewConfig)
     volume: VolumeRenderConfig = field(default_factory=default_sds_volume_config)
+    render_size: int | None = 32
+
+    def __post_init__(self):
+        if self.render_size is not None and not 2 <= self.render_size <= self.view.image_size:
+            raise UserError(f"SDS render size must be in 2..{self.view.image_size}, got {self.render_size}")
 
 
 @dataclass
@@ -269,8 +283,9 @@ class SDSRenderings:
     """Inputs of ``sds_loss`` for a batch of random views (B = one view per input frame).
 
     object_image: (B, 5, S, S) differentiable; hand_cond: (B, 7, S, S) constant;
-    T_hand_to_view: (B, 4, 4); K: (B, 3, 3); z_ref: (B,) depth origin (m);
-    object: the raw ObjectSDFRendering (opacity, depth, normals, SDF gradients).
+    T_hand_to_view: (B, 4, 4); K: (B, 3, 3) at S px; z_ref: (B,) depth origin (m);
+    object: the raw ObjectSDFRendering (opacity, depth, normals, SDF gradients) at
+    ``SDSRenderConfig.render_size`` px.
     """
 
     object_image: torch.Tensor
@@ -328,11 +343,16 @@ def render_sds_inputs(
         transform_points(T_hand_to_view, hv), hand_faces, hand_vert_uv, K, cfg.view.image_size, look_at_z
     )
     T_view_to_obj = T_hand_to_obj @ invert_rigid(T_hand_to_view)
+    size = cfg.render_size or cfg.view.image_size
     obj = render_object_sdf(
-        sdf_fn, beta, T_view_to_obj, K, cfg.view.image_size, hand.z_ref,
+        sdf_fn, beta, T_view_to_obj, scale_intrinsics(K, size / cfg.view.image_size), size, hand.z_ref,
         torch.as_tensor(sphere_center, **like), sphere_radius, cfg.volume,
     )
-    return SDSRenderings(obj.image, hand.image, T_hand_to_view, K, hand.z_ref, obj)
+    image = obj.image
+    if size != cfg.view.image_size:
+        # align_corners=False matches scale_intrinsics' pixel-centre convention.
+        image = F.interpolate(image, size=(cfg.view.image_size,) * 2, mode="bilinear", align_corners=False)
+    return SDSRenderings(image, hand.image, T_hand_to_view, K, hand.z_ref, obj)
 
 
 def score_distillation_loss(
