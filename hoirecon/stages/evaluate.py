@@ -43,12 +43,11 @@ import trimesh
 from hoirecon.errors import RunError, UserError
 from hoirecon.eval.metrics import hand_object_chamfer, keypoint_error_mm, object_metrics, sample_surface
 from hoirecon.hand import build_hand_model
+from hoirecon.stages.outputs import FitPoses, HandsOutput
 
 __all__ = ["resolve_gt_dir", "load_ground_truth", "hand_keypoints_cam", "evaluate", "print_eval_table"]
 
 _GT_KEYS = ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")
-_FIT_KEYS = ("T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")
-_INIT_KEYS = ("T_cam_to_hand", "articulation", "shape")
 
 
 def resolve_gt_dir(gt_dir: str | Path) -> Path:
@@ -98,8 +97,10 @@ def _side(arrays: dict) -> str:
     return side
 
 
-def _poses(arrays: dict, key: str, n: int, what: str) -> np.ndarray:
-    T = np.asarray(arrays[key], dtype=np.float64)
+def _poses(poses: np.ndarray, key: str, n: int, what: str) -> np.ndarray:
+    """``poses`` (n, 4, 4) as float64; UserError naming ``key`` when the frame count differs from the
+    ground truth's ``n``, RunError when not finite."""
+    T = np.asarray(poses, dtype=np.float64)
     if T.shape != (n, 4, 4):
         raise UserError(f"{what}: {key} has shape {T.shape}, the ground truth has {n} frames")
     if not np.isfinite(T).all():
@@ -165,18 +166,20 @@ def evaluate(
         raise UserError(f"output folder not found: {out_dir}")
     gt, gt_mesh = load_ground_truth(gt_dir)
     n = int(np.asarray(gt["T_cam_to_hand"]).shape[0])
-    T_cam_to_hand_gt = _poses(gt, "T_cam_to_hand", n, "ground truth")
-    T_hand_to_obj_gt = _poses(gt, "T_hand_to_obj", n, "ground truth")
+    T_cam_to_hand_gt = _poses(gt["T_cam_to_hand"], "T_cam_to_hand", n, "ground truth")
+    T_hand_to_obj_gt = _poses(gt["T_hand_to_obj"], "T_hand_to_obj", n, "ground truth")
     models: dict[str, object] = {}
 
-    def hand_for(arrays: dict):
-        # The parameters mean something only for the model that produced them.
-        name = str(arrays["hand_model"]) if "hand_model" in arrays else "anny"
+    def hand_for(name: str | None):
+        # The parameters mean something only for the model that produced them (None: files
+        # that do not record it, which are anny's).
+        name = name or "anny"
         if name not in models:
             models[name] = build_hand_model(name)
         return models[name]
 
-    kp_gt = hand_keypoints_cam(hand_for(gt), T_cam_to_hand_gt, gt["articulation"], gt["shape"], _side(gt))
+    kp_gt = hand_keypoints_cam(hand_for(str(gt["hand_model"]) if "hand_model" in gt else None), T_cam_to_hand_gt,
+                               gt["articulation"], gt["shape"], _side(gt))
     gt_pts = sample_surface(gt_mesh.vertices, gt_mesh.faces, n_points, seed + 1)
 
     T_cam_to_obj_gt = T_hand_to_obj_gt @ T_cam_to_hand_gt
@@ -191,9 +194,9 @@ def evaluate(
             "cd_h": hand_object_chamfer(pred_pts, T_hand_to_obj, gt_pts, T_hand_to_obj_gt),
         }
 
-    def hand_scores(arrays: dict, T_cam_to_hand: np.ndarray) -> dict:
-        kp = hand_keypoints_cam(hand_for(arrays), T_cam_to_hand, arrays["articulation"], arrays["shape"],
-                                _side(arrays))
+    def hand_scores(T_cam_to_hand: np.ndarray, articulation: np.ndarray, shape: np.ndarray, side: str,
+                    hand_model: str | None) -> dict:
+        kp = hand_keypoints_cam(hand_for(hand_model), T_cam_to_hand, articulation, shape, side)
         # The true object, where it truly is in the camera, seen from these hand frames.
         T_hand_to_true_obj = T_cam_to_obj_gt @ np.linalg.inv(T_cam_to_hand)
         return {"hand": _hand_errors(kp, kp_gt),
@@ -201,24 +204,27 @@ def evaluate(
 
     fit_dir = out_dir / "fit"
     fit = None
-    if (fit_dir / "poses.npz").is_file() or pred_mesh is not None:
-        poses = _load_npz(fit_dir / "poses.npz", _FIT_KEYS, "fit poses")
-        T_hand_to_obj = _poses(poses, "T_hand_to_obj", n, "fit poses")
-        T_cam_to_hand = _poses(poses, "T_cam_to_hand", n, "fit poses")
+    if (fit_dir / FitPoses.FILE).is_file() or pred_mesh is not None:
+        poses = FitPoses.load(fit_dir)
+        T_hand_to_obj = _poses(poses.T_hand_to_obj, "T_hand_to_obj", n, "fit poses")
+        T_cam_to_hand = _poses(poses.T_cam_to_hand, "T_cam_to_hand", n, "fit poses")
         mesh_path = Path(pred_mesh) if pred_mesh is not None else fit_dir / "object.ply"
-        fit = {**object_scores(mesh_path, T_hand_to_obj, "predicted mesh"), **hand_scores(poses, T_cam_to_hand)}
+        # the fit's poses record no hand model: its articulation is the hand stage's model's (anny by default)
+        fit = {**object_scores(mesh_path, T_hand_to_obj, "predicted mesh"),
+               **hand_scores(T_cam_to_hand, poses.articulation, poses.shape, poses.side, None)}
 
     init = None
-    if (out_dir / "hand" / "hands.npz").is_file():
-        hands = _load_npz(out_dir / "hand" / "hands.npz", _INIT_KEYS, "hand initialisation")
-        init = hand_scores(hands, _poses(hands, "T_cam_to_hand", n, "hand initialisation"))
+    if (out_dir / "hand" / HandsOutput.FILE).is_file():
+        hands = HandsOutput.load(out_dir / "hand")
+        init = hand_scores(_poses(hands.T_cam_to_hand, "T_cam_to_hand", n, "hand initialisation"),
+                           hands.articulation, hands.shape, hands.side, hands.hand_model)
         # The fit stage also saves its starting object (visual hull) and object poses.
         if (fit_dir / "object_init.ply").is_file() and (fit_dir / "init.npz").is_file():
             start = _load_npz(fit_dir / "init.npz", ("T_hand_to_obj",), "fit initialisation")
-            T_start = _poses(start, "T_hand_to_obj", n, "fit initialisation")
+            T_start = _poses(start["T_hand_to_obj"], "T_hand_to_obj", n, "fit initialisation")
             init.update(object_scores(fit_dir / "object_init.ply", T_start, "initial mesh"))
     if fit is None and init is None:
-        raise UserError(f"nothing to evaluate in {out_dir}: no fit/poses.npz and no hand/hands.npz")
+        raise UserError(f"nothing to evaluate in {out_dir}: no fit/{FitPoses.FILE} and no hand/{HandsOutput.FILE}")
 
     result = {
         "out_dir": str(out_dir),

@@ -55,6 +55,7 @@ from hoirecon.io.masks import read_mask_folder
 from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.render.volume import VolumeRenderConfig
 from hoirecon.stages.frames import load_frames_meta
+from hoirecon.stages.outputs import FitPoses, HandsOutput
 
 VERSION = "5"
 PRESETS = ("fast", "paper")
@@ -154,47 +155,23 @@ def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
     return init, opt
 
 
-def _read_hands(hand_dir: Path, n_frames: int) -> dict:
-    path = hand_dir / "hands.npz"
-    if not path.is_file():
-        raise UserError(f"missing {path}: run the hand stage first")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    for key, shape in (("K", (3, 3)), ("T_cam_to_hand", (n_frames, 4, 4)), ("articulation", (n_frames, 45)),
-                       ("shape", (10,))):
-        if key not in d or tuple(d[key].shape) != shape:
-            got = tuple(d[key].shape) if key in d else "missing"
-            raise UserError(f"{path}: '{key}' must have shape {shape}, got {got}")
-    if "valid" in d and tuple(np.shape(d["valid"])) != (n_frames,):
-        raise UserError(f"{path}: 'valid' must have shape ({n_frames},), got {tuple(np.shape(d['valid']))}")
-    if "valid" in d and not np.asarray(d["valid"], bool).any():
-        d["valid"] = np.ones(n_frames, bool)  # nothing to trust more than anything else
-    d["side"] = str(d.get("side", np.array("right")))
-    if d["side"] not in ("right", "left"):
-        raise UserError(f"{path}: side must be 'right' or 'left', got {d['side']!r}")
-    return d
-
-
-def _check_hand_model(hands: dict, hand_model: str, path: Path) -> None:
+def _check_hand_model(hands: HandsOutput, hand_model: str, path: Path) -> None:
     """UserError unless the hand stage fitted the hand model the fit is told to use (its
     articulation and shape values mean nothing to another model)."""
-    fitted = str(hands.get("hand_model", hand_model))
+    fitted = hands.hand_model or hand_model
     if fitted != hand_model:
         raise UserError(f"--hand-model {hand_model} does not match the hand stage, which fitted {fitted} ({path}): "
                         f"pass --hand-model {fitted}, or rerun the hand stage with --hand-model {hand_model}")
 
 
-def _object_cameras(hands: dict) -> Optional[ObjectCameras]:
+def _object_cameras(hands: HandsOutput) -> Optional[ObjectCameras]:
     """The hand stage's structure-from-motion object cameras, or None where none registered."""
-    registered = np.asarray(hands.get("sfm_registered", np.zeros(0, bool)), bool)
-    if registered.size != len(hands["T_cam_to_hand"]) or not registered.any():
+    registered = np.asarray(hands.sfm_registered if hands.sfm_registered is not None else np.zeros(0, bool), bool)
+    if registered.size != hands.num_frames or not registered.any():
         return None
-    return ObjectCameras(np.asarray(hands["R_cam_from_obj_sfm"], np.float64),
-                         np.asarray(hands["t_cam_from_obj_sfm"], np.float64), registered,
-                         np.asarray(hands["center_sfm"], np.float64))
+    return ObjectCameras(np.asarray(hands.R_cam_from_obj_sfm, np.float64),
+                         np.asarray(hands.t_cam_from_obj_sfm, np.float64), registered,
+                         np.asarray(hands.center_sfm, np.float64))
 
 
 def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dict:
@@ -245,8 +222,8 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     W, H = (int(v) for v in meta["size"])
     T = int(meta["num_frames"])
     hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
-    hands = _read_hands(ctx.input_dir("hand"), T)
-    _check_hand_model(hands, cfg.hand_model, ctx.input_dir("hand") / "hands.npz")
+    hands = HandsOutput.load(ctx.input_dir("hand"), num_frames=T)
+    _check_hand_model(hands, cfg.hand_model, ctx.input_dir("hand") / HandsOutput.FILE)
     if obj_m.reshape(T, -1).sum(1).max() == 0:
         raise UserError("the object mask is empty in every frame; check the masks stage")
     init_cfg, opt_cfg = preset_configs(cfg)
@@ -260,9 +237,9 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
                           f"category-agnostic ('unknown')")
     torch.manual_seed(cfg.seed)
     cams = _object_cameras(hands) if cfg.object_cameras else None
-    scene, init_info = build_initial_scene(hand_model, hands["K"], hands["T_cam_to_hand"], hands["articulation"],
-                                           hands["shape"], hands["side"], (W, H), hand_m, obj_m, init_cfg,
-                                           device, cfg.seed, valid=hands.get("valid"),
+    scene, init_info = build_initial_scene(hand_model, hands.K, hands.T_cam_to_hand, hands.articulation,
+                                           hands.shape, hands.side, (W, H), hand_m, obj_m, init_cfg,
+                                           device, cfg.seed, valid=hands.trusted_frames(),
                                            object_cameras=cams)
     out = ctx.tmp_dir
     init_mesh = extract_mesh(scene.sdf, scene.sdf.radius, 64, device)
@@ -290,7 +267,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in keys})
-    np.savez(out / "poses.npz", **poses_npz_dict(scene))
+    FitPoses(**poses_npz_dict(scene)).save(out)
     torch.save(scene.export_state(), out / "scene.pt")
     mesh = extract_mesh(scene.sdf, scene.sdf.radius, cfg.mesh_resolution, device)
     mesh.export(out / "object.ply")

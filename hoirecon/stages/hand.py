@@ -91,6 +91,7 @@ from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 from hoirecon.stages.masks import tracked_side
+from hoirecon.stages.outputs import HandsOutput
 
 VERSION = "2"
 BACKENDS = ("mediapipe", "frankmocap")
@@ -478,13 +479,12 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     weak_cam = interpolate_missing(est.weak_cam, valid)
     weak_origin = interpolate_missing(est.weak_origin, valid)
 
-    np.savez(
-        ctx.tmp_dir / "hands.npz",
+    HandsOutput(
         K=K.cpu().numpy().astype(np.float32),
         T_cam_to_hand=T_cam_to_hand.cpu().numpy().astype(np.float32),
         articulation=articulation.cpu().numpy().astype(np.float32),
         shape=shape.cpu().numpy().astype(np.float32),
-        side=np.array(cfg.side),
+        side=cfg.side,
         valid=valid.cpu().numpy(),
         keypoints_2d=keypoints_2d.cpu().numpy().astype(np.float32),
         weak_cam=weak_cam.cpu().numpy().astype(np.float32),
@@ -493,14 +493,14 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
         presence=est.presence.cpu().numpy().astype(np.float32),
         image_size=np.array([W, H], np.int64),
         focal=np.array(focal, np.float32),
-        hand_model=np.array(cfg.hand_model),
+        hand_model=cfg.hand_model,
         sfm_registered=(sfm.registered if sfm is not None and sfm.usable else np.zeros(T, bool)),
         R_cam_from_obj_sfm=(sfm.R_cam_from_obj if sfm is not None and sfm.usable
                             else np.tile(np.eye(3), (T, 1, 1))).astype(np.float32),
         t_cam_from_obj_sfm=(sfm.t_cam_from_obj if sfm is not None and sfm.usable
                             else np.zeros((T, 3))).astype(np.float32),
         center_sfm=(sfm.center if sfm is not None and sfm.usable else np.zeros(3)).astype(np.float32),
-    )
+    ).save(ctx.tmp_dir)
     (ctx.tmp_dir / "camera.json").write_text(json.dumps(camera, indent=2))
     valid_np = valid.cpu().numpy()
     reproj_np = reproj.cpu().numpy()

@@ -77,6 +77,7 @@ from hoirecon.pipeline.runner import commit_dir, output_lock, write_external_sta
 from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import vertex_normals
+from hoirecon.stages.outputs import HandsOutput
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
@@ -741,10 +742,10 @@ def generate_clip(
                         fps=fps)
 
         def write_hand(d: Path) -> None:
-            _write_npz(d / "hands.npz", K=scene.K.astype(np.float32), T_cam_to_hand=init["T_cam_to_hand"],
-                       articulation=init["articulation"], shape=init["shape"], side=np.array("right"),
-                       valid=init["valid"], image_size=np.array([W, H], np.int64),
-                       hand_model=np.array("anny"))
+            HandsOutput(K=scene.K.astype(np.float32), T_cam_to_hand=init["T_cam_to_hand"],
+                        articulation=init["articulation"], shape=init["shape"], side="right",
+                        valid=init["valid"], image_size=np.array([W, H], np.int64),
+                        hand_model="anny").save(d, compressed=True)
 
         stage_summary = {"num_frames": n, "seed": int(seed)}
         write_external_stage(out_dir, "frames", write_frames, PRODUCER, stage_summary)

@@ -1,0 +1,215 @@
+"""Stage artifacts as classes that save, load and validate themselves.
+
+A module that reads or writes another stage's files goes through these classes, so a file
+name or an array key is spelled in one place. Each class is the contract of one file:
+
+- ``HandsOutput``: ``<out>/hand/hands.npz``, the hand stage's per-frame hand and camera
+  (also written by ``hoirecon synth`` as a done hand stage; read by the fit and ``eval``).
+- ``FitPoses``: ``<out>/fit/poses.npz``, the fit's per-frame poses (read by export and
+  ``eval``).
+
+Shapes (T frames): ``K`` (3, 3) pixel intrinsics of the working frames; ``T_cam_to_hand``,
+``T_hand_to_obj`` (T, 4, 4) rigid transforms, metres; ``articulation`` (T, 45); ``shape``
+(10,). Full key lists and meanings: ``docs/stages.md``.
+
+Errors: ``validate`` raises ``ValueError`` (a program built a bad artifact); ``load`` turns a
+missing, unreadable or malformed file into a one-line ``UserError`` naming it (a folder given
+by the user, or edited by hand, is input).
+
+This module imports numpy only: the CLI's ``status`` and light commands may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from hoirecon.errors import UserError
+
+SIDES = ("right", "left")
+
+
+def _npz_arrays(path: Path, missing_hint: str) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file (no pickles); UserError when absent or unreadable."""
+    if not path.is_file():
+        raise UserError(f"missing {path}: {missing_hint}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _check_shapes(artifact, shapes: dict[str, tuple[int, ...]], num_frames: int) -> None:
+    """ValueError unless each named field of ``artifact`` has its shape (None: the key is missing)."""
+    for name, shape in shapes.items():
+        value = getattr(artifact, name)
+        got = "missing" if value is None else tuple(np.shape(value))
+        if got != shape:
+            raise ValueError(f"'{name}' must have shape {shape} for {num_frames} frames, got {got}")
+
+
+def _check_side(side: str) -> None:
+    if side not in SIDES:
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+
+
+def _field_arrays(artifact) -> dict[str, np.ndarray]:
+    """{key: array} of a dataclass artifact's fields in declaration order, None fields left out
+    (the order is the file's key order, so a rewrite gives the same bytes)."""
+    arrays = {}
+    for f in dataclasses.fields(artifact):
+        value = getattr(artifact, f.name)
+        if value is not None:
+            arrays[f.name] = np.array(value) if isinstance(value, str) else value
+    return arrays
+
+
+@dataclass(frozen=True, eq=False)
+class HandsOutput:
+    """``hand/hands.npz``: the hand initialisation of every frame.
+
+    Required: ``K`` (3, 3), ``T_cam_to_hand`` (T, 4, 4), ``articulation`` (T, 45), ``shape`` (10,)
+    float32 and ``side``. The rest is optional (a synth folder writes ``valid``,
+    ``image_size`` and ``hand_model`` only); the hand stage writes all of it: the estimator's
+    keypoints and weak cameras, and the structure-from-motion object cameras (``sfm_*``).
+    Fields are declared in the file's key order.
+    """
+
+    FILE = "hands.npz"
+
+    K: np.ndarray
+    T_cam_to_hand: np.ndarray
+    articulation: np.ndarray
+    shape: np.ndarray
+    side: str
+    valid: Optional[np.ndarray] = None  # (T,) bool: the estimator found the hand
+    keypoints_2d: Optional[np.ndarray] = None  # (T, 21, 2) pixels, MediaPipe order
+    weak_cam: Optional[np.ndarray] = None  # (T, 3) scale-first weak cameras (s, t_x, t_y)
+    weak_origin: Optional[np.ndarray] = None  # (T, 3) the weak camera's reference point, hand frame
+    wrist_rot: Optional[np.ndarray] = None  # (T, 3) axis-angle, hand -> camera
+    presence: Optional[np.ndarray] = None  # (T,) the estimator's confidence
+    image_size: Optional[np.ndarray] = None  # (2,) int64 (W, H)
+    focal: Optional[np.ndarray] = None  # () focal length in normalised units
+    hand_model: Optional[str] = None  # "anny" | "mano"; None: anny (files written before it was recorded)
+    sfm_registered: Optional[np.ndarray] = None  # (T,) bool
+    R_cam_from_obj_sfm: Optional[np.ndarray] = None  # (T, 3, 3)
+    t_cam_from_obj_sfm: Optional[np.ndarray] = None  # (T, 3)
+    center_sfm: Optional[np.ndarray] = None  # (3,)
+
+    @property
+    def num_frames(self) -> int:
+        """T, the length of ``T_cam_to_hand`` (0 where it is missing or not an array of poses)."""
+        shape = np.shape(self.T_cam_to_hand)
+        return int(shape[0]) if shape else 0
+
+    def validate(self, num_frames: Optional[int] = None) -> None:
+        """ValueError unless the required arrays have their shapes (T = ``num_frames`` if
+        given, else the length of ``T_cam_to_hand``) and ``side`` is right or left."""
+        T = self.num_frames if num_frames is None else num_frames
+        shapes = {"K": (3, 3), "T_cam_to_hand": (T, 4, 4), "articulation": (T, 45), "shape": (10,)}
+        _check_shapes(self, shapes if self.valid is None else {**shapes, "valid": (T,)}, T)
+        _check_side(self.side)
+
+    def trusted_frames(self) -> Optional[np.ndarray]:
+        """(T,) bool: the frames whose estimate the fit trusts more. None where no ``valid`` was
+        recorded; all True where no frame is valid (nothing to trust more than anything else)."""
+        if self.valid is None:
+            return None
+        valid = np.asarray(self.valid, bool)
+        return valid if valid.any() else np.ones(self.num_frames, bool)
+
+    def save(self, folder: Path, compressed: bool = False) -> Path:
+        """Write ``folder/hands.npz`` (after ``validate``); returns its path."""
+        self.validate()
+        path = Path(folder) / self.FILE
+        with open(path, "wb") as fh:
+            (np.savez_compressed if compressed else np.savez)(fh, **_field_arrays(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, num_frames: Optional[int] = None) -> "HandsOutput":
+        """Read and validate ``folder/hands.npz``; unknown keys are ignored. UserError naming
+        the file when it is absent, unreadable or malformed."""
+        path = Path(folder) / cls.FILE
+        arrays = _npz_arrays(path, "run the hand stage first")
+        values = {f.name: arrays.get(f.name) for f in dataclasses.fields(cls)}  # None where absent
+        values["side"] = str(values["side"]) if values["side"] is not None else "right"
+        if values["hand_model"] is not None:
+            values["hand_model"] = str(values["hand_model"])
+        try:
+            hands = cls(**values)
+            hands.validate(num_frames)
+        except ValueError as err:
+            raise UserError(f"{path}: {err}") from None
+        return hands
+
+
+@dataclass(frozen=True, eq=False)
+class FitPoses:
+    """``fit/poses.npz``: the fitted hand and object poses of every frame.
+
+    ``K`` (3, 3), ``T_cam_to_hand`` and ``T_hand_to_obj`` (T, 4, 4), ``articulation`` (T, 45),
+    ``shape`` (10,) float32; ``side``; ``image_size`` (2,) int64 (W, H). The object frame is the
+    one ``fit/object.ply`` lives in. Fields are declared in the file's key order.
+    """
+
+    FILE = "poses.npz"
+
+    K: np.ndarray
+    T_cam_to_hand: np.ndarray
+    T_hand_to_obj: np.ndarray
+    articulation: np.ndarray
+    shape: np.ndarray
+    side: str
+    image_size: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        """T, the length of ``T_cam_to_hand`` (0 where it is missing or not an array of poses)."""
+        shape = np.shape(self.T_cam_to_hand)
+        return int(shape[0]) if shape else 0
+
+    def validate(self) -> None:
+        """ValueError unless every array has its shape and ``side`` is right or left."""
+        T = self.num_frames
+        _check_shapes(self, {"K": (3, 3), "T_cam_to_hand": (T, 4, 4), "T_hand_to_obj": (T, 4, 4),
+                             "articulation": (T, 45), "shape": (10,), "image_size": (2,)}, T)
+        _check_side(self.side)
+
+    def save(self, folder: Path) -> Path:
+        """Write ``folder/poses.npz`` (after ``validate``); returns its path."""
+        self.validate()
+        path = Path(folder) / self.FILE
+        np.savez(path, **_field_arrays(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> "FitPoses":
+        """Read ``folder/poses.npz`` (arrays as stored, ``shape`` and ``image_size`` flattened,
+        ``side`` a str) and validate it; UserError naming the file when it is absent, unreadable
+        or malformed."""
+        path = Path(folder) / cls.FILE
+        arrays = _npz_arrays(path, "run `hoirecon fit` first")
+        keys = [f.name for f in dataclasses.fields(cls)]
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}; rerun `hoirecon fit`")
+        poses = cls(K=arrays["K"], T_cam_to_hand=arrays["T_cam_to_hand"], T_hand_to_obj=arrays["T_hand_to_obj"],
+                    articulation=arrays["articulation"], shape=arrays["shape"].reshape(-1), side=str(arrays["side"]),
+                    image_size=np.asarray(arrays["image_size"], np.int64).reshape(-1))
+        try:
+            poses.validate()
+        except ValueError as err:
+            raise UserError(f"{path}: {err}") from None
+        return poses
+
+    def as_float32(self) -> "FitPoses":
+        """The same poses with float32 arrays (what the fit writes; a hand-made file may differ)."""
+        f32 = {name: np.asarray(getattr(self, name), np.float32)
+               for name in ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")}
+        return dataclasses.replace(self, **f32)

@@ -1,0 +1,109 @@
+"""Typed stage artifacts: round trips, the keys on disk, validation, and one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hoirecon.errors import UserError
+from hoirecon.stages.outputs import FitPoses, HandsOutput
+
+
+def _hands(T: int = 3, **overrides) -> HandsOutput:
+    rng = np.random.default_rng(0)
+    values = dict(K=np.eye(3, dtype=np.float32), T_cam_to_hand=np.tile(np.eye(4, dtype=np.float32), (T, 1, 1)),
+                  articulation=rng.normal(size=(T, 45)).astype(np.float32),
+                  shape=rng.normal(size=10).astype(np.float32), side="left", valid=np.array([True, False, True]),
+                  image_size=np.array([64, 48], np.int64), hand_model="anny")
+    return HandsOutput(**{**values, **overrides})
+
+
+def _poses(T: int = 3) -> FitPoses:
+    eye = np.tile(np.eye(4, dtype=np.float32), (T, 1, 1))
+    return FitPoses(K=np.eye(3, dtype=np.float32), T_cam_to_hand=eye, T_hand_to_obj=eye * 2,
+                    articulation=np.ones((T, 45), np.float32), shape=np.zeros(10, np.float32), side="right",
+                    image_size=np.array([64, 48], np.int64))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_hands_round_trip_keeps_values_and_writes_the_documented_keys_in_order(tmp_path, compressed):
+    hands = _hands()
+    path = hands.save(tmp_path, compressed=compressed)
+    assert path == tmp_path / "hands.npz"
+    with np.load(path) as z:
+        assert z.files == ["K", "T_cam_to_hand", "articulation", "shape", "side", "valid", "image_size", "hand_model"]
+        assert str(z["side"]) == "left" and str(z["hand_model"]) == "anny"
+    back = HandsOutput.load(tmp_path, num_frames=3)
+    for name in ("K", "T_cam_to_hand", "articulation", "shape", "valid", "image_size"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(hands, name))
+        assert getattr(back, name).dtype == getattr(hands, name).dtype
+    assert (back.side, back.hand_model, back.keypoints_2d) == ("left", "anny", None)
+
+
+def test_hands_written_by_hand_with_the_minimum_keys_load_with_defaults(tmp_path):
+    np.savez(tmp_path / "hands.npz", K=np.eye(3), T_cam_to_hand=np.tile(np.eye(4), (2, 1, 1)),
+             articulation=np.zeros((2, 45)), shape=np.zeros(10), extra=np.zeros(1))
+    hands = HandsOutput.load(tmp_path)
+    assert hands.side == "right" and hands.hand_model is None and hands.trusted_frames() is None
+    assert hands.num_frames == 2
+
+
+def test_trusted_frames_are_all_frames_when_none_is_valid():
+    assert _hands(valid=np.zeros(3, bool)).trusted_frames().tolist() == [True, True, True]
+    assert _hands().trusted_frames().tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(articulation=np.zeros((2, 45), np.float32)), r"'articulation' must have shape \(3, 45\) for 3 frames"),
+    (dict(shape=np.zeros(9, np.float32)), r"'shape' must have shape \(10,\)"),
+    (dict(valid=np.ones(4, bool)), r"'valid' must have shape \(3,\)"),
+    (dict(side="both"), "side must be 'right' or 'left'"),
+])
+def test_bad_hands_are_refused_on_save_and_on_load(tmp_path, overrides, message):
+    bad = _hands(**overrides)
+    with pytest.raises(ValueError, match=message):
+        bad.save(tmp_path)
+    arrays = {k: (np.array(v) if isinstance(v, str) else v) for k, v in vars(bad).items() if v is not None}
+    np.savez(tmp_path / "hands.npz", **arrays)
+    with pytest.raises(UserError, match=message) as err:
+        HandsOutput.load(tmp_path)
+    assert str(tmp_path / "hands.npz") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hands_load_checks_the_clip_length(tmp_path):
+    _hands().save(tmp_path)
+    with pytest.raises(UserError, match=r"'T_cam_to_hand' must have shape \(5, 4, 4\) for 5 frames"):
+        HandsOutput.load(tmp_path, num_frames=5)
+
+
+def test_missing_and_unreadable_files_are_one_line_user_errors(tmp_path):
+    with pytest.raises(UserError, match="missing .*hands.npz: run the hand stage first"):
+        HandsOutput.load(tmp_path)
+    with pytest.raises(UserError, match="missing .*poses.npz: run `hoirecon fit` first"):
+        FitPoses.load(tmp_path)
+    (tmp_path / "poses.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="cannot read .*poses.npz"):
+        FitPoses.load(tmp_path)
+
+
+def test_fit_poses_round_trip_and_missing_keys(tmp_path):
+    poses = _poses()
+    poses.save(tmp_path)
+    with np.load(tmp_path / "poses.npz") as z:
+        assert z.files == ["K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape", "side", "image_size"]
+    back = FitPoses.load(tmp_path)
+    np.testing.assert_array_equal(back.T_hand_to_obj, poses.T_hand_to_obj)
+    assert back.side == "right" and back.image_size.tolist() == [64, 48] and back.num_frames == 3
+    with np.load(tmp_path / "poses.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "T_hand_to_obj"}
+    np.savez(tmp_path / "poses.npz", **arrays)
+    with pytest.raises(UserError, match="lacks T_hand_to_obj; rerun `hoirecon fit`"):
+        FitPoses.load(tmp_path)
+
+
+def test_fit_poses_as_float32_converts_hand_made_float64_files(tmp_path):
+    poses = _poses()
+    np.savez(tmp_path / "poses.npz", **{k: (v.astype(np.float64) if v.dtype == np.float32 else v)
+                                        for k, v in ((k, np.asarray(v)) for k, v in vars(poses).items())})
+    back = FitPoses.load(tmp_path)
+    assert back.K.dtype == np.float64 and back.as_float32().K.dtype == np.float32
