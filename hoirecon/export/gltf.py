@@ -169,6 +169,7 @@ def write_animated_glb(
     T_hand_to_world: np.ndarray,
     T_obj_to_world: np.ndarray,
     times: np.ndarray,
+    *,
     T_world_to_display: np.ndarray | None = None,
     T_cam_to_world: np.ndarray | None = None,
     K: np.ndarray | None = None,
@@ -192,6 +193,45 @@ def write_animated_glb(
     Returns:
         dict: num_frames, num_targets, object_faces, hand_faces, bytes.
     """
+    hand_verts, times, T_hand_to_world, T_obj_to_world = _clip_arrays(hand_verts, times, T_hand_to_world,
+                                                                      T_obj_to_world, interpolation)
+    T = hand_verts.shape[0]
+    if T_cam_to_world is not None and (K is None or image_size is None):
+        raise UserError("an animated camera needs K and image_size")
+
+    gltf = gl.GLTF2(asset=gl.Asset(generator="hoirecon", version="2.0"))
+    gltf.scenes, gltf.nodes, gltf.meshes, gltf.materials = [gl.Scene(name="clip", nodes=[0])], [], [], []
+    gltf.accessors, gltf.bufferViews, gltf.animations, gltf.cameras = [], [], [], []
+    gltf.scene = 0
+    buf = _BinaryBuilder(gltf)
+    mat_object, mat_skin = _material(gltf, OBJECT), _material(gltf, SKIN)
+    # Buffer order (object, hand, camera, animation) is the file's byte layout: keep it.
+    obj_f = _add_object_mesh(gltf, buf, object_verts, object_faces, mat_object)
+    hand_f = _add_hand_mesh(gltf, buf, hand_verts, hand_faces, mat_skin,
+                            frame_names or [f"frame_{t:06d}" for t in range(T)])
+
+    display = np.eye(4, dtype=np.float32) if T_world_to_display is None else np.asarray(T_world_to_display, np.float32)
+    gltf.nodes.append(gl.Node(name="world", children=[], **_matrix_node_fields(display)))
+    gltf.nodes.append(gl.Node(name="object", mesh=0, **_matrix_node_fields(T_obj_to_world[0])))
+    gltf.nodes.append(gl.Node(name="hand", mesh=1, **_matrix_node_fields(T_hand_to_world[0])))
+    gltf.nodes[0].children = [1, 2]
+    animated = {1: T_obj_to_world, 2: T_hand_to_world}
+    if T_cam_to_world is not None:
+        animated[3] = _add_camera(gltf, buf, np.asarray(T_cam_to_world, np.float32).reshape(T, 4, 4), K, image_size,
+                                  T_obj_to_world)
+
+    gltf.animations.append(_clip_animation(buf, animated, hand_node=2, times=times, interpolation=interpolation))
+    buf.finish()
+    path = Path(path)
+    gltf.save_binary(str(path))
+    return {"num_frames": T, "num_targets": T, "object_faces": int(len(obj_f)), "hand_faces": int(len(hand_f)),
+            "bytes": path.stat().st_size}
+
+
+def _clip_arrays(hand_verts, times, T_hand_to_world, T_obj_to_world,
+                 interpolation: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked float32 (hand_verts (T, Vh, 3), times (T,), T_hand_to_world (T, 4, 4),
+    T_obj_to_world (T, 4, 4), a fixed pose repeated); UserError on a bad interpolation or times."""
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation '{interpolation}': choose one of {', '.join(INTERPOLATIONS)}")
     hand_verts = np.asarray(hand_verts, np.float32)
@@ -203,26 +243,28 @@ def write_animated_glb(
     T_obj_to_world = np.asarray(T_obj_to_world, np.float32)
     if T_obj_to_world.ndim == 2:
         T_obj_to_world = np.broadcast_to(T_obj_to_world, (T, 4, 4))
-    frame_names = frame_names or [f"frame_{t:06d}" for t in range(T)]
+    return hand_verts, times, T_hand_to_world, T_obj_to_world
 
-    gltf = gl.GLTF2(asset=gl.Asset(generator="hoirecon", version="2.0"))
-    gltf.scenes, gltf.nodes, gltf.meshes, gltf.materials = [gl.Scene(name="clip", nodes=[0])], [], [], []
-    gltf.accessors, gltf.bufferViews, gltf.animations, gltf.cameras = [], [], [], []
-    gltf.scene = 0
-    buf = _BinaryBuilder(gltf)
-    mat_object, mat_skin = _material(gltf, OBJECT), _material(gltf, SKIN)
 
-    # Object mesh.
-    obj_v = np.asarray(object_verts, np.float32)
-    obj_f = np.asarray(object_faces, np.uint32)
+def _add_object_mesh(gltf: gl.GLTF2, buf: "_BinaryBuilder", verts: np.ndarray, faces: np.ndarray,
+                     material: int) -> np.ndarray:
+    """Append mesh ``object`` (verts (V, 3), faces (F, 3), with normals); returns the faces as uint32."""
+    obj_v = np.asarray(verts, np.float32)
+    obj_f = np.asarray(faces, np.uint32)
     obj_prim = gl.Primitive(
         attributes=gl.Attributes(POSITION=buf.add(obj_v, gl.VEC3, gl.ARRAY_BUFFER, with_bounds=True),
                                  NORMAL=buf.add(_vertex_normals(obj_v[None], obj_f)[0], gl.VEC3, gl.ARRAY_BUFFER)),
-        indices=buf.add(obj_f.reshape(-1), gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER), material=mat_object, mode=gl.TRIANGLES)
+        indices=buf.add(obj_f.reshape(-1), gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER), material=material, mode=gl.TRIANGLES)
     gltf.meshes.append(gl.Mesh(name="object", primitives=[obj_prim]))
+    return obj_f
 
-    # Hand mesh: base = frame 0, one morph target per frame (offsets from the base).
-    hand_f = np.asarray(hand_faces, np.uint32)
+
+def _add_hand_mesh(gltf: gl.GLTF2, buf: "_BinaryBuilder", hand_verts: np.ndarray, faces: np.ndarray, material: int,
+                   frame_names: list[str]) -> np.ndarray:
+    """Append mesh ``hand``: base = frame 0 of ``hand_verts`` (T, V, 3), one morph target per frame
+    (vertex and normal offsets from the base), weights one-hot on frame 0; returns the faces as uint32."""
+    T = hand_verts.shape[0]
+    hand_f = np.asarray(faces, np.uint32)
     hand_n = _vertex_normals(hand_verts, hand_f)
     targets = []
     for t in range(T):
@@ -232,42 +274,48 @@ def write_animated_glb(
     hand_prim = gl.Primitive(
         attributes=gl.Attributes(POSITION=buf.add(hand_verts[0], gl.VEC3, gl.ARRAY_BUFFER, with_bounds=True),
                                  NORMAL=buf.add(hand_n[0], gl.VEC3, gl.ARRAY_BUFFER)),
-        indices=buf.add(hand_f.reshape(-1), gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER), material=mat_skin,
+        indices=buf.add(hand_f.reshape(-1), gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER), material=material,
         mode=gl.TRIANGLES, targets=targets)
     weights0 = [0.0] * T
     weights0[0] = 1.0
     gltf.meshes.append(gl.Mesh(name="hand", primitives=[hand_prim], weights=weights0,
                                extras={"targetNames": list(frame_names)}))
+    return hand_f
 
-    display = np.eye(4, dtype=np.float32) if T_world_to_display is None else np.asarray(T_world_to_display, np.float32)
-    gltf.nodes.append(gl.Node(name="world", children=[], **_matrix_node_fields(display)))
-    gltf.nodes.append(gl.Node(name="object", mesh=0, **_matrix_node_fields(T_obj_to_world[0])))
-    gltf.nodes.append(gl.Node(name="hand", mesh=1, **_matrix_node_fields(T_hand_to_world[0])))
-    gltf.nodes[0].children = [1, 2]
-    animated = {1: T_obj_to_world, 2: T_hand_to_world}
 
-    if T_cam_to_world is not None:
-        if K is None or image_size is None:
-            raise UserError("an animated camera needs K and image_size")
-        K = np.asarray(K, np.float64)
-        W, H = (int(v) for v in image_size)
-        # glTF cameras cannot carry a principal point off-centre; yfov/aspect from fy, W, H.
-        gltf.cameras.append(gl.Camera(name="input_camera", type="perspective", perspective=gl.Perspective(
-            yfov=float(2.0 * np.arctan(H / (2.0 * K[1, 1]))), aspectRatio=float(W / H), znear=0.01, zfar=100.0)))
-        T_cam = np.asarray(T_cam_to_world, np.float32).reshape(T, 4, 4).copy()
-        T_cam[:, :3, :3] = T_cam[:, :3, :3] @ OPENCV_TO_GLTF_CAMERA
-        depth = 0.3 * float(np.median(np.linalg.norm(T_cam[:, :3, 3] - T_obj_to_world[:, :3, 3], axis=1)))
-        f_verts, f_lines = _frustum_lines(K, (W, H), max(depth, 1e-3))
-        mat_frustum = _material(gltf, FRUSTUM)
-        gltf.meshes.append(gl.Mesh(name="camera_frustum", primitives=[gl.Primitive(
-            attributes=gl.Attributes(POSITION=buf.add(f_verts, gl.VEC3, gl.ARRAY_BUFFER, with_bounds=True)),
-            indices=buf.add(f_lines, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER), material=mat_frustum, mode=gl.LINES)]))
-        gltf.nodes.append(gl.Node(name="camera", camera=0, children=[4], **_matrix_node_fields(T_cam[0])))
-        gltf.nodes.append(gl.Node(name="camera_frustum", mesh=len(gltf.meshes) - 1))
-        gltf.nodes[0].children.append(3)
-        animated[3] = T_cam
+def _add_camera(gltf: gl.GLTF2, buf: "_BinaryBuilder", T_cam_to_world: np.ndarray, K: np.ndarray,
+                image_size: tuple[int, int], T_obj_to_world: np.ndarray) -> np.ndarray:
+    """Append the input camera (node 3) with a child frustum line mesh (node 4, sized to 0.3 of the
+    median camera-object distance) under the root.
 
-    # Animation: one key per exported frame for every channel, sharing one time accessor.
+    T_cam_to_world: (T, 4, 4) OpenCV axes; K (3, 3); image_size (W, H); T_obj_to_world (T, 4, 4).
+    Returns the camera's (T, 4, 4) poses in glTF camera axes, to animate.
+    """
+    K = np.asarray(K, np.float64)
+    W, H = (int(v) for v in image_size)
+    # glTF cameras cannot carry a principal point off-centre; yfov/aspect from fy, W, H.
+    gltf.cameras.append(gl.Camera(name="input_camera", type="perspective", perspective=gl.Perspective(
+        yfov=float(2.0 * np.arctan(H / (2.0 * K[1, 1]))), aspectRatio=float(W / H), znear=0.01, zfar=100.0)))
+    T_cam = T_cam_to_world.copy()
+    T_cam[:, :3, :3] = T_cam[:, :3, :3] @ OPENCV_TO_GLTF_CAMERA
+    depth = 0.3 * float(np.median(np.linalg.norm(T_cam[:, :3, 3] - T_obj_to_world[:, :3, 3], axis=1)))
+    f_verts, f_lines = _frustum_lines(K, (W, H), max(depth, 1e-3))
+    mat_frustum = _material(gltf, FRUSTUM)
+    gltf.meshes.append(gl.Mesh(name="camera_frustum", primitives=[gl.Primitive(
+        attributes=gl.Attributes(POSITION=buf.add(f_verts, gl.VEC3, gl.ARRAY_BUFFER, with_bounds=True)),
+        indices=buf.add(f_lines, gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER), material=mat_frustum, mode=gl.LINES)]))
+    gltf.nodes.append(gl.Node(name="camera", camera=0, children=[4], **_matrix_node_fields(T_cam[0])))
+    gltf.nodes.append(gl.Node(name="camera_frustum", mesh=len(gltf.meshes) - 1))
+    gltf.nodes[0].children.append(3)
+    return T_cam
+
+
+def _clip_animation(buf: "_BinaryBuilder", animated: dict[int, np.ndarray], hand_node: int, times: np.ndarray,
+                    interpolation: str) -> gl.Animation:
+    """Animation ``clip``: one key per exported frame for every channel, sharing one time accessor:
+    translation and rotation of each node in ``animated`` ({node: (T, 4, 4) poses}), and the hand's
+    morph weights (key t one-hot on target t)."""
+    T = times.shape[0]
     time_acc = buf.add(times, gl.SCALAR, with_bounds=True)
     samplers, channels = [], []
     for node, poses in animated.items():
@@ -277,14 +325,9 @@ def write_animated_glb(
             samplers.append(gl.AnimationSampler(input=time_acc, output=acc, interpolation=interpolation))
             channels.append(gl.AnimationChannel(sampler=len(samplers) - 1,
                                                 target=gl.AnimationChannelTarget(node=node, path=path_name)))
-    weights = np.eye(T, dtype=np.float32).reshape(-1)  # key t: one-hot on target t
+    weights = np.eye(T, dtype=np.float32).reshape(-1)
     samplers.append(gl.AnimationSampler(input=time_acc, output=buf.add(weights, gl.SCALAR),
                                         interpolation=interpolation))
     channels.append(gl.AnimationChannel(sampler=len(samplers) - 1,
-                                        target=gl.AnimationChannelTarget(node=2, path="weights")))
-    gltf.animations.append(gl.Animation(name="clip", samplers=samplers, channels=channels))
-    buf.finish()
-    path = Path(path)
-    gltf.save_binary(str(path))
-    return {"num_frames": T, "num_targets": T, "object_faces": int(len(obj_f)), "hand_faces": int(len(hand_f)),
-            "bytes": path.stat().st_size}
+                                        target=gl.AnimationChannelTarget(node=hand_node, path="weights")))
+    return gl.Animation(name="clip", samplers=samplers, channels=channels)

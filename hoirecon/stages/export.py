@@ -59,13 +59,13 @@ from hoirecon.io.masks import overlay_masks, read_mask_folder
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
 from hoirecon.stages.frames import frame_paths, load_frames_meta
+from hoirecon.stages.outputs import FitPoses
 
 VERSION = "2"  # 2: view.html
 WORLDS = ("object", "camera")
 TURNTABLE_FPS = 12.0
 SUMMARY_MIN_TILE = 192  # px: tiles of small clips are enlarged on the summary page
 RENDER_CHUNK = 12  # exported frames rendered at a time for the side-by-side video
-POSE_KEYS = ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape", "side", "image_size")
 
 
 @dataclass(frozen=True)
@@ -142,31 +142,6 @@ def select_frames(num_frames: int, count: Optional[int]) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, num_frames - 1, count)).astype(np.int64))
 
 
-def read_fit_poses(fit_dir: Path) -> dict[str, np.ndarray]:
-    """``fit/poses.npz`` as float32 arrays (side as str); UserError if absent or incomplete."""
-    path = Path(fit_dir) / "poses.npz"
-    if not path.is_file():
-        raise UserError(f"no poses at {path}; run `hoirecon fit` first")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in POSE_KEYS if k not in z.files]
-            if missing:
-                raise UserError(f"{path} lacks {', '.join(missing)}; rerun `hoirecon fit`")
-            data = {k: z[k] for k in POSE_KEYS}
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    out = {k: np.asarray(data[k], np.float32) for k in ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")}
-    out["side"] = str(data["side"])
-    out["image_size"] = np.asarray(data["image_size"], np.int64).reshape(2)
-    T = out["T_cam_to_hand"].shape[0]
-    shapes = {"K": (3, 3), "T_cam_to_hand": (T, 4, 4), "T_hand_to_obj": (T, 4, 4), "articulation": (T, 45)}
-    for k, shape in shapes.items():
-        if out[k].shape != shape:
-            raise UserError(f"{path}: {k} has shape {out[k].shape}, expected {shape}")
-    out["shape"] = out["shape"].reshape(-1)
-    return out
-
-
 def _eval_lines(out_root: Path, fit_dir: Path) -> list[str]:
     """Text lines with the fit's mask IoUs and the metrics of ``<out>/eval.json`` (numbers only)."""
     lines = []
@@ -206,159 +181,247 @@ def _resize(image: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, size_wh, interpolation=cv2.INTER_AREA)
 
 
-def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
-    from hoirecon.export.views import (
-        ClipGeometry, contact_sheet, input_views, limited_threads, novel_views, scaled_size, side_by_side_frame,
-        to_uint8, turntable)
+@dataclass(frozen=True)
+class _Clip:
+    """The fitted clip, put together for export (torch tensors on the export's device, float32).
+
+    frames: (N,) exported clip frame indices; fps; image_size (W, H) of the working frames.
+    object_verts (V, 3) float32 / object_faces (F, 3) int64: object frame. hand_local: (T, Vh, 3)
+    hand meshes in the hand frame, hand_faces (Fh, 3). Poses (T, 4, 4) for every clip frame,
+    ``T_obj_to_world`` (4, 4): the world frame chosen by ``ExportConfig.world``.
+    """
+
+    poses: FitPoses
+    frames: np.ndarray
+    fps: float
+    image_size: tuple[int, int]
+    mesh: object  # trimesh.Trimesh of the object (extents, watertightness for the pictures)
+    mesh_source: str
+    object_verts: np.ndarray
+    object_faces: np.ndarray
+    hand_local: torch.Tensor
+    hand_faces: torch.Tensor
+    T_hand_to_obj: torch.Tensor
+    T_cam_to_obj: torch.Tensor
+    T_obj_to_world: torch.Tensor
+    T_hand_to_world: torch.Tensor
+
+    @property
+    def num_frames(self) -> int:
+        return self.poses.num_frames
+
+
+def _load_clip(fit_dir: Path, meta: dict, cfg: ExportConfig, device: torch.device) -> _Clip:
+    """The fit's poses, object mesh and hand meshes, in the frames ``cfg.world`` asks for."""
     from hoirecon.hand import build_hand_model
 
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    fit_dir, frames_dir = ctx.input_dir("fit"), ctx.input_dir("frames")
-    meta = load_frames_meta(frames_dir)
-    poses = read_fit_poses(fit_dir)
-    T = poses["T_cam_to_hand"].shape[0]
+    poses = FitPoses.load(fit_dir).as_float32()
+    T = poses.num_frames
     if int(meta["num_frames"]) != T:
         raise UserError(f"the fit has {T} frames but the frames stage has {meta['num_frames']}; rerun `hoirecon fit`")
-    W, H = (int(v) for v in poses["image_size"])
-    fps = float(meta.get("fps") or 30.0)
-    sel = select_frames(T, cfg.frames)
-    tt_frame = int(sel[len(sel) // 2]) if cfg.turntable_frame is None else int(cfg.turntable_frame)
-    if tt_frame >= T:
-        raise UserError(f"--turntable-frame {tt_frame} is past the clip's last frame ({T - 1})")
-    device = torch.device(ctx.device)
-    out, final = ctx.tmp_dir, ctx.out_root / "export"
-    outputs: dict[str, str] = {}
-
-    # ---- geometry
     mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device)
-    obj_v = np.asarray(mesh.vertices, np.float32)
-    obj_f = np.asarray(mesh.faces, np.int64)
     fit_manifest = read_manifest(fit_dir) or {}
     hand_model = build_hand_model(str(fit_manifest.get("config", {}).get("hand_model", "anny")), device)
     f32 = dict(dtype=torch.float32, device=device)
-    T_cam_to_hand = torch.as_tensor(poses["T_cam_to_hand"], **f32)
-    T_hand_to_obj = torch.as_tensor(poses["T_hand_to_obj"], **f32)
+    T_cam_to_hand = torch.as_tensor(poses.T_cam_to_hand, **f32)
+    T_hand_to_obj = torch.as_tensor(poses.T_hand_to_obj, **f32)
     T_cam_to_obj = T_hand_to_obj @ T_cam_to_hand
-    hand_local, hand_faces = hand_meshes_hand_frame(hand_model, torch.as_tensor(poses["articulation"], **f32),
-                                                    torch.as_tensor(poses["shape"], **f32), poses["side"])
+    hand_local, hand_faces = hand_meshes_hand_frame(hand_model, torch.as_tensor(poses.articulation, **f32),
+                                                    torch.as_tensor(poses.shape, **f32), poses.side)
     T_obj_to_world = (invert_rigid(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
-    T_hand_to_world = T_obj_to_world @ T_hand_to_obj
-    timings["geometry"] = time.perf_counter() - t0
+    W, H = (int(v) for v in poses.image_size)
+    return _Clip(poses=poses, frames=select_frames(T, cfg.frames), fps=float(meta.get("fps") or 30.0),
+                 image_size=(W, H), mesh=mesh, mesh_source=mesh_source,
+                 object_verts=np.asarray(mesh.vertices, np.float32), object_faces=np.asarray(mesh.faces, np.int64),
+                 hand_local=hand_local, hand_faces=hand_faces, T_hand_to_obj=T_hand_to_obj, T_cam_to_obj=T_cam_to_obj,
+                 T_obj_to_world=T_obj_to_world, T_hand_to_world=T_obj_to_world @ T_hand_to_obj)
 
-    # ---- mesh files
-    fmt = cfg.format
-    write_mesh(out / f"object.{fmt}", obj_v, obj_f)
+
+def _turntable_frame(clip: _Clip, cfg: ExportConfig) -> int:
+    """The clip frame the turntable shows; UserError past the clip's end."""
+    sel = clip.frames
+    frame = int(sel[len(sel) // 2]) if cfg.turntable_frame is None else int(cfg.turntable_frame)
+    if frame >= clip.num_frames:
+        raise UserError(f"--turntable-frame {frame} is past the clip's last frame ({clip.num_frames - 1})")
+    return frame
+
+
+def _write_meshes(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> tuple[dict[str, str], Optional[dict]]:
+    """``object.<fmt>`` (and ``object_camera.<fmt>``), then ``interaction.glb`` (glb) or
+    ``hands/NNNNNN.<fmt>``. Returns ({output name: final path}, the glb's stats or None)."""
+    fmt, outputs = cfg.format, {}
+    write_mesh(out / f"object.{fmt}", clip.object_verts, clip.object_faces)
     outputs["object_mesh"] = str(final / f"object.{fmt}")
     if cfg.world == "camera":
-        obj_cam = transform_points(T_obj_to_world, torch.as_tensor(obj_v, **f32)).cpu().numpy()
-        write_mesh(out / f"object_camera.{fmt}", obj_cam, obj_f)
+        obj_cam = transform_points(clip.T_obj_to_world, torch.as_tensor(clip.object_verts, dtype=torch.float32,
+                                                                         device=clip.T_obj_to_world.device))
+        write_mesh(out / f"object_camera.{fmt}", obj_cam.cpu().numpy(), clip.object_faces)
         outputs["object_mesh_camera"] = str(final / f"object_camera.{fmt}")
-    faces_np = hand_faces.cpu().numpy()
     if fmt == "glb":
-        T_cam_to_world = (T_obj_to_world @ T_cam_to_obj)[sel].cpu().numpy() if cfg.camera else None
-        display = np.eye(4, dtype=np.float32)
-        # Viewers are Y-up looking down -Z: show the world as the first camera saw it.
-        R_world_to_cam0 = invert_rigid(T_obj_to_world @ T_cam_to_obj[0])[:3, :3].cpu().numpy()
-        display[:3, :3] = OPENCV_TO_GLTF_CAMERA @ R_world_to_cam0
-        glb = write_animated_glb(
-            out / "interaction.glb", obj_v, obj_f, hand_local[sel].cpu().numpy(), faces_np,
-            T_hand_to_world[sel].cpu().numpy(), T_obj_to_world.cpu().numpy(), sel / fps,
-            T_world_to_display=display, T_cam_to_world=T_cam_to_world, K=poses["K"], image_size=(W, H),
-            frame_names=[f"frame_{t:06d}" for t in sel], interpolation=cfg.interpolation)
+        glb = _write_glb(clip, cfg, out / "interaction.glb")
         outputs["glb"] = str(final / "interaction.glb")
-    else:
-        (out / "hands").mkdir()
-        hand_world = transform_points(T_hand_to_world[sel], hand_local[sel]).cpu().numpy()
-        for i, t in enumerate(sel):
-            write_mesh(out / "hands" / f"{t:06d}.{fmt}", hand_world[i], faces_np)
-        outputs["hand_meshes"] = str(final / "hands")
-        glb = None
+        return outputs, glb
+    sel, faces_np = clip.frames, clip.hand_faces.cpu().numpy()
+    (out / "hands").mkdir()
+    hand_world = transform_points(clip.T_hand_to_world[sel], clip.hand_local[sel]).cpu().numpy()
+    for i, t in enumerate(sel):
+        write_mesh(out / "hands" / f"{t:06d}.{fmt}", hand_world[i], faces_np)
+    outputs["hand_meshes"] = str(final / "hands")
+    return outputs, None
 
-    # ---- poses
-    T_cam_to_obj_np = T_cam_to_obj.cpu().numpy().astype(np.float32)
-    T_obj_to_world_np = T_obj_to_world.cpu().numpy().astype(np.float32)
-    np.savez(out / "poses.npz", K=poses["K"], image_size=poses["image_size"], fps=np.float32(fps),
-             side=np.array(poses["side"]), shape=poses["shape"], T_cam_to_hand=poses["T_cam_to_hand"],
-             T_hand_to_obj=poses["T_hand_to_obj"], T_cam_to_obj=T_cam_to_obj_np, articulation=poses["articulation"],
+
+def _write_glb(clip: _Clip, cfg: ExportConfig, path: Path) -> dict:
+    """The animated ``interaction.glb`` of the exported frames (``hoirecon.export.gltf``)."""
+    sel = clip.frames
+    T_cam_to_world = (clip.T_obj_to_world @ clip.T_cam_to_obj)[sel].cpu().numpy() if cfg.camera else None
+    display = np.eye(4, dtype=np.float32)
+    # Viewers are Y-up looking down -Z: show the world as the first camera saw it.
+    R_world_to_cam0 = invert_rigid(clip.T_obj_to_world @ clip.T_cam_to_obj[0])[:3, :3].cpu().numpy()
+    display[:3, :3] = OPENCV_TO_GLTF_CAMERA @ R_world_to_cam0
+    return write_animated_glb(
+        path, clip.object_verts, clip.object_faces, clip.hand_local[sel].cpu().numpy(), clip.hand_faces.cpu().numpy(),
+        clip.T_hand_to_world[sel].cpu().numpy(), clip.T_obj_to_world.cpu().numpy(), sel / clip.fps,
+        T_world_to_display=display, T_cam_to_world=T_cam_to_world, K=clip.poses.K, image_size=clip.image_size,
+        frame_names=[f"frame_{t:06d}" for t in sel], interpolation=cfg.interpolation)
+
+
+def _write_poses(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> dict[str, str]:
+    """``poses.npz`` and ``poses.json``: every clip frame's poses, the world frame and the exported frames."""
+    poses, sel, fps, (W, H) = clip.poses, clip.frames, clip.fps, clip.image_size
+    T_cam_to_obj_np = clip.T_cam_to_obj.cpu().numpy().astype(np.float32)
+    T_obj_to_world_np = clip.T_obj_to_world.cpu().numpy().astype(np.float32)
+    np.savez(out / "poses.npz", K=poses.K, image_size=poses.image_size, fps=np.float32(fps),
+             side=np.array(poses.side), shape=poses.shape, T_cam_to_hand=poses.T_cam_to_hand,
+             T_hand_to_obj=poses.T_hand_to_obj, T_cam_to_obj=T_cam_to_obj_np, articulation=poses.articulation,
              T_obj_to_world=T_obj_to_world_np, world=np.array(cfg.world), exported_frames=sel.astype(np.int64))
     pose_doc = {
         "conventions": "metres; OpenCV camera (x right, y down, z forward); T_a_to_b maps points of frame a "
                        "into frame b (x_b = T @ x_a); hand frame = hand model with wrist_rot 0, wrist at origin",
-        "world": cfg.world, "fps": fps, "image_size": [W, H], "K": poses["K"].tolist(), "side": poses["side"],
-        "shape": poses["shape"].tolist(), "T_obj_to_world": T_obj_to_world_np.tolist(),
+        "world": cfg.world, "fps": fps, "image_size": [W, H], "K": poses.K.tolist(), "side": poses.side,
+        "shape": poses.shape.tolist(), "T_obj_to_world": T_obj_to_world_np.tolist(),
         "exported_frames": sel.tolist(),
-        "frames": [{"index": t, "time": t / fps, "T_cam_to_hand": poses["T_cam_to_hand"][t].tolist(),
-                    "T_hand_to_obj": poses["T_hand_to_obj"][t].tolist(), "T_cam_to_obj": T_cam_to_obj_np[t].tolist(),
-                    "articulation": poses["articulation"][t].tolist()} for t in range(T)],
+        "frames": [{"index": t, "time": t / fps, "T_cam_to_hand": poses.T_cam_to_hand[t].tolist(),
+                    "T_hand_to_obj": poses.T_hand_to_obj[t].tolist(), "T_cam_to_obj": T_cam_to_obj_np[t].tolist(),
+                    "articulation": poses.articulation[t].tolist()} for t in range(clip.num_frames)],
     }
     (out / "poses.json").write_text(json.dumps(pose_doc))
-    outputs["poses"] = str(final / "poses.json")
-    timings["files"] = time.perf_counter() - t0 - sum(timings.values())
+    return {"poses": str(final / "poses.json")}
 
-    # ---- pictures
+
+def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame: int, out: Path,
+                    final: Path) -> dict[str, str]:
+    """``turntable.mp4``, ``side_by_side.mp4`` and ``summary.png``; returns their final paths."""
+    from hoirecon.export.views import ClipGeometry, limited_threads, scaled_size, turntable
+
+    sel, (W, H) = clip.frames, clip.image_size
+    device = clip.T_cam_to_obj.device
+    f32 = dict(dtype=torch.float32, device=device)
+    hand_obj = transform_points(clip.T_hand_to_obj, clip.hand_local)  # (T, V, 3) object frame
+    geom = ClipGeometry(torch.as_tensor(clip.object_verts, **f32), torch.as_tensor(clip.object_faces, device=device),
+                        hand_obj[sel], clip.hand_faces, clip.T_cam_to_obj[sel], torch.as_tensor(clip.poses.K, **f32),
+                        (W, H), bool(clip.mesh.is_watertight))
+    tt_geom = ClipGeometry(geom.object_verts, geom.object_faces, hand_obj[tt_frame:tt_frame + 1], clip.hand_faces,
+                           geom.T_cam_to_obj, geom.K, (W, H), geom.object_closed)
+    scale = min(1.0, cfg.panel_size / max(W, H))
+    rows = _SideBySideRows(geom, cfg, clip, frame_paths(ctx.input_dir("frames")), scale, scaled_size((W, H), scale))
+    outputs = {}
+    with ctx.reporter.task("export pictures", total=3) as task, limited_threads(1):
+        tt = turntable(tt_geom, 0, cfg.turntable_views, cfg.view_size, ssaa=cfg.ssaa)
+        write_video(out / "turntable.mp4", tt, fps=TURNTABLE_FPS)
+        outputs["turntable"] = str(final / "turntable.mp4")
+        task.advance()
+        # Streamed in chunks so long clips never hold all renderings in memory.
+        chunks = (row for s in range(0, len(sel), RENDER_CHUNK)
+                  for row in rows(list(range(s, min(len(sel), s + RENDER_CHUNK)))))
+        write_video(out / "side_by_side.mp4", chunks, fps=clip.fps * len(sel) / clip.num_frames)
+        outputs["side_by_side"] = str(final / "side_by_side.mp4")
+        task.advance()
+        write_png(out / "summary.png", _summary_sheet(ctx, cfg, clip, rows, tt, tt_frame))
+        outputs["summary"] = str(final / "summary.png")
+        task.advance()
+    return outputs
+
+
+class _SideBySideRows:
+    """Rows of the side-by-side video: input frame | reconstruction over it | novel view.
+
+    ``rows(index)`` yields (h, 3 w, 3) uint8 rows for exported frames ``index`` (positions in
+    ``clip.frames``); ``size`` = (w, h) of one panel.
+    """
+
+    def __init__(self, geom, cfg: ExportConfig, clip: _Clip, frame_files: list[Path], scale: float,
+                 size: tuple[int, int]):
+        self.geom, self.cfg, self.clip, self.frame_files = geom, cfg, clip, frame_files
+        self.scale, self.size = scale, size
+
+    def __call__(self, index: list[int], labels: bool = True):
+        from hoirecon.export.views import input_views, novel_views, side_by_side_frame, to_uint8
+
+        w, h = self.size
+        recon, _ = input_views(self.geom, self.scale, self.cfg.ssaa, index)
+        novel = novel_views(self.geom, self.cfg.novel_view_deg, h, self.cfg.ssaa, index)
+        for j, i in enumerate(index):
+            frame = _resize(read_rgb(self.frame_files[self.clip.frames[i]]), (w, h))
+            novel_rgb = to_uint8(novel.rgb[j], novel.alpha[j])
+            yield side_by_side_frame(frame, recon.rgb[j], recon.alpha[j], novel_rgb, labels)
+
+
+def _summary_sheet(ctx: StageContext, cfg: ExportConfig, clip: _Clip, rows: _SideBySideRows, tt: list,
+                   tt_frame: int) -> np.ndarray:
+    """The summary page: a header with the clip's numbers over rows of frames with masks,
+    reconstructions, novel views and turntable views, at ``cfg.summary_frames`` exported frames."""
+    from hoirecon.export.views import contact_sheet
+
+    sel, (W, H), T = clip.frames, clip.image_size, clip.num_frames
+    w, h = rows.size
+    hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+    pick = np.unique(np.round(np.linspace(0, len(sel) - 1, min(cfg.summary_frames, len(sel)))).astype(int))
+    masked = [_resize(overlay_masks(read_rgb(rows.frame_files[sel[i]]), hand_m[sel[i]], obj_m[sel[i]]), (w, h))
+              for i in pick]
+    picked_rows = list(rows(pick.tolist(), labels=False))
+    recon_tiles = [r[:, w:2 * w] for r in picked_rows]
+    novel_tiles = [r[:, 2 * w:] for r in picked_rows]
+    tt_pick = [tt[(k * len(tt)) // 4] for k in range(4)] if len(tt) >= 4 else tt
+    ext = clip.mesh.extents * 100
+    header = [
+        f"hoirecon export: {ctx.out_root.name}",
+        f"clip: {T} frames ({len(sel)} exported), {W}x{H} px, {clip.fps:.3g} fps; world frame: {cfg.world}",
+        f"object: {len(clip.object_verts)} vertices, {len(clip.object_faces)} faces, extent {ext[0]:.1f} x "
+        f"{ext[1]:.1f} x {ext[2]:.1f} cm, watertight {'yes' if clip.mesh.is_watertight else 'no'} "
+        f"({clip.mesh_source})",
+        *_eval_lines(ctx.out_root, ctx.input_dir("fit")),
+        "rows: frames with masks | reconstruction from the input camera | novel view | "
+        f"turntable at frame {tt_frame}",
+    ]
+    return contact_sheet([masked, recon_tiles, novel_tiles, tt_pick], header, max(h, SUMMARY_MIN_TILE))
+
+
+def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:  # seconds since the previous lap
+        timings[name] = time.perf_counter() - t0 - sum(timings.values())
+
+    meta = load_frames_meta(ctx.input_dir("frames"))
+    clip = _load_clip(ctx.input_dir("fit"), meta, cfg, torch.device(ctx.device))
+    tt_frame = _turntable_frame(clip, cfg)
+    out, final = ctx.tmp_dir, ctx.out_root / "export"
+    lap("geometry")
+    outputs, glb = _write_meshes(clip, cfg, out, final)
+    outputs.update(_write_poses(clip, cfg, out, final))
+    lap("files")
     if cfg.pictures:
-        hand_obj = transform_points(T_hand_to_obj, hand_local)  # (T, V, 3) object frame
-        geom = ClipGeometry(torch.as_tensor(obj_v, **f32), torch.as_tensor(obj_f, device=device), hand_obj[sel],
-                            hand_faces, T_cam_to_obj[sel], torch.as_tensor(poses["K"], **f32), (W, H),
-                            bool(mesh.is_watertight))
-        tt_geom = ClipGeometry(geom.object_verts, geom.object_faces, hand_obj[tt_frame:tt_frame + 1], hand_faces,
-                               geom.T_cam_to_obj, geom.K, (W, H), geom.object_closed)
-        n_steps = 3
-        with ctx.reporter.task("export pictures", total=n_steps) as task, limited_threads(1):
-            tt = turntable(tt_geom, 0, cfg.turntable_views, cfg.view_size, ssaa=cfg.ssaa)
-            write_video(out / "turntable.mp4", tt, fps=TURNTABLE_FPS)
-            outputs["turntable"] = str(final / "turntable.mp4")
-            task.advance()
-            scale = min(1.0, cfg.panel_size / max(W, H))
-            w, h = scaled_size((W, H), scale)
-            paths = frame_paths(frames_dir)
-
-            def video_rows(index: list[int], labels: bool = True):
-                """Side-by-side rows of exported frames ``index`` (positions in ``sel``)."""
-                recon, _ = input_views(geom, scale, cfg.ssaa, index)
-                novel = novel_views(geom, cfg.novel_view_deg, h, cfg.ssaa, index)
-                for j, i in enumerate(index):
-                    yield side_by_side_frame(_resize(read_rgb(paths[sel[i]]), (w, h)), recon.rgb[j], recon.alpha[j],
-                                             to_uint8(novel.rgb[j], novel.alpha[j]), labels)
-
-            # Streamed in chunks so long clips never hold all renderings in memory.
-            chunks = (row for s in range(0, len(sel), RENDER_CHUNK)
-                      for row in video_rows(list(range(s, min(len(sel), s + RENDER_CHUNK)))))
-            write_video(out / "side_by_side.mp4", chunks, fps=fps * len(sel) / T)
-            outputs["side_by_side"] = str(final / "side_by_side.mp4")
-            task.advance()
-            hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
-            pick = np.unique(np.round(np.linspace(0, len(sel) - 1, min(cfg.summary_frames, len(sel)))).astype(int))
-            masked = [_resize(overlay_masks(read_rgb(paths[sel[i]]), hand_m[sel[i]], obj_m[sel[i]]), (w, h))
-                      for i in pick]
-            picked_rows = list(video_rows(pick.tolist(), labels=False))
-            recon_tiles = [r[:, w:2 * w] for r in picked_rows]
-            novel_tiles = [r[:, 2 * w:] for r in picked_rows]
-            tt_pick = [tt[(k * len(tt)) // 4] for k in range(4)] if len(tt) >= 4 else tt
-            ext = mesh.extents * 100
-            header = [
-                f"hoirecon export: {ctx.out_root.name}",
-                f"clip: {T} frames ({len(sel)} exported), {W}x{H} px, {fps:.3g} fps; world frame: {cfg.world}",
-                f"object: {len(obj_v)} vertices, {len(obj_f)} faces, extent {ext[0]:.1f} x {ext[1]:.1f} x "
-                f"{ext[2]:.1f} cm, watertight {'yes' if mesh.is_watertight else 'no'} ({mesh_source})",
-                *_eval_lines(ctx.out_root, fit_dir),
-                "rows: frames with masks | reconstruction from the input camera | novel view | "
-                f"turntable at frame {tt_frame}",
-            ]
-            sheet = contact_sheet([masked, recon_tiles, novel_tiles, tt_pick], header, max(h, SUMMARY_MIN_TILE))
-            write_png(out / "summary.png", sheet)
-            outputs["summary"] = str(final / "summary.png")
-            task.advance()
-        timings["pictures"] = time.perf_counter() - t0 - sum(timings.values())
-
+        outputs.update(_write_pictures(ctx, cfg, clip, tt_frame, out, final))
+        lap("pictures")
     if glb is not None:
         write_clip_view(ctx.out_root, out, ctx.out_root.name)
         outputs["view"] = str(final / "view.html")
 
     summary = {
-        "num_frames": int(len(sel)), "format": fmt, "world": cfg.world, "mesh_source": mesh_source,
-        "object_vertices": int(len(obj_v)), "object_faces": int(len(obj_f)), "turntable_frame": tt_frame,
+        "num_frames": int(len(clip.frames)), "format": cfg.format, "world": cfg.world,
+        "mesh_source": clip.mesh_source, "object_vertices": int(len(clip.object_verts)),
+        "object_faces": int(len(clip.object_faces)), "turntable_frame": tt_frame,
         "outputs": outputs, "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     if glb is not None:
