@@ -77,8 +77,10 @@ DetectorOpt = typer.Option("auto", "--detector", help="First-frame boxes when no
                            "MediaPipe hand search + the held object next to it; check overlay.mp4) | boxes (require "
                            "--hand-box/--object-box or boxes.json) | doh100 (the paper's detector, needs weights).")
 SegmenterOpt = typer.Option("grabcut", "--segmenter", help="First-frame masks from boxes: grabcut | pointrend.")
-TrackerOpt = typer.Option("foreground", "--tracker", help="Mask tracking: foreground (default: each frame's learned "
-                          "foreground split by the hand's landmarks) | flow (optical flow + GrabCut) | stcn (the paper's, needs weights).")
+TrackerOpt = typer.Option("auto", "--tracker", help="Mask tracking: auto (default: runs foreground and flow, keeps "
+                          "the one that passes the forward-backward check best) | foreground (each frame's learned "
+                          "foreground split by the hand's landmarks) | flow (optical flow + GrabCut) | stcn (the "
+                          "paper's, needs weights).")
 IouOpt = typer.Option(0.4, "--iou-threshold", help="Minimum forward-backward IoU for hand and object.")
 HandBackendOpt = typer.Option("mediapipe", "--hand-backend", help="Hand estimator: mediapipe | frankmocap.")
 SideOpt = typer.Option("right", "--side", help="The hand holding the object: right | left.")

@@ -324,8 +324,11 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
     Returns:
         (H, W) bool (empty when nothing stands out).
     """
+    from hoirecon.segment.foreground import skin_part
+
     h, w = image_rgb.shape[:2]
-    hand = hand_region_from_keypoints(keypoints_2d, (h, w), cfg.finger_width)
+    # The skeleton's non-skin pixels are the grip the fingers wrap round: object candidates.
+    hand = skin_part(image_rgb, hand_region_from_keypoints(keypoints_2d, (h, w), cfg.finger_width))
     size = float(np.max(keypoints_2d.max(0) - keypoints_2d.min(0)))
     dist = cv2.distanceTransform((~hand).astype(np.uint8), cv2.DIST_L2, 3)
     init = np.full((h, w), cv2.GC_BGD, np.uint8)
@@ -335,7 +338,8 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
     if static is not None:
         init[static] = cv2.GC_BGD
     if foreground is not None:
-        init[~foreground] = cv2.GC_BGD
+        # Soft: the learned foreground misses dark grips between the fingers; colour decides there.
+        init[~foreground & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
     init[hand] = cv2.GC_BGD
     if (init == cv2.GC_PR_FGD).sum() < 16:
         return np.zeros((h, w), bool)

@@ -45,6 +45,8 @@ class ForegroundSplitConfig:
         deviation over the clip) belongs to something that never moves, not to a held object;
         the object may not grow into it (it may still keep such pixels it already has).
     box_slack: first-frame boxes are grown by this fraction of their size on each side.
+    keep_fraction: where the split keeps less than this fraction of the flow-moved object,
+        the object is carried by flow (and a GrabCut refinement) for that frame instead.
     """
 
     threshold: float = 0.5
@@ -55,6 +57,7 @@ class ForegroundSplitConfig:
     static_fraction: float = 0.9
     static_std: float = 8.0
     box_slack: float = 0.15
+    keep_fraction: float = 0.5
 
 
 class SelfieForeground:
@@ -118,7 +121,9 @@ def _hand_cut(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray, hand_
     init = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
     init[~_dilate(union, 2)] = cv2.GC_BGD
     init[hand_probable & union] = cv2.GC_PR_FGD
-    init[not_hand & ~hand_probable] = cv2.GC_BGD
+    # The object's core from the previous frame stays object even inside the landmarks' band:
+    # landmarks of fingers wrapped round an object (or read wrong) cover object pixels.
+    init[not_hand] = cv2.GC_BGD
     init[hand_sure] = cv2.GC_FGD
     sub = np.ascontiguousarray(init[y0:y1, x0:x1])
     if not ((sub == cv2.GC_BGD) | (sub == cv2.GC_PR_BGD)).any():
@@ -136,7 +141,8 @@ def _hand_cut(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray, hand_
 
 def split_foreground(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray, hand_probable: np.ndarray,
                      object_hint: np.ndarray, object_limit: np.ndarray,
-                     cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> tuple[np.ndarray, np.ndarray]:
+                     cfg: ForegroundSplitConfig = ForegroundSplitConfig(),
+                     anchor: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Split one frame's hand + held-object foreground into a hand mask and an object mask.
 
     Args:
@@ -148,6 +154,9 @@ def split_foreground(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray
         object_hint: (H, W) bool, pixels believed to be object (the core of the previous
             object mask moved by flow), used as "not hand" where they are off the hand band.
         object_limit: (H, W) bool, the object may not extend outside it.
+        anchor: (H, W) bool, object pieces must touch it (default ``object_hint``, or the
+            hand where that is empty): pieces seen on both sides of the fingers are kept,
+            loose foreground elsewhere is not.
     Returns:
         hand, object: (H, W) bool, disjoint, both inside ``union``.
     """
@@ -158,7 +167,8 @@ def split_foreground(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray
     # outside the object's reach is dropped rather than given to either mask.
     obj = union & ~hand & object_limit
     obj = cv2.morphologyEx(obj.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
-    anchor = object_hint if (object_hint & obj).any() else _dilate(hand, 3)
+    anchor = object_hint if anchor is None else anchor
+    anchor = anchor if (anchor & obj).any() else _dilate(hand, 3)
     obj = components_touching(obj, anchor)
     return hand, obj
 
@@ -220,9 +230,13 @@ class ForegroundSplitTracker:
         self.flow = FlowTracker(TrackerConfig())
 
     def step(self, image: np.ndarray, prob: np.ndarray, static: np.ndarray, warped_hand: np.ndarray,
-             warped_object: np.ndarray, seeds: Optional[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+             warped_object: np.ndarray, seeds: Optional[tuple[np.ndarray, np.ndarray]],
+             remembered: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """One frame from its foreground ``prob``, the clip's ``static`` foreground and the
-        previous frame's masks moved by flow into it; (hand, object)."""
+        previous frame's masks moved by flow into it; (hand, object). ``remembered`` (H, W)
+        bool: the object's parts hidden behind the hand, moved with the object (they may
+        reappear anywhere along it)."""
+        remembered = warped_object if remembered is None else warped_object | remembered
         cfg = self.cfg
         hand_size = int(np.sqrt(max(int(warped_hand.sum()), 1)))
         if seeds is not None:
@@ -230,16 +244,48 @@ class ForegroundSplitTracker:
         else:
             sure = _erode(warped_hand, max(2, hand_size // 10))
             probable = _dilate(warped_hand, max(2, hand_size // 15))
-        union = foreground_union(prob, sure | warped_hand | warped_object, cfg.threshold)
+        union = foreground_union(prob, sure | warped_hand | remembered, cfg.threshold)
         if union.sum() < cfg.min_area_px:
             return warped_hand, warped_object
         obj_size = int(np.sqrt(max(int(warped_object.sum()), 1)))
         object_core = _erode(warped_object, max(1, obj_size // 12)) & ~probable
+        union |= self.carried_grip(image, union, warped_object, object_core)
         hand, obj = split_foreground(image, union, sure, probable, object_core,
-                                     self.object_limit(image, static, warped_object), cfg)
+                                     self.object_limit(image, static, remembered), cfg,
+                                     anchor=object_core | (remembered & ~warped_hand))
         if hand.sum() < cfg.min_area_px:
             hand = warped_hand & union
+        if obj.sum() < cfg.keep_fraction * warped_object.sum():
+            # The foreground missed most of the object this frame (an object coloured like the
+            # wall behind it): carry it by flow, refined on the image, rather than lose it.
+            obj = self.flow.refine(image, warped_object, forbid=hand)
         return hand, obj
+
+    def move_hidden(self, shape: np.ndarray, hand: np.ndarray, warped_object: np.ndarray,
+                    flow: np.ndarray) -> np.ndarray:
+        """The object's remembered shape (H, W) bool in the previous frame, kept only where the
+        ``hand`` covered it or where it was seen, moved into this frame by the similarity that
+        best explains the flow over the object (the flow of the hand in front, where hidden)."""
+        from hoirecon.segment.classic import estimate_similarity, move_mask
+
+        keep = shape & _dilate(hand, 3)
+        motion = estimate_similarity(flow, warped_object)
+        moved = move_mask(keep, motion) if motion is not None else self.flow.warp(keep, flow)
+        return moved & ~warped_object
+
+    @staticmethod
+    def carried_grip(image: np.ndarray, union: np.ndarray, warped_object: np.ndarray,
+                     object_core: np.ndarray) -> np.ndarray:
+        """(H, W) bool: object pixels the flow carried that the foreground misses (a dark grip
+        in the fist), kept where they are not skin and are coloured like the object rather
+        than like the background around it."""
+        from hoirecon.segment.detect import more_like
+
+        missed = warped_object & ~union & ~skin_coloured(image)
+        if not missed.any() or not object_core.any():
+            return missed
+        around = _dilate(union | warped_object, 15) & ~union & ~warped_object
+        return missed & more_like(image, object_core, around)
 
     def object_limit(self, image: np.ndarray, static: np.ndarray, warped_object: np.ndarray) -> np.ndarray:
         """(H, W) bool: where the object may be this frame. It keeps what flow brought and may
@@ -260,12 +306,14 @@ class ForegroundSplitTracker:
         static = static_foreground(frames, probs, self.cfg)
         out = np.zeros((T, 2) + frames[0].shape[:2], bool)
         out[0] = first_masks
+        hidden = np.zeros_like(first_masks[1])  # object parts behind the hand, moved with the object
         for t in range(1, T):
             flow = self.flow.flow(frames[t - 1], frames[t])
             warped_hand = self.flow.warp(out[t - 1, 0], flow)
             warped_object = self.flow.warp(out[t - 1, 1], flow)
+            hidden = self.move_hidden(hidden | out[t - 1, 1], out[t - 1, 0], warped_object, flow)
             seeds = hand_seeder(frames[t], warped_hand, warped_object) if hand_seeder is not None else None
-            out[t, 0], out[t, 1] = self.step(frames[t], probs[t], static, warped_hand, warped_object, seeds)
+            out[t, 0], out[t, 1] = self.step(frames[t], probs[t], static, warped_hand, warped_object, seeds, hidden)
             if on_frame is not None:
                 on_frame(1)
         return out
@@ -297,6 +345,13 @@ def first_frame_split(image: np.ndarray, prob: np.ndarray, static: np.ndarray,
     boxes = box_region(shape, hand_box, cfg.box_slack) | in_object_box
     union = foreground_union(prob, sure | (in_object_box & (prob > cfg.threshold)), cfg.threshold) & boxes
     object_core = _erode(union & box_region(shape, object_box) & ~probable, 2)
+    # The grip between the fingers: non-skin pixels where the hand and object boxes meet,
+    # coloured like the object (the learned foreground often misses a dark grip in the fist).
+    grip = box_region(shape, hand_box) & in_object_box & ~skin_coloured(image) & ~union
+    if object_core.any() and grip.any():
+        from hoirecon.segment.detect import more_like
+
+        union |= grip & more_like(image, object_core, boxes & ~union)
     return split_foreground(image, union, sure, probable, object_core & ~static, in_object_box & ~static, cfg)
 
 
@@ -316,7 +371,30 @@ def landmark_hand_seeds(image: np.ndarray, keypoints_2d: np.ndarray, not_hand: n
     sure &= ~not_hand
     if hand_like is not None:
         sure &= hand_like
-    return sure, probable
+    # Bones run over the grip the fingers wrap round: only their skin-coloured pixels are sure
+    # hand, and the band's other pixels are not probable hand (see ``skin_part``).
+    skinned = skin_part(image, sure)
+    if skinned is not sure:
+        probable &= skin_coloured(image) | _dilate(skinned, 2)
+    return skinned, probable
+
+
+def skin_part(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The skin-coloured pixels of ``region`` (H, W) bool where at least ``SKIN_MIN_FRACTION`` of
+    it is skin-coloured; else ``region`` itself (a gloved or oddly lit hand)."""
+    skin = skin_coloured(image) & region
+    return skin if skin.sum() >= SKIN_MIN_FRACTION * max(1, int(region.sum())) else region
+
+
+SKIN_MIN_FRACTION = 0.3
+
+
+def skin_coloured(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels in the usual skin range of chroma (YCrCb: Cr 133-180, Cb 70-130), which
+    holds across skin tones because it ignores brightness."""
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
+    cr, cb = ycrcb[..., 1], ycrcb[..., 2]
+    return (cr >= 133) & (cr <= 180) & (cb >= 70) & (cb <= 130)
 
 
 def hand_coloured(image: np.ndarray, keypoints_2d: np.ndarray, elsewhere: np.ndarray) -> np.ndarray:

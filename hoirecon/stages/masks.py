@@ -13,7 +13,9 @@ Backends (``--detector``, ``--segmenter``, ``--tracker``):
 - segmenter: ``grabcut`` (default, offline; with the ``foreground`` tracker the first frame is
   the learned foreground split by the hand's landmarks, and the box-only colour cut is the
   fallback where no landmarks are found) | ``pointrend`` (paper, needs weights).
-- tracker: ``foreground`` (default: every frame's own learned foreground, MediaPipe's selfie
+- tracker: ``auto`` (default: runs ``foreground`` and ``flow`` and keeps the one whose masks pass
+  the forward-backward check best; both IoUs are in quality.json ``candidates``) | ``foreground``
+  (every frame's own learned foreground, MediaPipe's selfie
   segmenter, split into hand and object by the hand's landmarks and a colour cut, kept
   consistent in time by the previous masks moved by optical flow; ``hoirecon.segment.foreground``;
   where that foreground does not see the first-frame hand and object, e.g. on renders, the clip
@@ -54,7 +56,7 @@ from hoirecon.stages.frames import frame_paths, load_frames_meta
 VERSION = "7"
 DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
-TRACKERS = ("foreground", "flow", "stcn")
+TRACKERS = ("auto", "foreground", "flow", "stcn")
 FAILED_DIR = "masks_failed"  # where a failed forward-backward check leaves its overlay and quality.json
 
 
@@ -68,7 +70,7 @@ class MasksConfig:
     masks_dir: Optional[str] = None
     detector: str = "auto"
     segmenter: str = "grabcut"
-    tracker: str = "foreground"
+    tracker: str = "auto"
     iou_threshold: float = 0.4
     hand_landmarks: bool = True  # re-anchor the hand mask on MediaPipe landmarks (flow tracker)
     side: str = "right"
@@ -197,14 +199,15 @@ def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], d
     return hand, obj, origin, detection  # type: ignore[return-value]
 
 
-def _first_masks(cfg: MasksConfig, frames: list[np.ndarray], hand_box: Box, obj_box: Box, device: str) -> np.ndarray:
+def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box,
+                 device: str) -> np.ndarray:
     first = frames[0]
     if cfg.segmenter == "pointrend":
         from hoirecon.backends.pointrend import PointRendBox2Mask
 
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
-    elif cfg.tracker == "foreground" and (split := _first_foreground_split(frames, hand_box, obj_box)) is not None:
+    elif tracker == "foreground" and (split := _first_foreground_split(frames, hand_box, obj_box)) is not None:
         hand, obj = split
     else:
         # One joint cut: each mask sees the other's colours as background, thin or mostly
@@ -297,6 +300,28 @@ def _write_failed_check(folder: Path, frames, hand: np.ndarray, obj: np.ndarray,
     return overlay
 
 
+def _trackers(cfg: MasksConfig) -> list[str]:
+    """The trackers to run: ``auto`` runs the learned-foreground split and the flow tracker."""
+    return ["foreground", "flow"] if cfg.tracker == "auto" else [cfg.tracker]
+
+
+def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box,
+             ctx: StageContext) -> dict:
+    """First-frame masks, forward and backward tracks (T, 2, H, W) and the forward-backward IoU
+    of one tracker."""
+    T = len(frames)
+    first = _first_masks(cfg, tracker, frames, hand_box, obj_box, ctx.device)
+    if tracker == "foreground" and not _foreground_sees(frames[0], first):
+        ctx.reporter.info("the learned foreground does not see the hand and object in the first frame: "
+                          "tracking them by optical flow instead")
+        tracker = "flow"
+    with ctx.reporter.task(f"tracking masks ({tracker}, forward + backward)", total=2 * (T - 1)) as task:
+        fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task)
+        bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task, first_amodal=amodal)[0][::-1]
+    track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
+    return {"tracker": tracker, "first": first, "fwd": fwd, "bwd": bwd, "track_iou": track_iou}
+
+
 def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
     frames_dir = ctx.input_dir("frames")
     meta = load_frames_meta(frames_dir)
@@ -309,22 +334,19 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         boxes = {}
     else:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
-        first = _first_masks(cfg, frames, hand_box, obj_box, ctx.device)
-        tracker = cfg.tracker
-        if tracker == "foreground" and not _foreground_sees(frames[0], first):
-            ctx.reporter.info("the learned foreground does not see the hand and object in the first frame: "
-                              "tracking them by optical flow instead (--tracker flow)")
-            tracker = "flow"
-        with ctx.reporter.task("tracking masks (forward + backward)", total=2 * (T - 1)) as task:
-            fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task)
-            bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task, first_amodal=amodal)[0][::-1]
-        track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
+        candidates: list[dict] = []
+        for name in _trackers(cfg):
+            if all(c["tracker"] != name for c in candidates):  # the foreground may have fallen back to flow
+                candidates.append(_tracked(cfg, name, frames, hand_box, obj_box, ctx))
+        # The paper's own filter picks: the candidate whose masks come back best.
+        best = max(candidates, key=lambda c: min(c["track_iou"].values()))
+        tracker, first, fwd, bwd, track_iou = (best[k] for k in ("tracker", "first", "fwd", "bwd", "track_iou"))
         per_frame = [{"hand": mask_iou(fwd[t, 0], bwd[t, 0]), "object": mask_iou(fwd[t, 1], bwd[t, 1])}
                      for t in range(T)]
         passed = all(v >= cfg.iou_threshold for v in track_iou.values())
         quality = {"source": f"{cfg.segmenter}+{tracker}", "boxes_from": origin, "detection": detection,
-                   "passed": passed,
-                   "threshold": cfg.iou_threshold, "track_iou": track_iou, "per_frame_iou": per_frame}
+                   "passed": passed, "threshold": cfg.iou_threshold, "track_iou": track_iou,
+                   "candidates": {c["tracker"]: c["track_iou"] for c in candidates}, "per_frame_iou": per_frame}
         hand, obj = fwd[:, 0], fwd[:, 1]
         if not passed:
             shown = _write_failed_check(ctx.out_root / FAILED_DIR, frames, hand, obj, quality, meta["fps"])
