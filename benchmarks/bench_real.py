@@ -159,13 +159,14 @@ def main() -> None:
             picture = out / "export" / "summary.png"
             if picture.is_file() and not args.no_write:
                 shutil.copy(picture, IMAGES / f"real_{name}_{mode}.png")
-    body = (f"## Real clips end to end (`bench_real`)\n\n"
-            f"`.venv/bin/python benchmarks/bench_real.py --prior {args.prior}`; machine: {started}. "
-            f"No ground truth: IoUs are of the fit's renderings against the masks it was fitted to. "
-            f"Summary pictures: `docs/images/real_<clip>_<boxes>.png`.\n\n" + table(rows))
+            # Written after every clip: a long run stopped half-way still leaves its rows.
+            body = (f"## Real clips end to end (`bench_real`)\n\n"
+                    f"`.venv/bin/python benchmarks/bench_real.py --prior {args.prior}`; machine: {started}. "
+                    f"No ground truth: IoUs are of the fit's renderings against the masks it was fitted to. "
+                    f"Summary pictures: `docs/images/real_<clip>_<boxes>.png`.\n\n" + table(rows))
+            if not args.no_write:
+                write_section("bench_real", body)
     print(body)
-    if not args.no_write:
-        write_section("bench_real", body)
 
 
 if __name__ == "__main__":
