@@ -77,7 +77,7 @@ class OptimizeConfig:
         (``InitConfig.grid_resolution``). A switch to 96^3 at 40 % of the steps (the default
         until fit VERSION 3) carved what no view constrains: every new node starts with fresh
         Adam moments, whose first steps are lr x sign(gradient), and the finer nodes each see
-        fewer rays (docs/DEVELOPING.md, "Tried and rejected").
+        fewer rays (docs/experiments.md).
     eikonal_points: random points in the sphere per step for the MLP's eikonal term.
     checkpoint_every: steps between resumable checkpoints (0 = never).
     seed: seeds every random draw.
@@ -95,7 +95,7 @@ class OptimizeConfig:
         "frame_pose" (default: the per-frame object pose deltas), "pose" (those and the
         shared object pose) or "hand" (nothing else). Moving the shared pose pushed whole
         objects off the hand (CD_h up); the fingers alone cannot leave a thin handle
-        (docs/DEVELOPING.md).
+        (docs/experiments.md).
     """
 
     steps: int = 1500
