@@ -71,8 +71,8 @@ def run_fit_child(out: Path, preset: str, steps: int | None, threads: int = 1,
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"fit failed on {out} (exit {proc.returncode}): {err[-2000:]}")
-    # ru_maxrss is in kilobytes on Linux.
-    return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 1e6}
+    # ru_maxrss is in kilobytes on Linux. CPU seconds do not grow with the load of other jobs, wall seconds do.
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 1e6}
 
 
 def score(out: Path) -> dict:
@@ -95,12 +95,13 @@ ROWS = (("f5", "F@5 ↑", "{:.3f}"), ("f10", "F@10 ↑", "{:.3f}"), ("cd", "CD (
         ("init_cd_h_true_obj", "CD_h true object, init hand (cm²)", "{:.1f}"),
         ("kp_cam_mm", "hand kp error, camera (mm)", "{:.1f}"), ("init_kp_cam_mm", "  ... of the init (mm)", "{:.1f}"),
         ("pen_max_mm", "deepest hand vertex in object (mm)", "{:.1f}"),
-        ("seconds", "fit wall time (s)", "{:.0f}"), ("peak_rss_gb", "fit peak RSS (GB)", "{:.2f}"))
+        ("seconds", "fit wall time (s)", "{:.0f}"), ("cpu_seconds", "fit CPU time (s)", "{:.0f}"),
+        ("peak_rss_gb", "fit peak RSS (GB)", "{:.2f}"))
 
 
-def spread(vals) -> str:
-    """'min / median / max' of a list of numbers (2 decimals)."""
-    return f"{np.min(vals):.2f} / {np.median(vals):.2f} / {np.max(vals):.2f}"
+def spread(vals, fmt: str = "{:.2f}") -> str:
+    """'min / median / max' of a list of numbers, each written with ``fmt``."""
+    return " / ".join(fmt.format(float(f(vals))) for f in (np.min, np.median, np.max))
 
 
 def render_table(rows: list[dict], paper: dict | None, header: str) -> str:
@@ -114,7 +115,7 @@ def render_table(rows: list[dict], paper: dict | None, header: str) -> str:
             continue
         agg = float(np.max(vals)) if key in ("pen_max_mm", "peak_rss_gb") else float(np.mean(vals))
         text += (f"| {name} | " + " | ".join(fmt.format(v) for v in vals) + " | " + fmt.format(agg)
-                 + f" | {spread(vals)} |\n")
+                 + f" | {spread(vals, fmt)} |\n")
     text += "\n(mean column: max for peak RSS and penetration)\n"
     if paper:
         text += ("\n`paper` preset (MLP SDF, 1024 rays, lr 5e-4) on "
@@ -145,18 +146,21 @@ def compare_priors(results: dict[str, list[dict]]) -> str:
     names = [r.get("name", r["category"]) for r in results[runs[0]]]
     text = ("\n| clip | " + " | ".join(f"F@10 {k}" for k in runs) + " | "
             + " | ".join(f"{k} - {runs[0]}" for k in runs[1:]) + " | "
-            + " | ".join(f"wall s {k}" for k in runs) + " |\n|---|" + "---|" * (3 * len(runs) - 1) + "\n")
+            + " | ".join(f"wall s {k}" for k in runs) + " | " + " | ".join(f"CPU s {k}" for k in runs)
+            + " |\n|---|" + "---|" * (4 * len(runs) - 1) + "\n")
     for i, n in enumerate(names):
         f = [results[k][i]["f10"] for k in runs]
         text += (f"| {n} | " + " | ".join(f"{v:.3f}" for v in f) + " | "
                  + " | ".join(f"{v - f[0]:+.3f}" for v in f[1:]) + " | "
-                 + " | ".join(f"{results[k][i]['seconds']:.0f}" for k in runs) + " |\n")
+                 + " | ".join(f"{results[k][i]['seconds']:.0f}" for k in runs) + " | "
+                 + " | ".join(f"{results[k][i].get('cpu_seconds', float('nan')):.0f}" for k in runs) + " |\n")
     f = {k: [r["f10"] for r in results[k]] for k in runs}
     t = {k: [r["seconds"] for r in results[k]] for k in runs}
     text += ("| **mean** (min / median / max) | " + " | ".join(f"{np.mean(f[k]):.3f} ({spread(f[k])})" for k in runs)
              + " | " + " | ".join(f"{np.mean(np.subtract(f[k], f[runs[0]])):+.3f} (worst "
                                    f"{np.min(np.subtract(f[k], f[runs[0]])):+.3f})" for k in runs[1:])
-             + " | " + " | ".join(f"{np.mean(t[k]):.0f}" for k in runs) + " |\n")
+             + " | " + " | ".join(f"{np.mean(t[k]):.0f}" for k in runs) + " | "
+             + " | ".join(f"{np.mean([r.get('cpu_seconds', np.nan) for r in results[k]]):.0f}" for k in runs) + " |\n")
     return text
 
 
@@ -204,10 +208,8 @@ def main() -> None:
     priors = [p.strip() for p in (args.priors or args.prior).split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     clips = [] if args.fast_from else benchmark_clips(args.clips, work, args.frames, args.size, args.view_range,
-                                                      seeds, args.categories.split(","), args.seed0)
-    if args.meshes:
-        keep = args.meshes.split(",")
-        clips = [c for c in clips if c.name.split(" ")[0] in keep]
+                                                      seeds, args.categories.split(","), args.seed0,
+                                                      args.meshes.split(",") if args.meshes else None)
 
     def one(job: tuple[str, BenchClip]) -> dict:
         prior, clip = job
@@ -314,7 +316,7 @@ def main() -> None:
     if args.clips == "procedural" and len(priors) == 1:
         write_section("bench_fit" if prior == "none" else f"bench_fit_{Path(prior).stem}", text)
     else:
-        write_section(f"bench_fit_{args.clips}", text)
+        write_section(f"bench_fit_{args.clips}" + (f"_steps{args.steps}" if args.steps else ""), text)
 
 
 if __name__ == "__main__":

@@ -89,11 +89,13 @@ def synth_mesh_clip(entry: MeshEntry, out: Path, frames: int, size: int, seed: i
 
 
 def benchmark_clips(which: str, work: Path, frames: int, size: int, view_range: float, seeds: list[int],
-                    categories: list[str] | None = None, seed0: int = 0) -> list[BenchClip]:
+                    categories: list[str] | None = None, seed0: int = 0,
+                    meshes: list[str] | None = None) -> list[BenchClip]:
     """Render (or reuse) the clips of a set under ``work``.
 
     ``which`` = "procedural": category i of ``categories`` with clip seed ``seed0 + i`` (the clips of
-    ``bench_fit.py``); "tuning" / "heldout": every mesh of that set once per seed in ``seeds``.
+    ``bench_fit.py``); "tuning" / "heldout": every mesh of that set (or only those named in ``meshes``)
+    once per seed in ``seeds``.
     """
     if which not in CLIP_SETS:
         raise SystemExit(f"--clips must be one of {', '.join(CLIP_SETS)}, got {which!r}")
@@ -106,7 +108,13 @@ def benchmark_clips(which: str, work: Path, frames: int, size: int, view_range: 
             generate_clip(cat, out, frames=frames, size=size, seed=seed0 + i, view_range_deg=view_range)
             clips.append(BenchClip(cat, cat, seed0 + i, out))
         return clips
-    for entry in load_mesh_set(which):
+    entries = load_mesh_set(which)
+    unknown = set(meshes or []) - {e.name for e in entries}
+    if unknown:
+        raise SystemExit(f"no mesh {sorted(unknown)} in the {which} set of {MESH_LIST.name}")
+    for entry in entries:
+        if meshes and entry.name not in meshes:
+            continue
         for seed in seeds:
             out = work / which / f"{entry.name}_s{seed}_f{frames}"
             synth_mesh_clip(entry, out, frames, size, seed, view_range)
