@@ -44,7 +44,7 @@ def _chromium(browser: str, page: Path, *extra: str) -> subprocess.CompletedProc
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--virtual-time-budget={VIRTUAL_TIME_MS}",
-                               *extra, page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+                               *extra, page.resolve().as_uri()], capture_output=True, text=True, timeout=300)
 
 
 def page_state(dom: str) -> tuple[str, str]:

@@ -292,5 +292,5 @@ def test_pages_open_in_headless_chromium(batch_dir, tmp_path):
     out, _, _, _ = batch_dir
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "check_viewer.py"),
                         str(out / "s1_video" / "export" / "view.html"), str(out / "index.html"),
-                        "--shots", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                        "--shots", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr
