@@ -38,6 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hand_object_signed_distance, machine, write_section  # noqa: E402
 
+from hoirecon.geometry.rotations import rotation_angle_deg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
 SETTINGS = Path(__file__).resolve().parent / "real"
@@ -74,8 +76,7 @@ def pose_jitter(fit_dir: Path) -> tuple[float, float]:
     accel = np.linalg.norm(centre[2:] - 2 * centre[1:-1] + centre[:-2], axis=-1).mean() * 1000.0
     step = np.transpose(R[:-1], (0, 2, 1)) @ R[1:]
     change = np.transpose(step[:-1], (0, 2, 1)) @ step[1:]
-    cos = np.clip((np.trace(change, axis1=1, axis2=2) - 1) / 2, -1, 1)
-    return float(accel), float(np.degrees(np.arccos(cos)).mean())
+    return float(accel), float(rotation_angle_deg(change).mean())
 
 
 def score(out: Path, run: dict) -> dict:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from hoirecon.fit.init import ObjectCameras, grasp_consensus, object_in_hand_poses, rotation_angle_deg
+from hoirecon.fit.init import ObjectCameras, grasp_consensus, object_in_hand_poses
+from hoirecon.geometry.rotations import rotation_angle_deg
 
 
 def _rot(axis, deg) -> np.ndarray:

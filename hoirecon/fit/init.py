@@ -27,6 +27,7 @@ import torch
 from scipy import ndimage
 
 from hoirecon.errors import RunError
+from hoirecon.geometry.rotations import rotation_angle_deg
 from hoirecon.geometry.transforms import invert_rigid, transform_points
 
 
@@ -151,11 +152,6 @@ def visual_hull_sdf(
     sdf = np.where(occ, -(inside - 0.5 * voxel), outside - 0.5 * voxel)
     return torch.from_numpy(sdf.astype(np.float32)).to(device)
 
-
-def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (...,) rotation angles in degrees."""
-    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
 @dataclass

@@ -12,8 +12,6 @@ frames or none; callers fall back to the hand-derived cameras there.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
+from hoirecon.io.quiet import quiet_native_stderr
 
 
 @dataclass(frozen=True)
@@ -66,23 +66,6 @@ class ObjectSfM:
     @property
     def usable(self) -> bool:
         return self.focal_px is not None and not self.reason
-
-
-@contextlib.contextmanager
-def _quiet_fds():
-    """COLMAP logs through glog on fd 2; keep the terminal for the tool's own lines."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _write_inputs(frames: Sequence[np.ndarray], object_masks: np.ndarray, workdir: Path, dilate_px: int) -> list[str]:
@@ -132,7 +115,7 @@ def object_sfm(frames: Sequence[np.ndarray], object_masks: np.ndarray, workdir: 
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.sift.max_num_features = cfg.max_features
     extraction.num_threads = cfg.num_threads
-    with _quiet_fds():
+    with quiet_native_stderr():
         pycolmap.extract_features(database, workdir / "images", image_names=names,
                                   camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                                   extraction_options=extraction, device=pycolmap.Device.cpu)
@@ -160,7 +143,7 @@ def _map(pycolmap, database: Path, workdir: Path, seed: int, cfg: ObjectSfMConfi
     options.random_seed = seed
     output = workdir / f"model_{seed}"
     output.mkdir(parents=True, exist_ok=True)
-    with _quiet_fds():
+    with quiet_native_stderr():
         models = pycolmap.incremental_mapping(database, workdir / "images", output, options=options)
     if not models:
         return None

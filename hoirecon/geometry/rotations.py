@@ -18,6 +18,7 @@ starting from a zero pose get exact gradients.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -282,3 +283,9 @@ def random_rotation_matrix(
     quat = torch.randn(n, 4, generator=generator, dtype=dtype, device=device)
     return quaternion_to_matrix(quat)
 
+
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotation matrices -> (...,) rotation angles in degrees (numpy, for reports and
+    checks; the angle between A and B is ``rotation_angle_deg(A^T B)``)."""
+    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))

@@ -30,7 +30,6 @@ see ``hoirecon.render.camera``). A crop is a rotated square :class:`CropRect`; i
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import os
@@ -43,6 +42,7 @@ import numpy as np
 
 from hoirecon.errors import UserError
 from hoirecon.geometry.regions import box_iou, mask_box
+from hoirecon.io.quiet import quiet_native_stderr
 
 LANDMARK_MODEL = "hand_landmark/hand_landmark_full.tflite"
 PALM_MODEL = "palm_detection/palm_detection_full.tflite"
@@ -73,29 +73,12 @@ def mediapipe_model_path(relative: str) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence TFLite's C++ "Created TensorFlow Lite XNNPACK delegate" line on fd 2."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _interpreter(path: Path, num_threads: int):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise UserError("the mediapipe hand backend needs ai-edge-litert: pip install ai-edge-litert==2.3.0") from None
-    with _quiet_stderr():
+    with quiet_native_stderr():
         interp = Interpreter(model_path=str(path), num_threads=num_threads)
         interp.allocate_tensors()
     return interp

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hoirecon.geometry.rotations import rotation_angle_deg
 from hoirecon.pose.predict import ClipPoses
 
 __all__ = ["ConsistencyConfig", "ConsistencyResult", "temporal_consistency", "pseudo_labels"]
@@ -75,12 +76,6 @@ def _box_diag(boxes: np.ndarray) -> np.ndarray:
     return np.linalg.norm(boxes[:, 2:] - boxes[:, :2], axis=1)
 
 
-def _rotation_angle_deg(Ra: np.ndarray, Rb: np.ndarray) -> np.ndarray:
-    """(T, 3, 3), (T, 3, 3) -> (T,) angle of Ra^T Rb."""
-    cos = (np.einsum("tij,tij->t", Ra, Rb) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-
-
 def _distance_to_box(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(T, N, 3) points -> (T, N) distance to the axis-aligned box [lo, hi] (0 inside)."""
     return np.linalg.norm(np.maximum(np.maximum(lo - points, points - hi), 0.0), axis=-1)
@@ -108,7 +103,7 @@ def temporal_consistency(poses: ClipPoses, hand_boxes: np.ndarray, object_boxes:
     for j, d in enumerate((-1, 1)):
         idx = np.clip(np.arange(T) + d, 0, T - 1)
         ok = valid[idx] & (idx != np.arange(T))
-        angles[ok, j] = _rotation_angle_deg(R[ok], R[idx[ok]])
+        angles[ok, j] = rotation_angle_deg(np.transpose(R[ok], (0, 2, 1)) @ R[idx[ok]])
     errors["rotation_deg"] = angles.min(1)
     t_mean = _neighbour_mean(poses.T_obj_to_cam[:, :3, 3], valid)
     errors["translation_m"] = np.linalg.norm(poses.T_obj_to_cam[:, :3, 3] - t_mean, axis=-1)

@@ -39,7 +39,7 @@ import torch
 from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
 from hoirecon.fit.guidance import PRIOR_NAMES, GuidanceConfig, build_guidance
-from hoirecon.fit.init import ObjectCameras, rotation_angle_deg
+from hoirecon.fit.init import ObjectCameras
 from hoirecon.fit.losses import LossWeights
 from hoirecon.fit.mesh import extract_mesh
 from hoirecon.fit.optimize import (
@@ -51,6 +51,7 @@ from hoirecon.fit.optimize import (
     optimize_scene,
 )
 from hoirecon.fit.scene import BLEND_MODES, BlendConfig, poses_npz_dict
+from hoirecon.geometry.rotations import rotation_angle_deg
 from hoirecon.io.masks import read_mask_folder
 from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.render.volume import VolumeRenderConfig
