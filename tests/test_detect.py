@@ -73,6 +73,15 @@ def test_grid_covers_the_image():
     assert len(rects) == 2 * len(np.unique(centres, axis=0))
 
 
+def test_border_crops_are_centred_on_the_border():
+    # a close hand entering from the frame's edge is only found in a crop centred on it
+    rects = grid_rects(480, 640, (1.2,), 0.5, (0.0,), to_border=True)
+    centres = np.array([(r.cx, r.cy) for r in rects]) + 0.5  # pixel centres -> pixel corners
+    assert centres[:, 0].min() == 0 and centres[:, 0].max() == 640
+    assert centres[:, 1].min() == 0 and centres[:, 1].max() == 480
+    assert np.diff(np.unique(centres[:, 0])).max() <= 0.5 * rects[0].size + 1
+
+
 @pytest.mark.parametrize("cat", ["mug", "bottle"])
 def test_detects_hand_and_held_object_on_synthetic_clips(synth_clips, cat):
     _, frames, gt = synth_clips[cat]

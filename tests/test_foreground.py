@@ -20,7 +20,9 @@ from hoirecon.segment.foreground import (
     SelfieForeground,
     first_frame_split,
     hand_coloured,
+    keep_near_foreground,
     landmark_hand_seeds,
+    skin_coloured,
     static_foreground,
 )
 from hoirecon.synth.generator import generate_clip
@@ -94,3 +96,30 @@ def test_selfie_foreground_sees_nothing_in_a_flat_image():
     prob = fg(np.full((48, 64, 3), 128, np.uint8))
     assert prob.shape == (48, 64) and prob.dtype == np.float32
     assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.mean() < 0.5
+
+
+def test_tracked_masks_lose_what_lies_far_from_the_foreground():
+    prob = np.zeros((1, 100, 100), np.float32)
+    prob[0, 20:60, 20:60] = 1.0
+    masks = np.zeros((1, 2, 100, 100), bool)
+    masks[0, 0, 20:60, 20:75] = True  # hand leaked to the right
+    masks[0, 1, 70:90, 70:90] = True  # an object the foreground does not see at all
+    out = keep_near_foreground(masks, prob)
+    reach = int(np.ceil(0.03 * 100)) + 1
+    assert out[0, 0, 20:60, 20:60].all() and not out[0, 0, :, 60 + reach:].any()
+    assert (out[0, 1] == masks[0, 1]).all()  # unseen: kept whole
+
+
+def test_skin_under_tinted_light_is_the_hands_own_colour():
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :20] = (190, 178, 196)  # pale skin under a blue sky: chroma outside the usual range
+    image[:, 20:40] = (22, 25, 34)  # a dark held object, chroma near the skin's
+    image[:, 40:] = (40, 140, 60)  # green background
+    palm = np.zeros((40, 60), bool)
+    palm[10:30, 2:25] = True  # mostly hand, a little object
+    assert not skin_coloured(image)[:, :20].any()
+    skin = skin_coloured(image, palm)
+    assert skin[:, :20].all() and not skin[:, 20:].any()
+    usual = np.zeros_like(image)
+    usual[:] = (200, 150, 120)  # a hand in the usual range keeps the usual rule
+    assert (skin_coloured(usual, palm) == skin_coloured(usual)).all()

@@ -55,6 +55,11 @@ class DetectConfig:
     grid_scales: crop side as a fraction of the image's short side.
     grid_overlap: neighbouring grid crops overlap by this fraction of their side.
     grid_angles_deg: crop rotations tried at every grid position.
+    border_scales: crops of these sizes (fraction of the short side) are centred up to the
+        image border, half outside it: a close hand that enters the frame from its edge (the
+        wrist and forearm cut off) is only recognised in a crop centred on the hand itself.
+    border_angles_deg: rotations tried for the border crops (a hand entering from a corner
+        points diagonally).
     refine_top: how many of the best grid/palm candidates are refined.
     refine_iterations: re-crops from a candidate's own landmarks (kept only if better).
     box_margin: the hand box is the landmarks' box grown by this fraction of its size per
@@ -68,6 +73,8 @@ class DetectConfig:
     grid_scales: tuple[float, ...] = (0.45, 0.65, 0.9)
     grid_overlap: float = 0.5
     grid_angles_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
+    border_scales: tuple[float, ...] = (1.2,)
+    border_angles_deg: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
     refine_top: int = 4
     refine_iterations: int = 2
     box_margin: float = 0.12
@@ -95,11 +102,12 @@ class HandDetection:
 
 
 def grid_rects(height: int, width: int, scales: Sequence[float], overlap: float,
-               angles_deg: Sequence[float]) -> list[CropRect]:
+               angles_deg: Sequence[float], to_border: bool = False) -> list[CropRect]:
     """Square crops tiling an image at several scales and rotations.
 
     At each scale the crops (side ``scale * min(H, W)``) are spread evenly so that the first
-    and last touch the image borders and neighbours overlap by at least ``overlap``.
+    and last touch the image borders (``to_border``: are centred on them) and neighbours
+    overlap by at least ``overlap``.
     """
     short = float(min(height, width))
     rects = []
@@ -108,9 +116,9 @@ def grid_rects(height: int, width: int, scales: Sequence[float], overlap: float,
         step = max(1.0, side * (1.0 - overlap))
         centres = []
         for extent in (width, height):
-            span = max(0.0, extent - side)
-            n = int(math.ceil(span / step)) + 1
-            centres.append(np.linspace(side / 2, extent - side / 2, n) if span > 0 else np.array([extent / 2]))
+            lo, hi = (0.0, float(extent)) if to_border else (side / 2, extent - side / 2)
+            n = int(math.ceil(max(0.0, hi - lo) / step)) + 1
+            centres.append(np.linspace(lo, hi, n) if hi > lo else np.array([extent / 2]))
         for cy in centres[1]:
             for cx in centres[0]:
                 for a in angles_deg:
@@ -173,7 +181,9 @@ def detect_hand_box(image_rgb: np.ndarray, cfg: DetectConfig = DetectConfig(),
     cands = [run(r, "palm") for r in palm_rects(palm_detector, image_rgb, cfg.palm_min_score)]
     # The palm detector's confirmed proposal is enough; search crops only when it found nothing.
     if not any(r.presence >= cfg.min_presence for _, r, _ in cands):
-        cands += [run(r, "grid") for r in grid_rects(h, w, cfg.grid_scales, cfg.grid_overlap, cfg.grid_angles_deg)]
+        rects = grid_rects(h, w, cfg.grid_scales, cfg.grid_overlap, cfg.grid_angles_deg)
+        rects += grid_rects(h, w, cfg.border_scales, cfg.grid_overlap, cfg.border_angles_deg, to_border=True)
+        cands += [run(r, "grid") for r in rects]
     cands.sort(key=lambda c: -c[0])
     best = None
     for score, res, source in cands[:cfg.refine_top]:
@@ -214,6 +224,8 @@ class ObjectDetectConfig:
         the hand's size).
     min_area_frac: components smaller than this fraction of the hand's size squared are
         dropped.
+    held_contact: a component is kept if its pixels touching the hand are at least this
+        fraction of those of the component touching it most.
     motion_frames: the motion cue compares frame 0 with frame ``min(T - 1, motion_frames)``.
     motion_inliers: the background counts as explained by one homography when at least this
         fraction of the far pixels follow it (2 px); otherwise the motion cue is unused.
@@ -228,6 +240,7 @@ class ObjectDetectConfig:
     grabcut_iters: int = 5
     contact_frac: float = 0.05
     min_area_frac: float = 0.01
+    held_contact: float = 0.25
     motion_frames: int = 3
     motion_inliers: float = 0.5
     motion_min_px: float = 2.0
@@ -359,9 +372,12 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
     dist = cv2.distanceTransform((~hand).astype(np.uint8), cv2.DIST_L2, 3)
     near = dist <= max(3.0, cfg.contact_frac * size)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    keep = [i for i in range(1, n)
-            if stats[i, cv2.CC_STAT_AREA] >= cfg.min_area_frac * size * size and near[labels == i].any()]
-    return np.isin(labels, keep)
+    contact = {i: int(near[labels == i].sum()) for i in range(1, n)
+               if stats[i, cv2.CC_STAT_AREA] >= cfg.min_area_frac * size * size}
+    # A held object lies along the fingers; what only touches a fingertip (a person walking
+    # behind) is not held.
+    most = max(contact.values(), default=0)
+    return np.isin(labels, [i for i, c in contact.items() if c > 0 and c >= cfg.held_contact * most])
 
 
 def detect_held_object_box(frames_rgb: Sequence[np.ndarray], keypoints_2d: np.ndarray,

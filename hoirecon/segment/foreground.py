@@ -47,6 +47,11 @@ class ForegroundSplitConfig:
     box_slack: first-frame boxes are grown by this fraction of their size on each side.
     keep_fraction: where the split keeps less than this fraction of the flow-moved object,
         the object is carried by flow (and a GrabCut refinement) for that frame instead.
+    reach: tracked mask pixels farther than this fraction of the image's short side from the
+        frame's foreground are dropped (a mask that leaked into the road or a passing bus);
+        nearer ones stay (the foreground misses thin or dark parts of a held object).
+    seen_fraction: ``reach`` applies only to a mask the foreground covers at least this much
+        of (it may miss a white object on a white wall entirely).
     """
 
     threshold: float = 0.5
@@ -58,6 +63,8 @@ class ForegroundSplitConfig:
     static_std: float = 8.0
     box_slack: float = 0.15
     keep_fraction: float = 0.5
+    reach: float = 0.03
+    seen_fraction: float = 0.6
 
 
 class SelfieForeground:
@@ -185,6 +192,29 @@ def foreground_union(prob: np.ndarray, anchor: np.ndarray, threshold: float) -> 
     the hand and its object, not a person walking behind them or the side bars of a portrait clip."""
     fg = prob > threshold
     return components_touching(fg, anchor)
+
+
+def keep_near_foreground(masks: np.ndarray, probs: Sequence[np.ndarray],
+                         cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> np.ndarray:
+    """Tracked masks without what lies far outside each frame's learned foreground.
+
+    Args:
+        masks: (T, K, H, W) bool, e.g. [hand, object] per frame.
+        probs: T x (H, W) foreground probabilities of the same frames.
+    Returns:
+        (T, K, H, W) bool: a mask the foreground sees (``cfg.seen_fraction``) loses its pixels
+        farther than ``cfg.reach`` of the short image side from the foreground; others are kept.
+    """
+    out = masks.copy()
+    reach_px = cfg.reach * min(masks.shape[-2:])
+    for t, prob in enumerate(probs):
+        fg = prob > cfg.threshold
+        near = cv2.distanceTransform((~fg).astype(np.uint8), cv2.DIST_L2, 3) <= reach_px
+        for k in range(masks.shape[1]):
+            area = int(masks[t, k].sum())
+            if area and (masks[t, k] & fg).sum() >= cfg.seen_fraction * area:
+                out[t, k] &= near
+    return out
 
 
 def static_foreground(frames: Sequence[np.ndarray], probs: Sequence[np.ndarray],
@@ -375,26 +405,40 @@ def landmark_hand_seeds(image: np.ndarray, keypoints_2d: np.ndarray, not_hand: n
     # hand, and the band's other pixels are not probable hand (see ``skin_part``).
     skinned = skin_part(image, sure)
     if skinned is not sure:
-        probable &= skin_coloured(image) | _dilate(skinned, 2)
+        probable &= skin_coloured(image, sure) | _dilate(skinned, 2)
     return skinned, probable
 
 
 def skin_part(image: np.ndarray, region: np.ndarray) -> np.ndarray:
     """The skin-coloured pixels of ``region`` (H, W) bool where at least ``SKIN_MIN_FRACTION`` of
-    it is skin-coloured; else ``region`` itself (a gloved or oddly lit hand)."""
-    skin = skin_coloured(image) & region
+    it is skin-coloured (the hand's own colour where the light is tinted, see
+    :func:`skin_coloured`); else ``region`` itself (a gloved or oddly lit hand)."""
+    skin = skin_coloured(image, region) & region
     return skin if skin.sum() >= SKIN_MIN_FRACTION * max(1, int(region.sum())) else region
 
 
 SKIN_MIN_FRACTION = 0.3
+SKIN_TINT_CHROMA = 10  # the hand's own chroma +- this (YCrCb units) under tinted light
+SKIN_TINT_MIN_LUMA = 0.4  # and at least this fraction of its median brightness (dark chroma is noise)
 
 
-def skin_coloured(image: np.ndarray) -> np.ndarray:
+def skin_coloured(image: np.ndarray, hand: Optional[np.ndarray] = None) -> np.ndarray:
     """(H, W) bool: pixels in the usual skin range of chroma (YCrCb: Cr 133-180, Cb 70-130), which
-    holds across skin tones because it ignores brightness."""
-    ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
-    cr, cb = ycrcb[..., 1], ycrcb[..., 2]
-    return (cr >= 133) & (cr <= 180) & (cb >= 70) & (cb <= 130)
+    holds across skin tones because it ignores brightness.
+
+    White balance can push a whole hand out of that range (pale skin under a blue sky). Given
+    ``hand`` (H, W) bool, a region that is mostly hand (the landmarks' palm and bones), and
+    where the usual range finds less than half of it, the hand's own median chroma is used
+    instead, with dark pixels left out.
+    """
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb).astype(np.int16)
+    luma, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]
+    usual = (cr >= 133) & (cr <= 180) & (cb >= 70) & (cb <= 130)
+    if hand is None or not hand.any() or usual[hand].mean() >= 0.5:
+        return usual
+    own_cr, own_cb, own_luma = (float(np.median(c[hand])) for c in (cr, cb, luma))
+    return ((np.abs(cr - own_cr) <= SKIN_TINT_CHROMA) & (np.abs(cb - own_cb) <= SKIN_TINT_CHROMA)
+            & (luma >= SKIN_TINT_MIN_LUMA * own_luma))
 
 
 def hand_coloured(image: np.ndarray, keypoints_2d: np.ndarray, elsewhere: np.ndarray) -> np.ndarray:

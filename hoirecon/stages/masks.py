@@ -51,9 +51,10 @@ from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.hashing import file_digest, tree_digest
 from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
+from hoirecon.segment.foreground import keep_near_foreground
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 
-VERSION = "7"
+VERSION = "8"
 DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("auto", "foreground", "flow", "stcn")
@@ -115,12 +116,15 @@ def _external(cfg: MasksConfig) -> dict[str, str]:
     return digests
 
 
-def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box]) -> tuple[Box, Box, dict]:
-    """Offline first-frame detection (``--detector auto``); boxes already given are kept."""
-    from hoirecon.segment.detect import detect_hand_box, detect_held_object_box, landmarks_in_box
+def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box],
+                side: str) -> tuple[Box, Box, dict]:
+    """Offline first-frame detection (``--detector auto``) of a ``side`` hand; boxes already
+    given are kept."""
+    from hoirecon.segment.detect import DetectConfig, detect_hand_box, detect_held_object_box, landmarks_in_box
 
     first = frames[0]
-    found = landmarks_in_box(first, hand) if hand is not None else detect_hand_box(first)
+    detect = DetectConfig(side=side)
+    found = landmarks_in_box(first, hand, detect) if hand is not None else detect_hand_box(first, detect)
     if found is None:
         if hand is None:
             raise RunError("no hand found in the first frame: pass --hand-box x0,y0,x1,y1 (original video "
@@ -183,7 +187,7 @@ def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], d
             det_hand, det_obj = DOH100Detector(device).first_frame_boxes(frames[0])
             hand, obj = hand or det_hand, obj or det_obj
         elif cfg.detector == "auto":
-            hand, obj, detection = _auto_boxes(frames, hand, obj)
+            hand, obj, detection = _auto_boxes(frames, hand, obj, cfg.side)
         if hand is None or obj is None:
             missing = " and ".join(n for n, b in (("hand", hand), ("object", obj)) if b is None)
             raise UserError(f"no first-frame {missing} box: pass --hand-box/--object-box x0,y0,x1,y1 "
@@ -207,7 +211,7 @@ def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_
 
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
-    elif tracker == "foreground" and (split := _first_foreground_split(frames, hand_box, obj_box)) is not None:
+    elif tracker == "foreground" and (split := _first_foreground_split(frames, hand_box, obj_box, cfg.side)) is not None:
         hand, obj = split
     else:
         # One joint cut: each mask sees the other's colours as background, thin or mostly
@@ -221,16 +225,17 @@ def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_
     return np.stack([hand, obj])
 
 
-def _first_foreground_split(frames: list[np.ndarray], hand_box: Box, obj_box: Box) -> tuple[np.ndarray, np.ndarray] | None:
+def _first_foreground_split(frames: list[np.ndarray], hand_box: Box, obj_box: Box,
+                            side: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(hand, object) from the learned foreground split by the hand's landmarks, or None where
     no landmarks are found in the hand box or the foreground misses the object (a white object
     on a white wall): the colour cut then decides."""
-    from hoirecon.segment.detect import landmarks_in_box
+    from hoirecon.segment.detect import DetectConfig, landmarks_in_box
     from hoirecon.segment.foreground import (SelfieForeground, box_region, first_frame_split, hand_coloured,
                                              landmark_hand_seeds, static_foreground)
 
     first = frames[0]
-    found = landmarks_in_box(first, hand_box)
+    found = landmarks_in_box(first, hand_box, DetectConfig(side=side))
     if found is None:
         return None
     in_obj = box_region(first.shape[:2], obj_box)
@@ -251,6 +256,13 @@ def _foreground_sees(first_frame: np.ndarray, first: np.ndarray, min_fraction: f
 
     both = first[0] | first[1]
     return bool((SelfieForeground()(first_frame)[both] > 0.5).mean() >= min_fraction) if both.any() else False
+
+
+def _foreground_probs(frames: list[np.ndarray]) -> list[np.ndarray]:
+    from hoirecon.segment.foreground import SelfieForeground
+
+    foreground = SelfieForeground()
+    return [foreground(f) for f in frames]
 
 
 def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first: np.ndarray, device: str, task,
@@ -306,9 +318,9 @@ def _trackers(cfg: MasksConfig) -> list[str]:
 
 
 def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box,
-             ctx: StageContext) -> dict:
+             ctx: StageContext, probs: Optional[list[np.ndarray]]) -> dict:
     """First-frame masks, forward and backward tracks (T, 2, H, W) and the forward-backward IoU
-    of one tracker."""
+    of one tracker; ``probs``: every frame's learned foreground, or None (not used)."""
     T = len(frames)
     first = _first_masks(cfg, tracker, frames, hand_box, obj_box, ctx.device)
     if tracker == "foreground" and not _foreground_sees(frames[0], first):
@@ -318,6 +330,9 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
     with ctx.reporter.task(f"tracking masks ({tracker}, forward + backward)", total=2 * (T - 1)) as task:
         fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task)
         bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task, first_amodal=amodal)[0][::-1]
+    if probs is not None:  # what leaked far from every frame's own foreground goes, both ways alike
+        fwd, bwd = keep_near_foreground(fwd, probs), keep_near_foreground(bwd, probs)
+        first = keep_near_foreground(first[None], probs[:1])[0]
     track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
     return {"tracker": tracker, "first": first, "fwd": fwd, "bwd": bwd, "track_iou": track_iou}
 
@@ -335,9 +350,10 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
     else:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
         candidates: list[dict] = []
+        probs = _foreground_probs(frames) if cfg.segmenter == "grabcut" and cfg.tracker != "stcn" else None
         for name in _trackers(cfg):
             if all(c["tracker"] != name for c in candidates):  # the foreground may have fallen back to flow
-                candidates.append(_tracked(cfg, name, frames, hand_box, obj_box, ctx))
+                candidates.append(_tracked(cfg, name, frames, hand_box, obj_box, ctx, probs))
         # The paper's own filter picks: the candidate whose masks come back best.
         best = max(candidates, key=lambda c: min(c["track_iou"].values()))
         tracker, first, fwd, bwd, track_iou = (best[k] for k in ("tracker", "first", "fwd", "bwd", "track_iou"))
