@@ -14,6 +14,12 @@ true object pose (camera frame). Frames where PnP fails are counted ("PnP failur
 out of the means.
 
 Usage: python benchmarks/bench_pose.py --data DIR --weights sup.pt [--weights semi.pt ...] [--baseline]
+
+`--fit-init WORK` measures instead the issue's target "the object pose error is below what the
+fit's visual-hull initialisation gives on the same clips" (section `pose-fit-init`): on the first
+`--fit-clips` clips of each set, copied into WORK, the object poses of (a) the pose stage (first
+`--weights`), (b) the fit's start with `--init default` and with `--init pose`, and with
+`--fit-final`, (c) the fit's end from each (`--preset fast --prior none`).
 """
 
 from __future__ import annotations
@@ -147,6 +153,107 @@ def baseline_hand(folders: list[Path]) -> dict:
     return {"hand_rel_mm": float(np.mean(rel)), "hand_abs_mm": float(np.mean(ab))}
 
 
+def _control_points_in_camera(T_obj_to_cam: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(T, 4, 4), (N, 3) -> (T, N, 3)."""
+    return points @ T_obj_to_cam[:, :3, :3].transpose(0, 2, 1) + T_obj_to_cam[:, None, :3, 3]
+
+
+def _frame_alignment(T_pred: np.ndarray, T_true: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(4, 4) the one rigid map of the true object frame into the predicted one that best lays
+    the predicted control points of every frame on the true ones (least squares): the fit's
+    default object frame (axes from the hand, origin at its centre estimate) is its own."""
+    from hoirecon.eval.align import umeyama
+
+    true_in_pred = _control_points_in_camera(np.linalg.inv(T_pred) @ T_true, points).reshape(-1, 3)
+    _, R, t = umeyama(np.tile(points, (len(T_pred), 1))[None], true_in_pred[None], with_scale=False)
+    A = np.eye(4)
+    A[:3, :3], A[:3, 3] = R[0], t[0]
+    return A
+
+
+def object_pose_errors(T_pred: np.ndarray, T_true: np.ndarray, points: np.ndarray, align: bool) -> dict:
+    """Mean over frames of the rotation (deg), translation of the template's origin (mm) and
+    control-point (mm) errors of object poses T_obj_to_cam (T, 4, 4); ``align``: in the predicted
+    frame after ``_frame_alignment`` (fitted to the truth: an oracle, in the fit's favour)."""
+    from hoirecon.geometry.rotations import rotation_angle_deg
+
+    T_pred = T_pred @ _frame_alignment(T_pred, T_true, points) if align else T_pred
+    rot = rotation_angle_deg(T_pred[:, :3, :3].transpose(0, 2, 1) @ T_true[:, :3, :3])
+    trans = np.linalg.norm(T_pred[:, :3, 3] - T_true[:, :3, 3], axis=-1)
+    cp = np.linalg.norm(_control_points_in_camera(T_pred, points) - _control_points_in_camera(T_true, points), axis=-1)
+    return {"rot_deg": float(rot.mean()), "trans_mm": 1000 * float(trans.mean()), "cp_mm": 1000 * float(cp.mean())}
+
+
+def _fit_object_poses(out: Path, init: str, final: bool) -> dict[str, np.ndarray]:
+    """{"start": (T, 4, 4)[, "end": ...]} object-in-camera poses of the fit run from ``init``
+    (``--preset fast --prior none``; one step when only the start is asked for)."""
+    from hoirecon.pipeline.runner import run_stage
+    from hoirecon.stages.fit import STAGE, FitConfig
+    from hoirecon.stages.outputs import FitPoses, HandsOutput
+
+    cfg = FitConfig(preset="fast", prior="none", init=init, **({} if final else {"steps": 1, "mesh_resolution": 32}))
+    run_stage(out, STAGE, cfg, force=True)
+    T_cam_to_hand = HandsOutput.load(out / "hand").T_cam_to_hand.astype(np.float64)
+    start = np.load(out / "fit" / "init.npz")["T_hand_to_obj"].astype(np.float64)  # the fit's own file: no reader yet
+    poses = {"start": np.linalg.inv(start @ T_cam_to_hand)}
+    if final:
+        fitted = FitPoses.load(out / "fit")
+        poses["end"] = np.linalg.inv(fitted.T_hand_to_obj.astype(np.float64) @ fitted.T_cam_to_hand.astype(np.float64))
+    return poses
+
+
+def fit_init_clip(src: Path, work: Path, weights: Path, final: bool) -> dict:
+    """Object pose errors of the pose stage and of the fit's start (and end) from each init."""
+    import shutil
+
+    from hoirecon.pipeline.runner import run_stage
+    from hoirecon.stages.evaluate import load_ground_truth
+    from hoirecon.stages.outputs import PoseOutput
+    from hoirecon.stages.pose import STAGE as POSE, PoseConfig
+
+    out = work / src.name
+    if not out.is_dir():
+        shutil.copytree(src, out, ignore=lambda d, names: [n for n in names if Path(d) == src and n == "video.mp4"])
+    gt, _ = load_ground_truth(out)
+    T_true = np.linalg.inv(gt["T_hand_to_obj"].astype(np.float64) @ gt["T_cam_to_hand"].astype(np.float64))
+    run_stage(out, POSE, PoseConfig(object_mesh=str(out / "gt" / "object.ply"), weights=str(weights),
+                                    focal_px=float(gt["K"][0, 0])))
+    pose = PoseOutput.load(out / "pose")
+    points = pose.control_points_3d.astype(np.float64)
+    v = pose.valid
+    rows = {("pose network", "-"): {"as_is": object_pose_errors(pose.T_obj_to_cam[v].astype(np.float64), T_true[v],
+                                                                points, False),
+                                    "aligned": object_pose_errors(pose.T_obj_to_cam[v].astype(np.float64), T_true[v],
+                                                                  points, True), "failed": int((~v).sum())}}
+    for init in ("default", "pose"):
+        for when, T_pred in _fit_object_poses(out, init, final).items():
+            rows[(f"fit {when}", init)] = {
+                "as_is": object_pose_errors(T_pred, T_true, points, False) if init == "pose" else None,
+                "aligned": object_pose_errors(T_pred, T_true, points, True), "failed": 0}
+    return rows
+
+
+def fit_init_table(data: Path, work: Path, weights: Path, sets: list[str], clips: int, final: bool) -> str:
+    """The markdown table of ``fit_init_clip`` averaged over clips, per set."""
+    keys = ("rot_deg", "trans_mm", "cp_mm")
+    lines = ["| set | poses | fit --init | rotation (deg) | translation (mm) | control points (mm) | aligned: rotation "
+             "(deg) | aligned: translation (mm) | aligned: control points (mm) | PnP failures |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in sets:
+        # Every other clip: the sets hold two clips of each category in name order.
+        folders = sorted((data / name).iterdir())[::2][:clips]
+        per_clip = [fit_init_clip(f, work / name, weights, final) for f in folders]
+        print(json.dumps([{f"{k[0]} / {k[1]}": v for k, v in r.items()} for r in per_clip], indent=1))
+        for key in per_clip[0]:
+            cells = []
+            for kind in ("as_is", "aligned"):
+                got = [r[key][kind] for r in per_clip]
+                cells += ["-"] * 3 if got[0] is None else [f"{np.mean([g[k] for g in got]):.1f}" for k in keys]
+            failed = sum(r[key]["failed"] for r in per_clip)
+            lines.append(f"| {name} ({len(folders)} clips) | {key[0]} | {key[1]} | {' | '.join(cells)} | {failed} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True, help="folder with test/ and cross/ clip folders")
@@ -154,8 +261,15 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also run MediaPipe + IK (slow; its numbers are kept "
                                                              "in DATA/baseline_hand.json and reused)")
     ap.add_argument("--write", action="store_true", help="write the BENCHMARKS.md section")
+    ap.add_argument("--fit-init", type=Path, metavar="WORK", help="compare the fit's object pose initialisations "
+                                                                   "instead (clips copied into WORK)")
+    ap.add_argument("--fit-clips", type=int, default=4, help="clips per set for --fit-init")
+    ap.add_argument("--fit-sets", default="test,cross", help="sets for --fit-init, comma-separated")
+    ap.add_argument("--fit-final", action="store_true", help="with --fit-init: also run the whole fits")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.fit_init:
+        return fit_init_main(args)
     hand = build_hand_model("anny")
     sets = {name: sorted((args.data / name).iterdir()) for name in ("test", "cross", "cross_shift")
             if (args.data / name).is_dir()}
@@ -198,6 +312,33 @@ def main() -> None:
                       "object: the template's 21 control points under the predicted vs true pose (camera frame). "
                       "Boxes from the GT masks; true intrinsics. s / frame: network + PnP + hand model, without "
                       "reading frames.\n\n" + table + "\n")
+
+
+def fit_init_main(args) -> None:
+    command = " ".join(["python benchmarks/bench_pose.py"] + sys.argv[1:])
+    started = machine()
+    table = fit_init_table(args.data, args.fit_init, args.weights[0], args.fit_sets.split(","), args.fit_clips,
+                           args.fit_final)
+    print(table)
+    if args.write:
+        # The whole fits take minutes per clip: fewer clips, their own section.
+        section, title = (("pose-fit-final", "after the whole fit") if args.fit_final
+                          else ("pose-fit-init", "the fit's initialisation"))
+        write_section(section, f"## Pose network vs {title} (`fit --init pose`, issue 24)\n\n"
+                      f"Measured {time.strftime('%Y-%m-%d')} on {started}, 1 torch thread, machine shared with other "
+                      f"jobs. `{command}`. Every other clip of the sets of the `pose` section (one per category; held out; "
+                      f"20 frames, 256 px). Object poses (template frame, camera): the pose stage "
+                      f"(`{args.weights[0].name}`, true focal; frames where PnP failed left out), and the poses the "
+                      "fit starts from (`fit/init.npz` with the hand stage's cameras) with `--init default` (centre "
+                      "from the masks, axes from the hand: the synth clips have no structure-from-motion cameras) "
+                      "and `--init pose`" + (", and where the fit ends (`--preset fast --prior none`, 1500 steps)"
+                                            if args.fit_final else "") + ". Errors: mean over frames, then clips: "
+                      "rotation angle, distance of the template's origin, mean distance of the template's 21 "
+                      "control points. The first three columns compare the template's frame as is (only the pose "
+                      "network's frame is the template's); the `aligned` columns first map the true object frame "
+                      "into the method's frame by the one rigid transform per clip that fits the control points "
+                      "of all frames best (fitted to the truth: an oracle that favours the default init, whose "
+                      "object frame is its own).\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

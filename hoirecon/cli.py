@@ -369,6 +369,8 @@ def fit(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop the optimisation after this "
                                                 "many seconds (schedules still span the preset's steps)."),
     mesh_resolution: int = typer.Option(128, "--mesh-resolution", help="Marching-cubes grid of object.ply."),
+    init: str = typer.Option("default", "--init", help="Start each frame's object pose from: default (masks and "
+                             "hand) | pose (the poses of `hoirecon pose OUT --object-mesh MESH`)."),
     focal: Optional[float] = FocalOpt,
     fov: Optional[float] = FovOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
@@ -383,7 +385,7 @@ def fit(
     cfg = FitConfig(preset=preset, prior=prior, category=category_name(category), sds_weight=sds_weight,
                     sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
                     blend=blend, per_frame_object_pose=per_frame_pose, time_budget_s=time_budget,
-                    mesh_resolution=mesh_resolution)
+                    mesh_resolution=mesh_resolution, init=init)
     stages = [(STAGES["fit"], cfg)]
     if focal is not None or fov is not None:
         # The camera is the hand stage's: redo it with this one, keeping its other settings.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hoirecon.errors import UserError
-from hoirecon.stages.outputs import FitPoses, HandsOutput
+from hoirecon.stages.outputs import FitPoses, HandsOutput, PoseOutput
 
 
 def _hands(T: int = 3, **overrides) -> HandsOutput:
@@ -107,3 +107,31 @@ def test_fit_poses_as_float32_converts_hand_made_float64_files(tmp_path):
                                         for k, v in ((k, np.asarray(v)) for k, v in vars(poses).items())})
     back = FitPoses.load(tmp_path)
     assert back.K.dtype == np.float64 and back.as_float32().K.dtype == np.float32
+
+
+def pose_output(T: int = 3, **overrides) -> PoseOutput:
+    """A pose-stage artifact of T frames: identity poses, frame 1 invalid."""
+    eye = np.tile(np.eye(4, dtype=np.float32), (T, 1, 1))
+    f32 = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    values = dict(K=np.eye(3, dtype=np.float32), image_size=np.array([64, 48], np.int64),
+                  valid=np.arange(T) != 1, T_cam_to_hand=eye, articulation=f32(T, 45), shape=f32(10),
+                  shape_per_frame=f32(T, 10), side="right", hand_model="anny", keypoints_2d=f32(T, 21, 2),
+                  keypoints_cam=f32(T, 21, 3), T_obj_to_cam=eye, T_hand_to_obj=eye, control_points_3d=f32(21, 3),
+                  control_points_2d=f32(T, 21, 2), control_conf=f32(T, 21), consistent_hand=np.ones(T, bool),
+                  consistent_object=np.zeros(T, bool))
+    return PoseOutput(**{**values, **overrides})
+
+
+def test_pose_output_round_trip_and_one_line_errors(tmp_path):
+    poses = pose_output()
+    poses.save(tmp_path)
+    back = PoseOutput.load(tmp_path, num_frames=3)
+    np.testing.assert_array_equal(back.valid, poses.valid)
+    np.testing.assert_array_equal(back.T_obj_to_cam, poses.T_obj_to_cam)
+    assert (back.side, back.hand_model) == ("right", "anny")
+    with pytest.raises(UserError, match="hoirecon pose"):
+        PoseOutput.load(tmp_path / "missing")
+    with pytest.raises(UserError, match="for 4 frames"):
+        PoseOutput.load(tmp_path, num_frames=4)
+    with pytest.raises(ValueError, match="control_conf"):
+        pose_output(control_conf=np.zeros((3, 20), np.float32)).save(tmp_path)

@@ -192,10 +192,53 @@ def object_in_hand_poses(cams: ObjectCameras, T_cam_to_hand: np.ndarray,
     T_obj_to_cam = np.tile(np.eye(4), (len(R), 1, 1))
     T_obj_to_cam[:, :3, :3] = R
     T_obj_to_cam[:, :3, 3] = scale * (R @ cams.center + t)
-    T_hand_to_obj = np.linalg.inv(T_obj_to_cam) @ T_hand_to_cam
-    idx = np.nonzero(reg)[0]
-    nearest = idx[np.abs(np.arange(len(R))[:, None] - idx[None]).argmin(1)]
-    return T_hand_to_obj[nearest]
+    return _nearest_known(np.linalg.inv(T_obj_to_cam) @ T_hand_to_cam, reg)
+
+
+def _nearest_known(poses: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(T, 4, 4) poses with each unknown frame's replaced by the nearest known frame's."""
+    idx = np.nonzero(known)[0]
+    return poses[idx[np.abs(np.arange(len(poses))[:, None] - idx[None]).argmin(1)]]
+
+
+def object_poses_through(T_obj_to_cam: np.ndarray, K_from: np.ndarray, K_to: np.ndarray) -> np.ndarray:
+    """Object poses solved with intrinsics ``K_from`` (the pose network's) carried to a camera
+    with ``K_to`` (the hand stage's, which the fit renders with): each object origin keeps its
+    pixel, and its depth scales with the focal length, so the object keeps its size in pixels.
+    Rotations are kept.
+
+    Args:
+        T_obj_to_cam: (T, 4, 4). K_from, K_to: (3, 3).
+    Returns:
+        (T, 4, 4) float64.
+    """
+    T = np.array(T_obj_to_cam, np.float64)
+    K_from, K_to = np.asarray(K_from, np.float64), np.asarray(K_to, np.float64)
+    t = T[:, :3, 3]
+    pixels = t @ K_from.T
+    with np.errstate(divide="ignore", invalid="ignore"):  # a pose at the camera centre has no pixel
+        pixels /= pixels[:, 2:3]
+    focal_ratio = np.sqrt(K_to[0, 0] * K_to[1, 1] / (K_from[0, 0] * K_from[1, 1]))
+    T[:, :3, 3] = (pixels @ np.linalg.inv(K_to).T) * (t[:, 2:3] * focal_ratio)
+    return T
+
+
+def object_in_hand_from_camera(T_obj_to_cam: np.ndarray, known: np.ndarray, T_cam_to_hand: np.ndarray) -> np.ndarray:
+    """Per-frame pose of the object in the hand's frame from per-frame object poses in the camera
+    (a pose network's); frames without one (``known`` False) keep the nearest known frame's
+    object pose in the hand: the object moves with the hand.
+
+    Args:
+        T_obj_to_cam: (T, 4, 4). known: (T,) bool, at least one True. T_cam_to_hand: (T, 4, 4).
+    Returns:
+        T_hand_to_obj (T, 4, 4) float64.
+    """
+    known = np.asarray(known, bool)
+    if not known.any():
+        raise RunError("no frame has an object pose to start the fit from")
+    T_hand_to_obj = np.linalg.inv(np.asarray(T_obj_to_cam, np.float64)) @ np.linalg.inv(
+        np.asarray(T_cam_to_hand, np.float64))
+    return _nearest_known(T_hand_to_obj, known)
 
 
 def grasp_consensus(T_hand_to_obj: np.ndarray, max_angle_deg: float = 45.0,

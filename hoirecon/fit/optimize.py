@@ -175,7 +175,8 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
                         hand_masks: np.ndarray, obj_masks: np.ndarray, cfg: InitConfig,
                         device: str | torch.device = "cpu", seed: int = 0,
                         valid: np.ndarray | None = None,
-                        object_cameras: ObjectCameras | None = None) -> tuple[HOIScene, dict]:
+                        object_cameras: ObjectCameras | None = None,
+                        object_poses: np.ndarray | None = None) -> tuple[HOIScene, dict]:
     """Place the object near the hand, size it, carve its visual hull, build the scene.
 
     Args:
@@ -187,9 +188,12 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         object_cameras: object-frame cameras from structure from motion: each frame's object
             pose starts from them (``hoirecon.fit.init.object_in_hand_poses``); None: one
             shared pose, the object frame aligned with the hand's.
+        object_poses: (T, 4, 4) per-frame ``T_hand_to_obj`` observed in the camera (the pose
+            network's, ``fit --init pose``): each frame's object pose starts from it, in its
+            frame (a template's), anchored in the camera; replaces ``object_cameras``.
     Returns:
-        scene (on ``device``) and an info dict (centre_hand, radius, hull volume fraction;
-        with object cameras, the per-frame disagreement of the hand-derived rotations).
+        scene (on ``device``) and an info dict (where the object poses came from, centre_hand,
+        radius, hull volume fraction; with object cameras, the per-frame disagreement of the hand-derived rotations).
     """
     K = np.asarray(K, np.float64)
     T_c2h = np.asarray(T_cam_to_hand, np.float64)
@@ -204,7 +208,13 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
     T_h2o[:3, 3] = -center
     start, trust_cap = None, np.ones(len(T_c2h))
     T_h2o_frames = np.repeat(T_h2o[None], len(T_c2h), 0)
-    if object_cameras is not None:
+    if object_poses is not None:
+        T_h2o_frames = np.asarray(object_poses, np.float64)
+        T_h2o = T_h2o_frames[0]
+        start = T_h2o_frames @ np.linalg.inv(T_h2o)
+        center = np.linalg.inv(T_h2o)[:3, 3]  # the object frame's origin, in the hand, frame 0
+        object_cameras = None
+    elif object_cameras is not None:
         T_h2o_frames = object_in_hand_poses(object_cameras, T_c2h, center)
         ref, angle, shift, outliers = grasp_consensus(T_h2o_frames)
         # Where the hand estimator contradicts the grasp the other frames agree on, the hand
@@ -235,10 +245,12 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
             raise RunError(f"'valid' has {valid.shape[0]} frames, the clip has {T_c2h.shape[0]}")
         trust = np.minimum(np.where(valid, 1.0, cfg.invalid_trust), trust_cap).astype(np.float32)
     scene = HOIScene(sdf, hand_model, K, T_c2h, articulation, shape, side, image_size, T_h2o,
-                     object_in_camera=object_cameras is not None,
+                     object_in_camera=start is not None,
                      beta_init=cfg.beta_init * radius, beta_min=cfg.beta_min * radius, init_trust=trust,
                      obj_start=None if start is None else torch.as_tensor(start, dtype=torch.float32)).to(device)
-    info = {"center_hand": center.tolist(), "radius": float(radius),
+    poses_from = ("pose network" if object_poses is not None
+                  else "structure from motion" if start is not None else "hand")
+    info = {"object_poses_from": poses_from, "center_hand": center.tolist(), "radius": float(radius),
             "hull_fraction": float((hull < 0).float().mean()), "prefit_error_m": prefit_err}
     if object_cameras is not None:
         info["object_cameras"] = {

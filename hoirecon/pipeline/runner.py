@@ -73,6 +73,9 @@ class StageDef:
 
     run(ctx, config) writes artifacts into ``ctx.tmp_dir`` and returns a JSON-able summary.
     external_inputs(config) returns digests of files outside the output folder it reads.
+    config_inputs(config) names upstream stages a setting adds to ``inputs``, each with the
+    line that tells a user how to make it ({stage: hint}; e.g. ``fit --init pose`` reads
+    ``pose``, which is off the main chain and never run for it).
     """
 
     name: str
@@ -80,6 +83,7 @@ class StageDef:
     inputs: tuple[str, ...]
     run: Callable[[StageContext, Any], dict] | None
     external_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
+    config_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
     # Rebuilds the config from the manifest's JSON, so that ``status`` digests the same
     # external files a rerun would (None: the recorded JSON dict stands in for the config).
     config_type: type | None = None
@@ -141,10 +145,12 @@ def _few_files(files: list[str], shown: int = 3) -> str:
 def _input_digests(out_root: Path, stage: StageDef, config: Any) -> dict[str, str]:
     """Digests of what ``stage`` reads now: upstream stages' files (edits included) and external files."""
     digests = {}
-    for name in stage.inputs:
+    hints = {name: "" for name in stage.inputs} | stage.config_inputs(config)
+    for name, hint in hints.items():
         m = read_manifest(out_root / name)
         if m is None or m.get("status") != "done":
-            raise UserError(f"stage '{stage.name}' needs stage '{name}' first: {out_root / name} has no results")
+            raise UserError(f"stage '{stage.name}' needs stage '{name}' first: {out_root / name} has no results"
+                            + (f"; {hint}" if hint else ""))
         digests[name] = edited_files(out_root / name, m)[0]
     digests.update(stage.external_inputs(config))
     return digests

@@ -1,8 +1,9 @@
 """Stage `fit`: optimise the HOI scene (object SDF, per-frame object pose, refined hand/camera).
 
 Reads ``frames/meta.json`` (size), ``masks/{hand,object}/NNNNNN.png`` and
-``hand/hands.npz`` (K, T_cam_to_hand, articulation, shape, side, valid). Writes into
-``<out>/fit/``:
+``hand/hands.npz`` (K, T_cam_to_hand, articulation, shape, side, valid); with ``--init pose``
+also ``pose/poses.npz`` (``PoseOutput``: the pose network's object poses, in the template's
+frame). Writes into ``<out>/fit/``:
 
 - ``poses.npz``: K (3,3), T_cam_to_hand (T,4,4), T_hand_to_obj (T,4,4), articulation (T,45),
   shape (10,), side, image_size (W,H).
@@ -10,7 +11,7 @@ Reads ``frames/meta.json`` (size), ``masks/{hand,object}/NNNNNN.png`` and
   ``hoirecon.fit.scene.load_object_sdf(fit_dir, device)``.
 - ``object.ply``: marching-cubes mesh of the object (object frame, metres).
 - ``object_init.ply`` + ``init.npz`` (T_hand_to_obj_init, centre, radius): the visual-hull
-  initialisation, for comparisons.
+  initialisation (carved through the initial object poses), for comparisons.
 - ``losses.csv``: step, every weighted loss term, total, lr, beta, seconds.
 - ``preview/step_XXXXX.png``: rendered vs observed labels on a few frames.
 - ``summary.json``: final losses, per-frame mask IoUs, steps, seconds, init info.
@@ -39,7 +40,7 @@ import torch
 from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
 from hoirecon.fit.guidance import PRIOR_NAMES, GuidanceConfig, build_guidance
-from hoirecon.fit.init import ObjectCameras
+from hoirecon.fit.init import ObjectCameras, object_in_hand_from_camera, object_poses_through
 from hoirecon.fit.losses import LossWeights
 from hoirecon.fit.mesh import extract_mesh
 from hoirecon.fit.optimize import (
@@ -56,10 +57,11 @@ from hoirecon.io.masks import read_mask_folder
 from hoirecon.pipeline.runner import StageContext, StageDef
 from hoirecon.render.volume import VolumeRenderConfig
 from hoirecon.stages.frames import load_frames_meta
-from hoirecon.stages.outputs import FitPoses, HandsOutput
+from hoirecon.stages.outputs import FitPoses, HandsOutput, PoseOutput
 
 VERSION = "5"
 PRESETS = ("fast", "paper")
+INIT_SOURCES = ("default", "pose")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class FitConfig:
     object_cameras: where the hand stage registered the object by structure from motion,
         start each frame's object rotation from it (the object's own motion) instead of
         from the hand's (False: the hand-derived cameras only, as the paper).
+    init: where each frame's object pose starts: "default" (the object's centre from the
+        masks, axes from the hand or from structure from motion, see ``object_cameras``) |
+        "pose" (the pose stage's per-frame object poses, ``hoirecon pose OUT --object-mesh``;
+        the object frame is then the template's, and the hand still starts from the hand stage).
     """
 
     preset: str = "fast"
@@ -109,6 +115,7 @@ class FitConfig:
     checkpoint_every: int = 100
     iou_stride: int = 2
     object_cameras: bool = True
+    init: str = "default"
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -126,6 +133,8 @@ class FitConfig:
             raise UserError(f"--rays must be >= 8, got {self.rays_per_step}")
         if self.blend not in BLEND_MODES:
             raise UserError(f"unknown blend '{self.blend}': choose one of {', '.join(BLEND_MODES)}")
+        if self.init not in INIT_SOURCES:
+            raise UserError(f"unknown init '{self.init}': choose one of {', '.join(INIT_SOURCES)}")
 
 
 def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
@@ -173,6 +182,15 @@ def _object_cameras(hands: HandsOutput) -> Optional[ObjectCameras]:
     return ObjectCameras(np.asarray(hands.R_cam_from_obj_sfm, np.float64),
                          np.asarray(hands.t_cam_from_obj_sfm, np.float64), registered,
                          np.asarray(hands.center_sfm, np.float64))
+
+
+def _pose_stage_object_poses(pose_dir: Path, hands: HandsOutput) -> np.ndarray:
+    """(T, 4, 4) T_hand_to_obj from the pose stage's object poses, seen through the hand stage's
+    camera (the pose stage may have solved them with other intrinsics), placed against the hand
+    stage's hands; frames where PnP failed keep the nearest frame's pose in the hand."""
+    poses = PoseOutput.load(pose_dir, num_frames=hands.num_frames)
+    T_obj_to_cam = object_poses_through(poses.T_obj_to_cam, poses.K, hands.K)
+    return object_in_hand_from_camera(T_obj_to_cam, poses.valid, hands.T_cam_to_hand)
 
 
 def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dict:
@@ -237,11 +255,12 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         ctx.reporter.info(f"category '{cfg.category}' is not in the prior's vocabulary: the prior runs "
                           f"category-agnostic ('unknown')")
     torch.manual_seed(cfg.seed)
-    cams = _object_cameras(hands) if cfg.object_cameras else None
+    from_pose = _pose_stage_object_poses(ctx.input_dir("pose"), hands) if cfg.init == "pose" else None
+    cams = _object_cameras(hands) if cfg.object_cameras and from_pose is None else None
     scene, init_info = build_initial_scene(hand_model, hands.K, hands.T_cam_to_hand, hands.articulation,
                                            hands.shape, hands.side, (W, H), hand_m, obj_m, init_cfg,
                                            device, cfg.seed, valid=hands.trusted_frames(),
-                                           object_cameras=cams)
+                                           object_cameras=cams, object_poses=from_pose)
     out = ctx.tmp_dir
     init_mesh = extract_mesh(scene.sdf, scene.sdf.radius, 64, device)
     init_mesh.export(out / "object_init.ply")
@@ -289,4 +308,12 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
                                     "mean_iou_hand")}
 
 
-STAGE = StageDef("fit", VERSION, ("frames", "masks", "hand"), run_fit)
+def _config_inputs(cfg: FitConfig) -> dict[str, str]:
+    """The pose stage, when the fit starts from its poses (it is off the main chain)."""
+    if cfg.init != "pose":
+        return {}
+    return {"pose": f"{PoseOutput.MISSING_HINT} (fit --init pose starts from its object poses)"}
+
+
+STAGE = StageDef("fit", VERSION, ("frames", "masks", "hand"), run_fit, config_inputs=_config_inputs,
+                 config_type=FitConfig)

@@ -7,6 +7,8 @@ name or an array key is spelled in one place. Each class is the contract of one 
   (also written by ``hoirecon synth`` as a done hand stage; read by the fit and ``eval``).
 - ``FitPoses``: ``<out>/fit/poses.npz``, the fit's per-frame poses (read by export and
   ``eval``).
+- ``PoseOutput``: ``<out>/pose/poses.npz``, the pose network's per-frame hand and object poses
+  (read by the fit with ``--init pose``).
 
 Shapes (T frames): ``K`` (3, 3) pixel intrinsics of the working frames; ``T_cam_to_hand``,
 ``T_hand_to_obj`` (T, 4, 4) rigid transforms, metres; ``articulation`` (T, 45); ``shape``
@@ -213,3 +215,85 @@ class FitPoses:
         f32 = {name: np.asarray(getattr(self, name), np.float32)
                for name in ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")}
         return dataclasses.replace(self, **f32)
+
+
+@dataclass(frozen=True, eq=False)
+class PoseOutput:
+    """``pose/poses.npz``: the pose network's hand and object poses of every frame.
+
+    ``K`` (3, 3) the intrinsics the network's poses were solved with (they may differ from the
+    hand stage's); ``image_size`` (2,) int64 (W, H); ``valid`` (T,) bool (both boxes found and
+    PnP succeeded; other frames hold identity poses and NaN points). Hand, in the hand stage's
+    layout: ``T_cam_to_hand`` (T, 4, 4), ``articulation`` (T, 45), ``shape`` (10,),
+    ``shape_per_frame`` (T, 10), ``side``, ``hand_model``, ``keypoints_2d`` (T, 21, 2),
+    ``keypoints_cam`` (T, 21, 3). Object, in the template's frame: ``T_obj_to_cam`` and
+    ``T_hand_to_obj`` (T, 4, 4), ``control_points_3d`` (21, 3), ``control_points_2d`` (T, 21, 2),
+    ``control_conf`` (T, 21). ``consistent_hand``, ``consistent_object`` (T,) bool: the
+    pseudo-label filter's verdict. Fields are declared in the file's key order.
+    """
+
+    FILE = "poses.npz"
+    MISSING_HINT = "run `hoirecon pose OUT --object-mesh MESH` first"
+
+    K: np.ndarray
+    image_size: np.ndarray
+    valid: np.ndarray
+    T_cam_to_hand: np.ndarray
+    articulation: np.ndarray
+    shape: np.ndarray
+    shape_per_frame: np.ndarray
+    side: str
+    hand_model: str
+    keypoints_2d: np.ndarray
+    keypoints_cam: np.ndarray
+    T_obj_to_cam: np.ndarray
+    T_hand_to_obj: np.ndarray
+    control_points_3d: np.ndarray
+    control_points_2d: np.ndarray
+    control_conf: np.ndarray
+    consistent_hand: np.ndarray
+    consistent_object: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        """T, the length of ``valid`` (0 where it is missing or not an array)."""
+        shape = np.shape(self.valid)
+        return int(shape[0]) if shape else 0
+
+    def validate(self, num_frames: Optional[int] = None) -> None:
+        """ValueError unless every array has its shape (T = ``num_frames`` if given, else the
+        length of ``valid``) and ``side`` is right or left."""
+        T = self.num_frames if num_frames is None else num_frames
+        _check_shapes(self, {
+            "K": (3, 3), "image_size": (2,), "valid": (T,), "T_cam_to_hand": (T, 4, 4), "articulation": (T, 45),
+            "shape": (10,), "shape_per_frame": (T, 10), "keypoints_2d": (T, 21, 2), "keypoints_cam": (T, 21, 3),
+            "T_obj_to_cam": (T, 4, 4), "T_hand_to_obj": (T, 4, 4), "control_points_3d": (21, 3),
+            "control_points_2d": (T, 21, 2), "control_conf": (T, 21), "consistent_hand": (T,),
+            "consistent_object": (T,)}, T)
+        _check_side(self.side)
+
+    def save(self, folder: Path) -> Path:
+        """Write ``folder/poses.npz`` (after ``validate``); returns its path."""
+        self.validate()
+        path = Path(folder) / self.FILE
+        np.savez(path, **_field_arrays(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, num_frames: Optional[int] = None) -> "PoseOutput":
+        """Read and validate ``folder/poses.npz``; UserError naming the file when it is absent,
+        unreadable or malformed."""
+        path = Path(folder) / cls.FILE
+        arrays = _npz_arrays(path, cls.MISSING_HINT)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}; rerun `hoirecon pose`")
+        values = {f.name: arrays[f.name] for f in dataclasses.fields(cls)}
+        values.update(side=str(values["side"]), hand_model=str(values["hand_model"]),
+                      valid=np.asarray(values["valid"], bool))
+        try:
+            poses = cls(**values)
+            poses.validate(num_frames)
+        except ValueError as err:
+            raise UserError(f"{path}: {err}") from None
+        return poses

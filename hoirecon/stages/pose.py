@@ -9,7 +9,7 @@ in normalised units (half the longer image side), principal point at the frame c
 
 Artifacts in ``<out>/pose/``:
 
-``poses.npz``
+``poses.npz`` (``hoirecon.stages.outputs.PoseOutput``)
     ``K`` (3, 3); ``image_size`` (W, H); ``valid`` (T,) bool (both boxes found and PnP
     succeeded); hand, in the hand stage's layout: ``T_cam_to_hand`` (T, 4, 4),
     ``articulation`` (T, 45), ``shape`` (10,) (mean over valid frames), ``shape_per_frame``
@@ -50,6 +50,7 @@ from hoirecon.pose.pseudo import temporal_consistency
 from hoirecon.pose.train import load_pose_net
 from hoirecon.segment.detect import HAND_BONES
 from hoirecon.stages.frames import load_frames_meta
+from hoirecon.stages.outputs import PoseOutput
 from hoirecon.weights import require_weights
 
 VERSION = "1"
@@ -133,14 +134,14 @@ def run_pose(ctx: StageContext, cfg: PoseConfig) -> dict:
     T_hand_to_obj = np.linalg.inv(poses.T_obj_to_cam) @ np.linalg.inv(poses.T_cam_to_hand)
     T_hand_to_obj[~poses.valid] = np.eye(4)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    np.savez(
-        ctx.tmp_dir / "poses.npz", K=f32(K), image_size=np.array([W, H], np.int64), valid=poses.valid,
+    PoseOutput(
+        K=f32(K), image_size=np.array([W, H], np.int64), valid=poses.valid,
         T_cam_to_hand=f32(poses.T_cam_to_hand), articulation=f32(np.nan_to_num(poses.articulation)),
-        shape=f32(np.nanmean(poses.shape[poses.valid], 0)), shape_per_frame=f32(poses.shape),
-        side=np.array("right"), hand_model=np.array("anny"), keypoints_2d=f32(poses.joints_2d),
-        keypoints_cam=f32(poses.keypoints_cam), T_obj_to_cam=f32(poses.T_obj_to_cam), T_hand_to_obj=f32(T_hand_to_obj),
-        control_points_3d=f32(clip.control_3d), control_points_2d=f32(poses.control_2d),
-        control_conf=f32(poses.control_conf), consistent_hand=check.hand_keep, consistent_object=check.object_keep)
+        shape=f32(np.nanmean(poses.shape[poses.valid], 0)), shape_per_frame=f32(poses.shape), side="right",
+        hand_model="anny", keypoints_2d=f32(poses.joints_2d), keypoints_cam=f32(poses.keypoints_cam),
+        T_obj_to_cam=f32(poses.T_obj_to_cam), T_hand_to_obj=f32(T_hand_to_obj), control_points_3d=f32(clip.control_3d),
+        control_points_2d=f32(poses.control_2d), control_conf=f32(poses.control_conf),
+        consistent_hand=check.hand_keep, consistent_object=check.object_keep).save(ctx.tmp_dir)
     write_video(ctx.tmp_dir / "overlay.mp4",
                 (_draw(clip.images[t], poses, t, bool(check.hand_keep[t]), bool(check.object_keep[t]))
                  for t in range(len(clip.images))), fps=meta["fps"])
