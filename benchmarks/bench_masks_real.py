@@ -91,6 +91,7 @@ def run_masks(video: Path, out: Path, side: str, boxes: dict | None) -> dict:
     cmd = [str(Path(sys.executable).with_name("hoirecon")), "masks", str(video), "--out", str(out),
            "--side", side, "--quiet"]
     if boxes is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         path = out.parent / f"{out.name}.boxes.json"
         path.write_text(json.dumps(boxes))
         cmd += ["--boxes", str(path)]
