@@ -1,6 +1,6 @@
 """Pictures of a reconstruction: turntable, side-by-side video frames, one-page summary.
 
-Rendering uses the exact hard z-buffer of ``hoirecon.synth.raster`` (no gradients needed
+Rendering uses the exact hard z-buffer of ``hoirecon.render.raster`` (no gradients needed
 here): on this CPU it renders a 256 px view of a 40k-face object plus the hand about 4x
 faster than the soft rasterizer of ``hoirecon.render.mesh``, whose soft band also blurs
 silhouettes. Edges are anti-aliased by supersampling (``ssaa``). Shading: Lambert with a
@@ -14,8 +14,6 @@ with OpenCV axes and pixel intrinsics ``K`` (B, 3, 3).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -26,29 +24,12 @@ import torch.nn.functional as F
 from hoirecon.export.gltf import OBJECT, SKIN
 from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.render.mesh import vertex_normals
-from hoirecon.synth.raster import interpolate, rasterize
+from hoirecon.render.raster import interpolate, rasterize
 
 HAND_RGB = np.array(SKIN.base_color[:3], np.float32)
 OBJECT_RGB = np.array(OBJECT.base_color[:3], np.float32)
 # Direction from the surface towards the light, camera frame: above-left of the camera.
 _LIGHT = np.array([-0.35, -0.5, -1.0]) / np.linalg.norm([-0.35, -0.5, -1.0])
-
-
-@contextmanager
-def limited_threads(n: int = 1) -> Iterator[None]:
-    """Run torch CPU ops with at most ``n`` intra-op threads, restoring the setting afterwards.
-
-    Why: the per-view tensors here are small (10^5-10^6 elements), so intra-op threads gain
-    little, and on a busy machine OpenMP workers waiting for a core cost far more. Measured
-    on the shared 2-core dev machine (load ~11), the export pictures of a 30-frame 256 px
-    clip took 145 s wall / 48 s CPU with 2 threads and 12 s wall / 5 s CPU with 1.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(old, n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @dataclass

@@ -49,7 +49,7 @@ from hoirecon.geometry.rotations import random_rotation_matrix
 from hoirecon.render.camera import pixel_directions, pixel_grid, pixel_rays, ray_t_to_camera_z
 from hoirecon.render.mesh import vertex_normals
 from hoirecon.render.volume import VolumeRenderConfig, render_sdf_volume
-from hoirecon.synth.raster import interpolate, rasterize
+from hoirecon.render.raster import interpolate, rasterize
 
 OBJECT_CHANNELS = ("obj_mask", "obj_normal_x", "obj_normal_y", "obj_normal_z", "obj_depth")
 HAND_CHANNELS = (
@@ -226,7 +226,7 @@ def rasterize_mesh_geometry(
 ) -> MeshGeometry:
     """Mask, depth, normals (and vertex attributes) of a mesh, exact hard z-buffer.
 
-    Uses ``hoirecon.synth.raster`` (about 10-20x faster than the soft rasterizer at 64 px,
+    Uses ``hoirecon.render.raster`` (about 10-20x faster than the soft rasterizer at 64 px,
     and exact coverage): the prior's inputs need no gradient on the mesh side.
 
     Args:

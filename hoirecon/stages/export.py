@@ -311,7 +311,8 @@ def _write_poses(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> dict
 def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame: int, out: Path,
                     final: Path) -> dict[str, str]:
     """``turntable.mp4``, ``side_by_side.mp4`` and ``summary.png``; returns their final paths."""
-    from hoirecon.export.views import ClipGeometry, limited_threads, scaled_size, turntable
+    from hoirecon.export.views import ClipGeometry, scaled_size, turntable
+    from hoirecon.io.threads import torch_threads
 
     sel, (W, H) = clip.frames, clip.image_size
     device = clip.T_cam_to_obj.device
@@ -325,7 +326,7 @@ def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame:
     scale = min(1.0, cfg.panel_size / max(W, H))
     rows = _SideBySideRows(geom, cfg, clip, frame_paths(ctx.input_dir("frames")), scale, scaled_size((W, H), scale))
     outputs = {}
-    with ctx.reporter.task("export pictures", total=3) as task, limited_threads(1):
+    with ctx.reporter.task("export pictures", total=3) as task, torch_threads(1):
         tt = turntable(tt_geom, 0, cfg.turntable_views, cfg.view_size, ssaa=cfg.ssaa)
         write_video(out / "turntable.mp4", tt, fps=TURNTABLE_FPS)
         outputs["turntable"] = str(final / "turntable.mp4")

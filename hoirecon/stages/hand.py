@@ -58,7 +58,6 @@ Artifacts in ``<out>/hand/``:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -85,6 +84,7 @@ from hoirecon.handpose.perspective import (
 )
 from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_hand_track
 from hoirecon.io.masks import read_mask_folder
+from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
 from hoirecon.render.camera import project_points
@@ -364,25 +364,6 @@ def visible_hand_iou(silhouette: np.ndarray, hand_mask: np.ndarray, object_mask:
     return float((silhouette & hand_mask & known).sum() / union) if union else 0.0
 
 
-@contextlib.contextmanager
-def _torch_threads(device: torch.device, num: int = 1):
-    """Run torch on ``num`` CPU threads inside the block (restored after).
-
-    The IK and smoothing are thousands of small batched ops: on the CPU extra threads only
-    add synchronisation, and on a busy 2-core machine they made the IK 10x slower
-    (70 s instead of 6 s for 30 frames, measured).
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(num, before))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def resolve_camera(cfg: HandConfig, meta: dict, frames: list[np.ndarray], obj_masks: np.ndarray,
                    scratch: Path) -> tuple[float, dict, Optional[ObjectSfM]]:
     """The focal length to use, in normalised units, with where it came from.
@@ -425,7 +406,8 @@ def _check_side(side: str, masks_manifest: dict | None) -> None:
 
 def run_hand(ctx: StageContext, cfg: HandConfig) -> dict:
     device = torch.device(ctx.device)
-    with _torch_threads(device):
+    # The IK and smoothing are thousands of small batched ops: on the CPU one thread is fastest.
+    with torch_threads(1 if device.type == "cpu" else None):
         return _run_hand(ctx, cfg, device)
 
 

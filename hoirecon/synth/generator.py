@@ -6,7 +6,7 @@ together (a rigid grasp) while the camera moves around them, and the viewing dir
 relative to the object sweeps an arc of at most ``view_range_deg`` over the clip, so part
 of the object is never seen (as in real clips). Frames are shaded (Lambert + ambient +
 a little specular, skin-coloured hand, coloured/striped object, textured moving
-background, sensor noise) by an exact hard z-buffer (``hoirecon.synth.raster``), so the
+background, sensor noise) by an exact hard z-buffer (``hoirecon.render.raster``), so the
 masks and depth are exact.
 
 Only the relative motion of camera and hand-object is observable in a monocular clip, so
@@ -51,7 +51,6 @@ folder is done); the pipeline's own hand stage, rerun on the clip, knows nothing
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -71,6 +70,7 @@ from hoirecon.categories import normalize_category
 from hoirecon.errors import UserError
 from hoirecon.hand import build_hand_model
 from hoirecon.io.masks import overlay_masks, write_mask_folder
+from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import write_png, write_video
 from hoirecon.pipeline.hashing import file_digest
 from hoirecon.pipeline.runner import commit_dir, output_lock, write_external_stage
@@ -81,7 +81,7 @@ from hoirecon.stages.outputs import HandsOutput
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
-from hoirecon.synth.raster import interpolate, rasterize
+from hoirecon.render.raster import interpolate, rasterize
 
 __all__ = ["SynthScene", "build_scene", "render_scene", "generate_clip", "write_example"]
 
@@ -610,19 +610,6 @@ def _intrinsics_record(K: np.ndarray, image_size: tuple[int, int]) -> dict:
             "fov_y_deg": round(_fov_y_deg(K, image_size), 4)}
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run with ``n`` torch threads, then restore. The tensors here are small (a hand batch,
-    a few hundred thousand pixel-face pairs): on a 2-core machine, measured 3-4x faster on
-    one thread than on two, whose OpenMP synchronisation costs more than it gains."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _write_npz(path: Path, **arrays) -> None:
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
@@ -669,7 +656,7 @@ def generate_clip(
     out_dir = Path(out_dir)
     if fps <= 0:
         raise UserError(f"--fps must be positive, got {fps}")
-    with _torch_threads(1):
+    with torch_threads(1):
         scene = build_scene(category, frames, size, seed, object_mesh, object_size, view_range_deg, grasp_cfg,
                             fov_deg)
         renders = render_scene(scene, seed)
