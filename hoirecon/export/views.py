@@ -146,7 +146,7 @@ def bounding_sphere(points: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 @torch.no_grad()
 def render_parts(hand_verts: torch.Tensor, hand_faces: torch.Tensor, object_verts: torch.Tensor,
-                 object_faces: torch.Tensor, T_obj_to_cam: torch.Tensor, K: torch.Tensor, height: int, width: int,
+                 object_faces: torch.Tensor, T_obj_to_cam: torch.Tensor, K: torch.Tensor, *, height: int, width: int,
                  ssaa: int = 2, cull_object_backfaces: bool = False) -> Rendered:
     """Shaded renderings of hand + object, one view at a time.
 
@@ -204,9 +204,10 @@ def render_parts(hand_verts: torch.Tensor, hand_faces: torch.Tensor, object_vert
 
 
 def _batched_render(hand_verts: torch.Tensor, geom: ClipGeometry, T_obj_to_cam: torch.Tensor, K: torch.Tensor,
-                    height: int, width: int, ssaa: int, batch: int) -> Rendered:
+                    *, height: int, width: int, ssaa: int, batch: int) -> Rendered:
     outs = [render_parts(hand_verts[s:s + batch], geom.hand_faces, geom.object_verts, geom.object_faces,
-                         T_obj_to_cam[s:s + batch], K[s:s + batch], height, width, ssaa, geom.object_closed)
+                         T_obj_to_cam[s:s + batch], K[s:s + batch], height=height, width=width, ssaa=ssaa,
+                         cull_object_backfaces=geom.object_closed)
             for s in range(0, T_obj_to_cam.shape[0], batch)]
     return Rendered(*(np.concatenate([getattr(o, f) for o in outs]) for f in ("rgb", "alpha", "part")))
 
@@ -232,7 +233,7 @@ def put_label(image: np.ndarray, text: str, scale: float = 0.4) -> np.ndarray:
     return image
 
 
-def turntable(geom: ClipGeometry, frame: int, views: int = 36, size: int = 256, fov_deg: float = 35.0,
+def turntable(geom: ClipGeometry, frame: int, *, views: int = 36, size: int = 256, fov_deg: float = 35.0,
               ssaa: int = 2, batch: int = 6) -> list[np.ndarray]:
     """Hand + object of exported frame ``frame`` seen from ``views`` cameras around them.
 
@@ -249,7 +250,7 @@ def turntable(geom: ClipGeometry, frame: int, views: int = 36, size: int = 256, 
     eyes = center + rotate_about_axis(-dist * geom.forward.to(hand), geom.up.to(hand), angles)
     T = look_at(eyes, center, geom.up.to(hand))
     K = square_intrinsics(size, fov_deg, views, hand.device)
-    r = _batched_render(hand[None].expand(views, -1, -1), geom, T, K, size, size, ssaa, batch)
+    r = _batched_render(hand[None].expand(views, -1, -1), geom, T, K, height=size, width=size, ssaa=ssaa, batch=batch)
     return [to_uint8(r.rgb[i], r.alpha[i]) for i in range(views)]
 
 
@@ -289,7 +290,8 @@ def input_views(geom: ClipGeometry, scale: float, ssaa: int = 2, index: list[int
     w, h = scaled_size(geom.image_size, scale)
     T_obj_to_cam = invert_rigid(geom.T_cam_to_obj[idx])
     K = scale_intrinsics(geom.K.expand(len(idx), 3, 3), w / geom.image_size[0])
-    return _batched_render(geom.hand_verts[idx], geom, T_obj_to_cam, K, h, w, ssaa, batch), (w, h)
+    rendered = _batched_render(geom.hand_verts[idx], geom, T_obj_to_cam, K, height=h, width=w, ssaa=ssaa, batch=batch)
+    return rendered, (w, h)
 
 
 def novel_views(geom: ClipGeometry, degrees: float, size: int, ssaa: int = 2, index: list[int] | None = None,
@@ -299,8 +301,8 @@ def novel_views(geom: ClipGeometry, degrees: float, size: int, ssaa: int = 2, in
     idx = torch.as_tensor(range(geom.hand_verts.shape[0]) if index is None else index, dtype=torch.long)
     cam, K = novel_camera(geom, degrees, size)
     n = len(idx)
-    return _batched_render(geom.hand_verts[idx], geom, cam.expand(n, 4, 4), K.expand(n, 3, 3), size, size, ssaa,
-                           batch)
+    return _batched_render(geom.hand_verts[idx], geom, cam.expand(n, 4, 4), K.expand(n, 3, 3), height=size,
+                           width=size, ssaa=ssaa, batch=batch)
 
 
 def side_by_side_frame(frame: np.ndarray, recon_rgb: np.ndarray, recon_alpha: np.ndarray,

@@ -186,11 +186,11 @@ def _empty_estimate(T: int, device) -> PerFrameEstimate:
 
 
 def estimate_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks: np.ndarray,
-                       hand: HandModel, cfg: HandConfig, device, task=None, focal: float = 1.0) -> PerFrameEstimate:
+                       hand: HandModel, cfg: HandConfig, device, *, task=None, focal: float = 1.0) -> PerFrameEstimate:
     """MediaPipe landmarks on mask crops (:func:`track_mediapipe`) + IK (:func:`fit_landmark_track`)."""
     results = track_mediapipe(frames, hand_masks, obj_masks, cfg, task)
     H, W = frames[0].shape[:2]
-    return fit_landmark_track(results, hand, cfg, W, H, device, focal)
+    return fit_landmark_track(results, hand, cfg, W, H, device, focal=focal)
 
 
 def track_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks: np.ndarray,
@@ -210,7 +210,7 @@ def track_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks:
 
 
 def fit_landmark_track(results: list, hand: HandModel, cfg: HandConfig, width: int, height: int,
-                       device, focal: float = 1.0) -> PerFrameEstimate:
+                       device, *, focal: float = 1.0) -> PerFrameEstimate:
     """IK on the frames with landmarks: per-frame shape first, then again with the mean shape
     (through a pinhole of ``focal`` in normalised units when ``cfg.perspective_ik``)."""
     T = len(results)
@@ -253,7 +253,7 @@ def _mano_hands_mean(hand: HandModel) -> torch.Tensor:
 
 
 def estimate_frankmocap(frames: list[np.ndarray], hand_masks: np.ndarray, hand: HandModel, cfg: HandConfig,
-                        device, task=None, regressor=None) -> PerFrameEstimate:
+                        device, *, task=None, regressor=None) -> PerFrameEstimate:
     """FrankMocap's regressor on the hand-mask boxes.
 
     Conversions: articulation = regressed offsets + MANO's mean pose (mirrored for left
@@ -313,7 +313,7 @@ def _shade(render, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_overlay(frame: np.ndarray, verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
-                   valid: bool, keypoints_2d: np.ndarray | None, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                   *, valid: bool, keypoints_2d: np.ndarray | None, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """The hand mesh drawn over one frame.
 
     Args:
@@ -436,9 +436,9 @@ def _estimate_hands(ctx: StageContext, cfg: HandConfig, frames: list[np.ndarray]
     """The backend's per-frame estimate; RunError where it found the hand in no frame."""
     with ctx.reporter.task(f"hand ({cfg.backend})", total=len(frames)) as task:
         if cfg.backend == "mediapipe":
-            est = estimate_mediapipe(frames, hand_masks, obj_masks, hand, cfg, device, task, focal)
+            est = estimate_mediapipe(frames, hand_masks, obj_masks, hand, cfg, device, task=task, focal=focal)
         else:
-            est = estimate_frankmocap(frames, hand_masks, hand, cfg, device, task)
+            est = estimate_frankmocap(frames, hand_masks, hand, cfg, device, task=task)
     if not bool(est.valid.any()):
         raise RunError(f"no hand found in any frame; check the hand masks "
                        f"({ctx.input_dir('masks') / 'overlay.mp4'}), the --side, or try --backend frankmocap")
@@ -515,8 +515,8 @@ def _write_overlay(ctx: StageContext, track: _HandTrack, frames: list[np.ndarray
     with ctx.reporter.task("hand overlay", total=len(frames)) as task:
         def overlay_frames():
             for i in range(len(frames)):
-                image, silhouette = render_overlay(frames[i], track.verts_cam[i], track.faces, track.K, bool(valid[i]),
-                                                   kp_np[i] if valid[i] else None)
+                image, silhouette = render_overlay(frames[i], track.verts_cam[i], track.faces, track.K,
+                                                   valid=bool(valid[i]), keypoints_2d=kp_np[i] if valid[i] else None)
                 ious.append(visible_hand_iou(silhouette, hand_masks[i], obj_masks[i]))
                 yield image
                 task.advance()
