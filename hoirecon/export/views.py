@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from hoirecon.export.gltf import OBJECT, SKIN
 from hoirecon.geometry.transforms import invert_rigid
+from hoirecon.render.camera import make_intrinsics
 from hoirecon.render.mesh import vertex_normals
 from hoirecon.render.raster import interpolate, rasterize
 
@@ -107,6 +108,8 @@ def rotate_about_axis(v: torch.Tensor, axis: torch.Tensor, angles: torch.Tensor)
     Returns:
         (N, 3).
     """
+    # Rotates the vector directly (torch, float32, batched angles): the exported pictures' cameras
+    # stay bit-identical, which building matrices with geometry.rotations would not keep.
     k = F.normalize(axis, dim=0)
     c, s = torch.cos(angles)[:, None], torch.sin(angles)[:, None]
     return v * c + torch.linalg.cross(k.expand(len(angles), 3), v.expand(len(angles), 3), dim=-1) * s \
@@ -117,8 +120,7 @@ def square_intrinsics(size: int, fov_deg: float, batch: int, device=None) -> tor
     """(batch, 3, 3) pinhole intrinsics of a square ``size`` image with field of view ``fov_deg``."""
     f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
     c = (size - 1) / 2.0
-    K = torch.tensor([[f, 0, c], [0, f, c], [0, 0, 1.0]], dtype=torch.float32, device=device)
-    return K.expand(batch, 3, 3).clone()
+    return make_intrinsics(f, f, c, c, batch, device=device)
 
 
 def scale_intrinsics(K: torch.Tensor, scale: float) -> torch.Tensor:

@@ -46,10 +46,10 @@ import torch.nn.functional as F
 
 from hoirecon.errors import UserError
 from hoirecon.geometry.rotations import random_rotation_matrix
-from hoirecon.render.camera import pixel_directions, pixel_grid, pixel_rays, ray_t_to_camera_z
+from hoirecon.render.camera import make_intrinsics, pixel_directions, pixel_grid, pixel_rays, ray_t_to_camera_z
 from hoirecon.render.mesh import vertex_normals
-from hoirecon.render.volume import VolumeRenderConfig, render_sdf_volume
 from hoirecon.render.raster import interpolate, rasterize
+from hoirecon.render.volume import VolumeRenderConfig, render_sdf_volume
 
 OBJECT_CHANNELS = ("obj_mask", "obj_normal_x", "obj_normal_y", "obj_normal_z", "obj_depth")
 HAND_CHANNELS = (
@@ -78,8 +78,7 @@ class ViewConfig:
     def intrinsics(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """(batch, 3, 3) pixel intrinsics, principal point at the image centre."""
         c = (self.image_size - 1) / 2.0
-        K = torch.tensor([[self.focal_px, 0.0, c], [0.0, self.focal_px, c], [0.0, 0.0, 1.0]], device=device, dtype=dtype)
-        return K.expand(batch, 3, 3).clone()
+        return make_intrinsics(self.focal_px, self.focal_px, c, c, batch, device=device, dtype=dtype)
 
 
 def sample_views(

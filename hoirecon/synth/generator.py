@@ -68,6 +68,7 @@ from scipy.interpolate import CubicSpline
 
 from hoirecon.categories import normalize_category
 from hoirecon.errors import UserError
+from hoirecon.geometry.rotations import rotation_about_axis
 from hoirecon.hand import build_hand_model
 from hoirecon.io.masks import overlay_masks, write_mask_folder
 from hoirecon.io.threads import torch_threads
@@ -77,11 +78,11 @@ from hoirecon.pipeline.runner import commit_dir, output_lock, write_external_sta
 from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import vertex_normals
+from hoirecon.render.raster import interpolate, rasterize
 from hoirecon.stages.outputs import HandsOutput
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
-from hoirecon.render.raster import interpolate, rasterize
 
 __all__ = ["SynthScene", "build_scene", "render_scene", "generate_clip", "write_example"]
 
@@ -172,13 +173,6 @@ def _smooth(rng: np.random.Generator, n: int, knots: int = 4) -> np.ndarray:
     return np.clip(curve, -1.0, 1.0)
 
 
-def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
-
-
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
@@ -263,7 +257,8 @@ def _camera_path(
     progress = np.linspace(-0.5, 0.5, n) if n > 1 else np.zeros(1)
     phi = span * progress * rng.choice([-1.0, 1.0])
     omega = wobble * _smooth(rng, n)
-    dirs = np.stack([_rotation(arc_axis, p) @ _rotation(tangent, w) @ d0 for p, w in zip(phi, omega)])
+    dirs = np.stack([rotation_about_axis(arc_axis, p) @ rotation_about_axis(tangent, w) @ d0
+                     for p, w in zip(phi, omega)])
 
     fill = rng.uniform(*SPHERE_FILL_RANGE)
     tan_half = np.tan(0.5 * fov_deg * deg)
@@ -370,6 +365,7 @@ def parse_image_size(size: int | tuple[int, int] | str) -> tuple[int, int]:
 def intrinsics(fov_deg: float, image_size: tuple[int, int]) -> np.ndarray:
     """(3, 3) float64 pinhole intrinsics: horizontal field of view ``fov_deg`` over the width,
     square pixels (fy = fx), principal point at the image centre (pixel centres at integers)."""
+    # numpy float64, not render.camera.make_intrinsics: the ground truth is numpy geometry kept in float64.
     W, H = image_size
     f = 0.5 * W / np.tan(0.5 * np.radians(fov_deg))
     return np.array([[f, 0.0, 0.5 * (W - 1)], [0.0, f, 0.5 * (H - 1)], [0.0, 0.0, 1.0]])
@@ -573,7 +569,7 @@ def _shade(look: _Appearance, lab, normal, point, tex, progress: float) -> np.nd
     view = -point / np.maximum(np.linalg.norm(point, axis=1, keepdims=True), 1e-9)
     # Back faces (inside of the wrist opening) are lit as if they faced the camera.
     normal = np.where((normal * view).sum(1, keepdims=True) < 0, -normal, normal)
-    light = _rotation(np.array([0.0, 1.0, 0.0]), look.light_drift * (progress - 0.5)) @ look.light
+    light = rotation_about_axis(np.array([0.0, 1.0, 0.0]), look.light_drift * (progress - 0.5)) @ look.light
     diffuse = np.clip(normal @ light, 0.0, None)[:, None]
     half = _unit_rows(light[None] + view)
     spec = np.clip((normal * half).sum(1), 0.0, None)[:, None]

@@ -38,6 +38,7 @@ from scipy.spatial import cKDTree
 
 from hoirecon.errors import RunError
 from hoirecon.eval.metrics import sample_surface
+from hoirecon.geometry.rotations import rotation_about_axis
 from hoirecon.hand.model import HandModel
 from hoirecon.synth.objects import GraspRegion
 
@@ -356,13 +357,6 @@ def search_grasp(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
-
-
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
@@ -467,8 +461,8 @@ def place_grasp(
     z_h = thumb_along_axis * part_axis
     x_h = np.cross(y_h, z_h)
     R = np.stack([x_h, y_h, z_h], axis=1)
-    R = _rotation(approach, np.deg2rad(rng.normal(0.0, cfg.tilt_deg))) @ R
-    R = _rotation(part_axis, np.deg2rad(rng.normal(0.0, cfg.roll_deg))) @ R
+    R = rotation_about_axis(approach, np.deg2rad(rng.normal(0.0, cfg.tilt_deg))) @ R
+    R = rotation_about_axis(part_axis, np.deg2rad(rng.normal(0.0, cfg.roll_deg))) @ R
 
     # The part crosses the palm just below the knuckles: anchor on the palm surface.
     mcp = rest_joints[[1, 4, 7, 10]].mean(0)
