@@ -44,7 +44,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hoirecon.errors import UserError
 from hoirecon.geometry.rotations import random_rotation_matrix
 from hoirecon.render.camera import make_intrinsics, pixel_directions, pixel_grid, pixel_rays, ray_t_to_camera_z
 from hoirecon.render.mesh import vertex_normals
@@ -97,7 +96,7 @@ def sample_views(
         K: (B, 3, 3) intrinsics.
     """
     if center.ndim != 2 or center.shape[-1] != 3:
-        raise UserError(f"view centre must have shape (B, 3), got {tuple(center.shape)}")
+        raise ValueError(f"view centre must have shape (B, 3), got {tuple(center.shape)}")
     B = center.shape[0]
     like = dict(dtype=center.dtype, device=center.device)
     # Draw on the CPU with the caller's generator, then move: reproducible on any device.
@@ -193,7 +192,7 @@ def decode_geometry(image: torch.Tensor) -> DecodedGeometry:
         image: (B, 5, H, W) or (B, 7, H, W).
     """
     if image.ndim != 4 or image.shape[1] not in (5, 7):
-        raise UserError(f"expected a (B, 5|7, H, W) geometry image, got {tuple(image.shape)}")
+        raise ValueError(f"expected a (B, 5|7, H, W) geometry image, got {tuple(image.shape)}")
     mask = (image[:, 0] / MASK_SCALE + 1.0).mul(0.5).clamp(0.0, 1.0)
     uv = None
     if image.shape[1] == 7:
@@ -377,7 +376,7 @@ def render_object_sdf(
     mask = out.opacity.reshape(B, H, W)
     depth = ray_t_to_camera_z(out.depth.reshape(B, H * W), dirs_cam).reshape(B, H, W)
     if out.normal is None:
-        raise UserError("score distillation needs normals: use a volume normal_mode other than 'none'")
+        raise ValueError("score distillation needs normals: use a volume normal_mode other than 'none'")
     R_obj_to_view = T_view_to_obj[:, :3, :3].transpose(1, 2)
     normal = (out.normal.reshape(B, H * W, 3) @ R_obj_to_view.transpose(1, 2)).reshape(B, H, W, 3)
     normal = normal.permute(0, 3, 1, 2)

@@ -54,7 +54,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoirecon.errors import UserError
 
 SDFFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -383,14 +382,14 @@ def sdf_with_gradient(
         sdf_st = sdf_all[N:].reshape(4, N)
         grad = (sdf_st[..., None] * stencil[:, None]).sum(0) / (4.0 * fd_step)
         return sdf_all[:N], feat_all[:N], grad
-    raise UserError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {mode!r}")
+    raise ValueError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {mode!r}")
 
 
 def _check_sdf_output(sdf: torch.Tensor, feat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     if sdf.ndim == 2 and sdf.shape[1] == 1:
         sdf = sdf[:, 0]
     if sdf.shape != (n,) or feat.ndim != 2 or feat.shape[0] != n:
-        raise UserError(
+        raise ValueError(
             f"sdf_fn must return sdf (N,) and feature (N, C) for N={n} points, "
             f"got {tuple(sdf.shape)} and {tuple(feat.shape)}"
         )
@@ -424,11 +423,11 @@ def render_sdf_volume(
     """
     cfg = cfg or VolumeRenderConfig()
     if origins.ndim != 2 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
-        raise UserError(f"origins and dirs must both have shape (R, 3), got {tuple(origins.shape)}, {tuple(dirs.shape)}")
+        raise ValueError(f"origins and dirs must both have shape (R, 3), got {tuple(origins.shape)}, {tuple(dirs.shape)}")
     if cfg.n_coarse < 2 or cfg.n_importance < 2 or not 0.0 <= cfg.uniform_share <= 1.0:
-        raise UserError(f"volume renderer needs n_coarse, n_importance >= 2 and 0 <= uniform_share <= 1; got {cfg}")
+        raise ValueError(f"volume renderer needs n_coarse, n_importance >= 2 and 0 <= uniform_share <= 1; got {cfg}")
     if cfg.normal_mode not in ("autograd", "finite_difference", "none"):
-        raise UserError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {cfg.normal_mode!r}")
+        raise ValueError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {cfg.normal_mode!r}")
     device, dtype = origins.device, origins.dtype
     R = origins.shape[0]
     if sphere_center is None:
@@ -436,7 +435,7 @@ def render_sdf_volume(
     sphere_center = torch.as_tensor(sphere_center, device=device, dtype=dtype)
     beta_value = float(beta.detach().min()) if isinstance(beta, torch.Tensor) else float(beta)
     if not beta_value > 0:
-        raise UserError(f"volume renderer needs beta > 0, got {beta_value}")
+        raise ValueError(f"volume renderer needs beta > 0, got {beta_value}")
 
     with torch.no_grad():
         near, far, hit = ray_sphere_bounds(origins, dirs, sphere_center, sphere_radius, cfg.near_min)

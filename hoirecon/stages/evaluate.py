@@ -80,6 +80,11 @@ def _load_mesh(path: Path, what: str) -> trimesh.Trimesh:
         raise UserError(f"cannot read {what} {path}: {err}") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise RunError(f"{what} {path} is empty (no triangles)")
+    # The metrics raise ValueError on these; a mesh given by the user is bad input.
+    if not np.isfinite(mesh.vertices).all():
+        raise UserError(f"{what} {path} has non-finite coordinates")
+    if not mesh.area > 0:
+        raise UserError(f"{what} {path} has zero surface area; cannot sample points on it")
     return mesh
 
 
