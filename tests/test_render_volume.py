@@ -178,7 +178,8 @@ def test_normal_modes_agree_and_no_grad_mode_detaches():
         out = render_sdf_volume(_pe_mlp(), o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.01, None, 1.0)
     assert out.normal is not None and not out.normal.requires_grad and not out.opacity.requires_grad
     out_fd = render_sdf_volume(
-        fn, o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.001, None, 1.0, VolumeRenderConfig(normal_mode="finite_difference")
+        fn, o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.001, None, 1.0,
+        VolumeRenderConfig(normal_mode="finite_difference")
     )
     out_ad = render_sdf_volume(fn, o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.001, None, 1.0)
     sel = out_ad.opacity > 0.99

@@ -137,7 +137,8 @@ def reference_depth(hand_depth: torch.Tensor, hand_mask: torch.Tensor, fallback:
     return torch.where(count > 0, mean, fallback.to(mean))
 
 
-def encode_object(mask: torch.Tensor, normal_cv: torch.Tensor, depth: torch.Tensor, z_ref: torch.Tensor) -> torch.Tensor:
+def encode_object(mask: torch.Tensor, normal_cv: torch.Tensor, depth: torch.Tensor,
+                  z_ref: torch.Tensor) -> torch.Tensor:
     """The object image (x_0 of the diffusion), see the module docstring.
 
     Args:
@@ -220,7 +221,8 @@ class MeshGeometry:
 
 @torch.no_grad()
 def rasterize_mesh_geometry(
-    verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, image_size: int, vert_attrs: torch.Tensor | None = None
+    verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, image_size: int,
+    vert_attrs: torch.Tensor | None = None
 ) -> MeshGeometry:
     """Mask, depth, normals (and vertex attributes) of a mesh, exact hard z-buffer.
 

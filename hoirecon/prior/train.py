@@ -271,7 +271,8 @@ def _train_prior(data: str | Path | PriorDataset, out: Path, cfg: TrainConfig, m
         checkpoint()
     tail = [v for _, v in history[-200:]]
     final = float(np.mean(tail)) if tail else math.nan
-    return TrainResult(step=step, final_loss=final, seconds=time.perf_counter() - t0, resumed_from=resumed_from, out=out)
+    return TrainResult(step=step, final_loss=final, seconds=time.perf_counter() - t0, resumed_from=resumed_from,
+                       out=out)
 
 
 def export_weights(checkpoint: str | Path, path: str | Path, meta: dict | None = None) -> Path:

@@ -251,7 +251,8 @@ def _termination_points(
     # accumulated optical depth tau(t) = |d| (G(u(t)) - G(u0)) / (beta k): solve tau(t) = tau h
     g_star = _laplace_cdf_integral(u0, beta) + tau * h * beta * k_safe / dir_norm
     with torch.no_grad():
-        u_star = _laplace_cdf_integral_inverse(g_star.detach(), beta.detach() if isinstance(beta, torch.Tensor) else beta)
+        beta_value = beta.detach() if isinstance(beta, torch.Tensor) else beta
+        u_star = _laplace_cdf_integral_inverse(g_star.detach(), beta_value)
         u_star = torch.minimum(torch.maximum(u_star, torch.minimum(u0, u1)), torch.maximum(u0, u1))
     # one Newton step from the solution attaches the implicit-function gradient
     psi = laplace_cdf(u_star, beta).clamp(min=1e-30)
@@ -306,7 +307,8 @@ def _sample_fine(
 
     def strata(k: int) -> torch.Tensor:
         base = torch.arange(k, device=device, dtype=dtype)
-        off = torch.rand(R, k, device=device, dtype=dtype) if perturb else torch.full((R, k), 0.5, device=device, dtype=dtype)
+        off = (torch.rand(R, k, device=device, dtype=dtype) if perturb
+               else torch.full((R, k), 0.5, device=device, dtype=dtype))
         return (base + off) / k
 
     parts = []
@@ -423,7 +425,8 @@ def render_sdf_volume(
     """
     cfg = cfg or VolumeRenderConfig()
     if origins.ndim != 2 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
-        raise ValueError(f"origins and dirs must both have shape (R, 3), got {tuple(origins.shape)}, {tuple(dirs.shape)}")
+        raise ValueError(f"origins and dirs must both have shape (R, 3), got {tuple(origins.shape)}, "
+                         f"{tuple(dirs.shape)}")
     if cfg.n_coarse < 2 or cfg.n_importance < 2 or not 0.0 <= cfg.uniform_share <= 1.0:
         raise ValueError(f"volume renderer needs n_coarse, n_importance >= 2 and 0 <= uniform_share <= 1; got {cfg}")
     if cfg.normal_mode not in ("autograd", "finite_difference", "none"):
@@ -483,7 +486,8 @@ def render_sdf_volume(
     normal = None
     if grad_f is not None:
         n_unit = F.normalize(grad_f.reshape(Rh, n, 3), dim=-1, eps=1e-12)
-        n_h = F.normalize((norm_w[..., None] * torch.lerp(n_unit[:, :-1], n_unit[:, 1:], frac)).sum(1), dim=-1, eps=1e-12)
+        n_mid = torch.lerp(n_unit[:, :-1], n_unit[:, 1:], frac)
+        n_h = F.normalize((norm_w[..., None] * n_mid).sum(1), dim=-1, eps=1e-12)
         normal = torch.zeros(R, 3, device=device, dtype=n_h.dtype).index_put((idx,), n_h)
     return VolumeRenderOutput(
         opacity=opacity,

@@ -281,7 +281,8 @@ def _write_glb(clip: _Clip, cfg: ExportConfig, path: Path) -> dict:
     return write_animated_glb(
         path, clip.object_verts, clip.object_faces, clip.hand_local[sel].cpu().numpy(), clip.hand_faces.cpu().numpy(),
         T_hand_to_world=clip.T_hand_to_world[sel].cpu().numpy(), T_obj_to_world=clip.T_obj_to_world.cpu().numpy(),
-        times=sel / clip.fps, T_world_to_display=display, T_cam_to_world=T_cam_to_world, K=clip.poses.K, image_size=clip.image_size,
+        times=sel / clip.fps, T_world_to_display=display, T_cam_to_world=T_cam_to_world, K=clip.poses.K,
+        image_size=clip.image_size,
         frame_names=[f"frame_{t:06d}" for t in sel], interpolation=cfg.interpolation)
 
 

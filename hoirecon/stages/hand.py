@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -312,8 +312,8 @@ def _shade(render, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rgb, mask
 
 
-def render_overlay(frame: np.ndarray, verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
-                   *, valid: bool, keypoints_2d: np.ndarray | None, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def render_overlay(frame: np.ndarray, verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, *, valid: bool,
+                   keypoints_2d: np.ndarray | None, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """The hand mesh drawn over one frame.
 
     Args:

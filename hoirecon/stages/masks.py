@@ -211,7 +211,8 @@ def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_
 
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
-    elif tracker == "foreground" and (split := _first_foreground_split(frames, hand_box, obj_box, cfg.side)) is not None:
+    elif (tracker == "foreground"
+          and (split := _first_foreground_split(frames, hand_box, obj_box, cfg.side)) is not None):
         hand, obj = split
     else:
         # One joint cut: each mask sees the other's colours as background, thin or mostly

@@ -148,7 +148,8 @@ class MeshSDF:
         su = np.sqrt(u)
         self.triangles = np.asarray(mesh.triangles, dtype=np.float64)
         tri = self.triangles[face]
-        self.points = (1 - su)[:, None] * tri[:, 0] + (su * (1 - v))[:, None] * tri[:, 1] + (su * v)[:, None] * tri[:, 2]
+        self.points = ((1 - su)[:, None] * tri[:, 0] + (su * (1 - v))[:, None] * tri[:, 1]
+                       + (su * v)[:, None] * tri[:, 2])
         self.face = face
         self.normals = np.asarray(mesh.face_normals)[face]
         self.tree = cKDTree(self.points)
@@ -340,7 +341,8 @@ def search_grasp(
             grasp = place_grasp(hand, sdf, region, shape, rng, cfg, thumb_along_axis=thumb)
         except RunError:
             continue  # this approach never reaches the surface; try another
-        verts = _transform(ev.verts(grasp.articulation[None])[0], grasp.T_hand_to_obj[:3, :3], grasp.T_hand_to_obj[:3, 3])
+        R_hand_to_obj, t_hand_to_obj = grasp.T_hand_to_obj[:3, :3], grasp.T_hand_to_obj[:3, 3]
+        verts = _transform(ev.verts(grasp.articulation[None])[0], R_hand_to_obj, t_hand_to_obj)
         depth_mm = float(penetration_depth(mesh, verts, mesh_sdf).max() * 1000.0)
         if depth_mm <= cfg.max_penetration_mm and len(grasp.contacts) >= cfg.min_contacts:
             return SearchedGrasp(grasp, verts, depth_mm, i + 1)
