@@ -1,6 +1,6 @@
 # The one place that knows how to set up the environment. Everything else calls these targets.
 #   make demo   set up, then run the whole pipeline on the bundled example
-#   make test   set up, then run the test suite
+#   make test   set up, then lint (ruff) and run the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,7 +21,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# ruff first: its rule set and line length are in pyproject.toml ([tool.ruff]).
 test: $(STAMP)
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -121,8 +121,9 @@ def render_tables(results: dict[str, dict[str, dict]], cats: list[str], header: 
         text += f"| {name} | " + " | ".join(cells) + " |\n"
     first = next(iter(results.values()), {})
     if all(c in first for c in cats):
+        mean_init = np.mean([first[c]['init_cd_h'] for c in cats])
         text += "\nCD_h of the noisy hand initialisation (visual hull): " + ", ".join(
-            f"{c} {first[c]['init_cd_h']:.1f}" for c in cats) + f" (mean {np.mean([first[c]['init_cd_h'] for c in cats]):.1f}).\n"
+            f"{c} {first[c]['init_cd_h']:.1f}" for c in cats) + f" (mean {mean_init:.1f}).\n"
     return text
 
 
@@ -223,9 +224,12 @@ def main() -> None:
                       ", ".join(f"{c} {t['iou_hand']:.2f} / {t['iou_object']:.2f}" if t["ok"] else
                                 f"{c}: left out, {t['message']}" for c, t in tracked.items()) + ")")
     header = (f"Command: `.venv/bin/python benchmarks/bench_ablation.py {cmd}` "
-              f"({args.frames} frames, {args.size} px, view range {args.view_range:g} deg, {masks_note}, noisy hand init; "
-              + (f"category i uses clip seed {args.seed0}+i, the clips of `bench_fit.py`; " if args.clips == "procedural"
-                 else f"the {args.clips} real-object meshes of benchmarks/object_meshes.json (synth seed(s) {args.seeds}"
+              f"({args.frames} frames, {args.size} px, view range {args.view_range:g} deg, {masks_note}, "
+              "noisy hand init; "
+              + (f"category i uses clip seed {args.seed0}+i, the clips of `bench_fit.py`; "
+                 if args.clips == "procedural"
+                 else f"the {args.clips} real-object meshes of benchmarks/object_meshes.json "
+                      f"(synth seed(s) {args.seeds}"
                       f"{'; reporting only, never tuned on' if args.clips == 'heldout' else ''}); ")
               + "every variant is "
               "`hoirecon fit --preset fast` with the options in `VARIANTS` of the script). Machine: "

@@ -142,7 +142,8 @@ def main() -> None:
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['num_frames']} ({r['size'][0]}x{r['size'][1]}) | {r['masks_s']:.1f} | {r['masks_cpu']:.1f} | "
+            f"| {name} | {r['num_frames']} ({r['size'][0]}x{r['size'][1]}) | {r['masks_s']:.1f} | "
+            f"{r['masks_cpu']:.1f} | "
             f"{r['hand_s']:.1f} | {r['hand_cpu']:.1f} | {r['masks_s'] + r['hand_s']:.1f} | "
             f"{r['track_iou']['hand']:.2f} / {r['track_iou']['object']:.2f} | {r['valid']}/{r['num_frames']} | "
             f"{r['reproj']:.1f} | {r['mask_iou']:.2f} | {r['jitter']:.2f} |")

@@ -32,7 +32,7 @@ from hoirecon.geometry.transforms import transform_points  # noqa: E402
 from hoirecon.hand import build_hand_model  # noqa: E402
 from hoirecon.io.masks import read_mask_folder  # noqa: E402
 from hoirecon.synth.generator import generate_clip  # noqa: E402
-from hoirecon.synth.raster import rasterize  # noqa: E402
+from hoirecon.render.raster import rasterize  # noqa: E402
 
 CATEGORIES = ("mug", "bottle", "kettle", "bowl", "knife", "toy_car")
 HOIRECON = [sys.executable, "-m", "hoirecon"]

@@ -61,7 +61,8 @@ def shift_domain(src: Path, dst: Path, seed: int) -> Path:
     tmp = dst.parent / f".{dst.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # Not the clip's video nor its noisy hand stage (top level only: masks/hand stays).
-    shutil.copytree(src, tmp, ignore=lambda d, names: [n for n in names if Path(d) == src and n in ("video.mp4", "hand")])
+    shutil.copytree(src, tmp,
+                    ignore=lambda d, names: [n for n in names if Path(d) == src and n in ("video.mp4", "hand")])
     paths = frame_paths(tmp / "frames")
     first = read_rgb(paths[0])
     H, W = first.shape[:2]
@@ -119,8 +120,8 @@ def evaluate(weights: Path, folders: list[Path], hand) -> dict:
         seconds += time.perf_counter() - t0
         frames += len(clip.images)
         rows.append({"clip": f.name, **clip_errors(poses, clip)})
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("hand_rel_mm", "hand_abs_mm", "object_mm", "object_median_mm",
-                                                              "hand_2d_px", "object_2d_px")}
+    keys = ("hand_rel_mm", "hand_abs_mm", "object_mm", "object_median_mm", "hand_2d_px", "object_2d_px")
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return {"rows": rows, "mean": mean, "failed": sum(r["failed"] for r in rows), "s_per_frame": seconds / frames,
             "name": weights.stem}
 
@@ -137,7 +138,8 @@ def baseline_hand(folders: list[Path]) -> dict:
     for f in folders:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f.name
-            shutil.copytree(f, out, ignore=lambda d, names: [n for n in names if Path(d) == f and n in ("hand", "video.mp4")])
+            shutil.copytree(f, out,
+                            ignore=lambda d, names: [n for n in names if Path(d) == f and n in ("hand", "video.mp4")])
             gt = np.load(f / "gt" / "gt.npz")
             run_stage(out, STAGE, HandConfig(focal_px=float(gt["K"][0, 0])))
             h = np.load(out / "hand" / "hands.npz")
@@ -285,14 +287,17 @@ def main() -> None:
     print(json.dumps({str(k): v for k, v in results.items()}, indent=1, default=float))
     if base:
         print(json.dumps(base, indent=1))
-    lines = ["| model | set | hand joints, root-relative (mm) | hand joints, absolute (mm) | object control points (mm) "
-             "| object, median frame (mm) | hand joints 2D (px) | object control points 2D, voted (px) | PnP failures | s / frame |",
+    lines = ["| model | set | hand joints, root-relative (mm) | hand joints, absolute (mm) "
+             "| object control points (mm) | object, median frame (mm) | hand joints 2D (px) "
+             "| object control points 2D, voted (px) "
+             "| PnP failures | s / frame |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for w, per in results.items():
         for s, r in per.items():
             m = r["mean"]
             lines.append(f"| `{w.name}` | {s} ({len(sets[s])} clips) | {m['hand_rel_mm']:.1f} | "
-                         f"{m['hand_abs_mm']:.1f} | {m['object_mm']:.1f} | {m['object_median_mm']:.1f} | {m['hand_2d_px']:.1f} | {m['object_2d_px']:.1f} | "
+                         f"{m['hand_abs_mm']:.1f} | {m['object_mm']:.1f} | {m['object_median_mm']:.1f} | "
+                         f"{m['hand_2d_px']:.1f} | {m['object_2d_px']:.1f} | "
                          f"{r['failed']} | {r['s_per_frame']:.3f} |")
     if base:
         for s, m in base.items():

@@ -156,7 +156,8 @@ def bench(quick: bool) -> list[tuple[str, float, float]]:
             o = render_mesh_pixels(h.verts, h.faces, K, pix, cfg)
             (o.mask.sum() + o.depth.sum()).backward()
 
-        rows.append(("hand model forward + the same render, fwd+bwd to articulation", *timeit(hand_and_pixels, rep_fast)))
+        rows.append(("hand model forward + the same render, fwd+bwd to articulation",
+                     *timeit(hand_and_pixels, rep_fast)))
 
     # --- full images (hand fills ~80% of the frame)
     for size in (64, 128):
@@ -203,7 +204,8 @@ def bench(quick: bool) -> list[tuple[str, float, float]]:
         out = render_sdf_volume(obj, origins, dirs, density.beta(), center, 0.12, vcfg)
         (out.opacity.mean() + out.depth.mean() + ((out.sdf_grad.norm(dim=-1) - 1) ** 2).mean()).backward()
 
-    rows.append(("volume 1024 rays x (32 coarse + 64 fine), normals autograd, fwd+bwd", *timeit(volume_32, rep_slow, warmup=1)))
+    rows.append(("volume 1024 rays x (32 coarse + 64 fine), normals autograd, fwd+bwd",
+                 *timeit(volume_32, rep_slow, warmup=1)))
 
     def mlp_only():
         x = torch.randn(R * 64, 3, requires_grad=True)

@@ -15,12 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 def _one_torch_thread():
     """One intra-op thread for every test: the tests' tensors are small and the machines they run
     on are shared, where spinning OpenMP threads made them 3-10x slower (measured on 2 cores)."""
-    import torch
+    from hoirecon.io.threads import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def look_at_np(eye: np.ndarray, target: np.ndarray) -> np.ndarray:

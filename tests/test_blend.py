@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hoirecon.errors import UserError
 from hoirecon.render.blend import hard_blend_masks, soft_blend_masks
 
 BG, HAND, OBJ = 0, 1, 2
@@ -81,11 +80,11 @@ def test_gradients_flow_to_masks_and_depths():
     assert torch.allclose(hard[0], torch.tensor([0.01, 0.09, 0.9]), atol=1e-6)
 
 
-def test_bad_inputs_raise_user_error():
+def test_bad_inputs_raise_value_error():
     x = torch.ones(4)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         soft_blend_masks(x, x, x, torch.ones(3))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         soft_blend_masks(x, x, x, x, gamma=0.0)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         soft_blend_masks(x, x, x, x, d_near=1.0, d_far=1.0)

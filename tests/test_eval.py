@@ -126,3 +126,14 @@ def test_errors(synth, tmp_path):
     _write_fit(bad, synth, T_hand_to_obj=gt["T_hand_to_obj"][:2])
     with pytest.raises(UserError, match="frames"):
         evaluate(bad, synth, n_points=POINTS)
+
+
+def test_a_flat_mesh_is_bad_input(synth, tmp_path):
+    """The metrics raise ValueError on a mesh without area; eval turns the user's mesh into a UserError."""
+    flat = trimesh.Trimesh(np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]]), np.array([[0, 1, 2]]), process=False)
+    out = tmp_path / "out"
+    _write_fit(out, synth)
+    flat.export(out / "flat.ply")
+    with pytest.raises(UserError, match="zero surface area") as err:
+        evaluate(out, synth, pred_mesh=out / "flat.ply", n_points=POINTS)
+    assert "\n" not in str(err.value)

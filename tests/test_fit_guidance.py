@@ -65,7 +65,8 @@ def test_unknown_prior_and_bad_settings_are_user_errors(hand_model):
     with pytest.raises(UserError, match="prior weights not found"):
         build_guidance(GuidanceConfig(prior="/nonexistent/prior.pt", category="mug"), hand_model, "cpu")
     # any object name is accepted: one outside the prior's vocabulary runs it category-agnostic
-    assert build_guidance(GuidanceConfig(prior="hoirecon", category="spaceship"), hand_model, "cpu").category == "unknown"
+    guidance = build_guidance(GuidanceConfig(prior="hoirecon", category="spaceship"), hand_model, "cpu")
+    assert guidance.category == "unknown"
     with pytest.raises(UserError):
         GuidanceConfig(prior="hoirecon", every=0)
 

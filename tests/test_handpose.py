@@ -55,13 +55,13 @@ def _grasp_articulation(batch: int, gen: torch.Generator) -> torch.Tensor:
 def test_eq4_hand_computed_case():
     # Scale-first weak camera in pixels: x = s X + t, focal f and principal point p in pixels.
     s, tx, ty, f, px, py = 800.0, 400.0, 260.0, 1000.0, 320.0, 240.0
-    l = weak_to_translation(torch.tensor([[s, tx, ty]]), focal=f, principal=(px, py))[0]
-    assert torch.allclose(l, torch.tensor([(400 - 320) / 800, (260 - 240) / 800, 1000 / 800]))
+    transl = weak_to_translation(torch.tensor([[s, tx, ty]]), focal=f, principal=(px, py))[0]
+    assert torch.allclose(transl, torch.tensor([(400 - 320) / 800, (260 - 240) / 800, 1000 / 800]))
     # Points of the hand near the reference point project to (nearly) the same pixels both ways.
     X = torch.tensor([[0.0, 0.0, 0.0], [0.01, -0.02, 0.0], [0.03, 0.01, 0.0], [0.02, 0.02, 0.01]])
     weak = s * X[:, :2] + torch.tensor([tx, ty])
     K = make_intrinsics(f, f, px, py)
-    full = project_points((X + l)[None], K)[0]
+    full = project_points((X + transl)[None], K)[0]
     assert torch.allclose(full[:3], weak[:3], atol=1e-3)  # same depth: exact
     # 1 cm deeper at 1.25 m: the perspective image moves 0.8% toward the principal point.
     by_hand = torch.tensor([320 + 1000 * (0.1 + 0.02) / 1.26, 240 + 1000 * (0.025 + 0.02) / 1.26])

@@ -290,7 +290,8 @@ def test_tracker_rejects_an_unknown_flow_method():
         FlowTracker(TrackerConfig(flow_method="lucas-kanade"))
 
 
-def _hand_with_a_finger_apart(finger_px: int = 10, finger_rgb=(225, 170, 140)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _hand_with_a_finger_apart(finger_px: int = 10,
+                              finger_rgb=(225, 170, 140)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A skin disc (the part the flow carried) and, 8 px of background away, a ``finger_rgb``
     'finger' of ``finger_px`` x 6 px that just came into view; (image, disc, finger)."""
     rng = np.random.default_rng(2)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import trimesh
 
-from hoirecon.errors import UserError
 from hoirecon.eval import (
     align_points,
     chamfer_cm2,
@@ -188,7 +187,7 @@ def test_hand_object_chamfer():
     T_scaled[:, :3, :3] *= 2.0
     scaled_obj = np.einsum("tij,nj->tni", T_scaled[:, :3, :3], pts_hand) + T_scaled[:, None, :3, 3]
     assert hand_object_chamfer(scaled_obj, T_scaled, gt_obj_t, T_gt) < 1e-20
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         hand_object_chamfer(pred_obj, T_pred, gt_obj, T_gt[:2])
 
 
@@ -201,15 +200,15 @@ def test_keypoint_error_mm():
     noisy = gt + rng.normal(size=gt.shape) * 0.003
     manual = np.sqrt(((noisy - gt) ** 2).sum(-1)).mean(-1) * 1000
     np.testing.assert_allclose(keypoint_error_mm(noisy, gt), manual)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         keypoint_error_mm(pred[:, :20], gt)
 
 
-def test_bad_inputs_raise_user_error():
-    with pytest.raises(UserError):
+def test_bad_inputs_raise_value_error():
+    with pytest.raises(ValueError):
         chamfer_cm2(np.zeros((0, 3)), np.zeros((3, 3)))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         fscore(np.zeros((4, 2)), np.zeros((4, 3)), 0.01)
     flat = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]])
-    with pytest.raises(UserError, match="zero surface area"):
+    with pytest.raises(ValueError, match="zero surface area"):
         sample_surface(flat, np.array([[0, 1, 2]]), 10)

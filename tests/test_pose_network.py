@@ -129,7 +129,8 @@ def _batch(B: int, size: int, seed: int = 0):
     hand, obj = _boxes(B, size)
     targets = PoseTargets(
         joints_2d=hand[:, None, :2] + torch.rand(B, 21, 2, generator=g) * (hand[:, None, 2:] - hand[:, None, :2]),
-        hand_rot=axis_angle_to_matrix(torch.randn(B, 3, generator=g)), articulation=0.3 * torch.randn(B, 45, generator=g),
+        hand_rot=axis_angle_to_matrix(torch.randn(B, 3, generator=g)),
+        articulation=0.3 * torch.randn(B, 45, generator=g),
         shape=torch.randn(B, 10, generator=g),
         control_2d=obj[:, None, :2] + torch.rand(B, 21, 2, generator=g) * (obj[:, None, 2:] - obj[:, None, :2]),
         hand_weight=torch.ones(B), object_weight=torch.ones(B))

@@ -46,7 +46,8 @@ def grasp_views(hand):
     ov = transform_points(T_o2h, torch.as_tensor(np.asarray(info.mesh.vertices), dtype=torch.float32)[None])[0]
     gen = torch.Generator().manual_seed(0)
     return render_grasp_views(
-        hv, hand.faces, hand.vert_uv, ov, torch.as_tensor(np.asarray(info.mesh.faces)), T_o2h[0, :3, 3], 4, ViewConfig(), gen
+        hv, hand.faces, hand.vert_uv, ov, torch.as_tensor(np.asarray(info.mesh.faces)), T_o2h[0, :3, 3], 4,
+        ViewConfig(), gen
     )
 
 
@@ -154,7 +155,8 @@ def test_encoding_matches_the_diffhoi_backend_for_hard_masks():
     theirs_o = diffhoi.encode_object_geometry(mask[:, None], n, depth[:, None], hmask[:, None], depth[:, None])
     assert torch.allclose(ours_o, theirs_o, atol=1e-4)
     dec = decode_geometry(ours_o)
-    assert torch.allclose(dec.mask, mask) and torch.allclose(dec.depth_rel_m, (depth - z_ref[:, None, None]) * mask, atol=1e-6)
+    assert torch.allclose(dec.mask, mask)
+    assert torch.allclose(dec.depth_rel_m, (depth - z_ref[:, None, None]) * mask, atol=1e-6)
 
 
 def test_sdf_and_mesh_renderings_of_a_sphere_agree():

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from hoirecon.errors import UserError
 from hoirecon.render.camera import (
     make_intrinsics,
     pixel_directions,
@@ -220,17 +219,17 @@ def test_vertex_normals_point_outward():
     assert (n * v).sum(-1).min() > 0.98  # outward, close to the sphere normal
 
 
-def test_bad_inputs_raise_user_error():
+def test_bad_inputs_raise_value_error():
     verts, faces, K = tri_scene()
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_mesh_pixels(verts[0], faces, K, torch.zeros(1, 3, 2))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_mesh_pixels(verts, faces, K, torch.zeros(1, 3))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_mesh_pixels(verts, faces, K[0], torch.zeros(1, 3, 2))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_mesh_pixels(verts, faces, K, torch.zeros(1, 3, 2), MeshRenderConfig(sigma=0.0))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_mesh_image(verts, faces, K, 0, 8)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_mesh_image(verts, faces, K, 8, 8, vert_attrs=torch.zeros(5, 2))

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from hoirecon.errors import UserError
 from hoirecon.render.camera import make_intrinsics, pixel_grid, pixel_rays, ray_t_to_camera_z
 from hoirecon.render.volume import (
     LaplaceDensity,
@@ -179,7 +178,8 @@ def test_normal_modes_agree_and_no_grad_mode_detaches():
         out = render_sdf_volume(_pe_mlp(), o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.01, None, 1.0)
     assert out.normal is not None and not out.normal.requires_grad and not out.opacity.requires_grad
     out_fd = render_sdf_volume(
-        fn, o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.001, None, 1.0, VolumeRenderConfig(normal_mode="finite_difference")
+        fn, o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.001, None, 1.0,
+        VolumeRenderConfig(normal_mode="finite_difference")
     )
     out_ad = render_sdf_volume(fn, o - torch.tensor([0.0, 0.0, 2.0]), dirs, 0.001, None, 1.0)
     sel = out_ad.opacity > 0.99
@@ -200,14 +200,14 @@ def test_missing_rays_and_shapes():
     assert none.opacity.shape == (1,) and none.opacity.item() == 0
 
 
-def test_bad_inputs_raise_user_error():
+def test_bad_inputs_raise_value_error():
     fn = sphere_sdf(torch.zeros(3), 0.3)
     o, d = torch.zeros(4, 3), torch.ones(4, 3)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_sdf_volume(fn, o[:, :2], d, 0.01)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_sdf_volume(fn, o, d, 0.01, cfg=VolumeRenderConfig(normal_mode="magic"))
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_sdf_volume(fn, o, d, -1.0)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         render_sdf_volume(lambda x: (x, x), o, d, 0.01)

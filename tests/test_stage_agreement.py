@@ -62,7 +62,8 @@ def _fit_folder(out: Path, clip, hand_model: str = "anny") -> None:
         (d / "meta.json").write_text(json.dumps({"fps": 10, "num_frames": N_FRAMES, "size": [SIZE, SIZE]}))
 
     def hands(d: Path):
-        np.savez(d / "hands.npz", K=clip["K"].astype(np.float32), T_cam_to_hand=clip["T_cam_to_hand"].astype(np.float32),
+        np.savez(d / "hands.npz", K=clip["K"].astype(np.float32),
+                 T_cam_to_hand=clip["T_cam_to_hand"].astype(np.float32),
                  articulation=clip["articulation"], shape=np.zeros(10, np.float32), side=np.array("right"),
                  valid=np.ones(N_FRAMES, bool), hand_model=np.array(hand_model))
 

@@ -1,1 +1,2 @@
-"""Backends for the paper's own networks (100DOH, PointRend, STCN, FrankMocap, DiffHOI prior), each loading user-supplied weights."""
+"""Backends for the paper's own networks (100DOH, PointRend, STCN, FrankMocap, DiffHOI prior), each loading
+user-supplied weights."""

@@ -24,7 +24,6 @@ import itertools
 import numpy as np
 from scipy.spatial import cKDTree
 
-from hoirecon.errors import UserError
 
 __all__ = ["rotation_starts", "umeyama", "symmetry_axis", "align_points"]
 
@@ -68,7 +67,7 @@ def rotation_starts(n: int, seed: int = 0) -> np.ndarray:
         rotations: (n, 3, 3) float64.
     """
     if n < 1:
-        raise UserError(f"alignment needs at least 1 rotation start, got {n}")
+        raise ValueError(f"alignment needs at least 1 rotation start, got {n}")
     base = _octahedral_rotations()[:n]
     if n <= 24:
         return base
@@ -170,6 +169,8 @@ def _icp(
 
 def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
     """Rotation matrix (3, 3) about a unit axis (Rodrigues)."""
+    # Not geometry.rotations.rotation_about_axis: that one rounds differently in the last bit, and
+    # these candidate rotations feed the published eval numbers, which must stay bit-identical.
     x, y, z = axis
     K = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
     return np.eye(3) + np.sin(angle) * K + (1.0 - np.cos(angle)) * K @ K
@@ -266,16 +267,16 @@ def align_points(
     dst = np.asarray(dst, dtype=np.float64)
     for name, pts in (("src", src), ("dst", dst)):
         if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) < 3:
-            raise UserError(f"align_points: {name} must be (N>=3, 3) points, got {pts.shape}")
+            raise ValueError(f"align_points: {name} must be (N>=3, 3) points, got {pts.shape}")
         if not np.isfinite(pts).all():
-            raise UserError(f"align_points: {name} has non-finite coordinates")
+            raise ValueError(f"align_points: {name} has non-finite coordinates")
     rng = np.random.default_rng(seed)
     c_src, c_dst = src.mean(0), dst.mean(0)
     src_c, dst_c = src - c_src, dst - c_dst
     rms_src = np.sqrt((src_c**2).sum(1).mean())
     rms_dst = np.sqrt((dst_c**2).sum(1).mean())
     if rms_src <= 0 or rms_dst <= 0:
-        raise UserError("align_points: a point set is degenerate (all points equal)")
+        raise ValueError("align_points: a point set is degenerate (all points equal)")
     s0 = rms_dst / rms_src if with_scale else 1.0
 
     # Stage 1: multi-start search.

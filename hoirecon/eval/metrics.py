@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from hoirecon.errors import UserError
 from hoirecon.eval.align import align_points
 
 __all__ = [
@@ -45,9 +44,9 @@ M2_TO_CM2 = 1e4
 def _points(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 3 or len(x) == 0:
-        raise UserError(f"{name} must be a non-empty (N, 3) array, got shape {x.shape}")
+        raise ValueError(f"{name} must be a non-empty (N, 3) array, got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise UserError(f"{name} has non-finite coordinates")
+        raise ValueError(f"{name} has non-finite coordinates")
     return x
 
 
@@ -66,14 +65,14 @@ def sample_surface(verts: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) 
     verts = _points(verts, "verts")
     faces = np.asarray(faces)
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
-        raise UserError(f"faces must be a non-empty (F, 3) index array, got shape {faces.shape}")
+        raise ValueError(f"faces must be a non-empty (F, 3) index array, got shape {faces.shape}")
     if faces.min() < 0 or faces.max() >= len(verts):
-        raise UserError("faces index vertices that do not exist")
+        raise ValueError("faces index vertices that do not exist")
     tri = verts[faces]  # (F, 3, 3)
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     total = area.sum()
     if not total > 0:
-        raise UserError("mesh has zero surface area; cannot sample points on it")
+        raise ValueError("mesh has zero surface area; cannot sample points on it")
     rng = np.random.default_rng(seed)
     face_idx = rng.choice(len(faces), size=n, p=area / total)
     # sqrt trick: (1 - sqrt(u), sqrt(u)(1 - v), sqrt(u) v) is uniform on the triangle.
@@ -137,7 +136,7 @@ def fscore(pred: np.ndarray, gt: np.ndarray, tau: float) -> tuple[float, float, 
         f = 2PR/(P+R), 0 when both are 0.
     """
     if not tau > 0:
-        raise UserError(f"F-score threshold must be positive, got {tau}")
+        raise ValueError(f"F-score threshold must be positive, got {tau}")
     return _fscore_from_nn(*nn_distances(pred, gt), tau)
 
 
@@ -192,9 +191,9 @@ def object_metrics(
 def _poses(T: np.ndarray, name: str) -> np.ndarray:
     T = np.asarray(T, dtype=np.float64)
     if T.ndim != 3 or T.shape[1:] != (4, 4) or len(T) == 0:
-        raise UserError(f"{name} must be a (T, 4, 4) array of poses, got shape {T.shape}")
+        raise ValueError(f"{name} must be a (T, 4, 4) array of poses, got shape {T.shape}")
     if not np.isfinite(T).all():
-        raise UserError(f"{name} has non-finite entries")
+        raise ValueError(f"{name} has non-finite entries")
     return T
 
 
@@ -203,7 +202,7 @@ def _per_frame_points(x: np.ndarray, n_frames: int, name: str) -> np.ndarray:
     if x.ndim == 2:
         x = np.broadcast_to(_points(x, name), (n_frames, *x.shape))
     elif x.ndim != 3 or x.shape[0] != n_frames or x.shape[2] != 3:
-        raise UserError(f"{name} must be (N, 3) or ({n_frames}, N, 3), got shape {x.shape}")
+        raise ValueError(f"{name} must be (N, 3) or ({n_frames}, N, 3), got shape {x.shape}")
     return x
 
 
@@ -259,7 +258,7 @@ def hand_object_chamfer(
     T_pred = _poses(T_hand_to_obj_pred, "T_hand_to_obj_pred")
     T_gt = _poses(T_hand_to_obj_gt, "T_hand_to_obj_gt")
     if len(T_pred) != len(T_gt):
-        raise UserError(f"CD_h needs as many predicted as true poses ({len(T_pred)} vs {len(T_gt)})")
+        raise ValueError(f"CD_h needs as many predicted as true poses ({len(T_pred)} vs {len(T_gt)})")
     static = np.ndim(pred_obj_pts_obj_frame) == 2 and np.ndim(gt_obj_pts_obj_frame) == 2
     if static and _is_rigid(T_pred) and _is_rigid(T_gt):
         return _hand_object_chamfer_rigid(
@@ -295,7 +294,7 @@ def keypoint_error_mm(
     pred = np.asarray(pred, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.float64)
     if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[2] != 3:
-        raise UserError(f"keypoints must both be (T, J, 3); got {pred.shape} and {gt.shape}")
+        raise ValueError(f"keypoints must both be (T, J, 3); got {pred.shape} and {gt.shape}")
     if root_relative:
         pred = pred - pred[:, root_index : root_index + 1]
         gt = gt - gt[:, root_index : root_index + 1]

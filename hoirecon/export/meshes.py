@@ -21,16 +21,9 @@ import torch
 import trimesh
 
 from hoirecon.errors import RunError, UserError
+from hoirecon.geometry.meshes import largest_component
 
 MESH_FORMATS = ("glb", "obj", "ply")
-
-
-def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """The connected component with the most faces (floaters of unobserved space dropped)."""
-    parts = mesh.split(only_watertight=False)
-    if len(parts) <= 1:
-        return mesh
-    return max(parts, key=lambda m: len(m.faces))
 
 
 def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | torch.device = "cpu"

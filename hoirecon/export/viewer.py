@@ -36,7 +36,9 @@ MODULE_FILES = {
 }
 # A data: URL has no folder, so a relative import inside one cannot resolve: rename it to the
 # bare specifier the import map knows (done here, at write time; the vendored files stay as shipped).
-RELATIVE_IMPORTS = {"GLTFLoader.js": {"'../utils/BufferGeometryUtils.js'": "'three/addons/utils/BufferGeometryUtils.js'"}}
+RELATIVE_IMPORTS = {
+    "GLTFLoader.js": {"'../utils/BufferGeometryUtils.js'": "'three/addons/utils/BufferGeometryUtils.js'"},
+}
 # (label, path relative to the export folder, kind) of the pictures linked beside the viewer
 MEDIA = (
     ("summary", "summary.png", "image"),

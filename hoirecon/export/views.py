@@ -1,6 +1,6 @@
 """Pictures of a reconstruction: turntable, side-by-side video frames, one-page summary.
 
-Rendering uses the exact hard z-buffer of ``hoirecon.synth.raster`` (no gradients needed
+Rendering uses the exact hard z-buffer of ``hoirecon.render.raster`` (no gradients needed
 here): on this CPU it renders a 256 px view of a 40k-face object plus the hand about 4x
 faster than the soft rasterizer of ``hoirecon.render.mesh``, whose soft band also blurs
 silhouettes. Edges are anti-aliased by supersampling (``ssaa``). Shading: Lambert with a
@@ -14,8 +14,6 @@ with OpenCV axes and pixel intrinsics ``K`` (B, 3, 3).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -25,30 +23,14 @@ import torch.nn.functional as F
 
 from hoirecon.export.gltf import OBJECT, SKIN
 from hoirecon.geometry.transforms import invert_rigid
+from hoirecon.render.camera import make_intrinsics
 from hoirecon.render.mesh import vertex_normals
-from hoirecon.synth.raster import interpolate, rasterize
+from hoirecon.render.raster import interpolate, rasterize
 
 HAND_RGB = np.array(SKIN.base_color[:3], np.float32)
 OBJECT_RGB = np.array(OBJECT.base_color[:3], np.float32)
 # Direction from the surface towards the light, camera frame: above-left of the camera.
 _LIGHT = np.array([-0.35, -0.5, -1.0]) / np.linalg.norm([-0.35, -0.5, -1.0])
-
-
-@contextmanager
-def limited_threads(n: int = 1) -> Iterator[None]:
-    """Run torch CPU ops with at most ``n`` intra-op threads, restoring the setting afterwards.
-
-    Why: the per-view tensors here are small (10^5-10^6 elements), so intra-op threads gain
-    little, and on a busy machine OpenMP workers waiting for a core cost far more. Measured
-    on the shared 2-core dev machine (load ~11), the export pictures of a 30-frame 256 px
-    clip took 145 s wall / 48 s CPU with 2 threads and 12 s wall / 5 s CPU with 1.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(old, n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @dataclass
@@ -126,6 +108,8 @@ def rotate_about_axis(v: torch.Tensor, axis: torch.Tensor, angles: torch.Tensor)
     Returns:
         (N, 3).
     """
+    # Rotates the vector directly (torch, float32, batched angles): the exported pictures' cameras
+    # stay bit-identical, which building matrices with geometry.rotations would not keep.
     k = F.normalize(axis, dim=0)
     c, s = torch.cos(angles)[:, None], torch.sin(angles)[:, None]
     return v * c + torch.linalg.cross(k.expand(len(angles), 3), v.expand(len(angles), 3), dim=-1) * s \
@@ -136,8 +120,7 @@ def square_intrinsics(size: int, fov_deg: float, batch: int, device=None) -> tor
     """(batch, 3, 3) pinhole intrinsics of a square ``size`` image with field of view ``fov_deg``."""
     f = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
     c = (size - 1) / 2.0
-    K = torch.tensor([[f, 0, c], [0, f, c], [0, 0, 1.0]], dtype=torch.float32, device=device)
-    return K.expand(batch, 3, 3).clone()
+    return make_intrinsics(f, f, c, c, batch, device=device)
 
 
 def scale_intrinsics(K: torch.Tensor, scale: float) -> torch.Tensor:
@@ -165,7 +148,7 @@ def bounding_sphere(points: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 @torch.no_grad()
 def render_parts(hand_verts: torch.Tensor, hand_faces: torch.Tensor, object_verts: torch.Tensor,
-                 object_faces: torch.Tensor, T_obj_to_cam: torch.Tensor, K: torch.Tensor, height: int, width: int,
+                 object_faces: torch.Tensor, T_obj_to_cam: torch.Tensor, K: torch.Tensor, *, height: int, width: int,
                  ssaa: int = 2, cull_object_backfaces: bool = False) -> Rendered:
     """Shaded renderings of hand + object, one view at a time.
 
@@ -223,9 +206,10 @@ def render_parts(hand_verts: torch.Tensor, hand_faces: torch.Tensor, object_vert
 
 
 def _batched_render(hand_verts: torch.Tensor, geom: ClipGeometry, T_obj_to_cam: torch.Tensor, K: torch.Tensor,
-                    height: int, width: int, ssaa: int, batch: int) -> Rendered:
+                    *, height: int, width: int, ssaa: int, batch: int) -> Rendered:
     outs = [render_parts(hand_verts[s:s + batch], geom.hand_faces, geom.object_verts, geom.object_faces,
-                         T_obj_to_cam[s:s + batch], K[s:s + batch], height, width, ssaa, geom.object_closed)
+                         T_obj_to_cam[s:s + batch], K[s:s + batch], height=height, width=width, ssaa=ssaa,
+                         cull_object_backfaces=geom.object_closed)
             for s in range(0, T_obj_to_cam.shape[0], batch)]
     return Rendered(*(np.concatenate([getattr(o, f) for o in outs]) for f in ("rgb", "alpha", "part")))
 
@@ -251,7 +235,7 @@ def put_label(image: np.ndarray, text: str, scale: float = 0.4) -> np.ndarray:
     return image
 
 
-def turntable(geom: ClipGeometry, frame: int, views: int = 36, size: int = 256, fov_deg: float = 35.0,
+def turntable(geom: ClipGeometry, frame: int, *, views: int = 36, size: int = 256, fov_deg: float = 35.0,
               ssaa: int = 2, batch: int = 6) -> list[np.ndarray]:
     """Hand + object of exported frame ``frame`` seen from ``views`` cameras around them.
 
@@ -268,7 +252,7 @@ def turntable(geom: ClipGeometry, frame: int, views: int = 36, size: int = 256, 
     eyes = center + rotate_about_axis(-dist * geom.forward.to(hand), geom.up.to(hand), angles)
     T = look_at(eyes, center, geom.up.to(hand))
     K = square_intrinsics(size, fov_deg, views, hand.device)
-    r = _batched_render(hand[None].expand(views, -1, -1), geom, T, K, size, size, ssaa, batch)
+    r = _batched_render(hand[None].expand(views, -1, -1), geom, T, K, height=size, width=size, ssaa=ssaa, batch=batch)
     return [to_uint8(r.rgb[i], r.alpha[i]) for i in range(views)]
 
 
@@ -308,7 +292,8 @@ def input_views(geom: ClipGeometry, scale: float, ssaa: int = 2, index: list[int
     w, h = scaled_size(geom.image_size, scale)
     T_obj_to_cam = invert_rigid(geom.T_cam_to_obj[idx])
     K = scale_intrinsics(geom.K.expand(len(idx), 3, 3), w / geom.image_size[0])
-    return _batched_render(geom.hand_verts[idx], geom, T_obj_to_cam, K, h, w, ssaa, batch), (w, h)
+    rendered = _batched_render(geom.hand_verts[idx], geom, T_obj_to_cam, K, height=h, width=w, ssaa=ssaa, batch=batch)
+    return rendered, (w, h)
 
 
 def novel_views(geom: ClipGeometry, degrees: float, size: int, ssaa: int = 2, index: list[int] | None = None,
@@ -318,8 +303,8 @@ def novel_views(geom: ClipGeometry, degrees: float, size: int, ssaa: int = 2, in
     idx = torch.as_tensor(range(geom.hand_verts.shape[0]) if index is None else index, dtype=torch.long)
     cam, K = novel_camera(geom, degrees, size)
     n = len(idx)
-    return _batched_render(geom.hand_verts[idx], geom, cam.expand(n, 4, 4), K.expand(n, 3, 3), size, size, ssaa,
-                           batch)
+    return _batched_render(geom.hand_verts[idx], geom, cam.expand(n, 4, 4), K.expand(n, 3, 3), height=size,
+                           width=size, ssaa=ssaa, batch=batch)
 
 
 def side_by_side_frame(frame: np.ndarray, recon_rgb: np.ndarray, recon_alpha: np.ndarray,

@@ -289,3 +289,12 @@ def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
     checks; the angle between A and B is ``rotation_angle_deg(A^T B)``)."""
     cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def rotation_about_axis(axis: np.ndarray, angle: float) -> np.ndarray:
+    """(3, 3) float64 rotation by ``angle`` radians about ``axis`` (3,), normalised here (numpy,
+    Rodrigues' formula; for building scenes and test data, not for optimisation)."""
+    axis = np.asarray(axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)

@@ -222,8 +222,8 @@ def solve_weak_camera(points_xy: Tensor, image_xy: Tensor, weights: Tensor | Non
     w = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
     p_mean = (w[..., None] * points_xy).sum(1, keepdim=True)
     i_mean = (w[..., None] * image_xy).sum(1, keepdim=True)
-    P, I = points_xy - p_mean, image_xy - i_mean
-    s = (w[..., None] * P * I).sum((1, 2)) / (w[..., None] * P * P).sum((1, 2)).clamp_min(1e-12)
+    P, Q = points_xy - p_mean, image_xy - i_mean
+    s = (w[..., None] * P * Q).sum((1, 2)) / (w[..., None] * P * P).sum((1, 2)).clamp_min(1e-12)
     return s, i_mean[:, 0]
 
 

@@ -467,6 +467,8 @@ class PalmDetector:
 
 
 def _nms(dets, iou_threshold: float):
+    # Not backends.ops.nms: this module runs TFLite without importing torch, sees a handful of palms,
+    # and drops a palm at IoU >= threshold (ops.nms: > threshold).
     kept = []
     for det in dets:
         if all(box_iou(det[1], k[1]) < iou_threshold for k in kept):

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from hoirecon.geometry.rotations import axis_angle_to_matrix
 from hoirecon.geometry.transforms import invert_rigid
+from hoirecon.render.camera import make_intrinsics
 
 
 def image_half_extent(width: int, height: int) -> float:
@@ -74,7 +75,7 @@ def intrinsics_from_focal(focal: float, width: int, height: int, dtype=torch.flo
     """
     f_pix = float(focal) * image_half_extent(width, height)
     cx, cy = principal_point(width, height)
-    return torch.tensor([[f_pix, 0.0, cx], [0.0, f_pix, cy], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+    return make_intrinsics(f_pix, f_pix, cx, cy, device=device, dtype=dtype)[0]
 
 
 def weak_to_translation(weak_cam: Tensor, focal: float = 1.0, principal: tuple[float, float] = (0.0, 0.0)) -> Tensor:

@@ -98,7 +98,8 @@ def slerp_missing(axis_angle: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid[:, None], axis_angle, out)
 
 
-def fill_missing(articulation: Tensor, wrist_rot: Tensor, transl: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def fill_missing(articulation: Tensor, wrist_rot: Tensor, transl: Tensor,
+                 valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Interpolate a hand track's invalid frames (see module doc).
 
     Args:

@@ -44,12 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hoirecon.errors import UserError
 from hoirecon.geometry.rotations import random_rotation_matrix
-from hoirecon.render.camera import pixel_directions, pixel_grid, pixel_rays, ray_t_to_camera_z
+from hoirecon.render.camera import make_intrinsics, pixel_directions, pixel_grid, pixel_rays, ray_t_to_camera_z
 from hoirecon.render.mesh import vertex_normals
+from hoirecon.render.raster import interpolate, rasterize
 from hoirecon.render.volume import VolumeRenderConfig, render_sdf_volume
-from hoirecon.synth.raster import interpolate, rasterize
 
 OBJECT_CHANNELS = ("obj_mask", "obj_normal_x", "obj_normal_y", "obj_normal_z", "obj_depth")
 HAND_CHANNELS = (
@@ -78,8 +77,7 @@ class ViewConfig:
     def intrinsics(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """(batch, 3, 3) pixel intrinsics, principal point at the image centre."""
         c = (self.image_size - 1) / 2.0
-        K = torch.tensor([[self.focal_px, 0.0, c], [0.0, self.focal_px, c], [0.0, 0.0, 1.0]], device=device, dtype=dtype)
-        return K.expand(batch, 3, 3).clone()
+        return make_intrinsics(self.focal_px, self.focal_px, c, c, batch, device=device, dtype=dtype)
 
 
 def sample_views(
@@ -98,7 +96,7 @@ def sample_views(
         K: (B, 3, 3) intrinsics.
     """
     if center.ndim != 2 or center.shape[-1] != 3:
-        raise UserError(f"view centre must have shape (B, 3), got {tuple(center.shape)}")
+        raise ValueError(f"view centre must have shape (B, 3), got {tuple(center.shape)}")
     B = center.shape[0]
     like = dict(dtype=center.dtype, device=center.device)
     # Draw on the CPU with the caller's generator, then move: reproducible on any device.
@@ -139,7 +137,8 @@ def reference_depth(hand_depth: torch.Tensor, hand_mask: torch.Tensor, fallback:
     return torch.where(count > 0, mean, fallback.to(mean))
 
 
-def encode_object(mask: torch.Tensor, normal_cv: torch.Tensor, depth: torch.Tensor, z_ref: torch.Tensor) -> torch.Tensor:
+def encode_object(mask: torch.Tensor, normal_cv: torch.Tensor, depth: torch.Tensor,
+                  z_ref: torch.Tensor) -> torch.Tensor:
     """The object image (x_0 of the diffusion), see the module docstring.
 
     Args:
@@ -194,7 +193,7 @@ def decode_geometry(image: torch.Tensor) -> DecodedGeometry:
         image: (B, 5, H, W) or (B, 7, H, W).
     """
     if image.ndim != 4 or image.shape[1] not in (5, 7):
-        raise UserError(f"expected a (B, 5|7, H, W) geometry image, got {tuple(image.shape)}")
+        raise ValueError(f"expected a (B, 5|7, H, W) geometry image, got {tuple(image.shape)}")
     mask = (image[:, 0] / MASK_SCALE + 1.0).mul(0.5).clamp(0.0, 1.0)
     uv = None
     if image.shape[1] == 7:
@@ -222,11 +221,12 @@ class MeshGeometry:
 
 @torch.no_grad()
 def rasterize_mesh_geometry(
-    verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, image_size: int, vert_attrs: torch.Tensor | None = None
+    verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, image_size: int,
+    vert_attrs: torch.Tensor | None = None
 ) -> MeshGeometry:
     """Mask, depth, normals (and vertex attributes) of a mesh, exact hard z-buffer.
 
-    Uses ``hoirecon.synth.raster`` (about 10-20x faster than the soft rasterizer at 64 px,
+    Uses ``hoirecon.render.raster`` (about 10-20x faster than the soft rasterizer at 64 px,
     and exact coverage): the prior's inputs need no gradient on the mesh side.
 
     Args:
@@ -378,7 +378,7 @@ def render_object_sdf(
     mask = out.opacity.reshape(B, H, W)
     depth = ray_t_to_camera_z(out.depth.reshape(B, H * W), dirs_cam).reshape(B, H, W)
     if out.normal is None:
-        raise UserError("score distillation needs normals: use a volume normal_mode other than 'none'")
+        raise ValueError("score distillation needs normals: use a volume normal_mode other than 'none'")
     R_obj_to_view = T_view_to_obj[:, :3, :3].transpose(1, 2)
     normal = (out.normal.reshape(B, H * W, 3) @ R_obj_to_view.transpose(1, 2)).reshape(B, H, W, 3)
     normal = normal.permute(0, 3, 1, 2)

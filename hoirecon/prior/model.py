@@ -127,7 +127,8 @@ class GeometryPrior(nn.Module):
         if UNCONDITIONAL not in config.categories:
             raise UserError(f"the prior's category vocabulary must contain '{UNCONDITIONAL}'")
         if config.image_size % (config.patch_size * 2 ** (len(config.block_out_channels) - 1)):
-            raise UserError(f"image size {config.image_size} does not fit patch {config.patch_size} and the UNet levels")
+            raise UserError(f"image size {config.image_size} does not fit patch {config.patch_size} "
+                            "and the UNet levels")
         self.config = config
         p2 = config.patch_size**2
         levels = len(config.block_out_channels)
@@ -200,7 +201,8 @@ class GeometryPrior(nn.Module):
         cfg = self.config
         B = x_t.shape[0]
         S = cfg.image_size
-        if tuple(x_t.shape[1:]) != (len(OBJECT_CHANNELS), S, S) or tuple(hand_cond.shape) != (B, len(HAND_CHANNELS), S, S):
+        if (tuple(x_t.shape[1:]) != (len(OBJECT_CHANNELS), S, S)
+                or tuple(hand_cond.shape) != (B, len(HAND_CHANNELS), S, S)):
             raise UserError(
                 f"prior expects x_t (B, 5, {S}, {S}) and hand_cond (B, 7, {S}, {S}), "
                 f"got {tuple(x_t.shape)} and {tuple(hand_cond.shape)}"
@@ -256,7 +258,8 @@ class GeometryPrior(nn.Module):
         eps_c, eps_u = eps.chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 
-    def predict_noise_guided(self, x_t: torch.Tensor, t, hand_cond: torch.Tensor, category, guidance_scale: float = 4.0):
+    def predict_noise_guided(self, x_t: torch.Tensor, t, hand_cond: torch.Tensor, category,
+                             guidance_scale: float = 4.0):
         """``predict_noise`` with the paper's classifier-free guidance scale (4) by default."""
         return self.predict_noise(x_t, t, hand_cond, category, guidance_scale=guidance_scale)
 

@@ -406,7 +406,8 @@ class TextPromptPrior:
         alphas_cumprod: torch.Tensor | None = None,
     ):
         self.model = model
-        self.prompt = prompt or (lambda c: "" if c == "unknown" else f"an image of a hand grasping a {c.replace('_', ' ')}")
+        self.prompt = prompt or (
+            lambda c: "" if c == "unknown" else f"an image of a hand grasping a {c.replace('_', ' ')}")
         if alphas_cumprod is not None:
             self.alphas_cumprod = alphas_cumprod
 
@@ -414,4 +415,5 @@ class TextPromptPrior:
         if isinstance(category, torch.Tensor):
             raise UserError("TextPromptPrior needs category names, not ids")
         names: Sequence[str] = [category] if isinstance(category, str) else list(category)
-        return self.model.predict_noise(x_t, t, hand_cond, [self.prompt(n) for n in names], guidance_scale=guidance_scale)
+        return self.model.predict_noise(x_t, t, hand_cond, [self.prompt(n) for n in names],
+                                        guidance_scale=guidance_scale)

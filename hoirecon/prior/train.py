@@ -36,6 +36,7 @@ import torch
 
 from hoirecon.errors import UserError
 from hoirecon.io.checkpoints import read_torch_checkpoint
+from hoirecon.io.threads import torch_threads
 from hoirecon.prior.data import PriorDataset, load_prior_dataset
 from hoirecon.prior.model import GeometryPrior, PriorConfig, geometry_prior_from_payload, save_prior_weights
 
@@ -59,7 +60,7 @@ class TrainConfig:
     sample_steps: DDIM steps of those grids.
     seed: seed of batches, noise and condition dropout.
     device: torch device string ("cpu", "cuda", ...).
-    num_threads: torch CPU threads for the run (None = leave as is). On a shared 2-core
+    num_threads: torch CPU threads for the run, restored after (None = leave as is). On a shared 2-core
         machine 1 thread was ~5x faster per step than 2 (no contention stalls).
     """
 
@@ -151,11 +152,14 @@ def train_prior(
     Returns:
         TrainResult.
     """
+    with torch_threads(cfg.num_threads or None):
+        return _train_prior(data, Path(out), cfg, model_cfg, progress, should_stop)
+
+
+def _train_prior(data: str | Path | PriorDataset, out: Path, cfg: TrainConfig, model_cfg: PriorConfig,
+                 progress: Progress | None, should_stop: Callable[[int], bool] | None) -> TrainResult:
     t0 = time.perf_counter()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
     dataset = data if isinstance(data, PriorDataset) else load_prior_dataset(data)
     if len(dataset) < 1:
         raise UserError("the prior dataset is empty")
@@ -267,7 +271,8 @@ def train_prior(
         checkpoint()
     tail = [v for _, v in history[-200:]]
     final = float(np.mean(tail)) if tail else math.nan
-    return TrainResult(step=step, final_loss=final, seconds=time.perf_counter() - t0, resumed_from=resumed_from, out=out)
+    return TrainResult(step=step, final_loss=final, seconds=time.perf_counter() - t0, resumed_from=resumed_from,
+                       out=out)
 
 
 def export_weights(checkpoint: str | Path, path: str | Path, meta: dict | None = None) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from hoirecon.errors import UserError
 
 # Label values of semantic masks, in the channel order of every blend output.
 LABEL_BG, LABEL_HAND, LABEL_OBJECT = 0, 1, 2
@@ -33,13 +32,13 @@ def _check_same_shape(*tensors: torch.Tensor) -> None:
     shape = tensors[0].shape
     for t in tensors[1:]:
         if t.shape != shape:
-            raise UserError(f"mask and depth tensors must share one shape, got {[tuple(x.shape) for x in tensors]}")
+            raise ValueError(f"mask and depth tensors must share one shape, got {[tuple(x.shape) for x in tensors]}")
 
 
 def normalized_nearness(mask: torch.Tensor, depth: torch.Tensor, d_near: float, d_far: float) -> torch.Tensor:
     """z = m * (d_far - d) / (d_far - d_near) of eq. 2 (1 at d_near, 0 at d_far). (...) -> (...)."""
     if not d_far > d_near:
-        raise UserError(f"blending needs d_far > d_near, got d_near={d_near}, d_far={d_far}")
+        raise ValueError(f"blending needs d_far > d_near, got d_near={d_near}, d_far={d_far}")
     return mask * (d_far - depth) / (d_far - d_near)
 
 
@@ -69,7 +68,7 @@ def soft_blend_masks(
     """
     _check_same_shape(mask_hand, mask_obj, depth_hand, depth_obj)
     if gamma <= 0:
-        raise UserError(f"blending needs gamma > 0, got {gamma}")
+        raise ValueError(f"blending needs gamma > 0, got {gamma}")
     z_h = normalized_nearness(mask_hand, depth_hand, d_near, d_far)
     z_o = normalized_nearness(mask_obj, depth_obj, d_near, d_far)
     z_bg = torch.full_like(z_h, eps)

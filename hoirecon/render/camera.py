@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from hoirecon.errors import UserError
 
 
 def make_intrinsics(
@@ -27,7 +26,7 @@ def make_intrinsics(
 
 def _check_K(K: torch.Tensor) -> None:
     if K.ndim != 3 or K.shape[-2:] != (3, 3):
-        raise UserError(f"intrinsics K must have shape (B, 3, 3), got {tuple(K.shape)}")
+        raise ValueError(f"intrinsics K must have shape (B, 3, 3), got {tuple(K.shape)}")
 
 
 def project_points(points_cam: torch.Tensor, K: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -47,7 +47,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hoirecon.errors import UserError
 from hoirecon.render.camera import pixel_grid, project_points
 
 
@@ -119,13 +118,14 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(normals, dim=-1, eps=1e-12)
 
 
-def _check_inputs(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor) -> None:
+def check_mesh_inputs(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor) -> None:
+    """ValueError unless verts_cam is (B, V, 3), faces (F, 3) and K (B, 3, 3)."""
     if verts_cam.ndim != 3 or verts_cam.shape[-1] != 3:
-        raise UserError(f"verts_cam must have shape (B, V, 3), got {tuple(verts_cam.shape)}")
+        raise ValueError(f"verts_cam must have shape (B, V, 3), got {tuple(verts_cam.shape)}")
     if faces.ndim != 2 or faces.shape[-1] != 3:
-        raise UserError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
+        raise ValueError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
     if K.shape != (verts_cam.shape[0], 3, 3):
-        raise UserError(f"K must have shape ({verts_cam.shape[0]}, 3, 3), got {tuple(K.shape)}")
+        raise ValueError(f"K must have shape ({verts_cam.shape[0]}, 3, 3), got {tuple(K.shape)}")
 
 
 def _face_table(tri: torch.Tensor) -> torch.Tensor:
@@ -354,7 +354,7 @@ def _render(
 ) -> MeshPixelOutput:
     """Shared body of the pixel and image renderers (see ``render_mesh_pixels``)."""
     if cfg.sigma <= 0 or not 0 < cfg.prob_eps < 0.5 or cfg.tile_size < 1:
-        raise UserError(f"mesh renderer needs sigma > 0, 0 < prob_eps < 0.5, tile_size >= 1; got {cfg}")
+        raise ValueError(f"mesh renderer needs sigma > 0, 0 < prob_eps < 0.5, tile_size >= 1; got {cfg}")
     B, V = verts_cam.shape[:2]
     P = pix.shape[1]
     Fn = faces.shape[0]
@@ -430,7 +430,7 @@ def _render(
         if vert_attrs.ndim == 2:
             vert_attrs = vert_attrs.expand(B, *vert_attrs.shape)
         if vert_attrs.ndim != 3 or vert_attrs.shape[:2] != (B, V):
-            raise UserError(f"vert_attrs must have shape (V, C) or (B, V, C), got {tuple(vert_attrs.shape)}")
+            raise ValueError(f"vert_attrs must have shape (V, C) or (B, V, C), got {tuple(vert_attrs.shape)}")
         C = vert_attrs.shape[-1]
         va = vert_attrs.to(device=device, dtype=dtype).reshape(B * V, C)
         a_hit = (pc[..., None] * va[vid]).sum(1)
@@ -471,9 +471,9 @@ def render_mesh_pixels(
         MeshPixelOutput with mask (B, P), depth (B, P), normal (B, P, 3) | None,
         attrs (B, P, C) | None, face_index (B, P).
     """
-    _check_inputs(verts_cam, faces, K)
+    check_mesh_inputs(verts_cam, faces, K)
     if pix.ndim != 3 or pix.shape[0] != verts_cam.shape[0] or pix.shape[-1] != 2:
-        raise UserError(f"pix must have shape (B, P, 2) matching verts, got {tuple(pix.shape)}")
+        raise ValueError(f"pix must have shape (B, P, 2) matching verts, got {tuple(pix.shape)}")
     return _render(
         verts_cam, faces, K, pix.detach(), cfg or MeshRenderConfig(), vert_attrs, return_normals, None
     )
@@ -502,9 +502,9 @@ def render_mesh_image(
         MeshImageOutput: mask (B, H, W), depth (B, H, W), normal (B, 3, H, W),
         attrs (B, C, H, W) | None, face_index (B, H, W).
     """
-    _check_inputs(verts_cam, faces, K)
+    check_mesh_inputs(verts_cam, faces, K)
     if height <= 0 or width <= 0:
-        raise UserError(f"image size must be positive, got {height}x{width}")
+        raise ValueError(f"image size must be positive, got {height}x{width}")
     B = verts_cam.shape[0]
     pix = pixel_grid(height, width, device=verts_cam.device, dtype=verts_cam.dtype)
     out = _render(

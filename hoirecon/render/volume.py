@@ -54,7 +54,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hoirecon.errors import UserError
 
 SDFFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -252,7 +251,8 @@ def _termination_points(
     # accumulated optical depth tau(t) = |d| (G(u(t)) - G(u0)) / (beta k): solve tau(t) = tau h
     g_star = _laplace_cdf_integral(u0, beta) + tau * h * beta * k_safe / dir_norm
     with torch.no_grad():
-        u_star = _laplace_cdf_integral_inverse(g_star.detach(), beta.detach() if isinstance(beta, torch.Tensor) else beta)
+        beta_value = beta.detach() if isinstance(beta, torch.Tensor) else beta
+        u_star = _laplace_cdf_integral_inverse(g_star.detach(), beta_value)
         u_star = torch.minimum(torch.maximum(u_star, torch.minimum(u0, u1)), torch.maximum(u0, u1))
     # one Newton step from the solution attaches the implicit-function gradient
     psi = laplace_cdf(u_star, beta).clamp(min=1e-30)
@@ -307,7 +307,8 @@ def _sample_fine(
 
     def strata(k: int) -> torch.Tensor:
         base = torch.arange(k, device=device, dtype=dtype)
-        off = torch.rand(R, k, device=device, dtype=dtype) if perturb else torch.full((R, k), 0.5, device=device, dtype=dtype)
+        off = (torch.rand(R, k, device=device, dtype=dtype) if perturb
+               else torch.full((R, k), 0.5, device=device, dtype=dtype))
         return (base + off) / k
 
     parts = []
@@ -383,14 +384,14 @@ def sdf_with_gradient(
         sdf_st = sdf_all[N:].reshape(4, N)
         grad = (sdf_st[..., None] * stencil[:, None]).sum(0) / (4.0 * fd_step)
         return sdf_all[:N], feat_all[:N], grad
-    raise UserError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {mode!r}")
+    raise ValueError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {mode!r}")
 
 
 def _check_sdf_output(sdf: torch.Tensor, feat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     if sdf.ndim == 2 and sdf.shape[1] == 1:
         sdf = sdf[:, 0]
     if sdf.shape != (n,) or feat.ndim != 2 or feat.shape[0] != n:
-        raise UserError(
+        raise ValueError(
             f"sdf_fn must return sdf (N,) and feature (N, C) for N={n} points, "
             f"got {tuple(sdf.shape)} and {tuple(feat.shape)}"
         )
@@ -424,11 +425,12 @@ def render_sdf_volume(
     """
     cfg = cfg or VolumeRenderConfig()
     if origins.ndim != 2 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
-        raise UserError(f"origins and dirs must both have shape (R, 3), got {tuple(origins.shape)}, {tuple(dirs.shape)}")
+        raise ValueError(f"origins and dirs must both have shape (R, 3), got {tuple(origins.shape)}, "
+                         f"{tuple(dirs.shape)}")
     if cfg.n_coarse < 2 or cfg.n_importance < 2 or not 0.0 <= cfg.uniform_share <= 1.0:
-        raise UserError(f"volume renderer needs n_coarse, n_importance >= 2 and 0 <= uniform_share <= 1; got {cfg}")
+        raise ValueError(f"volume renderer needs n_coarse, n_importance >= 2 and 0 <= uniform_share <= 1; got {cfg}")
     if cfg.normal_mode not in ("autograd", "finite_difference", "none"):
-        raise UserError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {cfg.normal_mode!r}")
+        raise ValueError(f"normal_mode must be 'autograd', 'finite_difference' or 'none', got {cfg.normal_mode!r}")
     device, dtype = origins.device, origins.dtype
     R = origins.shape[0]
     if sphere_center is None:
@@ -436,7 +438,7 @@ def render_sdf_volume(
     sphere_center = torch.as_tensor(sphere_center, device=device, dtype=dtype)
     beta_value = float(beta.detach().min()) if isinstance(beta, torch.Tensor) else float(beta)
     if not beta_value > 0:
-        raise UserError(f"volume renderer needs beta > 0, got {beta_value}")
+        raise ValueError(f"volume renderer needs beta > 0, got {beta_value}")
 
     with torch.no_grad():
         near, far, hit = ray_sphere_bounds(origins, dirs, sphere_center, sphere_radius, cfg.near_min)
@@ -484,7 +486,8 @@ def render_sdf_volume(
     normal = None
     if grad_f is not None:
         n_unit = F.normalize(grad_f.reshape(Rh, n, 3), dim=-1, eps=1e-12)
-        n_h = F.normalize((norm_w[..., None] * torch.lerp(n_unit[:, :-1], n_unit[:, 1:], frac)).sum(1), dim=-1, eps=1e-12)
+        n_mid = torch.lerp(n_unit[:, :-1], n_unit[:, 1:], frac)
+        n_h = F.normalize((norm_w[..., None] * n_mid).sum(1), dim=-1, eps=1e-12)
         normal = torch.zeros(R, 3, device=device, dtype=n_h.dtype).index_put((idx,), n_h)
     return VolumeRenderOutput(
         opacity=opacity,

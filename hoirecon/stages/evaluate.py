@@ -80,6 +80,11 @@ def _load_mesh(path: Path, what: str) -> trimesh.Trimesh:
         raise UserError(f"cannot read {what} {path}: {err}") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise RunError(f"{what} {path} is empty (no triangles)")
+    # The metrics raise ValueError on these; a mesh given by the user is bad input.
+    if not np.isfinite(mesh.vertices).all():
+        raise UserError(f"{what} {path} has non-finite coordinates")
+    if not mesh.area > 0:
+        raise UserError(f"{what} {path} has zero surface area; cannot sample points on it")
     return mesh
 
 
@@ -137,6 +142,82 @@ def _hand_errors(kp_pred: np.ndarray, kp_gt: np.ndarray) -> dict:
     }
 
 
+class _Scorer:
+    """Scores reconstructions of one synthetic clip against its ground truth (the clip's ``n``
+    frames, its mesh sampled at ``n_points``); hand models are built once per name."""
+
+    def __init__(self, gt: dict, gt_mesh: trimesh.Trimesh, n_points: int, seed: int):
+        self.n = int(np.asarray(gt["T_cam_to_hand"]).shape[0])
+        T_cam_to_hand_gt = _poses(gt["T_cam_to_hand"], "T_cam_to_hand", self.n, "ground truth")
+        self.T_hand_to_obj_gt = _poses(gt["T_hand_to_obj"], "T_hand_to_obj", self.n, "ground truth")
+        self.gt_mesh, self.n_points, self.seed = gt_mesh, n_points, seed
+        self._models: dict[str, object] = {}
+        self.kp_gt = hand_keypoints_cam(self.hand_model(str(gt["hand_model"]) if "hand_model" in gt else None),
+                                        T_cam_to_hand_gt, gt["articulation"], gt["shape"], _side(gt))
+        self.gt_pts = sample_surface(gt_mesh.vertices, gt_mesh.faces, n_points, seed + 1)
+        self.T_cam_to_obj_gt = self.T_hand_to_obj_gt @ T_cam_to_hand_gt
+
+    def hand_model(self, name: str | None):
+        # The parameters mean something only for the model that produced them (None: files
+        # that do not record it, which are anny's).
+        name = name or "anny"
+        if name not in self._models:
+            self._models[name] = build_hand_model(name)
+        return self._models[name]
+
+    def object_scores(self, mesh_path: Path, T_hand_to_obj: np.ndarray, what: str) -> dict:
+        mesh = _load_mesh(mesh_path, what)
+        gt_mesh = self.gt_mesh
+        obj = object_metrics(mesh.vertices, mesh.faces, gt_mesh.vertices, gt_mesh.faces, n=self.n_points,
+                             seed=self.seed)
+        pred_pts = sample_surface(mesh.vertices, mesh.faces, self.n_points, self.seed)
+        return {
+            "mesh": str(mesh_path),
+            "object": {k: (np.asarray(v).tolist() if k == "transform" else float(v)) for k, v in obj.items()},
+            "cd_h": hand_object_chamfer(pred_pts, T_hand_to_obj, self.gt_pts, self.T_hand_to_obj_gt),
+        }
+
+    def hand_scores(self, T_cam_to_hand: np.ndarray, articulation: np.ndarray, shape: np.ndarray, side: str,
+                    hand_model: str | None) -> dict:
+        kp = hand_keypoints_cam(self.hand_model(hand_model), T_cam_to_hand, articulation, shape, side)
+        # The true object, where it truly is in the camera, seen from these hand frames.
+        T_hand_to_true_obj = self.T_cam_to_obj_gt @ np.linalg.inv(T_cam_to_hand)
+        return {"hand": _hand_errors(kp, self.kp_gt),
+                "cd_h_true_object": hand_object_chamfer(self.gt_pts, T_hand_to_true_obj, self.gt_pts,
+                                                        self.T_hand_to_obj_gt)}
+
+
+def _fit_scores(scorer: _Scorer, fit_dir: Path, pred_mesh: str | Path | None) -> dict | None:
+    """The fit's object and hand (``fit/poses.npz``, its mesh or ``pred_mesh``); None without a fit."""
+    if not (fit_dir / FitPoses.FILE).is_file() and pred_mesh is None:
+        return None
+    n = scorer.n
+    poses = FitPoses.load(fit_dir)
+    T_hand_to_obj = _poses(poses.T_hand_to_obj, "T_hand_to_obj", n, "fit poses")
+    T_cam_to_hand = _poses(poses.T_cam_to_hand, "T_cam_to_hand", n, "fit poses")
+    mesh_path = Path(pred_mesh) if pred_mesh is not None else fit_dir / "object.ply"
+    # the fit's poses record no hand model: its articulation is the hand stage's model's (anny by default)
+    return {**scorer.object_scores(mesh_path, T_hand_to_obj, "predicted mesh"),
+            **scorer.hand_scores(T_cam_to_hand, poses.articulation, poses.shape, poses.side, None)}
+
+
+def _init_scores(scorer: _Scorer, out_dir: Path) -> dict | None:
+    """The hand stage's hand and, when the fit saved them, its starting object and object poses;
+    None without a hand stage."""
+    if not (out_dir / "hand" / HandsOutput.FILE).is_file():
+        return None
+    n, fit_dir = scorer.n, out_dir / "fit"
+    hands = HandsOutput.load(out_dir / "hand")
+    init = scorer.hand_scores(_poses(hands.T_cam_to_hand, "T_cam_to_hand", n, "hand initialisation"),
+                              hands.articulation, hands.shape, hands.side, hands.hand_model)
+    # The fit stage also saves its starting object (visual hull) and object poses.
+    if (fit_dir / "object_init.ply").is_file() and (fit_dir / "init.npz").is_file():
+        start = _load_npz(fit_dir / "init.npz", ("T_hand_to_obj",), "fit initialisation")
+        T_start = _poses(start["T_hand_to_obj"], "T_hand_to_obj", n, "fit initialisation")
+        init.update(scorer.object_scores(fit_dir / "object_init.ply", T_start, "initial mesh"))
+    return init
+
+
 def evaluate(
     out_dir: str | Path,
     gt_dir: str | Path,
@@ -165,64 +246,9 @@ def evaluate(
     if not out_dir.is_dir():
         raise UserError(f"output folder not found: {out_dir}")
     gt, gt_mesh = load_ground_truth(gt_dir)
-    n = int(np.asarray(gt["T_cam_to_hand"]).shape[0])
-    T_cam_to_hand_gt = _poses(gt["T_cam_to_hand"], "T_cam_to_hand", n, "ground truth")
-    T_hand_to_obj_gt = _poses(gt["T_hand_to_obj"], "T_hand_to_obj", n, "ground truth")
-    models: dict[str, object] = {}
-
-    def hand_for(name: str | None):
-        # The parameters mean something only for the model that produced them (None: files
-        # that do not record it, which are anny's).
-        name = name or "anny"
-        if name not in models:
-            models[name] = build_hand_model(name)
-        return models[name]
-
-    kp_gt = hand_keypoints_cam(hand_for(str(gt["hand_model"]) if "hand_model" in gt else None), T_cam_to_hand_gt,
-                               gt["articulation"], gt["shape"], _side(gt))
-    gt_pts = sample_surface(gt_mesh.vertices, gt_mesh.faces, n_points, seed + 1)
-
-    T_cam_to_obj_gt = T_hand_to_obj_gt @ T_cam_to_hand_gt
-
-    def object_scores(mesh_path: Path, T_hand_to_obj: np.ndarray, what: str) -> dict:
-        mesh = _load_mesh(mesh_path, what)
-        obj = object_metrics(mesh.vertices, mesh.faces, gt_mesh.vertices, gt_mesh.faces, n=n_points, seed=seed)
-        pred_pts = sample_surface(mesh.vertices, mesh.faces, n_points, seed)
-        return {
-            "mesh": str(mesh_path),
-            "object": {k: (np.asarray(v).tolist() if k == "transform" else float(v)) for k, v in obj.items()},
-            "cd_h": hand_object_chamfer(pred_pts, T_hand_to_obj, gt_pts, T_hand_to_obj_gt),
-        }
-
-    def hand_scores(T_cam_to_hand: np.ndarray, articulation: np.ndarray, shape: np.ndarray, side: str,
-                    hand_model: str | None) -> dict:
-        kp = hand_keypoints_cam(hand_for(hand_model), T_cam_to_hand, articulation, shape, side)
-        # The true object, where it truly is in the camera, seen from these hand frames.
-        T_hand_to_true_obj = T_cam_to_obj_gt @ np.linalg.inv(T_cam_to_hand)
-        return {"hand": _hand_errors(kp, kp_gt),
-                "cd_h_true_object": hand_object_chamfer(gt_pts, T_hand_to_true_obj, gt_pts, T_hand_to_obj_gt)}
-
-    fit_dir = out_dir / "fit"
-    fit = None
-    if (fit_dir / FitPoses.FILE).is_file() or pred_mesh is not None:
-        poses = FitPoses.load(fit_dir)
-        T_hand_to_obj = _poses(poses.T_hand_to_obj, "T_hand_to_obj", n, "fit poses")
-        T_cam_to_hand = _poses(poses.T_cam_to_hand, "T_cam_to_hand", n, "fit poses")
-        mesh_path = Path(pred_mesh) if pred_mesh is not None else fit_dir / "object.ply"
-        # the fit's poses record no hand model: its articulation is the hand stage's model's (anny by default)
-        fit = {**object_scores(mesh_path, T_hand_to_obj, "predicted mesh"),
-               **hand_scores(T_cam_to_hand, poses.articulation, poses.shape, poses.side, None)}
-
-    init = None
-    if (out_dir / "hand" / HandsOutput.FILE).is_file():
-        hands = HandsOutput.load(out_dir / "hand")
-        init = hand_scores(_poses(hands.T_cam_to_hand, "T_cam_to_hand", n, "hand initialisation"),
-                           hands.articulation, hands.shape, hands.side, hands.hand_model)
-        # The fit stage also saves its starting object (visual hull) and object poses.
-        if (fit_dir / "object_init.ply").is_file() and (fit_dir / "init.npz").is_file():
-            start = _load_npz(fit_dir / "init.npz", ("T_hand_to_obj",), "fit initialisation")
-            T_start = _poses(start["T_hand_to_obj"], "T_hand_to_obj", n, "fit initialisation")
-            init.update(object_scores(fit_dir / "object_init.ply", T_start, "initial mesh"))
+    scorer = _Scorer(gt, gt_mesh, n_points, seed)
+    fit = _fit_scores(scorer, out_dir / "fit", pred_mesh)
+    init = _init_scores(scorer, out_dir)
     if fit is None and init is None:
         raise UserError(f"nothing to evaluate in {out_dir}: no fit/{FitPoses.FILE} and no hand/{HandsOutput.FILE}")
 
@@ -230,7 +256,7 @@ def evaluate(
         "out_dir": str(out_dir),
         "gt_dir": str(resolve_gt_dir(gt_dir)),
         "category": str(gt["category"]) if "category" in gt else None,
-        "num_frames": n,
+        "num_frames": scorer.n,
         "n_points": n_points,
         "fit": fit,
         "init": init,

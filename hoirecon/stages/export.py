@@ -280,8 +280,9 @@ def _write_glb(clip: _Clip, cfg: ExportConfig, path: Path) -> dict:
     display[:3, :3] = OPENCV_TO_GLTF_CAMERA @ R_world_to_cam0
     return write_animated_glb(
         path, clip.object_verts, clip.object_faces, clip.hand_local[sel].cpu().numpy(), clip.hand_faces.cpu().numpy(),
-        clip.T_hand_to_world[sel].cpu().numpy(), clip.T_obj_to_world.cpu().numpy(), sel / clip.fps,
-        T_world_to_display=display, T_cam_to_world=T_cam_to_world, K=clip.poses.K, image_size=clip.image_size,
+        T_hand_to_world=clip.T_hand_to_world[sel].cpu().numpy(), T_obj_to_world=clip.T_obj_to_world.cpu().numpy(),
+        times=sel / clip.fps, T_world_to_display=display, T_cam_to_world=T_cam_to_world, K=clip.poses.K,
+        image_size=clip.image_size,
         frame_names=[f"frame_{t:06d}" for t in sel], interpolation=cfg.interpolation)
 
 
@@ -311,7 +312,8 @@ def _write_poses(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> dict
 def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame: int, out: Path,
                     final: Path) -> dict[str, str]:
     """``turntable.mp4``, ``side_by_side.mp4`` and ``summary.png``; returns their final paths."""
-    from hoirecon.export.views import ClipGeometry, limited_threads, scaled_size, turntable
+    from hoirecon.export.views import ClipGeometry, scaled_size, turntable
+    from hoirecon.io.threads import torch_threads
 
     sel, (W, H) = clip.frames, clip.image_size
     device = clip.T_cam_to_obj.device
@@ -325,8 +327,8 @@ def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame:
     scale = min(1.0, cfg.panel_size / max(W, H))
     rows = _SideBySideRows(geom, cfg, clip, frame_paths(ctx.input_dir("frames")), scale, scaled_size((W, H), scale))
     outputs = {}
-    with ctx.reporter.task("export pictures", total=3) as task, limited_threads(1):
-        tt = turntable(tt_geom, 0, cfg.turntable_views, cfg.view_size, ssaa=cfg.ssaa)
+    with ctx.reporter.task("export pictures", total=3) as task, torch_threads(1):
+        tt = turntable(tt_geom, 0, views=cfg.turntable_views, size=cfg.view_size, ssaa=cfg.ssaa)
         write_video(out / "turntable.mp4", tt, fps=TURNTABLE_FPS)
         outputs["turntable"] = str(final / "turntable.mp4")
         task.advance()

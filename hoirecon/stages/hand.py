@@ -58,10 +58,9 @@ Artifacts in ``<out>/hand/``:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -85,6 +84,7 @@ from hoirecon.handpose.perspective import (
 )
 from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_hand_track
 from hoirecon.io.masks import read_mask_folder
+from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
 from hoirecon.render.camera import project_points
@@ -186,11 +186,11 @@ def _empty_estimate(T: int, device) -> PerFrameEstimate:
 
 
 def estimate_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks: np.ndarray,
-                       hand: HandModel, cfg: HandConfig, device, task=None, focal: float = 1.0) -> PerFrameEstimate:
+                       hand: HandModel, cfg: HandConfig, device, *, task=None, focal: float = 1.0) -> PerFrameEstimate:
     """MediaPipe landmarks on mask crops (:func:`track_mediapipe`) + IK (:func:`fit_landmark_track`)."""
     results = track_mediapipe(frames, hand_masks, obj_masks, cfg, task)
     H, W = frames[0].shape[:2]
-    return fit_landmark_track(results, hand, cfg, W, H, device, focal)
+    return fit_landmark_track(results, hand, cfg, W, H, device, focal=focal)
 
 
 def track_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks: np.ndarray,
@@ -210,7 +210,7 @@ def track_mediapipe(frames: list[np.ndarray], hand_masks: np.ndarray, obj_masks:
 
 
 def fit_landmark_track(results: list, hand: HandModel, cfg: HandConfig, width: int, height: int,
-                       device, focal: float = 1.0) -> PerFrameEstimate:
+                       device, *, focal: float = 1.0) -> PerFrameEstimate:
     """IK on the frames with landmarks: per-frame shape first, then again with the mean shape
     (through a pinhole of ``focal`` in normalised units when ``cfg.perspective_ik``)."""
     T = len(results)
@@ -253,7 +253,7 @@ def _mano_hands_mean(hand: HandModel) -> torch.Tensor:
 
 
 def estimate_frankmocap(frames: list[np.ndarray], hand_masks: np.ndarray, hand: HandModel, cfg: HandConfig,
-                        device, task=None, regressor=None) -> PerFrameEstimate:
+                        device, *, task=None, regressor=None) -> PerFrameEstimate:
     """FrankMocap's regressor on the hand-mask boxes.
 
     Conversions: articulation = regressed offsets + MANO's mean pose (mirrored for left
@@ -312,8 +312,8 @@ def _shade(render, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rgb, mask
 
 
-def render_overlay(frame: np.ndarray, verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor,
-                   valid: bool, keypoints_2d: np.ndarray | None, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def render_overlay(frame: np.ndarray, verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, *, valid: bool,
+                   keypoints_2d: np.ndarray | None, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """The hand mesh drawn over one frame.
 
     Args:
@@ -364,25 +364,6 @@ def visible_hand_iou(silhouette: np.ndarray, hand_mask: np.ndarray, object_mask:
     return float((silhouette & hand_mask & known).sum() / union) if union else 0.0
 
 
-@contextlib.contextmanager
-def _torch_threads(device: torch.device, num: int = 1):
-    """Run torch on ``num`` CPU threads inside the block (restored after).
-
-    The IK and smoothing are thousands of small batched ops: on the CPU extra threads only
-    add synchronisation, and on a busy 2-core machine they made the IK 10x slower
-    (70 s instead of 6 s for 30 frames, measured).
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(num, before))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def resolve_camera(cfg: HandConfig, meta: dict, frames: list[np.ndarray], obj_masks: np.ndarray,
                    scratch: Path) -> tuple[float, dict, Optional[ObjectSfM]]:
     """The focal length to use, in normalised units, with where it came from.
@@ -425,8 +406,137 @@ def _check_side(side: str, masks_manifest: dict | None) -> None:
 
 def run_hand(ctx: StageContext, cfg: HandConfig) -> dict:
     device = torch.device(ctx.device)
-    with _torch_threads(device):
+    # The IK and smoothing are thousands of small batched ops: on the CPU one thread is fastest.
+    with torch_threads(1 if device.type == "cpu" else None):
         return _run_hand(ctx, cfg, device)
+
+
+@dataclass
+class _HandTrack:
+    """The clip's smoothed hand in the camera (T frames, V vertices, J keypoints).
+
+    articulation (T, 45), wrist_rot (T, 3), shape (10,); T_cam_to_hand (T, 4, 4); K (3, 3);
+    verts_cam (T, V, 3) and faces of the posed hand; keypoints_2d (T, J, 2): the estimator's where
+    it found the hand, else the fitted hand's projection; reproj (T,) mean keypoint error in px.
+    """
+
+    articulation: torch.Tensor
+    wrist_rot: torch.Tensor
+    shape: torch.Tensor
+    T_cam_to_hand: torch.Tensor
+    K: torch.Tensor
+    verts_cam: torch.Tensor
+    faces: torch.Tensor
+    keypoints_2d: torch.Tensor
+    reproj: torch.Tensor
+
+
+def _estimate_hands(ctx: StageContext, cfg: HandConfig, frames: list[np.ndarray], *, hand_masks: np.ndarray,
+                    obj_masks: np.ndarray, hand: HandModel, device: torch.device, focal: float) -> PerFrameEstimate:
+    """The backend's per-frame estimate; RunError where it found the hand in no frame."""
+    with ctx.reporter.task(f"hand ({cfg.backend})", total=len(frames)) as task:
+        if cfg.backend == "mediapipe":
+            est = estimate_mediapipe(frames, hand_masks, obj_masks, hand, cfg, device, task=task, focal=focal)
+        else:
+            est = estimate_frankmocap(frames, hand_masks, hand, cfg, device, task=task)
+    if not bool(est.valid.any()):
+        raise RunError(f"no hand found in any frame; check the hand masks "
+                       f"({ctx.input_dir('masks') / 'overlay.mp4'}), the --side, or try --backend frankmocap")
+    return est
+
+
+def _hand_track(est: PerFrameEstimate, hand: HandModel, cfg: HandConfig, focal: float, size_wh: tuple[int, int],
+                device: torch.device) -> _HandTrack:
+    """The paper's A.5: shared shape = mean of the per-frame shapes; rotation from the wrist;
+    translation by eq. 4; then smoothed over time and posed in the camera."""
+    valid, T = est.valid, len(est.valid)
+    W, H = size_wh
+    shape = est.shape[valid].mean(0)
+    sel = valid.nonzero()[:, 0]
+    T_hand_to_cam = weak_to_hand_to_cam(est.weak_cam[sel], est.wrist_rot[sel], est.weak_origin[sel], focal)
+    transl = torch.zeros(T, 3, device=device)
+    transl[sel] = T_hand_to_cam[:, :3, 3]
+    articulation, wrist_rot, transl = smooth_hand_track(
+        hand, est.articulation, est.wrist_rot, transl, shape, valid, cfg.side,
+        SmoothConfig(velocity_weight=cfg.smooth_weight))
+    T_hand_to_cam = rigid_transform(axis_angle_to_matrix(wrist_rot), transl)
+    K = intrinsics_from_focal(focal, W, H, device=device)
+
+    with torch.no_grad():
+        out = hand(articulation, torch.zeros_like(wrist_rot), shape, side=cfg.side)
+        R, t = T_hand_to_cam[:, :3, :3], T_hand_to_cam[:, :3, 3]
+        verts_cam = out.verts @ R.transpose(1, 2) + t[:, None]
+        kp_cam = out.keypoints @ R.transpose(1, 2) + t[:, None]
+        kp_proj = project_points(kp_cam, K[None].expand(T, 3, 3))
+    return _HandTrack(
+        articulation=articulation, wrist_rot=wrist_rot, shape=shape, T_cam_to_hand=invert_rigid(T_hand_to_cam), K=K,
+        verts_cam=verts_cam, faces=out.faces,
+        keypoints_2d=torch.where(valid[:, None, None], est.keypoints_2d, kp_proj),
+        reproj=(kp_proj - est.keypoints_2d).norm(dim=-1).mean(-1))
+
+
+def _f32(x: torch.Tensor) -> np.ndarray:
+    return x.cpu().numpy().astype(np.float32)
+
+
+def _hands_output(cfg: HandConfig, est: PerFrameEstimate, track: _HandTrack, size_wh: tuple[int, int], focal: float,
+                  sfm: Optional[ObjectSfM]) -> HandsOutput:
+    """``hands.npz``: the track, the estimator's (interpolated) weak cameras, and the object's SfM
+    poses where structure from motion was usable (identity and zeros where not)."""
+    T = len(est.valid)
+    sfm_ok = sfm is not None and sfm.usable
+    return HandsOutput(
+        K=_f32(track.K),
+        T_cam_to_hand=_f32(track.T_cam_to_hand),
+        articulation=_f32(track.articulation),
+        shape=_f32(track.shape),
+        side=cfg.side,
+        valid=est.valid.cpu().numpy(),
+        keypoints_2d=_f32(track.keypoints_2d),
+        weak_cam=_f32(interpolate_missing(est.weak_cam, est.valid)),
+        weak_origin=_f32(interpolate_missing(est.weak_origin, est.valid)),
+        wrist_rot=_f32(track.wrist_rot),
+        presence=_f32(est.presence),
+        image_size=np.array(list(size_wh), np.int64),
+        focal=np.array(focal, np.float32),
+        hand_model=cfg.hand_model,
+        sfm_registered=(sfm.registered if sfm_ok else np.zeros(T, bool)),
+        R_cam_from_obj_sfm=(sfm.R_cam_from_obj if sfm_ok else np.tile(np.eye(3), (T, 1, 1))).astype(np.float32),
+        t_cam_from_obj_sfm=(sfm.t_cam_from_obj if sfm_ok else np.zeros((T, 3))).astype(np.float32),
+        center_sfm=(sfm.center if sfm_ok else np.zeros(3)).astype(np.float32),
+    )
+
+
+def _write_overlay(ctx: StageContext, track: _HandTrack, frames: list[np.ndarray], *, hand_masks: np.ndarray,
+                   obj_masks: np.ndarray, valid: np.ndarray, fps: float) -> list[float]:
+    """``overlay.mp4``: the fitted hand over each frame; returns each frame's visible-hand mask IoU."""
+    kp_np = track.keypoints_2d.cpu().numpy()
+    ious = []
+    with ctx.reporter.task("hand overlay", total=len(frames)) as task:
+        def overlay_frames():
+            for i in range(len(frames)):
+                image, silhouette = render_overlay(frames[i], track.verts_cam[i], track.faces, track.K,
+                                                   valid=bool(valid[i]), keypoints_2d=kp_np[i] if valid[i] else None)
+                ious.append(visible_hand_iou(silhouette, hand_masks[i], obj_masks[i]))
+                yield image
+                task.advance()
+
+        write_video(ctx.tmp_dir / "overlay.mp4", overlay_frames(), fps=fps)
+    return ious
+
+
+def _quality(backend: str, valid: np.ndarray, presence: np.ndarray, reproj: np.ndarray, ious: list[float]) -> dict:
+    """``quality.json``: medians of the reprojection error and mask IoU, and each frame's."""
+    return {
+        "backend": backend,
+        "valid_frames": int(valid.sum()),
+        "num_frames": len(valid),
+        "reprojection_px_median": float(np.median(reproj[valid])),
+        "mask_iou_median": float(np.median(ious)),
+        "per_frame": [{"valid": bool(v), "presence": round(float(p), 4),
+                       "reprojection_px": round(float(e), 2) if v else None, "mask_iou": round(iou, 4)}
+                      for v, p, e, iou in zip(valid, presence, reproj, ious)],
+    }
 
 
 def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
@@ -445,89 +555,16 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     ctx.reporter.info(f"focal length {camera['focal_px']:.0f} px ({camera['fov_deg']:.0f} degrees across), "
                       f"from {camera['source']}")
 
-    with ctx.reporter.task(f"hand ({cfg.backend})", total=T) as task:
-        if cfg.backend == "mediapipe":
-            est = estimate_mediapipe(frames, hand_masks, obj_masks, hand, cfg, device, task, focal)
-        else:
-            est = estimate_frankmocap(frames, hand_masks, hand, cfg, device, task)
-    valid = est.valid
-    if not bool(valid.any()):
-        raise RunError(f"no hand found in any frame; check the hand masks ({masks_dir / 'overlay.mp4'}), "
-                       f"the --side, or try --backend frankmocap")
-
-    # Seed A.5: shared shape = mean of the per-frame shapes; rotation from the wrist; eq. 4.
-    shape = est.shape[valid].mean(0)
-    sel = valid.nonzero()[:, 0]
-    T_hand_to_cam = weak_to_hand_to_cam(est.weak_cam[sel], est.wrist_rot[sel], est.weak_origin[sel], focal)
-    transl = torch.zeros(T, 3, device=device)
-    transl[sel] = T_hand_to_cam[:, :3, 3]
-    articulation, wrist_rot, transl = smooth_hand_track(
-        hand, est.articulation, est.wrist_rot, transl, shape, valid, cfg.side,
-        SmoothConfig(velocity_weight=cfg.smooth_weight))
-    T_hand_to_cam = rigid_transform(axis_angle_to_matrix(wrist_rot), transl)
-    T_cam_to_hand = invert_rigid(T_hand_to_cam)
-    K = intrinsics_from_focal(focal, W, H, device=device)
-
-    with torch.no_grad():
-        out = hand(articulation, torch.zeros_like(wrist_rot), shape, side=cfg.side)
-        R, t = T_hand_to_cam[:, :3, :3], T_hand_to_cam[:, :3, 3]
-        verts_cam = out.verts @ R.transpose(1, 2) + t[:, None]
-        kp_cam = out.keypoints @ R.transpose(1, 2) + t[:, None]
-        kp_proj = project_points(kp_cam, K[None].expand(T, 3, 3))
-    keypoints_2d = torch.where(valid[:, None, None], est.keypoints_2d, kp_proj)
-    reproj = (kp_proj - est.keypoints_2d).norm(dim=-1).mean(-1)
-    weak_cam = interpolate_missing(est.weak_cam, valid)
-    weak_origin = interpolate_missing(est.weak_origin, valid)
-
-    HandsOutput(
-        K=K.cpu().numpy().astype(np.float32),
-        T_cam_to_hand=T_cam_to_hand.cpu().numpy().astype(np.float32),
-        articulation=articulation.cpu().numpy().astype(np.float32),
-        shape=shape.cpu().numpy().astype(np.float32),
-        side=cfg.side,
-        valid=valid.cpu().numpy(),
-        keypoints_2d=keypoints_2d.cpu().numpy().astype(np.float32),
-        weak_cam=weak_cam.cpu().numpy().astype(np.float32),
-        weak_origin=weak_origin.cpu().numpy().astype(np.float32),
-        wrist_rot=wrist_rot.cpu().numpy().astype(np.float32),
-        presence=est.presence.cpu().numpy().astype(np.float32),
-        image_size=np.array([W, H], np.int64),
-        focal=np.array(focal, np.float32),
-        hand_model=cfg.hand_model,
-        sfm_registered=(sfm.registered if sfm is not None and sfm.usable else np.zeros(T, bool)),
-        R_cam_from_obj_sfm=(sfm.R_cam_from_obj if sfm is not None and sfm.usable
-                            else np.tile(np.eye(3), (T, 1, 1))).astype(np.float32),
-        t_cam_from_obj_sfm=(sfm.t_cam_from_obj if sfm is not None and sfm.usable
-                            else np.zeros((T, 3))).astype(np.float32),
-        center_sfm=(sfm.center if sfm is not None and sfm.usable else np.zeros(3)).astype(np.float32),
-    ).save(ctx.tmp_dir)
+    est = _estimate_hands(ctx, cfg, frames, hand_masks=hand_masks, obj_masks=obj_masks, hand=hand, device=device,
+                          focal=focal)
+    track = _hand_track(est, hand, cfg, focal, (W, H), device)
+    _hands_output(cfg, est, track, (W, H), focal, sfm).save(ctx.tmp_dir)
     (ctx.tmp_dir / "camera.json").write_text(json.dumps(camera, indent=2))
-    valid_np = valid.cpu().numpy()
-    reproj_np = reproj.cpu().numpy()
 
-    faces = out.faces
-    kp_np = keypoints_2d.cpu().numpy()
-    ious = []
-    with ctx.reporter.task("hand overlay", total=T) as task:
-        def overlay_frames():
-            for i in range(T):
-                image, silhouette = render_overlay(frames[i], verts_cam[i], faces, K, bool(valid_np[i]),
-                                                   kp_np[i] if valid_np[i] else None)
-                ious.append(visible_hand_iou(silhouette, hand_masks[i], obj_masks[i]))
-                yield image
-                task.advance()
-
-        write_video(ctx.tmp_dir / "overlay.mp4", overlay_frames(), fps=meta["fps"])
-    quality = {
-        "backend": cfg.backend,
-        "valid_frames": int(valid_np.sum()),
-        "num_frames": T,
-        "reprojection_px_median": float(np.median(reproj_np[valid_np])),
-        "mask_iou_median": float(np.median(ious)),
-        "per_frame": [{"valid": bool(v), "presence": round(float(p), 4),
-                       "reprojection_px": round(float(e), 2) if v else None, "mask_iou": round(iou, 4)}
-                      for v, p, e, iou in zip(valid_np, est.presence.cpu().numpy(), reproj_np, ious)],
-    }
+    valid_np = est.valid.cpu().numpy()
+    ious = _write_overlay(ctx, track, frames, hand_masks=hand_masks, obj_masks=obj_masks, valid=valid_np,
+                          fps=meta["fps"])
+    quality = _quality(cfg.backend, valid_np, est.presence.cpu().numpy(), track.reproj.cpu().numpy(), ious)
     (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))
     return {"num_frames": T, "valid_frames": int(valid_np.sum()), "backend": cfg.backend, "camera": camera,
             "reprojection_px_median": round(quality["reprojection_px_median"], 2),

@@ -211,7 +211,8 @@ def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_
 
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
-    elif tracker == "foreground" and (split := _first_foreground_split(frames, hand_box, obj_box, cfg.side)) is not None:
+    elif (tracker == "foreground"
+          and (split := _first_foreground_split(frames, hand_box, obj_box, cfg.side)) is not None):
         hand, obj = split
     else:
         # One joint cut: each mask sees the other's colours as background, thin or mostly
@@ -265,7 +266,7 @@ def _foreground_probs(frames: list[np.ndarray]) -> list[np.ndarray]:
     return [foreground(f) for f in frames]
 
 
-def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first: np.ndarray, device: str, task,
+def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first: np.ndarray, device: str, task, *,
            first_amodal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Masks (T, 2, H, W) tracked from ``first`` by ``tracker_name``, and the tracker's remembered
     full shapes at the last frame (flow tracker only; the backward pass starts from them so that
@@ -317,7 +318,7 @@ def _trackers(cfg: MasksConfig) -> list[str]:
     return ["foreground", "flow"] if cfg.tracker == "auto" else [cfg.tracker]
 
 
-def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box,
+def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box, *,
              ctx: StageContext, probs: Optional[list[np.ndarray]]) -> dict:
     """First-frame masks, forward and backward tracks (T, 2, H, W) and the forward-backward IoU
     of one tracker; ``probs``: every frame's learned foreground, or None (not used)."""
@@ -353,7 +354,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         probs = _foreground_probs(frames) if cfg.segmenter == "grabcut" and cfg.tracker != "stcn" else None
         for name in _trackers(cfg):
             if all(c["tracker"] != name for c in candidates):  # the foreground may have fallen back to flow
-                candidates.append(_tracked(cfg, name, frames, hand_box, obj_box, ctx, probs))
+                candidates.append(_tracked(cfg, name, frames, hand_box, obj_box, ctx=ctx, probs=probs))
         # The paper's own filter picks: the candidate whose masks come back best.
         best = max(candidates, key=lambda c: min(c["track_iou"].values()))
         tracker, first, fwd, bwd, track_iou = (best[k] for k in ("tracker", "first", "fwd", "bwd", "track_iou"))

@@ -6,7 +6,7 @@ together (a rigid grasp) while the camera moves around them, and the viewing dir
 relative to the object sweeps an arc of at most ``view_range_deg`` over the clip, so part
 of the object is never seen (as in real clips). Frames are shaded (Lambert + ambient +
 a little specular, skin-coloured hand, coloured/striped object, textured moving
-background, sensor noise) by an exact hard z-buffer (``hoirecon.synth.raster``), so the
+background, sensor noise) by an exact hard z-buffer (``hoirecon.render.raster``), so the
 masks and depth are exact.
 
 Only the relative motion of camera and hand-object is observable in a monocular clip, so
@@ -51,7 +51,6 @@ folder is done); the pipeline's own hand stage, rerun on the clip, knows nothing
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -69,19 +68,21 @@ from scipy.interpolate import CubicSpline
 
 from hoirecon.categories import normalize_category
 from hoirecon.errors import UserError
+from hoirecon.geometry.rotations import rotation_about_axis
 from hoirecon.hand import build_hand_model
 from hoirecon.io.masks import overlay_masks, write_mask_folder
+from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import write_png, write_video
 from hoirecon.pipeline.hashing import file_digest
 from hoirecon.pipeline.runner import commit_dir, output_lock, write_external_stage
 from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import vertex_normals
+from hoirecon.render.raster import interpolate, rasterize
 from hoirecon.stages.outputs import HandsOutput
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
-from hoirecon.synth.raster import interpolate, rasterize
 
 __all__ = ["SynthScene", "build_scene", "render_scene", "generate_clip", "write_example"]
 
@@ -172,13 +173,6 @@ def _smooth(rng: np.random.Generator, n: int, knots: int = 4) -> np.ndarray:
     return np.clip(curve, -1.0, 1.0)
 
 
-def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
-
-
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
@@ -263,7 +257,8 @@ def _camera_path(
     progress = np.linspace(-0.5, 0.5, n) if n > 1 else np.zeros(1)
     phi = span * progress * rng.choice([-1.0, 1.0])
     omega = wobble * _smooth(rng, n)
-    dirs = np.stack([_rotation(arc_axis, p) @ _rotation(tangent, w) @ d0 for p, w in zip(phi, omega)])
+    dirs = np.stack([rotation_about_axis(arc_axis, p) @ rotation_about_axis(tangent, w) @ d0
+                     for p, w in zip(phi, omega)])
 
     fill = rng.uniform(*SPHERE_FILL_RANGE)
     tan_half = np.tan(0.5 * fov_deg * deg)
@@ -370,6 +365,7 @@ def parse_image_size(size: int | tuple[int, int] | str) -> tuple[int, int]:
 def intrinsics(fov_deg: float, image_size: tuple[int, int]) -> np.ndarray:
     """(3, 3) float64 pinhole intrinsics: horizontal field of view ``fov_deg`` over the width,
     square pixels (fy = fx), principal point at the image centre (pixel centres at integers)."""
+    # numpy float64, not render.camera.make_intrinsics: the ground truth is numpy geometry kept in float64.
     W, H = image_size
     f = 0.5 * W / np.tan(0.5 * np.radians(fov_deg))
     return np.array([[f, 0.0, 0.5 * (W - 1)], [0.0, f, 0.5 * (H - 1)], [0.0, 0.0, 1.0]])
@@ -573,7 +569,7 @@ def _shade(look: _Appearance, lab, normal, point, tex, progress: float) -> np.nd
     view = -point / np.maximum(np.linalg.norm(point, axis=1, keepdims=True), 1e-9)
     # Back faces (inside of the wrist opening) are lit as if they faced the camera.
     normal = np.where((normal * view).sum(1, keepdims=True) < 0, -normal, normal)
-    light = _rotation(np.array([0.0, 1.0, 0.0]), look.light_drift * (progress - 0.5)) @ look.light
+    light = rotation_about_axis(np.array([0.0, 1.0, 0.0]), look.light_drift * (progress - 0.5)) @ look.light
     diffuse = np.clip(normal @ light, 0.0, None)[:, None]
     half = _unit_rows(light[None] + view)
     spec = np.clip((normal * half).sum(1), 0.0, None)[:, None]
@@ -610,27 +606,177 @@ def _intrinsics_record(K: np.ndarray, image_size: tuple[int, int]) -> dict:
             "fov_y_deg": round(_fov_y_deg(K, image_size), 4)}
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run with ``n`` torch threads, then restore. The tensors here are small (a hand batch,
-    a few hundred thousand pixel-face pairs): on a 2-core machine, measured 3-4x faster on
-    one thread than on two, whose OpenMP synchronisation costs more than it gains."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _write_npz(path: Path, **arrays) -> None:
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
+@dataclass
+class _RenderedClip:
+    """What ``generate_clip`` writes (T frames of W x H): the scene, its renderings, the noisy hand
+    initialisation and the clip's settings.
+
+    articulation (T, 45): the grasp's, every frame; keypoints_cam (T, 21, 3), keypoints_2d (T, 21, 2):
+    the true hand keypoints; hand_mask, obj_mask (T, H, W) bool: the visible hand and object.
+    """
+
+    scene: SynthScene
+    renders: SceneRenders
+    init: dict
+    articulation: np.ndarray
+    keypoints_cam: np.ndarray
+    keypoints_2d: np.ndarray
+    hand_mask: np.ndarray
+    obj_mask: np.ndarray
+    fps: float
+    seed: int
+    noise: NoiseConfig
+
+
+def _render_clip(category: str, *, frames: int, size: int | tuple[int, int] | str, seed: int,
+                 object_mesh: str | Path | None, object_size: float | None, view_range_deg: float,
+                 noise: NoiseConfig, fps: float, grasp_cfg: GraspConfig, fov_deg: float | None) -> _RenderedClip:
+    """The scene, rendered, with its true keypoints and the noisy hand initialisation."""
+    with torch_threads(1):
+        scene = build_scene(category, frames, size, seed, object_mesh, object_size, view_range_deg, grasp_cfg,
+                            fov_deg)
+        renders = render_scene(scene, seed)
+    noise_rng = _streams(seed, scene.category)[4]
+    T_cam_to_hand = scene.T_cam_to_hand
+    n = scene.num_frames
+    articulation = np.repeat(scene.articulation[None], n, 0)
+    init = perturb_hand(T_cam_to_hand, articulation, scene.shape, noise, noise_rng)
+    keypoints_cam = _apply(np.linalg.inv(T_cam_to_hand), scene.keypoints_hand[None])
+    K_batch = torch.from_numpy(scene.K).expand(n, 3, 3)
+    keypoints_2d = project_points(torch.from_numpy(keypoints_cam), K_batch).numpy()
+    return _RenderedClip(scene=scene, renders=renders, init=init, articulation=articulation,
+                         keypoints_cam=keypoints_cam, keypoints_2d=keypoints_2d,
+                         hand_mask=renders.label == LABEL_HAND, obj_mask=renders.label == LABEL_OBJECT,
+                         fps=fps, seed=seed, noise=noise)
+
+
+def _clip_summary(clip: _RenderedClip, out_dir: Path, object_mesh: str | Path | None,
+                  view_range_deg: float) -> dict:
+    """The JSON-able summary of ``gt/info.json`` (without its ``seconds``)."""
+    scene, renders = clip.scene, clip.renders
+    W, H = scene.image_size
+    fills = []
+    for m in renders.label > 0:
+        ys, xs = np.nonzero(m)
+        fills.append(max((np.ptp(xs) + 1) / W, (np.ptp(ys) + 1) / H) if len(xs) else 0.0)
+    dist = np.linalg.norm(np.linalg.inv(scene.T_obj_to_cam)[:, :3, 3], axis=1)
+    return {
+        "out": str(out_dir),
+        "category": scene.category,
+        "object": str(object_mesh) if object_mesh else "procedural",
+        "frames": scene.num_frames,
+        "size": [W, H],
+        "seed": int(clip.seed),
+        "fps": float(clip.fps),
+        "fov_deg": round(scene.fov_deg, 3),
+        "intrinsics": _intrinsics_record(scene.K, scene.image_size),
+        "camera_distance_m": [round(float(dist.min()), 4), round(float(dist.max()), 4)],
+        "view_range_deg": float(view_range_deg),
+        "view_span_deg": round(scene.view_span_deg, 3),
+        "frame_fill": [round(float(min(fills)), 3), round(float(np.mean(fills)), 3), round(float(max(fills)), 3)],
+        "hand_pixels_mean": float(clip.hand_mask.sum((1, 2)).mean()),
+        "object_pixels_mean": float(clip.obj_mask.sum((1, 2)).mean()),
+        "penetration_mm": round(scene.penetration_mm, 3),
+        "contacts": scene.contacts,
+        "grasp_tries": scene.grasp_tries,
+        "object_mesh_notes": scene.mesh_notes,
+        "object_extent_m": [round(float(v), 4) for v in scene.mesh.extents],
+        "noise": asdict(clip.noise),
+    }
+
+
+def _write_clip_stages(clip: _RenderedClip, out_dir: Path) -> None:
+    """``video.mp4`` and ``boxes.json``, and the frames, masks and hand stages (committed as done)."""
+    renders, hand_mask, obj_mask, fps = clip.renders, clip.hand_mask, clip.obj_mask, clip.fps
+    n = clip.scene.num_frames
+    W, H = clip.scene.image_size
+    video = out_dir / "video.mp4"
+    tmp_video = out_dir / f".video.tmp-{os.getpid()}.mp4"
+    write_video(tmp_video, renders.rgb, fps=fps)
+    os.replace(tmp_video, video)
+    # First-frame boxes beside the clip: the masks stage picks them up when the clip is
+    # run through the whole pipeline (``hoirecon run video.mp4``).
+    (out_dir / "boxes.json").write_text(json.dumps(_boxes(hand_mask[0], obj_mask[0]), indent=2))
+
+    def write_frames(d: Path) -> None:
+        for t, img in enumerate(renders.rgb):
+            write_png(d / f"{t:06d}.png", img)
+        meta = {"fps": float(fps), "num_frames": n, "original_size": [W, H], "size": [W, H],
+                "stride": 1, "source": str(video.resolve()), "source_digest": file_digest(video),
+                "source_kind": "video", "synthetic": True}
+        (d / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    def write_masks(d: Path) -> None:
+        write_mask_folder(d, hand_mask, obj_mask)
+        quality = {"source": "synth-gt", "passed": True, "track_iou": None, "per_frame_iou": None}
+        (d / "quality.json").write_text(json.dumps(quality, indent=2))
+        (d / "boxes.json").write_text(json.dumps(_boxes(hand_mask[0], obj_mask[0]), indent=2))
+        write_video(d / "overlay.mp4",
+                    (overlay_masks(f, h, o) for f, h, o in zip(renders.rgb, hand_mask, obj_mask)),
+                    fps=fps)
+
+    def write_hand(d: Path) -> None:
+        init = clip.init
+        HandsOutput(K=clip.scene.K.astype(np.float32), T_cam_to_hand=init["T_cam_to_hand"],
+                    articulation=init["articulation"], shape=init["shape"], side="right",
+                    valid=init["valid"], image_size=np.array([W, H], np.int64),
+                    hand_model="anny").save(d, compressed=True)
+
+    stage_summary = {"num_frames": n, "seed": int(clip.seed)}
+    write_external_stage(out_dir, "frames", write_frames, PRODUCER, stage_summary)
+    write_external_stage(out_dir, "masks", write_masks, PRODUCER, {**stage_summary, "source": "synth-gt"})
+    write_external_stage(out_dir, "hand", write_hand, PRODUCER, {**stage_summary, "noise": asdict(clip.noise)})
+
+
+def _write_ground_truth(clip: _RenderedClip, out_dir: Path, summary: dict, t0: float) -> None:
+    """``gt/``: gt.npz, object.ply, depth.npz and info.json (``summary`` with the seconds since
+    ``t0``), committed at once."""
+    scene, n = clip.scene, clip.scene.num_frames
+    W, H = scene.image_size
+    gt_tmp = out_dir / f".gt.tmp-{os.getpid()}"
+    shutil.rmtree(gt_tmp, ignore_errors=True)
+    gt_tmp.mkdir()
+    try:
+        _write_npz(
+            gt_tmp / "gt.npz",
+            K=scene.K.astype(np.float32),
+            image_size=np.array([W, H], np.int64),
+            T_cam_to_hand=scene.T_cam_to_hand.astype(np.float32),
+            T_hand_to_obj=np.repeat(scene.T_hand_to_obj[None], n, 0).astype(np.float32),
+            articulation=clip.articulation.astype(np.float32),
+            wrist_rot=np.zeros((n, 3), np.float32),
+            shape=scene.shape.astype(np.float32),
+            side=np.array("right"),
+            hand_model=np.array("anny"),
+            category=np.array(scene.category),
+            penetration_mm=np.float32(scene.penetration_mm),
+            keypoints_cam=clip.keypoints_cam.astype(np.float32),
+            keypoints_2d=clip.keypoints_2d.astype(np.float32),
+            fps=np.float32(clip.fps),
+            seed=np.int64(clip.seed),
+            view_span_deg=np.float32(scene.view_span_deg),
+            fov_deg=np.float32(scene.fov_deg),
+            fov_y_deg=np.float32(_fov_y_deg(scene.K, scene.image_size)),
+        )
+        scene.mesh.export(gt_tmp / "object.ply")
+        _write_npz(gt_tmp / "depth.npz", depth=clip.renders.depth)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        (gt_tmp / "info.json").write_text(json.dumps(summary, indent=2))
+        commit_dir(gt_tmp, out_dir / "gt")
+    except BaseException:
+        shutil.rmtree(gt_tmp, ignore_errors=True)
+        raise
+
+
 def generate_clip(
     category: str,
     out_dir: str | Path,
+    *,
     frames: int = 30,
     size: int | tuple[int, int] | str = 256,
     seed: int = 0,
@@ -669,122 +815,14 @@ def generate_clip(
     out_dir = Path(out_dir)
     if fps <= 0:
         raise UserError(f"--fps must be positive, got {fps}")
-    with _torch_threads(1):
-        scene = build_scene(category, frames, size, seed, object_mesh, object_size, view_range_deg, grasp_cfg,
-                            fov_deg)
-        renders = render_scene(scene, seed)
-    noise_rng = _streams(seed, scene.category)[4]
-    T_cam_to_hand = scene.T_cam_to_hand
-    n = scene.num_frames
-    W, H = scene.image_size
-    articulation = np.repeat(scene.articulation[None], n, 0)
-    init = perturb_hand(T_cam_to_hand, articulation, scene.shape, noise, noise_rng)
-    keypoints_cam = _apply(np.linalg.inv(T_cam_to_hand), scene.keypoints_hand[None])
-    K_batch = torch.from_numpy(scene.K).expand(n, 3, 3)
-    keypoints_2d = project_points(torch.from_numpy(keypoints_cam), K_batch).numpy()
-
-    hand_mask = renders.label == LABEL_HAND
-    obj_mask = renders.label == LABEL_OBJECT
-    union = renders.label > 0
-    fills = []
-    for m in union:
-        ys, xs = np.nonzero(m)
-        fills.append(max((np.ptp(xs) + 1) / W, (np.ptp(ys) + 1) / H) if len(xs) else 0.0)
-    dist = np.linalg.norm(np.linalg.inv(scene.T_obj_to_cam)[:, :3, 3], axis=1)
-    summary = {
-        "out": str(out_dir),
-        "category": scene.category,
-        "object": str(object_mesh) if object_mesh else "procedural",
-        "frames": n,
-        "size": [W, H],
-        "seed": int(seed),
-        "fps": float(fps),
-        "fov_deg": round(scene.fov_deg, 3),
-        "intrinsics": _intrinsics_record(scene.K, scene.image_size),
-        "camera_distance_m": [round(float(dist.min()), 4), round(float(dist.max()), 4)],
-        "view_range_deg": float(view_range_deg),
-        "view_span_deg": round(scene.view_span_deg, 3),
-        "frame_fill": [round(float(min(fills)), 3), round(float(np.mean(fills)), 3), round(float(max(fills)), 3)],
-        "hand_pixels_mean": float(hand_mask.sum((1, 2)).mean()),
-        "object_pixels_mean": float(obj_mask.sum((1, 2)).mean()),
-        "penetration_mm": round(scene.penetration_mm, 3),
-        "contacts": scene.contacts,
-        "grasp_tries": scene.grasp_tries,
-        "object_mesh_notes": scene.mesh_notes,
-        "object_extent_m": [round(float(v), 4) for v in scene.mesh.extents],
-        "noise": asdict(noise),
-    }
-
+    clip = _render_clip(category, frames=frames, size=size, seed=seed, object_mesh=object_mesh,
+                        object_size=object_size, view_range_deg=view_range_deg, noise=noise, fps=fps,
+                        grasp_cfg=grasp_cfg, fov_deg=fov_deg)
+    summary = _clip_summary(clip, out_dir, object_mesh, view_range_deg)
     out_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(out_dir):
-        video = out_dir / "video.mp4"
-        tmp_video = out_dir / f".video.tmp-{os.getpid()}.mp4"
-        write_video(tmp_video, renders.rgb, fps=fps)
-        os.replace(tmp_video, video)
-        # First-frame boxes beside the clip: the masks stage picks them up when the clip is
-        # run through the whole pipeline (``hoirecon run video.mp4``).
-        (out_dir / "boxes.json").write_text(json.dumps(_boxes(hand_mask[0], obj_mask[0]), indent=2))
-
-        def write_frames(d: Path) -> None:
-            for t, img in enumerate(renders.rgb):
-                write_png(d / f"{t:06d}.png", img)
-            meta = {"fps": float(fps), "num_frames": n, "original_size": [W, H], "size": [W, H],
-                    "stride": 1, "source": str(video.resolve()), "source_digest": file_digest(video),
-                    "source_kind": "video", "synthetic": True}
-            (d / "meta.json").write_text(json.dumps(meta, indent=2))
-
-        def write_masks(d: Path) -> None:
-            write_mask_folder(d, hand_mask, obj_mask)
-            quality = {"source": "synth-gt", "passed": True, "track_iou": None, "per_frame_iou": None}
-            (d / "quality.json").write_text(json.dumps(quality, indent=2))
-            (d / "boxes.json").write_text(json.dumps(_boxes(hand_mask[0], obj_mask[0]), indent=2))
-            write_video(d / "overlay.mp4", (overlay_masks(f, h, o) for f, h, o in zip(renders.rgb, hand_mask, obj_mask)),
-                        fps=fps)
-
-        def write_hand(d: Path) -> None:
-            HandsOutput(K=scene.K.astype(np.float32), T_cam_to_hand=init["T_cam_to_hand"],
-                        articulation=init["articulation"], shape=init["shape"], side="right",
-                        valid=init["valid"], image_size=np.array([W, H], np.int64),
-                        hand_model="anny").save(d, compressed=True)
-
-        stage_summary = {"num_frames": n, "seed": int(seed)}
-        write_external_stage(out_dir, "frames", write_frames, PRODUCER, stage_summary)
-        write_external_stage(out_dir, "masks", write_masks, PRODUCER, {**stage_summary, "source": "synth-gt"})
-        write_external_stage(out_dir, "hand", write_hand, PRODUCER, {**stage_summary, "noise": asdict(noise)})
-
-        gt_tmp = out_dir / f".gt.tmp-{os.getpid()}"
-        shutil.rmtree(gt_tmp, ignore_errors=True)
-        gt_tmp.mkdir()
-        try:
-            _write_npz(
-                gt_tmp / "gt.npz",
-                K=scene.K.astype(np.float32),
-                image_size=np.array([W, H], np.int64),
-                T_cam_to_hand=T_cam_to_hand.astype(np.float32),
-                T_hand_to_obj=np.repeat(scene.T_hand_to_obj[None], n, 0).astype(np.float32),
-                articulation=articulation.astype(np.float32),
-                wrist_rot=np.zeros((n, 3), np.float32),
-                shape=scene.shape.astype(np.float32),
-                side=np.array("right"),
-                hand_model=np.array("anny"),
-                category=np.array(scene.category),
-                penetration_mm=np.float32(scene.penetration_mm),
-                keypoints_cam=keypoints_cam.astype(np.float32),
-                keypoints_2d=keypoints_2d.astype(np.float32),
-                fps=np.float32(fps),
-                seed=np.int64(seed),
-                view_span_deg=np.float32(scene.view_span_deg),
-                fov_deg=np.float32(scene.fov_deg),
-                fov_y_deg=np.float32(_fov_y_deg(scene.K, scene.image_size)),
-            )
-            scene.mesh.export(gt_tmp / "object.ply")
-            _write_npz(gt_tmp / "depth.npz", depth=renders.depth)
-            summary["seconds"] = round(time.perf_counter() - t0, 2)
-            (gt_tmp / "info.json").write_text(json.dumps(summary, indent=2))
-            commit_dir(gt_tmp, out_dir / "gt")
-        except BaseException:
-            shutil.rmtree(gt_tmp, ignore_errors=True)
-            raise
+        _write_clip_stages(clip, out_dir)
+        _write_ground_truth(clip, out_dir, summary, t0)
     return summary
 
 

@@ -38,6 +38,7 @@ from scipy.spatial import cKDTree
 
 from hoirecon.errors import RunError
 from hoirecon.eval.metrics import sample_surface
+from hoirecon.geometry.rotations import rotation_about_axis
 from hoirecon.hand.model import HandModel
 from hoirecon.synth.objects import GraspRegion
 
@@ -147,7 +148,8 @@ class MeshSDF:
         su = np.sqrt(u)
         self.triangles = np.asarray(mesh.triangles, dtype=np.float64)
         tri = self.triangles[face]
-        self.points = (1 - su)[:, None] * tri[:, 0] + (su * (1 - v))[:, None] * tri[:, 1] + (su * v)[:, None] * tri[:, 2]
+        self.points = ((1 - su)[:, None] * tri[:, 0] + (su * (1 - v))[:, None] * tri[:, 1]
+                       + (su * v)[:, None] * tri[:, 2])
         self.face = face
         self.normals = np.asarray(mesh.face_normals)[face]
         self.tree = cKDTree(self.points)
@@ -339,7 +341,8 @@ def search_grasp(
             grasp = place_grasp(hand, sdf, region, shape, rng, cfg, thumb_along_axis=thumb)
         except RunError:
             continue  # this approach never reaches the surface; try another
-        verts = _transform(ev.verts(grasp.articulation[None])[0], grasp.T_hand_to_obj[:3, :3], grasp.T_hand_to_obj[:3, 3])
+        R_hand_to_obj, t_hand_to_obj = grasp.T_hand_to_obj[:3, :3], grasp.T_hand_to_obj[:3, 3]
+        verts = _transform(ev.verts(grasp.articulation[None])[0], R_hand_to_obj, t_hand_to_obj)
         depth_mm = float(penetration_depth(mesh, verts, mesh_sdf).max() * 1000.0)
         if depth_mm <= cfg.max_penetration_mm and len(grasp.contacts) >= cfg.min_contacts:
             return SearchedGrasp(grasp, verts, depth_mm, i + 1)
@@ -354,13 +357,6 @@ def search_grasp(
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -467,8 +463,8 @@ def place_grasp(
     z_h = thumb_along_axis * part_axis
     x_h = np.cross(y_h, z_h)
     R = np.stack([x_h, y_h, z_h], axis=1)
-    R = _rotation(approach, np.deg2rad(rng.normal(0.0, cfg.tilt_deg))) @ R
-    R = _rotation(part_axis, np.deg2rad(rng.normal(0.0, cfg.roll_deg))) @ R
+    R = rotation_about_axis(approach, np.deg2rad(rng.normal(0.0, cfg.tilt_deg))) @ R
+    R = rotation_about_axis(part_axis, np.deg2rad(rng.normal(0.0, cfg.roll_deg))) @ R
 
     # The part crosses the palm just below the knuckles: anchor on the palm surface.
     mcp = rest_joints[[1, 4, 7, 10]].mean(0)

@@ -36,6 +36,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from hoirecon.errors import RunError, UserError
+from hoirecon.geometry.meshes import largest_component
 
 __all__ = [
     "CATEGORIES",
@@ -559,10 +560,7 @@ def _mesh_sdf(sdf: SDF, lo: np.ndarray, hi: np.ndarray, spacing: np.ndarray) -> 
     if len(tris) == 0:
         raise RunError("object generation produced an empty surface")
     verts = lo + verts * spacing
-    mesh = trimesh.Trimesh(verts, tris, process=True)
-    parts = mesh.split(only_watertight=False)
-    if len(parts) > 1:
-        mesh = max(parts, key=lambda m: len(m.faces))
+    mesh = largest_component(trimesh.Trimesh(verts, tris, process=True))
     if mesh.volume < 0:
         mesh.invert()
     return mesh

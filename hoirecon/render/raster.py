@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hoirecon.errors import UserError
 from hoirecon.render.camera import project_points
-from hoirecon.render.mesh import grid_pixel_face_pairs
+from hoirecon.render.mesh import check_mesh_inputs, grid_pixel_face_pairs
 
 __all__ = ["RasterOutput", "rasterize", "interpolate"]
 
@@ -74,12 +73,7 @@ def rasterize(
     Returns:
         RasterOutput with face_index (B, H, W), bary (B, H, W, 3), depth (B, H, W).
     """
-    if verts_cam.ndim != 3 or verts_cam.shape[-1] != 3:
-        raise UserError(f"verts_cam must have shape (B, V, 3), got {tuple(verts_cam.shape)}")
-    if faces.ndim != 2 or faces.shape[-1] != 3:
-        raise UserError(f"faces must have shape (F, 3), got {tuple(faces.shape)}")
-    if K.shape != (verts_cam.shape[0], 3, 3):
-        raise UserError(f"K must have shape ({verts_cam.shape[0]}, 3, 3), got {tuple(K.shape)}")
+    check_mesh_inputs(verts_cam, faces, K)
     B, V = verts_cam.shape[:2]
     Fn = faces.shape[0]
     device, dtype = verts_cam.device, verts_cam.dtype
