@@ -331,7 +331,8 @@ def fit_init_main(args) -> None:
                           else ("pose-fit-init", "the fit's initialisation"))
         write_section(section, f"## Pose network vs {title} (`fit --init pose`, issue 24)\n\n"
                       f"Measured {time.strftime('%Y-%m-%d')} on {started}, 1 torch thread, machine shared with other "
-                      f"jobs. `{command}`. Every other clip of the sets of the `pose` section (one per category; held out; "
+                      f"jobs. `{command}`. Every other clip of the sets of the `pose` section "
+                      f"(one per category; held out; "
                       f"20 frames, 256 px). Object poses (template frame, camera): the pose stage "
                       f"(`{args.weights[0].name}`, true focal; frames where PnP failed left out), and the poses the "
                       "fit starts from (`fit/init.npz` with the hand stage's cameras) with `--init default` (centre "

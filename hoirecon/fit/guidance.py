@@ -135,7 +135,8 @@ class PriorGuidance:
             the SDF parameters only, or None (before ``start_step`` / off-cycle / weight 0);
             info = {"sds": weighted loss, "sds_raw": unweighted loss, "sds_t": t, "sds_grad":
             RMS of the per-pixel SDS gradient w(t)(eps_hat - eps)} (floats; ``idle_info()``,
-            the same keys at 0 and t = -1, when loss is None, so log rows keep one layout). The SDS "loss" is a surrogate whose gradient is the SDS gradient; its value
+            the same keys at 0 and t = -1, when loss is None, so log rows keep one layout). The SDS "loss"
+            is a surrogate whose gradient is the SDS gradient; its value
             is not a distance (it swings with t and the noise), ``sds_grad`` is the better
             monitor.
         """

@@ -185,7 +185,8 @@ def object_in_hand_poses(cams: ObjectCameras, T_cam_to_hand: np.ndarray,
         T_hand_to_obj (T, 4, 4).
     """
     T_hand_to_cam = np.linalg.inv(np.asarray(T_cam_to_hand, np.float64))
-    R, t, reg = np.asarray(cams.R_cam_from_obj, np.float64), np.asarray(cams.t_cam_from_obj, np.float64), cams.registered
+    R, t = np.asarray(cams.R_cam_from_obj, np.float64), np.asarray(cams.t_cam_from_obj, np.float64)
+    reg = cams.registered
     model_depth = (R @ cams.center + t)[:, 2]
     hand_depth = (T_hand_to_cam[:, :3, :3] @ center_hand + T_hand_to_cam[:, :3, 3])[:, 2]
     scale = float(np.median(hand_depth[reg]) / max(np.median(model_depth[reg]), 1e-9))

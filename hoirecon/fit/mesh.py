@@ -15,6 +15,7 @@ import torch
 import trimesh
 
 from hoirecon.errors import RunError
+from hoirecon.geometry.meshes import largest_component as keep_largest_component
 
 
 @torch.no_grad()
@@ -55,9 +56,7 @@ def extract_mesh(sdf_fn: Callable[[torch.Tensor], torch.Tensor], radius: float, 
     verts = verts * (2.0 * radius / (resolution - 1)) - radius
     mesh = trimesh.Trimesh(verts, faces.astype(np.int64), process=True)
     if largest_component:
-        parts = mesh.split(only_watertight=False)
-        if len(parts) > 1:
-            mesh = max(parts, key=lambda m: len(m.faces))
+        mesh = keep_largest_component(mesh)
     if mesh.volume < 0:
         mesh.invert()
     return mesh

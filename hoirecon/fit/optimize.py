@@ -329,7 +329,8 @@ def hand_penetration_ramp(step: int, cfg: OptimizeConfig) -> float:
 
 
 def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, labels: torch.Tensor,
-                 cfg: OptimizeConfig, gen: torch.Generator, step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 cfg: OptimizeConfig, gen: torch.Generator,
+                 step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its weighted terms for one batch of pixels (``step`` None = the last step)."""
     w = cfg.weights
     dev = scene.K.device
@@ -501,7 +502,8 @@ def optimize_scene(
         if on_step is not None:
             on_step(step, row)
         done = step + 1
-        if checkpoint_path is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+        if checkpoint_path is not None and due and done < cfg.steps:
             _save_checkpoint(Path(checkpoint_path), scene, opt, done, gen, history)
         if should_stop is not None and should_stop(done):
             raise StopRequested(f"stopped after step {done}")

@@ -182,7 +182,8 @@ class MLPSDF(ObjectSDF):
     def __init__(self, radius: float, width: int = 64, depth: int = 4, n_freqs: int = 6, init_radius: float = 0.5):
         super().__init__()
         self.radius = float(radius)
-        self.width, self.depth, self.n_freqs, self.init_radius = int(width), int(depth), int(n_freqs), float(init_radius)
+        self.width, self.depth = int(width), int(depth)
+        self.n_freqs, self.init_radius = int(n_freqs), float(init_radius)
         dims = [3 + 6 * n_freqs] + [width] * depth
         self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(depth))
         self.out = nn.Linear(width, 1)

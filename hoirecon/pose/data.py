@@ -200,7 +200,8 @@ def make_samples(clip: ClipData, size: int, rng: np.random.Generator | None = No
     elif clip.labels is not None:
         lab = clip.labels
         joints = _project(lab["keypoints_cam"][idx].astype(np.float64), clip.K)
-        cam_pts = clip.control_3d @ lab["T_obj_to_cam"][idx, :3, :3].transpose(0, 2, 1) + lab["T_obj_to_cam"][idx, None, :3, 3]
+        T_obj_to_cam = lab["T_obj_to_cam"][idx]
+        cam_pts = clip.control_3d @ T_obj_to_cam[:, :3, :3].transpose(0, 2, 1) + T_obj_to_cam[:, None, :3, 3]
         control = _project(cam_pts, clip.K)
         hand_rot = lab["T_cam_to_hand"][idx, :3, :3].transpose(0, 2, 1)  # hand -> camera
         art = lab["articulation"][idx]
