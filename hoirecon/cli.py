@@ -78,9 +78,11 @@ RUN_SETTINGS = {
     "fit": Group(FitConfig, only=("preset", "prior", "sds_weight", "sds_every", "steps", "seed", "hand_model")),
     "export": Group(ExportConfig, only=("format",)),
 }
-BATCH_SETTINGS = {**RUN_SETTINGS,
-                  "masks": Group(MasksConfig, only=("detector", "segmenter", "tracker", "iou_threshold")),
-                  "hand": Group(HandConfig, only=("backend", "side", "hand_model"), flags={"backend": "--hand-backend"})}
+BATCH_SETTINGS = {
+    **RUN_SETTINGS,
+    "masks": Group(MasksConfig, only=("detector", "segmenter", "tracker", "iou_threshold")),
+    "hand": Group(HandConfig, only=("backend", "side", "hand_model"), flags={"backend": "--hand-backend"}),
+}
 
 
 class _Session:
@@ -428,13 +430,12 @@ def prior_train(
     import dataclasses
 
     from hoirecon.prior.model import PriorConfig
-    from hoirecon.prior.train import SMALL_RECIPE, TrainConfig, export_weights, train_prior
+    from hoirecon.prior.train import RECIPES, export_weights, train_prior
 
     s = _session(quiet, as_json, "prior train")
-    if recipe not in ("paper", "small"):
-        raise UserError(f"unknown recipe '{recipe}': choose paper or small")
-    cfg = SMALL_RECIPE if recipe == "small" else TrainConfig()
-    cfg = dataclasses.replace(cfg, device=device, **({"steps": steps} if steps else {}))
+    if recipe not in RECIPES:
+        raise UserError(f"unknown recipe '{recipe}': choose {' or '.join(RECIPES)}")
+    cfg = dataclasses.replace(RECIPES[recipe], device=device, **({"steps": steps} if steps else {}))
     with s.reporter.task("training prior", total=cfg.steps) as task:
         result = train_prior(data, out, cfg, PriorConfig(hand_condition=hand_condition),
                              progress=lambda step, total, info: task.update(completed=step))

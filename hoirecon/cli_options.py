@@ -93,7 +93,8 @@ def with_settings(**groups: Group) -> Callable[[Callable], Callable]:
                 _merge(routes, name, setting)
         options = [_option(targets[0][1]) for targets in routes.values()]
         own_decls = {d for p in own for d in getattr(p.default, "param_decls", None) or ()}
-        clash = ({p.name for p in own} & set(routes)) | (own_decls & {d for o in options for d in o.default.param_decls})
+        generated_decls = {d for o in options for d in o.default.param_decls}
+        clash = ({p.name for p in own} & set(routes)) | (own_decls & generated_decls)
         if clash:
             raise TypeError(f"{command.__name__}: {sorted(clash)} both its own and generated")
 

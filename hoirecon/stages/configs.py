@@ -144,7 +144,9 @@ class HandConfig:
     sfm: bool = setting(True, "Structure from motion on the object's pixels for the focal length and the object's "
                         "own rotations.")
     smooth_weight: float = setting(1.0, "Joint-velocity smoothing weight (0 = off).", flag="--smooth")
+    # MediaPipe's presence times mask and handedness agreement.
     presence_threshold: float = setting(0.5, "Landmark presence needed per frame.")
+    # The second pass, with the mean shape, takes half as many.
     ik_iterations: int = setting(200, "IK optimisation steps per frame.")
     world_weight: float = setting(1.0, internal="the IK's balance of MediaPipe's 3D world landmarks against its 2D "
                                   "ones (hoirecon.handpose.ik), tuned once; not a choice a user can judge")
@@ -186,6 +188,7 @@ class FitConfig:
     # needs no weights; a person on the command line gets the shipped one.
     prior: str = setting("none", "Diffusion prior distilled into the object: hoirecon (the shipped one) | diffhoi "
                          "(authors' checkpoint) | a .pt | none.", cli_default="hoirecon")
+    # A name outside the prior's vocabulary runs its category-agnostic branch.
     category: str = setting("unknown", "The object's name for the prior (any name; unknown = any object).",
                             short="-c", parse=category_name)
     # The authors' w_diffuse 1e-3, with the same summed reduction.
@@ -194,10 +197,12 @@ class FitConfig:
     sds_every: int = setting(1, "Score distillation on every N-th step (after step 100).")
     steps: Optional[int] = setting(None, "Override the preset's number of optimisation steps.")
     rays_per_step: Optional[int] = setting(None, "Override the preset's rays per step.", flag="--rays")
-    seed: int = setting(0, "Seed of initialisation and sampling.")
+    seed: int = setting(0, "Seed of initialisation and sampling.")  # and of the rendering jitter
     hand_model: str = _hand_model()  # must be the one the hand stage fitted
+    # paper: gamma 1e-4; hard: the seed's B.4 ablation (hoirecon.fit.scene.BlendConfig).
     blend: str = setting("occlusion", "Mask blending: occlusion (default) | paper (eq. 1-2) | hard (front surface wins "
                          "+ ordinal depth loss; an ablation).")
+    # One shared pose is the seed's B.3 ablation.
     per_frame_object_pose: bool = setting(True, "Optimise a per-frame object pose (default) or one for the clip.",
                                           flag="--per-frame-object-pose/--shared-object-pose")
     time_budget_s: Optional[float] = setting(None, "Stop the optimisation after this many seconds (schedules still "
