@@ -78,6 +78,7 @@ RUN_SETTINGS = {
     "fit": Group(FitConfig, only=("preset", "prior", "sds_weight", "sds_every", "steps", "seed", "hand_model")),
     "export": Group(ExportConfig, only=("format",)),
 }
+# batch offers what applies to every clip alike: boxes and the focal length come per clip from its manifest.
 BATCH_SETTINGS = {
     **RUN_SETTINGS,
     "masks": Group(MasksConfig, only=("detector", "segmenter", "tracker", "iou_threshold")),
