@@ -19,16 +19,15 @@ import typer
 from typer import Abort as _Abort, Exit as _Exit
 from typer._click.exceptions import ClickException as _ClickException, NoArgsIsHelpError as _NoArgsIsHelp
 
-# Only light modules here: `--help` and `status` must not pay for torch. Stage configs are
-# imported inside the commands that build them (a stage module imports its libraries), and
-# STAGES imports a stage's module when it is first looked up.
+# Only light modules here: `--help` and `status` must not pay for torch. The stage configs
+# are light (stages/configs.py), and a stage's module is imported when the runner first runs it.
 from hoirecon import __version__
 from hoirecon.categories import category_name, normalize_category
+from hoirecon.cli_options import Group, Settings, with_settings
 from hoirecon.errors import HoireconError, UserError
 from hoirecon.pipeline.report import Reporter
-from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, run_pipeline, status_table
-from hoirecon.pipeline.runner import read_manifest
-from hoirecon.io.boxes import parse_box
+from hoirecon.pipeline.runner import STAGE_ORDER, StageResult, read_manifest, run_pipeline, status_table
+from hoirecon.stages.configs import ExportConfig, FitConfig, FramesConfig, HandConfig, MasksConfig, PoseConfig
 from hoirecon.stages.registry import STAGES
 
 app = typer.Typer(
@@ -37,6 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: a box written [x0,y0,x1,y1] must show as written
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -65,39 +65,26 @@ DeviceOpt = typer.Option("cpu", "--device", callback=_checked_device,
                          help="Torch device for learned stages, e.g. cpu or cuda.")
 OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default: hoirecon_out/<clip name>).")
 ForceOpt = typer.Option(None, "--force", help=f"Recompute this stage and all after it ({', '.join(STAGE_ORDER)}).")
-MaxFramesOpt = typer.Option(None, "--max-frames", help="Keep at most this many frames.")
-StrideOpt = typer.Option(1, "--stride", help="Keep every N-th frame.")
-SizeOpt = typer.Option(640, "--size", help="Longer side of the working frames in pixels (only shrinks).")
-HandBoxOpt = typer.Option(None, "--hand-box", help="First-frame hand box x0,y0,x1,y1 (original video pixels).")
-ObjectBoxOpt = typer.Option(None, "--object-box", help="First-frame object box x0,y0,x1,y1 (original video pixels).")
-BoxesOpt = typer.Option(None, "--boxes", help='boxes.json: {"hand": [x0,y0,x1,y1], "object": [...]}.')
-MasksDirOpt = typer.Option(None, "--masks-dir", help="Your own masks (DIR/hand/*.png, DIR/object/*.png): skip "
-                                                     "detection and tracking.")
-DetectorOpt = typer.Option("auto", "--detector", help="First-frame boxes when none are given: auto (offline: "
-                           "MediaPipe hand search + the held object next to it; check overlay.mp4) | boxes (require "
-                           "--hand-box/--object-box or boxes.json) | doh100 (the paper's detector, needs weights).")
-SegmenterOpt = typer.Option("grabcut", "--segmenter", help="First-frame masks from boxes: grabcut | pointrend.")
-TrackerOpt = typer.Option("auto", "--tracker", help="Mask tracking: auto (default: runs foreground and flow, keeps "
-                          "the one that passes the forward-backward check best) | foreground (each frame's learned "
-                          "foreground split by the hand's landmarks) | flow (optical flow + GrabCut) | stcn (the "
-                          "paper's, needs weights).")
-IouOpt = typer.Option(0.4, "--iou-threshold", help="Minimum forward-backward IoU for hand and object.")
-HandBackendOpt = typer.Option("mediapipe", "--hand-backend", help="Hand estimator: mediapipe | frankmocap.")
-SideOpt = typer.Option("right", "--side", help="The hand holding the object: right | left.")
-FocalOpt = typer.Option(None, "--focal", help="The camera's focal length in pixels of the original video (default: "
-                        "estimated by structure from motion on the object, else 90 degrees across the longer side).")
-FovOpt = typer.Option(None, "--fov", help="The camera's horizontal field of view in degrees (instead of --focal).")
-HandModelOpt = typer.Option("anny", "--hand-model", help="Hand model: anny (open) | mano (needs weights).")
-PresetOpt = typer.Option("fast", "--preset", help="fast (minutes on a CPU) | paper (the seed's 50k steps).")
-PriorOpt = typer.Option("hoirecon", "--prior", help="Diffusion prior distilled into the object: hoirecon (the "
-                                                    "shipped one) | diffhoi (authors' checkpoint) | a .pt | none.")
-SdsWeightOpt = typer.Option(1e-3, "--sds-weight", help="Weight of the score-distillation term.")
-SdsEveryOpt = typer.Option(1, "--sds-every", help="Score distillation on every N-th step (after step 100).")
-StepsOpt = typer.Option(None, "--steps", help="Override the preset's number of optimisation steps.")
+StageForceOpt = typer.Option(False, "--force", help="Recompute even if cached.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of initialisation and sampling.")
-FormatOpt = typer.Option("glb", "--format", help="Mesh format: glb | obj | ply.")
-ExportFramesOpt = typer.Option("all", "--frames", help="Frames to export: all, or N evenly spaced.")
-ResolutionOpt = typer.Option(None, "--resolution", help="Marching-cubes resolution (default: the fit's mesh).")
+
+# Which stage settings a command offers; the options themselves come from the config fields.
+# `run` and `batch` offer the settings a first run needs (every stage command offers all of
+# its own) and call the hand's estimator --hand-backend: --backend alone names no stage there.
+RUN_SETTINGS = {
+    "frames": Group(FramesConfig),
+    "masks": Group(MasksConfig),
+    "hand": Group(HandConfig, only=("backend", "side", "hand_model", "focal_px", "fov_deg"),
+                  flags={"backend": "--hand-backend"}),
+    "fit": Group(FitConfig, only=("preset", "prior", "sds_weight", "sds_every", "steps", "seed", "hand_model")),
+    "export": Group(ExportConfig, only=("format",)),
+}
+# batch offers what applies to every clip alike: boxes and the focal length come per clip from its manifest.
+BATCH_SETTINGS = {
+    **RUN_SETTINGS,
+    "masks": Group(MasksConfig, only=("detector", "segmenter", "tracker", "iou_threshold")),
+    "hand": Group(HandConfig, only=("backend", "side", "hand_model"), flags={"backend": "--hand-backend"}),
+}
 
 
 class _Session:
@@ -156,20 +143,8 @@ def _default_out(clip: Path) -> Path:
     return Path("hoirecon_out") / (clip.stem if clip.is_file() else clip.name)
 
 
-def _frames_config(clip: Path, max_frames, stride, size) -> FramesConfig:
-    from hoirecon.stages.frames import FramesConfig
-
-    return FramesConfig(source=str(clip.resolve()), max_frames=max_frames, stride=stride, size=size)
-
-
-def _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou,
-                  side: str) -> MasksConfig:
-    from hoirecon.stages.masks import MasksConfig
-
-    return MasksConfig(hand_box=parse_box(hand_box, "--hand-box"), object_box=parse_box(object_box, "--object-box"),
-                       boxes_file=str(boxes.resolve()) if boxes else None,
-                       masks_dir=str(masks_dir.resolve()) if masks_dir else None,
-                       detector=detector, segmenter=segmenter, tracker=tracker, iou_threshold=iou, side=side)
+def _frames_config(clip: Path, settings: Optional[dict] = None) -> FramesConfig:
+    return FramesConfig(source=str(clip.resolve()), **(settings or {}))
 
 
 def _is_output_folder(path: Path) -> bool:
@@ -177,56 +152,28 @@ def _is_output_folder(path: Path) -> bool:
 
 
 @app.command()
+@with_settings(**RUN_SETTINGS)
 def run(
     clip: Path = typer.Argument(..., help="Video file or folder of images."),
     category: str = typer.Option(..., "--category", "-c", help="The object's name, e.g. mug, bottle, kettle; any "
                                  "name (one the prior does not know runs it category-agnostic), or unknown."),
     out: Optional[Path] = OutOpt,
     force: Optional[str] = ForceOpt,
-    max_frames: Optional[int] = MaxFramesOpt,
-    stride: int = StrideOpt,
-    size: int = SizeOpt,
-    hand_box: Optional[str] = HandBoxOpt,
-    object_box: Optional[str] = ObjectBoxOpt,
-    boxes: Optional[Path] = BoxesOpt,
-    masks_dir: Optional[Path] = MasksDirOpt,
-    detector: str = DetectorOpt,
-    segmenter: str = SegmenterOpt,
-    tracker: str = TrackerOpt,
-    iou_threshold: float = IouOpt,
-    hand_backend: str = HandBackendOpt,
-    side: str = SideOpt,
-    hand_model: str = HandModelOpt,
-    focal: Optional[float] = FocalOpt,
-    fov: Optional[float] = FovOpt,
-    preset: str = PresetOpt,
-    prior: str = PriorOpt,
-    sds_weight: float = SdsWeightOpt,
-    sds_every: int = SdsEveryOpt,
-    steps: Optional[int] = StepsOpt,
-    seed: int = SeedOpt,
-    export_format: str = FormatOpt,
+    settings: Settings = None,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run every stage on CLIP: frames -> masks -> hand -> fit -> export (cached)."""
-    from hoirecon.stages.export import ExportConfig
-    from hoirecon.stages.fit import FitConfig
-    from hoirecon.stages.hand import HandConfig
-
     s = _session(quiet, as_json, "run")
     category = category_name(category)
     out = out or _default_out(clip)
     s.summary.update(out=str(out), category=category)
-    stages = [(STAGES["frames"], _frames_config(clip, max_frames, stride, size)),
-              (STAGES["masks"], _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker,
-                                              iou_threshold, side)),
-              (STAGES["hand"], HandConfig(backend=hand_backend, side=side, hand_model=hand_model, focal_px=focal,
-                                          fov_deg=fov)),
-              (STAGES["fit"], FitConfig(preset=preset, prior=prior, category=category, steps=steps, seed=seed,
-                                        hand_model=hand_model, sds_weight=sds_weight, sds_every=sds_every)),
-              (STAGES["export"], ExportConfig(format=export_format))]
+    stages = [(STAGES["frames"], _frames_config(clip, settings.frames)),
+              (STAGES["masks"], MasksConfig(**settings.masks)),
+              (STAGES["hand"], HandConfig(**settings.hand)),
+              (STAGES["fit"], FitConfig(category=category, **settings.fit)),
+              (STAGES["export"], ExportConfig(**settings.export))]
     _run_stages(s, out, stages, force, device)
     _print_outputs(s, out)
     s.finish()
@@ -242,93 +189,70 @@ def _print_outputs(s: "_Session", out: Path) -> None:
 
 
 @app.command()
+@with_settings(frames=Group(FramesConfig))
 def frames(
     clip: Path = typer.Argument(..., help="Video file or folder of images."),
     out: Optional[Path] = OutOpt,
-    max_frames: Optional[int] = MaxFramesOpt,
-    stride: int = StrideOpt,
-    size: int = SizeOpt,
-    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    settings: Settings = None,
+    force: bool = StageForceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Decode CLIP into numbered PNG frames and meta.json."""
     s = _session(quiet, as_json, "frames")
-    cfg = _frames_config(clip, max_frames, stride, size)
+    cfg = _frames_config(clip, settings.frames)
     _run_stages(s, out or _default_out(clip), [(STAGES["frames"], cfg)], "frames" if force else None)
     s.finish()
 
 
 @app.command()
+@with_settings(masks=Group(MasksConfig))
 def masks(
     clip_or_out: Path = typer.Argument(..., help="A clip (frames are extracted first) or an output folder."),
     out: Optional[Path] = OutOpt,
-    hand_box: Optional[str] = HandBoxOpt,
-    object_box: Optional[str] = ObjectBoxOpt,
-    boxes: Optional[Path] = BoxesOpt,
-    masks_dir: Optional[Path] = MasksDirOpt,
-    detector: str = DetectorOpt,
-    segmenter: str = SegmenterOpt,
-    tracker: str = TrackerOpt,
-    iou_threshold: float = IouOpt,
-    side: str = SideOpt,
-    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    settings: Settings = None,
+    force: bool = StageForceOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Hand and object masks for every frame (first-frame boxes, segmentation, tracking, IoU filter)."""
     s = _session(quiet, as_json, "masks")
-    cfg = _masks_config(hand_box, object_box, boxes, masks_dir, detector, segmenter, tracker, iou_threshold, side)
+    cfg = MasksConfig(**settings.masks)
     if _is_output_folder(clip_or_out):
         out = clip_or_out
         stages = []
     else:
         out = out or _default_out(clip_or_out)
-        stages = [(STAGES["frames"], _frames_config(clip_or_out, None, 1, 640))]
+        stages = [(STAGES["frames"], _frames_config(clip_or_out))]
     _run_stages(s, out, stages + [(STAGES["masks"], cfg)], "masks" if force else None, device)
     s.finish()
 
 
 @app.command()
+@with_settings(hand=Group(HandConfig))
 def hand(
     out: Path = typer.Argument(..., help="Output folder with frames and masks."),
-    backend: str = typer.Option("mediapipe", "--backend", help="Hand estimator: mediapipe | frankmocap."),
-    side: str = SideOpt,
-    hand_model: str = HandModelOpt,
-    focal: Optional[float] = FocalOpt,
-    fov: Optional[float] = FovOpt,
-    sfm: bool = typer.Option(True, "--sfm/--no-sfm", help="Structure from motion on the object's pixels for the "
-                             "focal length and the object's own rotations."),
-    smooth: float = typer.Option(1.0, "--smooth", help="Joint-velocity smoothing weight (0 = off)."),
-    presence_threshold: float = typer.Option(0.5, "--presence-threshold", help="Landmark presence needed per frame."),
-    ik_iterations: int = typer.Option(200, "--ik-iterations", help="IK optimisation steps per frame."),
-    weak_ik: bool = typer.Option(False, "--weak-ik", help="Fit a pure weak-perspective camera (the paper's)."),
-    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    settings: Settings = None,
+    force: bool = StageForceOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Per-frame hand initialisation: articulation, shape, camera pose T_cam_to_hand (seed A.5, eq. 4)."""
-    from hoirecon.stages.hand import HandConfig
-
     s = _session(quiet, as_json, "hand")
-    cfg = HandConfig(backend=backend, side=side, hand_model=hand_model, focal_px=focal, fov_deg=fov, sfm=sfm,
-                     smooth_weight=smooth,
-                     presence_threshold=presence_threshold, ik_iterations=ik_iterations, perspective_ik=not weak_ik)
+    cfg = HandConfig(**settings.hand)
     _run_stages(s, out, [(STAGES["hand"], cfg)], "hand" if force else None, device, existing=True)
     s.finish()
 
 
-def _hand_config_with_camera(out: Path, focal: Optional[float], fov: Optional[float]) -> HandConfig:
-    from hoirecon.stages.hand import HandConfig
-
+def _hand_config_with_camera(out: Path, focal_px: Optional[float], fov_deg: Optional[float]) -> HandConfig:
     manifest = read_manifest(out / "hand")
     if manifest is None:
         raise UserError(f"no hand stage in {out}: run `hoirecon hand {out} --focal ...` first")
     known = {f for f in HandConfig.__dataclass_fields__}
     settings = {k: v for k, v in manifest.get("config", {}).items() if k in known}
-    settings.update(focal_px=focal, fov_deg=fov)
+    settings.update(focal_px=focal_px, fov_deg=fov_deg)
     return HandConfig(**settings)
 
 
@@ -350,71 +274,41 @@ def _run_stages(s: "_Session", out: Path, stages: list, force_from: Optional[str
 
 
 @app.command()
+@with_settings(fit=Group(FitConfig), camera=Group(HandConfig, only=("focal_px", "fov_deg")))
 def fit(
     out: Path = typer.Argument(..., help="Output folder with frames, masks and hand (or a synth folder)."),
-    preset: str = PresetOpt,
-    prior: str = PriorOpt,
-    category: str = typer.Option("unknown", "--category", "-c", help="The object's name for the prior (any name; "
-                                 "unknown = any object)."),
-    sds_weight: float = SdsWeightOpt,
-    sds_every: int = SdsEveryOpt,
-    steps: Optional[int] = StepsOpt,
-    rays: Optional[int] = typer.Option(None, "--rays", help="Override the preset's rays per step."),
-    seed: int = SeedOpt,
-    hand_model: str = HandModelOpt,
-    blend: str = typer.Option("occlusion", "--blend", help="Mask blending: occlusion (default) | paper (eq. 1-2) "
-                              "| hard (front surface wins + ordinal depth loss; an ablation)."),
-    per_frame_pose: bool = typer.Option(True, "--per-frame-object-pose/--shared-object-pose",
-                                        help="Optimise a per-frame object pose (default) or one for the clip."),
-    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop the optimisation after this "
-                                                "many seconds (schedules still span the preset's steps)."),
-    mesh_resolution: int = typer.Option(128, "--mesh-resolution", help="Marching-cubes grid of object.ply."),
-    init: str = typer.Option("default", "--init", help="Start each frame's object pose from: default (masks and "
-                             "hand) | pose (the poses of `hoirecon pose OUT --object-mesh MESH`)."),
-    focal: Optional[float] = FocalOpt,
-    fov: Optional[float] = FovOpt,
-    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    settings: Settings = None,
+    force: bool = StageForceOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Optimise the hand-object scene (object SDF, object and camera poses, hand) against the masks."""
-    from hoirecon.stages.fit import FitConfig
-
     s = _session(quiet, as_json, "fit")
-    cfg = FitConfig(preset=preset, prior=prior, category=category_name(category), sds_weight=sds_weight,
-                    sds_every=sds_every, steps=steps, rays_per_step=rays, seed=seed, hand_model=hand_model,
-                    blend=blend, per_frame_object_pose=per_frame_pose, time_budget_s=time_budget,
-                    mesh_resolution=mesh_resolution, init=init)
+    cfg = FitConfig(**settings.fit)
     stages = [(STAGES["fit"], cfg)]
-    if focal is not None or fov is not None:
+    camera = settings.camera
+    if any(v is not None for v in camera.values()):
         # The camera is the hand stage's: redo it with this one, keeping its other settings.
         _require_output_folder(out)
-        stages.insert(0, (STAGES["hand"], _hand_config_with_camera(out, focal, fov)))
+        stages.insert(0, (STAGES["hand"], _hand_config_with_camera(out, **camera)))
     _run_stages(s, out, stages, "fit" if force else None, device, existing=True)
     s.finish()
 
 
 @app.command()
+@with_settings(export=Group(ExportConfig))
 def export(
     out: Path = typer.Argument(..., help="Output folder with fit results."),
-    export_format: str = FormatOpt,
-    frames_opt: str = ExportFramesOpt,
-    resolution: Optional[int] = ResolutionOpt,
-    world: str = typer.Option("object", "--world", help="World frame of the exported scene: object | camera."),
-    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Write turntable/side-by-side videos "
-                                                                         "and the summary PNG."),
-    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    settings: Settings = None,
+    force: bool = StageForceOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Export meshes (glb/obj/ply), the animated interaction, poses, and videos to look at."""
-    from hoirecon.stages.export import ExportConfig, parse_frames
-
     s = _session(quiet, as_json, "export")
-    cfg = ExportConfig(format=export_format, frames=parse_frames(frames_opt), resolution=resolution, world=world,
-                       pictures=pictures)
+    cfg = ExportConfig(**settings.export)
     _run_stages(s, out, [(STAGES["export"], cfg)], "export" if force else None, device, existing=True)
     _print_outputs(s, out)
     s.finish()
@@ -538,13 +432,12 @@ def prior_train(
     import dataclasses
 
     from hoirecon.prior.model import PriorConfig
-    from hoirecon.prior.train import SMALL_RECIPE, TrainConfig, export_weights, train_prior
+    from hoirecon.prior.train import RECIPES, export_weights, train_prior
 
     s = _session(quiet, as_json, "prior train")
-    if recipe not in ("paper", "small"):
-        raise UserError(f"unknown recipe '{recipe}': choose paper or small")
-    cfg = SMALL_RECIPE if recipe == "small" else TrainConfig()
-    cfg = dataclasses.replace(cfg, device=device, **({"steps": steps} if steps else {}))
+    if recipe not in RECIPES:
+        raise UserError(f"unknown recipe '{recipe}': choose {' or '.join(RECIPES)}")
+    cfg = dataclasses.replace(RECIPES[recipe], device=device, **({"steps": steps} if steps else {}))
     with s.reporter.task("training prior", total=cfg.steps) as task:
         result = train_prior(data, out, cfg, PriorConfig(hand_condition=hand_condition),
                              progress=lambda step, total, info: task.update(completed=step))
@@ -582,6 +475,7 @@ def prior_sample(
 
 
 @app.command()
+@with_settings(**BATCH_SETTINGS)
 def batch(
     clips: Optional[list[str]] = typer.Argument(None, help="Clip files (videos), folders or glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Batch folder: DIR/<clip name>/ per clip, batch.jsonl, "
@@ -598,23 +492,7 @@ def batch(
     rerun_done: bool = typer.Option(False, "--rerun-done", help="Run clips an earlier batch finished with the same "
                                                                 "settings again (their fresh stages stay cached)."),
     force: Optional[str] = ForceOpt,
-    max_frames: Optional[int] = MaxFramesOpt,
-    stride: int = StrideOpt,
-    size: int = SizeOpt,
-    detector: str = DetectorOpt,
-    segmenter: str = SegmenterOpt,
-    tracker: str = TrackerOpt,
-    iou_threshold: float = IouOpt,
-    hand_backend: str = HandBackendOpt,
-    side: str = SideOpt,
-    hand_model: str = HandModelOpt,
-    preset: str = PresetOpt,
-    prior: str = PriorOpt,
-    sds_weight: float = SdsWeightOpt,
-    sds_every: int = SdsEveryOpt,
-    steps: Optional[int] = StepsOpt,
-    seed: int = SeedOpt,
-    export_format: str = FormatOpt,
+    settings: Settings = None,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
@@ -622,29 +500,19 @@ def batch(
     """Run every stage on many clips (one output folder each), resumable, with one report."""
     from hoirecon.batch import BatchConfig, run_batch
     from hoirecon.errors import RunError
-    from hoirecon.stages.export import ExportConfig
-    from hoirecon.stages.fit import FitConfig
-    from hoirecon.stages.hand import HandConfig
-    from hoirecon.stages.masks import MasksConfig
 
     s = _session(quiet, as_json, "batch")
     # The run options are checked here once (the same configs `run` builds), not in every clip.
-    MasksConfig(detector=detector, segmenter=segmenter, tracker=tracker, iou_threshold=iou_threshold)
-    HandConfig(backend=hand_backend, side=side, hand_model=hand_model)
-    FitConfig(preset=preset, prior=prior, steps=steps, seed=seed, hand_model=hand_model, sds_weight=sds_weight,
-              sds_every=sds_every)
-    ExportConfig(format=export_format)
+    MasksConfig(**settings.masks)
+    HandConfig(**settings.hand)
+    FitConfig(**settings.fit)
+    ExportConfig(**settings.export)
     if force is not None and force not in STAGE_ORDER:
         raise UserError(f"--force: unknown stage '{force}' (choose from {', '.join(STAGE_ORDER)})")
-    options = {"--force": force, "--max-frames": max_frames, "--stride": stride, "--size": size,
-               "--detector": detector, "--segmenter": segmenter, "--tracker": tracker, "--iou-threshold": iou_threshold,
-               "--hand-backend": hand_backend, "--side": side, "--hand-model": hand_model, "--preset": preset,
-               "--prior": prior, "--sds-weight": sds_weight, "--sds-every": sds_every, "--steps": steps,
-               "--seed": seed, "--format": export_format}
+    run_options = (["--force", force] if force is not None else []) + settings.as_argv()
     cfg = BatchConfig(inputs=tuple(clips or ()), out=str(out), manifest=str(manifest) if manifest else None,
-                      category=category,
-                      run_options=tuple(a for k, v in options.items() if v is not None for a in (k, str(v))),
-                      device=device, workers=workers, ray=ray, ray_address=ray_address, rerun_done=rerun_done)
+                      category=category, run_options=tuple(run_options), device=device, workers=workers, ray=ray,
+                      ray_address=ray_address, rerun_done=rerun_done)
     summary = run_batch(cfg, s.reporter)
     s.summary.update(summary)
     if summary["failed"]:
@@ -700,35 +568,27 @@ app.add_typer(pose_app, name="pose")
 
 
 @pose_app.command("run")
+@with_settings(pose=Group(PoseConfig))
 def pose_run(
     clip_or_out: Path = typer.Argument(..., help="A clip (frames and masks are made first) or an output folder "
                                                  "with frames and masks (e.g. a synth folder)."),
-    object_mesh: Path = typer.Option(..., "--object-mesh", help="The object's template mesh (watertight, metres)."),
+    settings: Settings = None,
     out: Optional[Path] = OutOpt,
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Network weights (default: "
-                                                                   "weights/pose/pose_cpu.pt)."),
-    focal: Optional[float] = typer.Option(None, "--focal", help="Focal length in pixels of the original video "
-                                          "(default: the paper's 90 degrees across the longer side)."),
-    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    force: bool = StageForceOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Per-frame hand and object poses (poses.npz) and an overlay video, cached as stage `pose`."""
-    from hoirecon.stages.pose import PoseConfig
-
     s = _session(quiet, as_json, "pose")
-    cfg = PoseConfig(object_mesh=str(object_mesh.resolve()), weights=str(weights.resolve()) if weights else None,
-                     focal_px=focal)
+    cfg = PoseConfig(**settings.pose)
     if _is_output_folder(clip_or_out):
         out, stages = clip_or_out, []
     else:
-        from hoirecon.stages.masks import MasksConfig
-
         if not clip_or_out.exists():
             raise UserError(f"clip not found: {clip_or_out}")
         out = out or _default_out(clip_or_out)
-        stages = [(STAGES["frames"], _frames_config(clip_or_out, None, 1, 640)), (STAGES["masks"], MasksConfig())]
+        stages = [(STAGES["frames"], _frames_config(clip_or_out)), (STAGES["masks"], MasksConfig())]
     _run_stages(s, out, stages + [(STAGES["pose"], cfg)], "pose" if force else None, device)
     s.finish()
 

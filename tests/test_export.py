@@ -27,7 +27,8 @@ from hoirecon.io.masks import write_mask_folder
 from hoirecon.io.video import write_png
 from hoirecon.pipeline.runner import run_stage, write_external_stage
 from hoirecon.render.camera import pixel_directions, pixel_grid
-from hoirecon.stages.export import STAGE, ExportConfig, parse_frames, select_frames
+from hoirecon.stages.configs import parse_frames
+from hoirecon.stages.export import STAGE, ExportConfig, select_frames
 from hoirecon.render.raster import rasterize
 
 SPHERE_R = 0.04

@@ -15,8 +15,8 @@ import imageio_ffmpeg
 import numpy as np
 
 from hoirecon.errors import UserError
+from hoirecon.io.folders import IMAGE_SUFFIXES, list_image_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # A container that declares N frames but yields fewer than this share of them is truncated.
 _TRUNCATION_TOLERANCE = 0.9
 
@@ -29,16 +29,6 @@ class ClipInfo:
     width: int
     height: int
     declared_frames: int | None  # from the container (None for image folders or when unknown)
-
-
-def list_image_files(folder: Path) -> list[Path]:
-    """Image files of a folder in natural (numeric-aware) order."""
-    import re
-
-    def key(p: Path):
-        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
-
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=key)
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -83,10 +83,10 @@ class StageDef:
     inputs: tuple[str, ...]
     run: Callable[[StageContext, Any], dict] | None
     external_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
-    config_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
     # Rebuilds the config from the manifest's JSON, so that ``status`` digests the same
     # external files a rerun would (None: the recorded JSON dict stands in for the config).
     config_type: type | None = None
+    config_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
 
 
 @dataclass

@@ -82,11 +82,12 @@ class TrainConfig:
 
 # The recipe of the shipped weights (weights/hoirecon/prior_small.pt): few steps on a CPU, so
 # a larger learning rate with warm-up, batch 16 and a short EMA instead of the paper's
-# 1e-4 / batch 8 / 500k steps. ``hoirecon prior train --preset small`` uses it.
+# 1e-4 / batch 8 / 500k steps. ``hoirecon prior train --recipe small`` uses it.
 SMALL_RECIPE = TrainConfig(
     steps=3000, batch_size=16, lr=5e-4, warmup_steps=100, ema_decay=0.995, log_every=25,
     checkpoint_every=100, sample_every=300, sample_steps=25, seed=0, num_threads=1,
 )
+RECIPES = {"paper": TrainConfig(), "small": SMALL_RECIPE}  # ``--recipe`` names
 
 
 @dataclass

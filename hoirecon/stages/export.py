@@ -46,9 +46,8 @@ import numpy as np
 import torch
 
 from hoirecon.errors import UserError
-from hoirecon.export.gltf import INTERPOLATIONS, OPENCV_TO_GLTF_CAMERA, write_animated_glb
+from hoirecon.export.gltf import OPENCV_TO_GLTF_CAMERA, write_animated_glb
 from hoirecon.export.meshes import (
-    MESH_FORMATS,
     hand_meshes_hand_frame,
     object_mesh_from_fit,
     write_mesh,
@@ -57,82 +56,15 @@ from hoirecon.export.viewer import write_clip_view
 from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.masks import overlay_masks, read_mask_folder
 from hoirecon.io.video import read_rgb, write_png, write_video
-from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
+from hoirecon.pipeline.runner import StageContext, read_manifest
+from hoirecon.stages.configs import ExportConfig
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 from hoirecon.stages.outputs import FitPoses
+from hoirecon.stages.registry import STAGES
 
-VERSION = "2"  # 2: view.html
-WORLDS = ("object", "camera")
 TURNTABLE_FPS = 12.0
 SUMMARY_MIN_TILE = 192  # px: tiles of small clips are enlarged on the summary page
 RENDER_CHUNK = 12  # exported frames rendered at a time for the side-by-side video
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Settings of the export stage (CLI: ``hoirecon export OUT --format --frames --resolution ...``).
-
-    format: "glb" (object.glb + animated interaction.glb) | "obj" | "ply" (object + per-frame hand files).
-    frames: number of clip frames to export, evenly spaced, first and last included; None = all.
-    resolution: marching-cubes nodes per side to re-extract the object from the fitted SDF;
-        None = reuse the fit's object.ply.
-    world: "object" | "camera" (first frame's camera frame): frame of the hand meshes and the glb.
-    turntable_frame: clip frame shown in the turntable; None = the middle exported frame.
-    turntable_views: views per turn. view_size: side (px) of the turntable and novel views.
-    panel_size: longer side (px) of the input panels of the side-by-side video (only shrinks).
-    novel_view_deg: azimuth (about the first camera's up axis) of the novel view.
-    interpolation: glb animation interpolation, "LINEAR" | "STEP".
-    camera: put the animated input camera in the glb.
-    pictures: write turntable.mp4, side_by_side.mp4 and summary.png.
-    ssaa: supersampling per side for anti-aliased pictures (1 = off).
-    summary_frames: frames on the summary page.
-    """
-
-    format: str = "glb"
-    frames: Optional[int] = None
-    resolution: Optional[int] = None
-    world: str = "object"
-    turntable_frame: Optional[int] = None
-    turntable_views: int = 36
-    view_size: int = 256
-    panel_size: int = 320
-    novel_view_deg: float = 90.0
-    interpolation: str = "LINEAR"
-    camera: bool = True
-    pictures: bool = True
-    ssaa: int = 2
-    summary_frames: int = 4
-
-    def __post_init__(self):
-        object.__setattr__(self, "interpolation", str(self.interpolation).upper())
-        for name, value, choices in (("format", self.format, MESH_FORMATS), ("world", self.world, WORLDS),
-                                     ("interpolation", self.interpolation, INTERPOLATIONS)):
-            if value not in choices:
-                raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
-        if self.frames is not None and self.frames < 1:
-            raise UserError(f"--frames must be 'all' or a number >= 1, got {self.frames}")
-        if self.resolution is not None and not 16 <= self.resolution <= 1024:
-            raise UserError(f"--resolution must be between 16 and 1024, got {self.resolution}")
-        if self.turntable_frame is not None and self.turntable_frame < 0:
-            raise UserError(f"--turntable-frame must be >= 0, got {self.turntable_frame}")
-        for name, value, low in (("--turntable-views", self.turntable_views, 1), ("--view-size", self.view_size, 16),
-                                 ("--panel-size", self.panel_size, 16), ("--ssaa", self.ssaa, 1),
-                                 ("--summary-frames", self.summary_frames, 1)):
-            if value < low:
-                raise UserError(f"{name} must be >= {low}, got {value}")
-
-
-def parse_frames(text: str | int | None) -> Optional[int]:
-    """CLI value of ``--frames``: 'all' -> None, 'N' -> N (>= 1); UserError otherwise."""
-    if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
-        return None
-    try:
-        n = int(text)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1:
-        raise UserError(f"--frames must be 'all' or a number >= 1, got '{text}'")
-    return n
 
 
 def select_frames(num_frames: int, count: Optional[int]) -> np.ndarray:
@@ -431,4 +363,4 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
     return summary
 
 
-STAGE = StageDef("export", VERSION, ("frames", "masks", "fit"), run_export)
+STAGE = STAGES["export"]

@@ -39,7 +39,7 @@ import torch
 
 from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
-from hoirecon.fit.guidance import PRIOR_NAMES, GuidanceConfig, build_guidance
+from hoirecon.fit.guidance import GuidanceConfig, build_guidance
 from hoirecon.fit.init import ObjectCameras, object_in_hand_from_camera, object_poses_through
 from hoirecon.fit.losses import LossWeights
 from hoirecon.fit.mesh import extract_mesh
@@ -51,118 +51,48 @@ from hoirecon.fit.optimize import (
     labels_from_masks,
     optimize_scene,
 )
-from hoirecon.fit.scene import BLEND_MODES, BlendConfig, poses_npz_dict
+from hoirecon.fit.scene import BlendConfig, poses_npz_dict
 from hoirecon.geometry.rotations import rotation_angle_deg
 from hoirecon.io.masks import read_mask_folder
-from hoirecon.pipeline.runner import StageContext, StageDef
+from hoirecon.pipeline.runner import StageContext
 from hoirecon.render.volume import VolumeRenderConfig
+from hoirecon.stages.configs import FitConfig
 from hoirecon.stages.frames import load_frames_meta
 from hoirecon.stages.outputs import FitPoses, HandsOutput, PoseOutput
-
-VERSION = "5"
-PRESETS = ("fast", "paper")
-INIT_SOURCES = ("default", "pose")
+from hoirecon.stages.registry import STAGES
 
 
 @dataclass(frozen=True)
-class FitConfig:
-    """Settings of the fit stage (CLI: ``hoirecon fit OUT --preset --prior --steps ...``).
+class Preset:
+    """What ``--preset`` starts the fit from: the library settings (FitConfig's own override them)."""
 
-    preset: "fast" (grid SDF, minutes on 2 CPU cores) | "paper" (MLP SDF, 50k steps).
-    prior: geometry prior distilled into the object SDF (``hoirecon.fit.guidance``):
-        "none" | "hoirecon" (shipped weights) | "diffhoi" (authors' checkpoint) | a prior .pt.
-    category: the object's name, conditioning the prior: any name (``category_name``); one
-        outside the prior's vocabulary runs its category-agnostic branch ("unknown").
-    sds_weight: weight of the SDS term (authors' w_diffuse 1e-3, same summed reduction).
-    sds_every: SDS on every N-th step after step 100 (each SDS step weighs N x sds_weight).
-    steps: override of the preset's step count.
-    rays_per_step: override of the preset's pixels per step (paper 1024).
-    seed: seeds initialisation, sampling and rendering jitter.
-    hand_model: "anny" | "mano" (must match the hand stage's parameters).
-    blend: "occlusion" (default) | "paper" (eq. 1-2 with gamma 1e-4) | "hard" (front surface
-        wins + ordinal depth loss: the seed's B.4 ablation); see ``hoirecon.fit.scene.BlendConfig``.
-    per_frame_object_pose: optimise per-frame object poses (False: one shared pose, the
-        seed's B.3 ablation).
-    time_budget_s: stop the optimisation after this many seconds (None = all steps; the
-        learning-rate and sampling schedules still span the preset's steps).
-    mesh_resolution: marching-cubes grid nodes per side for ``object.ply``.
-    preview_every: steps between preview images (0 = only the last step).
-    checkpoint_every: steps between resumable checkpoints.
-    iou_stride: pixel stride of the final per-frame mask IoU evaluation.
-    object_cameras: where the hand stage registered the object by structure from motion,
-        start each frame's object rotation from it (the object's own motion) instead of
-        from the hand's (False: the hand-derived cameras only, as the paper).
-    init: where each frame's object pose starts: "default" (the object's centre from the
-        masks, axes from the hand or from structure from motion, see ``object_cameras``) |
-        "pose" (the pose stage's per-frame object poses, ``hoirecon pose OUT --object-mesh``;
-        the object frame is then the template's, and the hand still starts from the hand stage).
-    """
+    init: InitConfig
+    opt: OptimizeConfig
 
-    preset: str = "fast"
-    prior: str = "none"
-    category: str = "unknown"
-    sds_weight: float = 1e-3
-    sds_every: int = 1
-    steps: Optional[int] = None
-    rays_per_step: Optional[int] = None
-    seed: int = 0
-    hand_model: str = "anny"
-    blend: str = "occlusion"
-    per_frame_object_pose: bool = True
-    time_budget_s: Optional[float] = None
-    mesh_resolution: int = 128
-    preview_every: int = 500
-    checkpoint_every: int = 100
-    iou_stride: int = 2
-    object_cameras: bool = True
-    init: str = "default"
 
-    def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset '{self.preset}': choose one of {', '.join(PRESETS)}")
-        if self.prior.lower() not in PRIOR_NAMES and not self.prior.endswith((".pt", ".pth", ".ckpt")):
-            raise UserError(f"unknown prior '{self.prior}': choose one of {', '.join(PRIOR_NAMES)} or a prior .pt file")
-        category_name(self.category)
-        if self.sds_weight < 0 or self.sds_every < 1:
-            raise UserError(f"--sds-weight must be >= 0 and --sds-every >= 1, got {self.sds_weight}, {self.sds_every}")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"--steps must be >= 1, got {self.steps}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise UserError(f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
-        if self.rays_per_step is not None and self.rays_per_step < 8:
-            raise UserError(f"--rays must be >= 8, got {self.rays_per_step}")
-        if self.blend not in BLEND_MODES:
-            raise UserError(f"unknown blend '{self.blend}': choose one of {', '.join(BLEND_MODES)}")
-        if self.init not in INIT_SOURCES:
-            raise UserError(f"unknown init '{self.init}': choose one of {', '.join(INIT_SOURCES)}")
+_PAPER_LR = 5e-4  # paper: Adam 5e-4, exponential decay, for every group
+PRESETS: dict[str, Preset] = {
+    # Penetration 3 (not 10): the initial hand is centimetres off, and a strong
+    # penetration term carved the grasped part of the object where the wrong hand was
+    # (bottle/kettle F@10 fell below the visual hull's on the tuning seeds 100-105).
+    "fast": Preset(InitConfig(sdf_kind="grid"), OptimizeConfig(weights=LossWeights(penetration=3.0))),
+    "paper": Preset(InitConfig(sdf_kind="mlp"), OptimizeConfig(
+        steps=50000, rays_per_step=1024, frames_per_step=4, lr_sdf=_PAPER_LR, lr_beta=_PAPER_LR,
+        lr_obj_rot=_PAPER_LR, lr_obj_trans=_PAPER_LR, lr_cam_rot=_PAPER_LR, lr_cam_trans=_PAPER_LR,
+        lr_artic=_PAPER_LR, lr_shape=_PAPER_LR, lr_decay=0.1, warmup_steps=100, grid_schedule=(),
+        vol=VolumeRenderConfig(n_coarse=64, n_importance=64, perturb=True, normal_mode="autograd"),
+        weights=LossWeights(sdf_smooth=0.0))),
+}
 
 
 def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
-    """The library configs of a FitConfig (preset + overrides)."""
-    blend = BlendConfig(mode=cfg.blend)
-    if cfg.preset == "fast":
-        init = InitConfig(sdf_kind="grid")
-        # Penetration 3 (not 10): the initial hand is centimetres off, and a strong
-        # penetration term carved the grasped part of the object where the wrong hand was
-        # (bottle/kettle F@10 fell below the visual hull's on the tuning seeds 100-105).
-        opt = OptimizeConfig(blend=blend, weights=LossWeights(penetration=3.0))
-    else:
-        init = InitConfig(sdf_kind="mlp")
-        lr = 5e-4  # paper: Adam 5e-4, exponential decay, for every group
-        opt = OptimizeConfig(
-            steps=50000, rays_per_step=1024, frames_per_step=4, lr_sdf=lr, lr_beta=lr, lr_obj_rot=lr,
-            lr_obj_trans=lr, lr_cam_rot=lr, lr_cam_trans=lr, lr_artic=lr, lr_shape=lr, lr_decay=0.1,
-            warmup_steps=100, grid_schedule=(), blend=blend,
-            vol=VolumeRenderConfig(n_coarse=64, n_importance=64, perturb=True, normal_mode="autograd"),
-            weights=LossWeights(sdf_smooth=0.0),
-        )
-    opt = replace(opt, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                  per_frame_object_pose=cfg.per_frame_object_pose, max_seconds=cfg.time_budget_s)
-    if cfg.steps is not None:
-        opt = replace(opt, steps=cfg.steps)
-    if cfg.rays_per_step is not None:
-        opt = replace(opt, rays_per_step=cfg.rays_per_step)
-    return init, opt
+    """The library configs of a FitConfig: its preset's, with the FitConfig's overrides."""
+    preset = PRESETS[cfg.preset]
+    overrides = {"steps": cfg.steps, "rays_per_step": cfg.rays_per_step}
+    opt = replace(preset.opt, blend=BlendConfig(mode=cfg.blend), seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                  per_frame_object_pose=cfg.per_frame_object_pose, max_seconds=cfg.time_budget_s,
+                  **{k: v for k, v in overrides.items() if v is not None})
+    return replace(preset.init), opt
 
 
 def _check_hand_model(hands: HandsOutput, hand_model: str, path: Path) -> None:
@@ -308,12 +238,4 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
                                     "mean_iou_hand")}
 
 
-def _config_inputs(cfg: FitConfig) -> dict[str, str]:
-    """The pose stage, when the fit starts from its poses (it is off the main chain)."""
-    if cfg.init != "pose":
-        return {}
-    return {"pose": f"{PoseOutput.MISSING_HINT} (fit --init pose starts from its object poses)"}
-
-
-STAGE = StageDef("fit", VERSION, ("frames", "masks", "hand"), run_fit, config_inputs=_config_inputs,
-                 config_type=FitConfig)
+STAGE = STAGES["fit"]

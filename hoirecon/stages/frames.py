@@ -9,54 +9,15 @@ Artifacts in ``<out>/frames/``: ``000000.png ...`` (RGB, working size) and ``met
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from hoirecon.errors import UserError
-from hoirecon.io.video import check_frame_count, iter_clip, list_image_files, write_png
-from hoirecon.pipeline.hashing import file_digest
-from hoirecon.pipeline.runner import StageContext, StageDef
-
-VERSION = "1"
-
-
-@dataclass(frozen=True)
-class FramesConfig:
-    """source: video file or image folder. size: longer side of the working frames (only shrinks)."""
-
-    source: str
-    max_frames: int | None = None
-    stride: int = 1
-    size: int | None = 640
-
-    def __post_init__(self):
-        if self.stride < 1:
-            raise UserError(f"--stride must be >= 1, got {self.stride}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise UserError(f"--max-frames must be >= 1, got {self.max_frames}")
-        if self.size is not None and self.size < 16:
-            raise UserError(f"--size must be >= 16 pixels, got {self.size}")
-
-
-def source_digest(source: Path) -> str:
-    """sha256 of a video file, or of an image folder's images (names + contents)."""
-    source = Path(source)
-    if not source.exists():
-        raise UserError(f"input not found: {source}")
-    if source.is_dir():
-        import hashlib
-
-        h = hashlib.sha256()
-        for p in list_image_files(source):
-            h.update(p.name.encode() + file_digest(p).encode())
-        return h.hexdigest()
-    try:
-        return file_digest(source)
-    except OSError as err:
-        raise UserError(f"cannot read {source}: {err.strerror}") from None
+from hoirecon.io.video import check_frame_count, iter_clip, write_png
+from hoirecon.pipeline.runner import StageContext
+from hoirecon.stages.configs import FramesConfig
+from hoirecon.stages.registry import STAGES, source_digest
 
 
 def working_size(width: int, height: int, size: int | None) -> tuple[int, int]:
@@ -121,11 +82,4 @@ def frame_paths(frames_dir: Path) -> list[Path]:
     return sorted(Path(frames_dir).glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"))
 
 
-STAGE = StageDef(
-    name="frames",
-    version=VERSION,
-    inputs=(),
-    run=run_frames,
-    external_inputs=lambda cfg: {"source": source_digest(Path(cfg.source))},
-    config_type=FramesConfig,
-)
+STAGE = STAGES["frames"]

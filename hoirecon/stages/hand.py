@@ -73,7 +73,7 @@ from hoirecon.geometry.object_sfm import ObjectSfM, object_sfm
 from hoirecon.geometry.rotations import axis_angle_to_matrix, reflect_axis_angle
 from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.hand import build_hand_model
-from hoirecon.hand.model import HAND_MODELS, HandModel
+from hoirecon.hand.model import HandModel
 from hoirecon.handpose.ik import IKConfig, KeypointModel, fit_hand_to_landmarks
 from hoirecon.handpose.perspective import (
     intrinsics_from_focal,
@@ -86,78 +86,14 @@ from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_h
 from hoirecon.io.masks import read_mask_folder
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
-from hoirecon.pipeline.runner import StageContext, StageDef, read_manifest
+from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
+from hoirecon.stages.configs import HandConfig
 from hoirecon.stages.frames import frame_paths, load_frames_meta
 from hoirecon.stages.masks import tracked_side
 from hoirecon.stages.outputs import HandsOutput
-
-VERSION = "2"
-BACKENDS = ("mediapipe", "frankmocap")
-SIDES = ("right", "left")
-
-
-@dataclass(frozen=True)
-class HandConfig:
-    """Settings of the hand stage.
-
-    backend: "mediapipe" (offline default) | "frankmocap" (paper; needs weights).
-    side: which hand holds the object: "right" | "left".
-    hand_model: "anny" (offline default) | "mano" (needs weights/mano/MANO_RIGHT.pkl).
-    focal_px: the camera's focal length in pixels of the original video, when known.
-    fov_deg: else its horizontal field of view in degrees, when known.
-    sfm: with neither, estimate the focal length (and the object's own per-frame rotation)
-        by structure from motion on the object's pixels (``hoirecon.geometry.object_sfm``);
-        where that fails (too little texture), the paper's focal of 1 in normalised units
-        (half the longer image side; 90 degrees across it) is used.
-    smooth_weight: joint-velocity penalty weight (0 = no smoothing), see
-        ``hoirecon.handpose.smooth``.
-    presence_threshold: MediaPipe presence (x mask and handedness agreement) needed for a
-        frame to count as found.
-    ik_iterations: Adam steps of the per-frame IK fit (the second pass, with the mean shape,
-        takes half as many).
-    world_weight: weight of MediaPipe's 3D world landmarks against its 2D landmarks in the
-        IK (``hoirecon.handpose.ik``).
-    perspective_ik: the second IK pass measures the 2D landmarks through the full pinhole
-        (focal ``focal``) instead of a weak camera; its camera is reported as the weak
-        camera that eq. 4 maps back to the fitted position, so the A.5 recipe is unchanged.
-        On toy_plane this cut the median reprojection error from 39 to 29 px (the hand is
-        close to the camera: weak perspective is poor there). False = the paper's pure
-        weak-perspective estimate.
-    """
-
-    backend: str = "mediapipe"
-    side: str = "right"
-    hand_model: str = "anny"
-    focal_px: Optional[float] = None
-    fov_deg: Optional[float] = None
-    sfm: bool = True
-    smooth_weight: float = 1.0
-    presence_threshold: float = 0.5
-    ik_iterations: int = 200
-    world_weight: float = 1.0
-    perspective_ik: bool = True
-
-    def __post_init__(self):
-        for name, value, choices in (("backend", self.backend, BACKENDS), ("side", self.side, SIDES),
-                                     ("hand model", self.hand_model, HAND_MODELS)):
-            if value not in choices:
-                raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
-        if self.focal_px is not None and not (math.isfinite(self.focal_px) and self.focal_px > 0):
-            raise UserError(f"--focal must be a positive number of pixels, got {self.focal_px}")
-        if self.fov_deg is not None and not (math.isfinite(self.fov_deg) and 1.0 <= self.fov_deg <= 170.0):
-            raise UserError(f"--fov must be in [1, 170] degrees, got {self.fov_deg}")
-        if self.focal_px is not None and self.fov_deg is not None:
-            raise UserError("give --focal or --fov, not both")
-        if self.smooth_weight < 0:
-            raise UserError(f"--smooth must be >= 0, got {self.smooth_weight}")
-        if not 0.0 <= self.presence_threshold <= 1.0:
-            raise UserError(f"--presence-threshold must be in [0, 1], got {self.presence_threshold}")
-        if self.world_weight < 0:
-            raise UserError(f"world_weight must be >= 0, got {self.world_weight}")
-        if self.ik_iterations < 1:
-            raise UserError(f"--ik-iterations must be >= 1, got {self.ik_iterations}")
+from hoirecon.stages.registry import STAGES
 
 
 @dataclass
@@ -572,4 +508,4 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
             "overlay": str(ctx.out_root / "hand" / "overlay.mp4")}
 
 
-STAGE = StageDef(name="hand", version=VERSION, inputs=("frames", "masks"), run=run_hand)
+STAGE = STAGES["hand"]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -45,55 +44,17 @@ import numpy as np
 
 from hoirecon.errors import RunError, UserError
 from hoirecon.geometry.regions import mask_iou
-from hoirecon.io.boxes import Box, check_box, check_box_numbers, read_boxes_file, sidecar_boxes
+from hoirecon.io.boxes import Box, check_box, read_boxes_file, sidecar_boxes
 from hoirecon.io.masks import overlay_masks, read_mask_folder, write_mask_folder
 from hoirecon.io.video import read_rgb, write_video
-from hoirecon.pipeline.hashing import file_digest, tree_digest
-from hoirecon.pipeline.runner import StageContext, StageDef
+from hoirecon.pipeline.runner import StageContext
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.segment.foreground import keep_near_foreground
+from hoirecon.stages.configs import MasksConfig
 from hoirecon.stages.frames import frame_paths, load_frames_meta
+from hoirecon.stages.registry import STAGES
 
-VERSION = "8"
-DETECTORS = ("auto", "boxes", "doh100")
-SEGMENTERS = ("grabcut", "pointrend")
-TRACKERS = ("auto", "foreground", "flow", "stcn")
 FAILED_DIR = "masks_failed"  # where a failed forward-backward check leaves its overlay and quality.json
-
-
-@dataclass(frozen=True)
-class MasksConfig:
-    """Boxes are (x0, y0, x1, y1) in pixels of the original video (before --size)."""
-
-    hand_box: Optional[Box] = None
-    object_box: Optional[Box] = None
-    boxes_file: Optional[str] = None
-    masks_dir: Optional[str] = None
-    detector: str = "auto"
-    segmenter: str = "grabcut"
-    tracker: str = "auto"
-    iou_threshold: float = 0.4
-    hand_landmarks: bool = True  # re-anchor the hand mask on MediaPipe landmarks (flow tracker)
-    side: str = "right"
-
-    def __post_init__(self):
-        for name, value, choices in (("detector", self.detector, DETECTORS),
-                                     ("segmenter", self.segmenter, SEGMENTERS),
-                                     ("tracker", self.tracker, TRACKERS)):
-            if value not in choices:
-                raise UserError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
-        for name, box in (("--hand-box", self.hand_box), ("--object-box", self.object_box)):
-            if box is not None:
-                check_box_numbers(tuple(box), name)
-        if not 0.0 <= self.iou_threshold <= 1.0:
-            raise UserError(f"--iou-threshold must be in [0, 1], got {self.iou_threshold}")
-        for name, path in (("--boxes", self.boxes_file), ("--masks-dir", self.masks_dir)):
-            if path is not None and not Path(path).exists():
-                raise UserError(f"{name}: not found: {path}")
-        if self.boxes_file is not None and not Path(self.boxes_file).is_file():
-            raise UserError(f"--boxes: {self.boxes_file} is a folder, expected a boxes.json file")
-        if self.masks_dir is not None and not Path(self.masks_dir).is_dir():
-            raise UserError(f"--masks-dir: {self.masks_dir} is a file, expected a folder with hand/ and object/")
 
 
 def tracked_side(manifest: dict | None) -> Optional[str]:
@@ -105,15 +66,6 @@ def tracked_side(manifest: dict | None) -> Optional[str]:
             or cfg.get("tracker") == "stcn":
         return None
     return cfg.get("side", "right")
-
-
-def _external(cfg: MasksConfig) -> dict[str, str]:
-    digests = {}
-    if cfg.boxes_file:
-        digests["boxes_file"] = file_digest(Path(cfg.boxes_file))
-    if cfg.masks_dir:
-        digests["masks_dir"] = tree_digest(Path(cfg.masks_dir))
-    return digests
 
 
 def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box],
@@ -383,5 +335,4 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
             "overlay": str(ctx.out_root / "masks" / "overlay.mp4")}
 
 
-STAGE = StageDef(name="masks", version=VERSION, inputs=("frames",), run=run_masks, external_inputs=_external,
-                 config_type=MasksConfig)
+STAGE = STAGES["masks"]

@@ -30,7 +30,6 @@ Artifacts in ``<out>/pose/``:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -42,39 +41,21 @@ from hoirecon.hand import build_hand_model
 from hoirecon.handpose.perspective import intrinsics_from_focal
 from hoirecon.io.video import write_video
 from hoirecon.pipeline.hashing import file_digest
-from hoirecon.pipeline.runner import StageContext, StageDef
+from hoirecon.pipeline.runner import StageContext
 from hoirecon.pose.data import load_clip, load_template
 from hoirecon.pose.geometry import BOX_EDGES
 from hoirecon.pose.predict import ClipPoses, predict_clip
 from hoirecon.pose.pseudo import temporal_consistency
 from hoirecon.pose.train import load_pose_net
 from hoirecon.segment.detect import HAND_BONES
+from hoirecon.stages.configs import PoseConfig
 from hoirecon.stages.frames import load_frames_meta
 from hoirecon.stages.outputs import PoseOutput
+from hoirecon.stages.registry import STAGES
 from hoirecon.weights import require_weights
 
-VERSION = "1"
 DEFAULT_WEIGHTS = "pose/pose_cpu.pt"
 WEIGHTS_SOURCE = "the repository's weights/pose/, or train your own with `hoirecon pose train` (weights/pose/README.md)"
-
-
-@dataclass(frozen=True)
-class PoseConfig:
-    """Settings of the pose stage.
-
-    object_mesh: the object's template mesh file (watertight, metres, its own frame).
-    weights: the network's weights file; None = ``weights/pose/pose_cpu.pt``.
-    focal_px: the camera's focal length in pixels of the original video; None = the paper's
-        focal of 1 in normalised units (90 degrees across the longer side).
-    """
-
-    object_mesh: str
-    weights: str | None = None
-    focal_px: float | None = None
-
-    def __post_init__(self):
-        if self.focal_px is not None and not (np.isfinite(self.focal_px) and self.focal_px > 0):
-            raise UserError(f"--focal must be a positive number of pixels, got {self.focal_px}")
 
 
 def _weights_path(cfg: PoseConfig) -> Path:
@@ -86,7 +67,7 @@ def _weights_path(cfg: PoseConfig) -> Path:
     return path
 
 
-def _external(cfg: PoseConfig) -> dict[str, str]:
+def external_inputs(cfg: PoseConfig) -> dict[str, str]:
     """Digests of the template and the weights; checks both first (one-line errors, exit 2)."""
     load_template(cfg.object_mesh)
     return {"object_mesh": file_digest(Path(cfg.object_mesh)), "weights": file_digest(_weights_path(cfg))}
@@ -160,4 +141,4 @@ def run_pose(ctx: StageContext, cfg: PoseConfig) -> dict:
             "overlay": str(ctx.out_root / "pose" / "overlay.mp4")}
 
 
-STAGE = StageDef(name="pose", version=VERSION, inputs=("frames", "masks"), run=run_pose, external_inputs=_external)
+STAGE = STAGES["pose"]

@@ -1,38 +1,84 @@
-"""The pipeline's stages in order.
+"""The pipeline's stages in order, declared without importing them.
 
-``STAGES[name]`` imports that stage's module on first use: a stage module imports the
-libraries it runs (torch, trimesh, ...), and a command should pay only for the stages it
-touches (``hoirecon frames`` never imports the fit).
+A stage's declaration (version, inputs, config type, the outside files it reads) is light;
+its ``run`` imports the stage's module on the first call. ``status`` and ``--help`` thus
+load no torch, and a command pays only for the stages it runs (``hoirecon frames`` never
+imports the fit). Bump a stage's version here whenever its outputs change: the cache then
+recomputes it and everything downstream.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable
 
+from hoirecon.errors import UserError
+from hoirecon.io.folders import list_image_files
+from hoirecon.pipeline.hashing import file_digest, tree_digest
 from hoirecon.pipeline.runner import StageDef
-
-_MODULES = {
-    "frames": "hoirecon.stages.frames",
-    "masks": "hoirecon.stages.masks",
-    "hand": "hoirecon.stages.hand",
-    "fit": "hoirecon.stages.fit",
-    "export": "hoirecon.stages.export",
-    "pose": "hoirecon.stages.pose",  # off the main chain: frames, masks -> pose (a template mesh is needed)
-}
+from hoirecon.stages.configs import FramesConfig, MasksConfig
 
 
-class _Stages(Mapping[str, StageDef]):
-    """Read-only {stage name: StageDef}, each module imported when its stage is first looked up."""
+def _lazy(module: str, function: str) -> Callable[..., Any]:
+    """``module.function``, imported when first called."""
 
-    def __getitem__(self, name: str) -> StageDef:
-        return importlib.import_module(_MODULES[name]).STAGE
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(f"hoirecon.stages.{module}"), function)(*args, **kwargs)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(_MODULES)
-
-    def __len__(self) -> int:
-        return len(_MODULES)
+    call.__qualname__ = call.__name__ = f"{module}.{function}"
+    return call
 
 
-STAGES: Mapping[str, StageDef] = _Stages()
+def source_digest(source: Path) -> str:
+    """sha256 of a video file, or of an image folder's images (names + contents)."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"input not found: {source}")
+    if source.is_dir():
+        h = hashlib.sha256()
+        for p in list_image_files(source):
+            h.update(p.name.encode() + file_digest(p).encode())
+        return h.hexdigest()
+    try:
+        return file_digest(source)
+    except OSError as err:
+        raise UserError(f"cannot read {source}: {err.strerror}") from None
+
+
+def _frames_external(cfg: FramesConfig) -> dict[str, str]:
+    return {"source": source_digest(Path(cfg.source))}
+
+
+def _masks_external(cfg: MasksConfig) -> dict[str, str]:
+    digests = {}
+    if cfg.boxes_file:
+        digests["boxes_file"] = file_digest(Path(cfg.boxes_file))
+    if cfg.masks_dir:
+        digests["masks_dir"] = tree_digest(Path(cfg.masks_dir))
+    return digests
+
+
+def _fit_config_inputs(cfg) -> dict[str, str]:
+    """The pose stage, when the fit starts from its poses (it is off the main chain)."""
+    if cfg.init != "pose":
+        return {}
+    from hoirecon.stages.outputs import PoseOutput
+
+    return {"pose": f"{PoseOutput.MISSING_HINT} (fit --init pose starts from its object poses)"}
+
+
+STAGES: Mapping[str, StageDef] = MappingProxyType({
+    "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig),
+    "masks": StageDef("masks", "8", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig),
+    "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand")),
+    "fit": StageDef("fit", "5", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),
+                    config_inputs=_fit_config_inputs),
+    "export": StageDef("export", "2", ("frames", "masks", "fit"), _lazy("export", "run_export")),  # 2: view.html
+    # off the main chain: frames, masks -> pose (a template mesh is needed); its external
+    # inputs load the template to check it, so they live with the stage
+    "pose": StageDef("pose", "1", ("frames", "masks"), _lazy("pose", "run_pose"), _lazy("pose", "external_inputs")),
+})

@@ -1,0 +1,116 @@
+"""Every stage setting is declared once, on its config field, and the CLI offers it as declared.
+
+Walks every field of every stage config: a field is either on its stage's command with the
+field's flag, default and help, or marked internal with the reason it is not.
+"""
+
+import dataclasses
+
+import pytest
+import typer
+
+from hoirecon.cli import BATCH_SETTINGS, RUN_SETTINGS, app
+from hoirecon.pipeline.hashing import config_digest
+from hoirecon.stages.configs import ExportConfig, FitConfig, FramesConfig, HandConfig, MasksConfig, PoseConfig
+
+STAGE_COMMANDS = [(("frames",), FramesConfig), (("masks",), MasksConfig), (("hand",), HandConfig),
+                  (("fit",), FitConfig), (("export",), ExportConfig), (("pose", "run"), PoseConfig)]
+# A field whose command-line default is not the field's: a person gets the shipped prior,
+# code that builds a FitConfig (tests, benchmarks) gets none and needs no weights.
+OWN_CLI_DEFAULTS = {(FitConfig, "prior"): ("none", "hoirecon")}
+
+
+def _command(words: tuple[str, ...]):
+    command = typer.main.get_command(app)
+    for word in words:
+        command = command.commands[word]
+    return command
+
+
+def _option(command, flag: str):
+    """The click option with this flag (the positive one of a ``--a/--b`` pair, checking the pair)."""
+    positive, _, negative = flag.partition("/")
+    for param in command.params:
+        if positive in param.opts:
+            assert not negative or negative in param.secondary_opts, (flag, param.secondary_opts)
+            return param
+    return None
+
+
+def _expected_flag(f: dataclasses.Field) -> str:
+    flag = "--" + f.name.replace("_", "-")
+    return f.metadata.get("flag") or (f"{flag}/--no-{flag[2:]}" if f.type in (bool, "bool") else flag)
+
+
+@pytest.mark.parametrize("words, config_type", STAGE_COMMANDS, ids=[" ".join(w) for w, _ in STAGE_COMMANDS])
+def test_stage_command_offers_every_field_as_declared(words, config_type):
+    command = _command(words)
+    for f in dataclasses.fields(config_type):
+        if "internal" in f.metadata:
+            assert len(f.metadata["internal"]) > 20, f"{config_type.__name__}.{f.name}: say why it is internal"
+            continue
+        where = f"{' '.join(words)}: {config_type.__name__}.{f.name}"
+        param = _option(command, _expected_flag(f))
+        assert param is not None, f"{where} has no option {_expected_flag(f)}"
+        assert param.help == f.metadata["help"], where
+        parse = f.metadata.get("parse", lambda v: v)
+        if f.default is dataclasses.MISSING:
+            assert param.required, where
+        elif (config_type, f.name) in OWN_CLI_DEFAULTS:
+            assert OWN_CLI_DEFAULTS[config_type, f.name] == (f.default, param.default), where
+        else:
+            assert parse(param.default) == f.default, f"{where}: CLI default {param.default!r} != {f.default!r}"
+
+
+@pytest.mark.parametrize("command_name, groups", [("run", RUN_SETTINGS), ("batch", BATCH_SETTINGS)])
+def test_run_and_batch_offer_the_stage_fields_as_declared(command_name, groups):
+    command = _command((command_name,))
+    for group in groups.values():
+        for setting in group.settings():
+            param = _option(command, setting.decls[0])
+            assert param is not None, (command_name, setting.name)
+            assert (param.help, param.default) == (setting.help, setting.default), (command_name, setting.name)
+
+
+def test_run_keeps_its_flags():
+    flags = {o for p in _command(("run",)).params for o in p.opts}
+    assert flags >= {"--max-frames", "--stride", "--size", "--hand-box", "--object-box", "--boxes", "--masks-dir",
+                     "--detector", "--segmenter", "--tracker", "--iou-threshold", "--hand-backend", "--side",
+                     "--hand-model", "--focal", "--fov", "--preset", "--prior", "--sds-weight", "--sds-every",
+                     "--steps", "--seed", "--format", "--category", "--out", "--force", "--device"}
+
+
+def test_every_stage_field_is_a_setting():
+    """A bare field (no help, no reason to be internal) would silently stay off the command line."""
+    for _, config_type in STAGE_COMMANDS:
+        for f in dataclasses.fields(config_type):
+            assert "help" in f.metadata or "internal" in f.metadata, f"{config_type.__name__}.{f.name}"
+
+
+# Digests of the default configs before the settings carried metadata: the same settings
+# keep the same cache keys, so existing output folders stay cached. (FitConfig's changed once
+# since, on purpose: it gained `init`.)
+DEFAULT_DIGESTS = {
+    FramesConfig: "c6f9c18be97a476fb478d4b166ee3f0ae9a00168e6312693de984932016634e6",
+    MasksConfig: "d77d6df3667e206c001289e40547be954d41282c320e08ec041826064b339f3d",
+    HandConfig: "99995e35f7e78de75159a574fca15e0f9090512a945dce02b17689a1911be3ac",
+    FitConfig: "afad8929f37ead846bc088524dfc5fb3b9ac46958e193041f6a5424b331ce1c5",
+    ExportConfig: "1382f9c648b5f46a3deaf29e2009b49a2334c37f0a58133384264b6b62b0fa59",
+    PoseConfig: "2272c46ae199ca7942021f6bc54afba977611434aa556d0d44b8970d2c37a518",
+}
+
+
+def test_config_digests_read_values_only():
+    required = {FramesConfig: {"source": "/clip.mp4"}, PoseConfig: {"object_mesh": "/m.ply"}}
+    for config_type, digest in DEFAULT_DIGESTS.items():
+        assert config_digest(config_type(**required.get(config_type, {}))) == digest, config_type.__name__
+
+
+def test_fit_presets_are_the_declared_names():
+    from hoirecon.stages.configs import FIT_PRESETS
+    from hoirecon.stages.fit import PRESETS, preset_configs
+
+    assert tuple(PRESETS) == FIT_PRESETS
+    init, opt = preset_configs(FitConfig(preset="paper", steps=7, seed=3, blend="hard"))
+    assert (init.sdf_kind, opt.steps, opt.rays_per_step, opt.seed, opt.blend.mode) == ("mlp", 7, 1024, 3, "hard")
+    assert PRESETS["paper"].opt.steps == 50000  # the override did not leak into the preset
