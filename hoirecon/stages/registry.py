@@ -63,8 +63,9 @@ def _masks_external(cfg: MasksConfig) -> dict[str, str]:
 
 
 def _fit_config_inputs(cfg) -> dict[str, str]:
-    """The pose stage, when the fit starts from its poses (it is off the main chain)."""
-    if cfg.init != "pose":
+    """The pose stage, when the fit starts from its poses (it is off the main chain). ``cfg``: a
+    FitConfig, or the JSON dict a manifest recorded (``status`` checks without building one)."""
+    if (cfg.get("init") if isinstance(cfg, dict) else cfg.init) != "pose":
         return {}
     from hoirecon.stages.outputs import PoseOutput
 
