@@ -137,15 +137,14 @@ def test_proposal_layer_on_tempered_maps(io):
 
 
 def test_full_forward_proposals(io, backbone):
-    """(c1): the proposals from our own RPN maps. The README calls this informational because
-    the degenerate survivors depend on bit-level RPN values, so it is asserted only when our
-    maps are bit-identical to the stored ones (then the survivor set must be identical)."""
-    rois = rpn_proposals(backbone["rpn_cls_prob"], backbone["rpn_bbox_pred"], backbone["im_info"], DOH100Config())
-    r = rois[0].numpy()
-    assert int((np.abs(r[:, 1:]).sum(1) > 0).sum()) > 0
-    bit_identical = all(np.array_equal(backbone[k].numpy(), io[k]) for k in ("rpn_cls_prob", "rpn_bbox_pred"))
-    if not bit_identical:
-        pytest.skip("RPN maps are not bit-identical to the fixture here; (c1) survivors are informational")
+    """(c1): the proposals of the full forward. Its degenerate survivors depend on bit-level RPN
+    values, which thread count and summation order change, so the survivor set is checked on the
+    stored RPN maps (the reference's own), and our maps must give proposals at all."""
+    ours = rpn_proposals(backbone["rpn_cls_prob"], backbone["rpn_bbox_pred"], backbone["im_info"], DOH100Config())
+    assert int((np.abs(ours[0].numpy()[:, 1:]).sum(1) > 0).sum()) > 0
+    stored = rpn_proposals(torch.from_numpy(io["rpn_cls_prob"]), torch.from_numpy(io["rpn_bbox_pred"]),
+                           backbone["im_info"], DOH100Config())
+    r = stored[0].numpy()
     canonical = r[np.lexsort(r[:, 1:][:, ::-1].T)]
     assert int((np.abs(r[:, 1:]).sum(1) > 0).sum()) == int(io["full_n_nonzero_rois"])
     np.testing.assert_allclose(canonical, io["full_rois_sorted"][0], rtol=0, atol=1e-3)
