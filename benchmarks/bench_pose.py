@@ -51,9 +51,8 @@ def shift_domain(src: Path, dst: Path, seed: int) -> Path:
 
     import cv2
 
-    from hoirecon.io.masks import read_mask_folder
     from hoirecon.io.video import read_rgb, write_png
-    from hoirecon.stages.frames import frame_paths
+    from hoirecon.stages.outputs import FramesMeta, MasksOutput
 
     if (dst / "gt" / "gt.npz").is_file():
         return dst
@@ -63,10 +62,11 @@ def shift_domain(src: Path, dst: Path, seed: int) -> Path:
     # Not the clip's video nor its noisy hand stage (top level only: masks/hand stays).
     shutil.copytree(src, tmp,
                     ignore=lambda d, names: [n for n in names if Path(d) == src and n in ("video.mp4", "hand")])
-    paths = frame_paths(tmp / "frames")
+    paths = FramesMeta.frame_paths(tmp / "frames")
     first = read_rgb(paths[0])
     H, W = first.shape[:2]
-    hand, obj = read_mask_folder(tmp / "masks", num_frames=len(paths), size_wh=(W, H))
+    masks = MasksOutput.load(tmp / "masks", num_frames=len(paths), size_wh=(W, H))
+    hand, obj = masks.hand, masks.obj
     colours = rng.uniform(0, 255, (2, 3))
     period = rng.uniform(6, 20)
     angle = rng.uniform(0, np.pi)

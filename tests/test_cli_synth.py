@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from conftest import run_cli
+from hoirecon.stages.outputs import FramesMeta
 
 
 def test_synth_cli_makes_a_fit_ready_folder(tmp_path):
@@ -41,7 +42,7 @@ def test_synth_cli_fov_and_non_square_size(tmp_path):
     summary = json.loads(stdout)
     assert summary["size"] == [640, 480]
     assert read_rgb(out / "frames" / "000000.png").shape == (480, 640, 3)
-    assert json.loads((out / "frames" / "meta.json").read_text())["size"] == [640, 480]
+    assert json.loads((out / "frames" / FramesMeta.FILE).read_text())["size"] == [640, 480]
     cam = json.loads((out / "gt" / "info.json").read_text())["intrinsics"]
     assert summary["intrinsics"] == cam
     assert cam["fov_deg"] == 40.0 and abs(cam["fx"] - 320.0 / np.tan(np.radians(20.0))) < 1e-3

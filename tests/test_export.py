@@ -23,13 +23,13 @@ from hoirecon.errors import UserError
 from hoirecon.export.gltf import matrices_to_gltf_quaternions
 from hoirecon.geometry.rotations import axis_angle_to_matrix
 from hoirecon.geometry.transforms import invert_rigid, transform_points
-from hoirecon.io.masks import write_mask_folder
 from hoirecon.io.video import write_png
 from hoirecon.pipeline.runner import run_stage, write_external_stage
 from hoirecon.render.camera import pixel_directions, pixel_grid
 from hoirecon.stages.configs import parse_frames
 from hoirecon.stages.export import STAGE, ExportConfig, select_frames
 from hoirecon.render.raster import rasterize
+from hoirecon.stages.outputs import FramesMeta, MasksOutput
 
 SPHERE_R = 0.04
 
@@ -84,9 +84,8 @@ def make_fake_clip(root: Path, T: int = 8, W: int = 96, H: int = 72, fps: float 
 
     def write_frames(d: Path) -> None:
         for t in range(T):
-            write_png(d / f"{t:06d}.png", frames[t])
-        (d / "meta.json").write_text(json.dumps({"fps": fps, "num_frames": T, "size": [W, H],
-                                                 "original_size": [W, H], "stride": 1, "source": "fake"}))
+            write_png(FramesMeta.frame_path(d, t), frames[t])
+        FramesMeta(fps=fps, num_frames=T, size=(W, H), original_size=(W, H), stride=1, source="fake").save(d)
 
     def write_fit(d: Path) -> None:
         np.savez(d / "poses.npz", K=K.numpy(), T_cam_to_hand=T_cam_to_hand.numpy(),
@@ -100,7 +99,7 @@ def make_fake_clip(root: Path, T: int = 8, W: int = 96, H: int = 72, fps: float 
                                                     "mean_iou_hand": 0.8}))
 
     write_external_stage(root, "frames", write_frames, "test")
-    write_external_stage(root, "masks", lambda d: write_mask_folder(d, hand_m, obj_m), "test")
+    write_external_stage(root, "masks", lambda d: MasksOutput(hand=hand_m, obj=obj_m).save(d), "test")
     write_external_stage(root, "fit", write_fit, "test")
     return {"T": T, "W": W, "H": H, "fps": fps, "K": K, "T_cam_to_hand": T_cam_to_hand,
             "T_hand_to_obj": T_hand_to_obj, "verts_hand": verts_h, "faces": faces, "hand_mask": hand_m,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from hoirecon.errors import UserError
-from hoirecon.stages.outputs import FitPoses, HandsOutput, PoseOutput
+from hoirecon.stages.outputs import FitPoses, FramesMeta, HandsOutput, MasksOutput, PoseOutput
 
 
 def _hands(T: int = 3, **overrides) -> HandsOutput:
@@ -135,3 +137,113 @@ def test_pose_output_round_trip_and_one_line_errors(tmp_path):
         PoseOutput.load(tmp_path, num_frames=4)
     with pytest.raises(ValueError, match="control_conf"):
         pose_output(control_conf=np.zeros((3, 20), np.float32)).save(tmp_path)
+
+
+def _frames(folder, T: int = 3) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(T):
+        FramesMeta.frame_path(folder, t).write_bytes(b"png")
+
+
+def test_frames_meta_round_trip_writes_the_documented_keys_in_order(tmp_path):
+    _frames(tmp_path)
+    meta = FramesMeta(fps=12.5, num_frames=3, original_size=(128, 96), size=(64, 48), stride=2, source="/a/clip.mp4",
+                      source_digest="0" * 64, source_kind="video")
+    path = meta.save(tmp_path)
+    assert path == tmp_path / "meta.json"
+    on_disk = json.loads(path.read_text())
+    assert list(on_disk) == ["fps", "num_frames", "original_size", "size", "stride", "source", "source_digest",
+                             "source_kind"]
+    assert on_disk["size"] == [64, 48] and on_disk["original_size"] == [128, 96]
+    back = FramesMeta.load(tmp_path)
+    assert back.to_dict() == on_disk and back.size == (64, 48) and back.source_size == (128, 96)
+    assert FramesMeta.frame_paths(tmp_path) == [tmp_path / f"{t:06d}.png" for t in range(3)]
+
+
+def test_frames_meta_with_the_minimum_keys_loads_and_falls_back_to_the_working_size(tmp_path):
+    _frames(tmp_path, 2)
+    (tmp_path / "meta.json").write_text(json.dumps({"fps": 10, "num_frames": 2, "size": [32, 24]}))
+    meta = FramesMeta.load(tmp_path)
+    assert (meta.num_frames, meta.width, meta.height, meta.source_size, meta.stride) == (2, 32, 24, (32, 24), None)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"fps": 10, "num_frames": 3, "size": [0, 24]}, "positive"),
+    ({"fps": 10, "num_frames": 3, "size": [32, 24], "original_size": [-1, 24]}, "original_size"),
+    ({"fps": 10, "num_frames": 4, "size": [32, 24]}, "holds 3 frame PNGs"),
+    ({"fps": 10, "size": [32, 24]}, "lacks num_frames"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_frames_meta_is_a_one_line_user_error(tmp_path, values, message):
+    _frames(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps(values))
+    with pytest.raises(UserError, match=message) as err:
+        FramesMeta.load(tmp_path)
+    assert "meta.json" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="missing .*meta.json"):
+        FramesMeta.load(tmp_path / "nowhere")
+
+
+def test_frames_meta_save_checks_the_pngs(tmp_path):
+    _frames(tmp_path, 2)
+    with pytest.raises(ValueError, match="holds 2 frame PNGs"):
+        FramesMeta(fps=10.0, num_frames=3, size=(32, 24)).save(tmp_path)
+
+
+def _masks(T: int = 3, H: int = 8, W: int = 10) -> MasksOutput:
+    hand = np.zeros((T, H, W), bool)
+    obj = np.zeros((T, H, W), bool)
+    hand[:, 1:3, 1:4] = True
+    obj[:, 4:7, 5:9] = True
+    return MasksOutput(hand=hand, obj=obj, quality={"source": "user", "passed": True, "track_iou": None,
+                                                    "per_frame_iou": None}, boxes={})
+
+
+def test_masks_round_trip_writes_the_documented_files(tmp_path):
+    masks = _masks()
+    masks.save(tmp_path, disjoint=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.json", "hand", "object", "quality.json"]
+    assert sorted(p.name for p in (tmp_path / "object").iterdir()) == [f"{t:06d}.png" for t in range(3)]
+    assert json.loads((tmp_path / "quality.json").read_text()) == masks.quality
+    assert (tmp_path / "quality.json").read_text() == json.dumps(masks.quality, indent=2)
+    _frames(tmp_path / "frames")
+    meta = FramesMeta(fps=10.0, num_frames=3, size=(10, 8))
+    back = MasksOutput.load(tmp_path, meta)
+    np.testing.assert_array_equal(back.hand, masks.hand)
+    np.testing.assert_array_equal(back.obj, masks.obj)
+    assert (back.quality, back.boxes, back.size, back.num_frames) == (masks.quality, {}, (10, 8), 3)
+    assert MasksOutput.load_quality(tmp_path / "frames") is None
+
+
+def test_masks_without_json_load_with_none(tmp_path):
+    MasksOutput(hand=_masks().hand, obj=_masks().obj).save(tmp_path)
+    assert not (tmp_path / "quality.json").exists() and not (tmp_path / "boxes.json").exists()
+    back = MasksOutput.load(tmp_path)
+    assert back.quality is None and back.boxes is None
+
+
+def test_masks_validation(tmp_path):
+    masks = _masks()
+    with pytest.raises(ValueError, match="bool"):
+        MasksOutput(hand=masks.hand.astype(np.uint8), obj=masks.obj).validate()
+    with pytest.raises(ValueError, match="differ in shape"):
+        MasksOutput(hand=masks.hand, obj=masks.obj[:2]).validate()
+    with pytest.raises(ValueError, match="for 4 frames of 10x8"):
+        masks.validate(FramesMeta(fps=10.0, num_frames=4, size=(10, 8)))
+    overlapping = MasksOutput(hand=masks.hand, obj=masks.hand.copy())
+    overlapping.validate()  # the user's masks may overlap
+    assert overlapping.overlap_frames().tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="overlap in 3 frames"):
+        overlapping.save(tmp_path, disjoint=True)
+    assert not (tmp_path / "hand").exists()
+
+
+def test_masks_load_is_a_one_line_user_error(tmp_path):
+    _masks().save(tmp_path)
+    with pytest.raises(UserError, match="has 3 masks but the clip has 4 frames"):
+        MasksOutput.load(tmp_path, FramesMeta(fps=10.0, num_frames=4, size=(10, 8)))
+    with pytest.raises(UserError, match="no 'hand/' subfolder"):
+        MasksOutput.load(tmp_path / "nowhere")
+    (tmp_path / "quality.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read .*quality.json"):
+        MasksOutput.load(tmp_path)

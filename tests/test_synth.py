@@ -13,10 +13,11 @@ import trimesh
 
 from hoirecon.errors import UserError
 from hoirecon.hand import build_hand_model
-from hoirecon.io.masks import read_mask, read_mask_folder
+from hoirecon.io.masks import read_mask
 from hoirecon.io.video import read_rgb
 from hoirecon.pipeline.runner import read_manifest
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_image
+from hoirecon.stages.outputs import FramesMeta, MasksOutput
 from hoirecon.synth.generator import generate_clip
 from hoirecon.synth.grasp import MeshSDF, penetration_depth, winding_number
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
@@ -43,14 +44,15 @@ def test_stages_are_committed_as_done(clip):
     for stage in ("frames", "masks", "hand"):
         manifest = read_manifest(clip / stage)
         assert manifest is not None and manifest["status"] == "done" and manifest["external"]
-    meta = json.loads((clip / "frames" / "meta.json").read_text())
+    meta = json.loads((clip / "frames" / FramesMeta.FILE).read_text())
     assert meta["num_frames"] == FRAMES and meta["size"] == [SIZE, SIZE] and meta["fps"] > 0
     assert {"original_size", "stride", "source", "source_digest", "source_kind"} <= set(meta)
     assert len(list((clip / "frames").glob("*.png"))) == FRAMES
     assert (clip / "video.mp4").stat().st_size > 0
-    quality = json.loads((clip / "masks" / "quality.json").read_text())
+    quality = MasksOutput.load_quality(clip / "masks")
     assert quality["source"] == "synth-gt" and quality["passed"]
-    hand, obj = read_mask_folder(clip / "masks", num_frames=FRAMES, size_wh=(SIZE, SIZE))
+    masks = MasksOutput.load(clip / "masks", num_frames=FRAMES, size_wh=(SIZE, SIZE))
+    hand, obj = masks.hand, masks.obj
     assert hand.any() and obj.any()
 
 
@@ -112,7 +114,8 @@ def test_keypoints_match_the_hand_model(clip):
 
 def test_masks_agree_with_depth(clip):
     depth = _npz(clip / "gt" / "depth.npz")["depth"]
-    hand, obj = read_mask_folder(clip / "masks", num_frames=FRAMES)
+    masks = MasksOutput.load(clip / "masks", num_frames=FRAMES)
+    hand, obj = masks.hand, masks.obj
     assert not (hand & obj).any()  # each pixel is one class
     np.testing.assert_array_equal(hand | obj, depth > 0)
 
@@ -153,7 +156,8 @@ def test_gt_poses_reproject_onto_masks(clip):
     gt = _npz(clip / "gt" / "gt.npz")
     mesh = trimesh.load(clip / "gt" / "object.ply", force="mesh")
     hand_vis, obj_vis, depth = _visible_masks(gt, mesh)
-    hand, obj = read_mask_folder(clip / "masks", num_frames=FRAMES)
+    masks = MasksOutput.load(clip / "masks", num_frames=FRAMES)
+    hand, obj = masks.hand, masks.obj
     for t in range(FRAMES):
         assert _iou(hand_vis[t], hand[t]) > 0.98, t
         assert _iou(obj_vis[t], obj[t]) > 0.98, t
@@ -204,7 +208,8 @@ def test_same_seed_same_clip(clip, tmp_path):
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}:{k}")
     np.testing.assert_array_equal(_npz(clip / "gt/depth.npz")["depth"], _npz(again / "gt/depth.npz")["depth"])
     for t in range(FRAMES):
-        assert (clip / f"frames/{t:06d}.png").read_bytes() == (again / f"frames/{t:06d}.png").read_bytes()
+        frame = FramesMeta.frame_path
+        assert frame(clip / "frames", t).read_bytes() == frame(again / "frames", t).read_bytes()
         assert (clip / f"masks/object/{t:06d}.png").read_bytes() == (again / f"masks/object/{t:06d}.png").read_bytes()
 
 
@@ -219,7 +224,8 @@ def test_user_mesh(tmp_path):
     assert any("--object-size" in note for note in summary["object_mesh_notes"])
     gt_mesh = trimesh.load(out / "gt" / "object.ply", force="mesh")
     assert max(gt_mesh.extents) == pytest.approx(0.12, rel=1e-3)
-    hand, obj = read_mask_folder(out / "masks", num_frames=3)
+    masks = MasksOutput.load(out / "masks", num_frames=3)
+    hand, obj = masks.hand, masks.obj
     assert hand.any() and obj.any()
 
 
@@ -344,7 +350,8 @@ def test_recorded_intrinsics_project_the_hand_joints(wide_clip):
     np.testing.assert_allclose(uv, gt["keypoints_2d"], atol=1e-3)
     # ... and those lie on the rendered hand (or on the object in front of it): checked
     # against the frames' own masks, not against the projection that wrote keypoints_2d.
-    hand, obj = read_mask_folder(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    masks = MasksOutput.load(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    hand, obj = masks.hand, masks.obj
     px = np.round(uv).astype(int)
     inside = (px[..., 0] >= 0) & (px[..., 0] < 120) & (px[..., 1] >= 0) & (px[..., 1] < 80)
     assert inside.mean() > 0.9
@@ -359,7 +366,7 @@ def test_recorded_intrinsics_project_the_hand_joints(wide_clip):
 
 
 def test_non_square_frames_masks_and_depth(wide_clip):
-    meta = json.loads((wide_clip / "frames" / "meta.json").read_text())
+    meta = json.loads((wide_clip / "frames" / FramesMeta.FILE).read_text())
     assert meta["size"] == meta["original_size"] == [120, 80]
     assert read_rgb(wide_clip / "frames" / "000000.png").shape == (80, 120, 3)
     assert _npz(wide_clip / "gt" / "depth.npz")["depth"].shape == (3, 80, 120)
@@ -368,7 +375,8 @@ def test_non_square_frames_masks_and_depth(wide_clip):
     gt = _npz(wide_clip / "gt" / "gt.npz")
     mesh = trimesh.load(wide_clip / "gt" / "object.ply", force="mesh")
     hand_vis, obj_vis, _ = _visible_masks(gt, mesh, (120, 80))
-    hand, obj = read_mask_folder(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    masks = MasksOutput.load(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    hand, obj = masks.hand, masks.obj
     for t in range(3):
         assert _iou(hand_vis[t], hand[t]) > 0.97 and _iou(obj_vis[t], obj[t]) > 0.97, t
 

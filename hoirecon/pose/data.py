@@ -20,11 +20,10 @@ import trimesh
 
 from hoirecon.errors import UserError
 from hoirecon.geometry.rotations import axis_angle_to_matrix
-from hoirecon.io.masks import read_mask_folder
 from hoirecon.io.video import read_rgb
 from hoirecon.pose.geometry import box_control_points, crop_image, mask_box, square_crop, to_crop
 from hoirecon.pose.losses import PoseTargets
-from hoirecon.stages.frames import frame_paths, load_frames_meta
+from hoirecon.stages.outputs import FramesMeta, MasksOutput
 
 __all__ = ["ClipData", "FrameSamples", "load_template", "load_clip", "make_samples", "concat_samples"]
 
@@ -90,12 +89,13 @@ def load_clip(folder: str | Path, K: np.ndarray | None = None, template: str | P
     gt = dict(np.load(gt_path)) if gt_path.is_file() else None
     if (labelled or K is None) and gt is None:
         raise UserError(f"{folder} has no gt/gt.npz (labels / intrinsics)")
-    paths = frame_paths(folder / "frames")
+    paths = FramesMeta.frame_paths(folder / "frames")
     if not paths:
         raise UserError(f"{folder / 'frames'} has no frames")
     images = np.stack([read_rgb(p) for p in paths])
-    W, H = (int(v) for v in load_frames_meta(folder / "frames")["size"])
-    hand_masks, object_masks = read_mask_folder(folder / "masks", num_frames=len(paths), size_wh=(W, H))
+    W, H = FramesMeta.load(folder / "frames").size
+    masks = MasksOutput.load(folder / "masks", num_frames=len(paths), size_wh=(W, H))
+    hand_masks, object_masks = masks.hand, masks.obj
     hand_boxes, object_boxes, valid = clip_boxes(hand_masks, object_masks)
     mesh = load_template(template if template is not None else folder / "gt" / "object.ply")
     control_3d = box_control_points(torch.as_tensor(np.asarray(mesh.vertices))).numpy()

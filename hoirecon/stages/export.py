@@ -54,12 +54,11 @@ from hoirecon.export.meshes import (
 )
 from hoirecon.export.viewer import write_clip_view
 from hoirecon.geometry.transforms import invert_rigid, transform_points
-from hoirecon.io.masks import overlay_masks, read_mask_folder
+from hoirecon.io.masks import overlay_masks
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.stages.configs import ExportConfig
-from hoirecon.stages.frames import frame_paths, load_frames_meta
-from hoirecon.stages.outputs import FitPoses
+from hoirecon.stages.outputs import FitPoses, FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
 
 TURNTABLE_FPS = 12.0
@@ -143,14 +142,14 @@ class _Clip:
         return self.poses.num_frames
 
 
-def _load_clip(fit_dir: Path, meta: dict, cfg: ExportConfig, device: torch.device) -> _Clip:
+def _load_clip(fit_dir: Path, meta: FramesMeta, cfg: ExportConfig, device: torch.device) -> _Clip:
     """The fit's poses, object mesh and hand meshes, in the frames ``cfg.world`` asks for."""
     from hoirecon.hand import build_hand_model
 
     poses = FitPoses.load(fit_dir).as_float32()
     T = poses.num_frames
-    if int(meta["num_frames"]) != T:
-        raise UserError(f"the fit has {T} frames but the frames stage has {meta['num_frames']}; rerun `hoirecon fit`")
+    if meta.num_frames != T:
+        raise UserError(f"the fit has {T} frames but the frames stage has {meta.num_frames}; rerun `hoirecon fit`")
     mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device)
     fit_manifest = read_manifest(fit_dir) or {}
     hand_model = build_hand_model(str(fit_manifest.get("config", {}).get("hand_model", "anny")), device)
@@ -162,7 +161,7 @@ def _load_clip(fit_dir: Path, meta: dict, cfg: ExportConfig, device: torch.devic
                                                     torch.as_tensor(poses.shape, **f32), poses.side)
     T_obj_to_world = (invert_rigid(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
     W, H = (int(v) for v in poses.image_size)
-    return _Clip(poses=poses, frames=select_frames(T, cfg.frames), fps=float(meta.get("fps") or 30.0),
+    return _Clip(poses=poses, frames=select_frames(T, cfg.frames), fps=float(meta.fps or 30.0),
                  image_size=(W, H), mesh=mesh, mesh_source=mesh_source,
                  object_verts=np.asarray(mesh.vertices, np.float32), object_faces=np.asarray(mesh.faces, np.int64),
                  hand_local=hand_local, hand_faces=hand_faces, T_hand_to_obj=T_hand_to_obj, T_cam_to_obj=T_cam_to_obj,
@@ -257,7 +256,8 @@ def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame:
     tt_geom = ClipGeometry(geom.object_verts, geom.object_faces, hand_obj[tt_frame:tt_frame + 1], clip.hand_faces,
                            geom.T_cam_to_obj, geom.K, (W, H), geom.object_closed)
     scale = min(1.0, cfg.panel_size / max(W, H))
-    rows = _SideBySideRows(geom, cfg, clip, frame_paths(ctx.input_dir("frames")), scale, scaled_size((W, H), scale))
+    frame_files = FramesMeta.frame_paths(ctx.input_dir("frames"))
+    rows = _SideBySideRows(geom, cfg, clip, frame_files, scale, scaled_size((W, H), scale))
     outputs = {}
     with ctx.reporter.task("export pictures", total=3) as task, torch_threads(1):
         tt = turntable(tt_geom, 0, views=cfg.turntable_views, size=cfg.view_size, ssaa=cfg.ssaa)
@@ -308,7 +308,8 @@ def _summary_sheet(ctx: StageContext, cfg: ExportConfig, clip: _Clip, rows: _Sid
 
     sel, (W, H), T = clip.frames, clip.image_size, clip.num_frames
     w, h = rows.size
-    hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+    masks = MasksOutput.load(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+    hand_m, obj_m = masks.hand, masks.obj
     pick = np.unique(np.round(np.linspace(0, len(sel) - 1, min(cfg.summary_frames, len(sel)))).astype(int))
     masked = [_resize(overlay_masks(read_rgb(rows.frame_files[sel[i]]), hand_m[sel[i]], obj_m[sel[i]]), (w, h))
               for i in pick]
@@ -337,7 +338,7 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
     def lap(name: str) -> None:  # seconds since the previous lap
         timings[name] = time.perf_counter() - t0 - sum(timings.values())
 
-    meta = load_frames_meta(ctx.input_dir("frames"))
+    meta = FramesMeta.load(ctx.input_dir("frames"))
     clip = _load_clip(ctx.input_dir("fit"), meta, cfg, torch.device(ctx.device))
     tt_frame = _turntable_frame(clip, cfg)
     out, final = ctx.tmp_dir, ctx.out_root / "export"

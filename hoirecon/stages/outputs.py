@@ -3,6 +3,11 @@
 A module that reads or writes another stage's files goes through these classes, so a file
 name or an array key is spelled in one place. Each class is the contract of one file:
 
+- ``FramesMeta``: ``<out>/frames/meta.json`` and the numbered frame PNGs beside it (written by
+  the frames stage and by ``hoirecon synth``; read by every later stage).
+- ``MasksOutput``: ``<out>/masks/``: ``hand/`` and ``object/`` mask PNGs, ``quality.json`` and
+  ``boxes.json`` (written by the masks stage and by ``hoirecon synth``; read by hand, fit,
+  export and pose).
 - ``HandsOutput``: ``<out>/hand/hands.npz``, the hand stage's per-frame hand and camera
   (also written by ``hoirecon synth`` as a done hand stage; read by the fit and ``eval``).
 - ``FitPoses``: ``<out>/fit/poses.npz``, the fit's per-frame poses (read by export and
@@ -24,9 +29,10 @@ This module imports numpy only: the CLI's ``status`` and light commands may use 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -69,6 +75,242 @@ def _field_arrays(artifact) -> dict[str, np.ndarray]:
         if value is not None:
             arrays[f.name] = np.array(value) if isinstance(value, str) else value
     return arrays
+
+
+def _json_file(path: Path, missing_hint: str) -> Any:
+    """The JSON value of a file; UserError when absent or unreadable."""
+    if not path.is_file():
+        raise UserError(f"missing {path}: {missing_hint}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _wh(value) -> Optional[tuple[int, int]]:
+    """(W, H) ints of a [W, H] pair, None stays None."""
+    return None if value is None else tuple(int(v) for v in value)
+
+
+@dataclass(frozen=True, eq=False)
+class FramesMeta:
+    """``frames/meta.json`` and the frames beside it (``000000.png ...``, RGB, working size).
+
+    ``fps`` of the working frames (the source's divided by ``stride``); ``num_frames`` T, the
+    number of PNGs; ``size`` (W, H) of the PNGs; ``original_size`` (W, H) of the source. The rest
+    records where the frames came from: ``stride``, ``source`` (path), ``source_digest``
+    (sha256), ``source_kind`` ("video" | "images"), ``synthetic`` (True in a synth clip). Only
+    ``fps``, ``num_frames`` and ``size`` are required (a folder made by a test may hold only
+    them); None fields are not written. The file's key order is ``KEYS``.
+    """
+
+    FILE = "meta.json"
+    KEYS = ("fps", "num_frames", "original_size", "size", "stride", "source", "source_digest", "source_kind",
+            "synthetic")
+    FRAME_GLOB = "[0-9][0-9][0-9][0-9][0-9][0-9].png"
+
+    fps: float
+    num_frames: int
+    size: tuple[int, int]
+    original_size: Optional[tuple[int, int]] = None
+    stride: Optional[int] = None
+    source: Optional[str] = None
+    source_digest: Optional[str] = None
+    source_kind: Optional[str] = None
+    synthetic: Optional[bool] = None
+
+    @property
+    def width(self) -> int:
+        return int(self.size[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.size[1])
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """(W, H) of the source: ``original_size``, or ``size`` where it was not recorded."""
+        return tuple(self.original_size if self.original_size is not None else self.size)
+
+    @staticmethod
+    def frame_path(folder: Path, t: int) -> Path:
+        """``folder/NNNNNN.png``, frame ``t``."""
+        return Path(folder) / f"{t:06d}.png"
+
+    @classmethod
+    def frame_paths(cls, folder: Path) -> list[Path]:
+        """The numbered PNGs of a frames folder, in order."""
+        return sorted(Path(folder).glob(cls.FRAME_GLOB))
+
+    def to_dict(self) -> dict:
+        """The file's JSON object: ``KEYS`` in order, None fields left out."""
+        values = {k: getattr(self, k) for k in self.KEYS}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None}
+
+    def validate(self, folder: Optional[Path] = None) -> None:
+        """ValueError unless the sizes are positive (W, H) pairs, ``num_frames`` >= 0, ``fps``
+        and ``stride`` positive where given, and (with ``folder``) ``num_frames`` equals the number
+        of frame PNGs in it."""
+        for name in ("size", "original_size"):
+            value = getattr(self, name)
+            if value is None and name == "original_size":
+                continue
+            if value is None or len(value) != 2 or min(int(v) for v in value) <= 0:
+                raise ValueError(f"'{name}' must be a positive [W, H], got {value!r}")
+        if int(self.num_frames) < 0:
+            raise ValueError(f"'num_frames' must be >= 0, got {self.num_frames}")
+        if not float(self.fps) > 0:
+            raise ValueError(f"'fps' must be positive, got {self.fps}")
+        if self.stride is not None and int(self.stride) <= 0:
+            raise ValueError(f"'stride' must be positive, got {self.stride}")
+        if folder is not None:
+            found = len(self.frame_paths(folder))
+            if found != int(self.num_frames):
+                raise ValueError(f"'num_frames' is {self.num_frames} but {folder} holds {found} frame PNGs")
+
+    def save(self, folder: Path) -> Path:
+        """Write ``folder/meta.json`` (after ``validate`` against the PNGs in ``folder``, which
+        are written first); returns its path."""
+        self.validate(folder)
+        path = Path(folder) / self.FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FramesMeta":
+        """From the file's JSON object (unknown keys ignored); ValueError when a required key is
+        missing."""
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a JSON object, got {type(values).__name__}")
+        missing = [k for k in ("fps", "num_frames", "size") if k not in values]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+        return cls(**{k: values.get(k) for k in cls.KEYS if k in values} | {
+            "size": _wh(values["size"]), "original_size": _wh(values.get("original_size")),
+            "num_frames": int(values["num_frames"])})
+
+    @classmethod
+    def load(cls, folder: Path) -> "FramesMeta":
+        """Read and validate ``folder/meta.json`` (``num_frames`` against the PNGs beside it);
+        UserError naming the file when it is absent, unreadable or malformed."""
+        path = Path(folder) / cls.FILE
+        values = _json_file(path, "run the frames stage first")
+        try:
+            meta = cls.from_dict(values)
+            meta.validate(folder)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{path}: {err}") from None
+        return meta
+
+
+def _write_json(path: Path, value) -> Path:
+    path.write_text(json.dumps(value, indent=2))
+    return path
+
+
+@dataclass(frozen=True, eq=False)
+class MasksOutput:
+    """``masks/``: the hand and object masks of every frame, with the check and the boxes.
+
+    ``hand``, ``obj`` (T, H, W) bool, stored as ``hand/NNNNNN.png`` and ``object/NNNNNN.png``
+    (0 / 255; the layout of ``hoirecon.io.masks``, which ``--masks-dir`` also accepts).
+    ``quality`` (``quality.json``): where the masks came from (``source``), whether they
+    ``passed`` the forward-backward check, ``track_iou`` and ``per_frame_iou``. ``boxes``
+    (``boxes.json``): the first-frame boxes the tracks started from (empty for the user's
+    masks). Both are None where the file is absent (a folder made by a test holds masks only).
+    A failed check writes only ``quality.json`` (``save_quality``) and its overlay into
+    ``<out>/masks_failed/`` (``FAILED_DIR``).
+    """
+
+    QUALITY_FILE = "quality.json"
+    BOXES_FILE = "boxes.json"
+    OVERLAY_FILE = "overlay.mp4"
+    FAILED_DIR = "masks_failed"  # beside the stage's folder: a failed check's overlay and quality.json
+
+    hand: np.ndarray
+    obj: np.ndarray
+    quality: Optional[dict] = None
+    boxes: Optional[dict] = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(np.shape(self.hand)[0]) if np.ndim(self.hand) else 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(W, H) of the masks."""
+        return int(np.shape(self.hand)[2]), int(np.shape(self.hand)[1])
+
+    def overlap_frames(self) -> np.ndarray:
+        """(T,) bool: the frames where a pixel is both hand and object."""
+        return (np.asarray(self.hand, bool) & np.asarray(self.obj, bool)).any(axis=(1, 2))
+
+    def validate(self, frames: Optional[FramesMeta] = None, disjoint: bool = False) -> None:
+        """ValueError unless ``hand`` and ``obj`` are (T, H, W) bool arrays of one shape (T and
+        (W, H) those of ``frames`` where given), ``quality`` and ``boxes`` dicts or None, and
+        (with ``disjoint``) no pixel is both hand and object. Disjointness is not required by
+        default: the user's masks (``--masks-dir``) and the trackers' were never checked for it."""
+        for name in ("hand", "obj"):
+            value = getattr(self, name)
+            if not isinstance(value, np.ndarray) or value.dtype != bool or value.ndim != 3:
+                raise ValueError(f"'{name}' must be a (T, H, W) bool array, got "
+                                 f"{getattr(value, 'dtype', type(value).__name__)} {np.shape(value)}")
+        if self.hand.shape != self.obj.shape:
+            raise ValueError(f"hand masks {self.hand.shape} and object masks {self.obj.shape} differ in shape")
+        if frames is not None and (self.num_frames, self.size) != (frames.num_frames, tuple(frames.size)):
+            raise ValueError(f"{self.num_frames} masks of {self.size[0]}x{self.size[1]} for {frames.num_frames} "
+                             f"frames of {frames.width}x{frames.height}")
+        for name in ("quality", "boxes"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"'{name}' must be a dict or None")
+        if disjoint and self.overlap_frames().any():
+            raise ValueError(f"hand and object masks overlap in {int(self.overlap_frames().sum())} frames")
+
+    def save(self, folder: Path, frames: Optional[FramesMeta] = None, disjoint: bool = False) -> Path:
+        """Write the mask PNGs, ``boxes.json`` and ``quality.json`` (those not None) into
+        ``folder`` after ``validate``; returns ``folder``."""
+        from hoirecon.io.masks import write_mask_folder  # cv2: not for the light commands
+
+        self.validate(frames, disjoint)
+        folder = Path(folder)
+        write_mask_folder(folder, self.hand, self.obj)
+        if self.boxes is not None:
+            _write_json(folder / self.BOXES_FILE, self.boxes)
+        if self.quality is not None:
+            self.save_quality(folder, self.quality)
+        return folder
+
+    @classmethod
+    def save_quality(cls, folder: Path, quality: dict) -> Path:
+        """``folder/quality.json`` alone (what a failed check leaves in ``masks_failed/``)."""
+        return _write_json(Path(folder) / cls.QUALITY_FILE, quality)
+
+    @classmethod
+    def load_quality(cls, folder: Path) -> Optional[dict]:
+        """``folder/quality.json``, or None where absent; UserError naming it when unreadable."""
+        path = Path(folder) / cls.QUALITY_FILE
+        return _json_file(path, "") if path.is_file() else None
+
+    @classmethod
+    def load(cls, folder: Path, frames: Optional[FramesMeta] = None, *, num_frames: Optional[int] = None,
+             size_wh: Optional[tuple[int, int]] = None) -> "MasksOutput":
+        """Read a masks folder, the count and (W, H) checked against ``frames`` (or
+        ``num_frames`` and ``size_wh``) where given; a one-line UserError naming the file or
+        folder when something is missing or malformed."""
+        from hoirecon.io.masks import read_mask_folder  # cv2: not for the light commands
+
+        folder = Path(folder)
+        if frames is not None:
+            num_frames, size_wh = frames.num_frames, tuple(frames.size)
+        hand, obj = read_mask_folder(folder, num_frames=num_frames, size_wh=size_wh)
+        boxes_path = folder / cls.BOXES_FILE
+        masks = cls(hand=hand, obj=obj, quality=cls.load_quality(folder),
+                    boxes=_json_file(boxes_path, "") if boxes_path.is_file() else None)
+        try:
+            masks.validate(frames)
+        except ValueError as err:
+            raise UserError(f"{folder}: {err}") from None
+        return masks
 
 
 @dataclass(frozen=True, eq=False)

@@ -70,7 +70,7 @@ from hoirecon.categories import normalize_category
 from hoirecon.errors import UserError
 from hoirecon.geometry.rotations import rotation_about_axis
 from hoirecon.hand import build_hand_model
-from hoirecon.io.masks import overlay_masks, write_mask_folder
+from hoirecon.io.masks import overlay_masks
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import write_png, write_video
 from hoirecon.pipeline.hashing import file_digest
@@ -79,7 +79,7 @@ from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import vertex_normals
 from hoirecon.render.raster import interpolate, rasterize
-from hoirecon.stages.outputs import HandsOutput
+from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
@@ -705,18 +705,16 @@ def _write_clip_stages(clip: _RenderedClip, out_dir: Path) -> None:
 
     def write_frames(d: Path) -> None:
         for t, img in enumerate(renders.rgb):
-            write_png(d / f"{t:06d}.png", img)
-        meta = {"fps": float(fps), "num_frames": n, "original_size": [W, H], "size": [W, H],
-                "stride": 1, "source": str(video.resolve()), "source_digest": file_digest(video),
-                "source_kind": "video", "synthetic": True}
-        (d / "meta.json").write_text(json.dumps(meta, indent=2))
+            write_png(FramesMeta.frame_path(d, t), img)
+        FramesMeta(fps=float(fps), num_frames=n, original_size=(W, H), size=(W, H), stride=1,
+                   source=str(video.resolve()), source_digest=file_digest(video), source_kind="video",
+                   synthetic=True).save(d)
 
     def write_masks(d: Path) -> None:
-        write_mask_folder(d, hand_mask, obj_mask)
         quality = {"source": "synth-gt", "passed": True, "track_iou": None, "per_frame_iou": None}
-        (d / "quality.json").write_text(json.dumps(quality, indent=2))
-        (d / "boxes.json").write_text(json.dumps(_boxes(hand_mask[0], obj_mask[0]), indent=2))
-        write_video(d / "overlay.mp4",
+        MasksOutput(hand=hand_mask, obj=obj_mask, quality=quality,
+                    boxes=_boxes(hand_mask[0], obj_mask[0])).save(d, disjoint=True)
+        write_video(d / MasksOutput.OVERLAY_FILE,
                     (overlay_masks(f, h, o) for f, h, o in zip(renders.rgb, hand_mask, obj_mask)),
                     fps=fps)
 
