@@ -30,7 +30,7 @@ from common import machine, write_section  # noqa: E402
 from hoirecon.geometry.regions import mask_iou  # noqa: E402
 from hoirecon.geometry.transforms import transform_points  # noqa: E402
 from hoirecon.hand import build_hand_model  # noqa: E402
-from hoirecon.stages.outputs import MasksOutput  # noqa: E402
+from hoirecon.stages.outputs import GroundTruth, MasksOutput  # noqa: E402
 from hoirecon.synth.generator import generate_clip  # noqa: E402
 from hoirecon.render.raster import rasterize  # noqa: E402
 
@@ -101,8 +101,8 @@ def main() -> None:
                 rows.append(row)
                 continue
             hands = dict(np.load(out / "hand" / "hands.npz"))
-            gt = np.load(src / "gt" / "gt.npz")
-            kp = gt["keypoints_cam"] @ gt["K"].T
+            gt = GroundTruth.load(src / GroundTruth.DIR)
+            kp = gt.keypoints_cam @ gt.K.T
             kp2d_gt = kp[..., :2] / kp[..., 2:]
             valid = hands["valid"].astype(bool)
             err = np.linalg.norm(hands["keypoints_2d"] - kp2d_gt, axis=-1).mean(-1)

@@ -24,7 +24,7 @@ from hoirecon.segment.foreground import (
     skin_coloured,
     static_foreground,
 )
-from hoirecon.stages.outputs import MasksOutput
+from hoirecon.stages.outputs import GroundTruth, MasksOutput
 from hoirecon.synth.generator import generate_clip
 
 
@@ -34,7 +34,7 @@ def _clip(tmp_path: Path, category: str, seed: int, frames: int = 2):
     images = [read_rgb(p) for p in sorted((out / "frames").glob("*.png"))]
     masks = MasksOutput.load(out / "masks", num_frames=frames, size_wh=(images[0].shape[1], images[0].shape[0]))
     hand, obj = masks.hand, masks.obj
-    keypoints = np.load(out / "gt" / "gt.npz")["keypoints_2d"]
+    keypoints = np.load(GroundTruth.file(out))["keypoints_2d"]
     return images, hand, obj, keypoints
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hoirecon.errors import UserError
-from hoirecon.stages.outputs import FitPoses, FramesMeta, HandsOutput, MasksOutput, PoseOutput
+from hoirecon.stages.outputs import FitPoses, FramesMeta, GroundTruth, HandsOutput, MasksOutput, PoseOutput
 
 
 def _hands(T: int = 3, **overrides) -> HandsOutput:
@@ -247,3 +247,32 @@ def test_masks_load_is_a_one_line_user_error(tmp_path):
     (tmp_path / "quality.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read .*quality.json"):
         MasksOutput.load(tmp_path)
+
+
+def test_ground_truth_round_trip_keeps_the_key_order_and_strings(tmp_path):
+    T = 2
+    gt = GroundTruth(K=np.eye(3, dtype=np.float32), T_cam_to_hand=np.tile(np.eye(4, dtype=np.float32), (T, 1, 1)),
+                     T_hand_to_obj=np.tile(np.eye(4, dtype=np.float32), (T, 1, 1)),
+                     articulation=np.zeros((T, 45), np.float32), shape=np.zeros(10, np.float32),
+                     image_size=np.array([64, 48], np.int64), side="left", category="mug",
+                     penetration_mm=np.float32(1.5))
+    path = gt.save(tmp_path)
+    assert path == tmp_path / "gt.npz" and GroundTruth.file(tmp_path.parent / "x") == tmp_path.parent / "x/gt/gt.npz"
+    with np.load(path) as z:
+        assert z.files == ["K", "image_size", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape", "side",
+                           "category", "penetration_mm"]
+    back = GroundTruth.load(tmp_path)
+    assert (back.side, back.category, back.hand_model, back.num_frames) == ("left", "mug", None, 2)
+    np.testing.assert_array_equal(back.T_hand_to_obj, gt.T_hand_to_obj)
+
+
+def test_ground_truth_missing_keys_are_one_line_user_errors(tmp_path):
+    np.savez(tmp_path / "gt.npz", K=np.eye(3))
+    with pytest.raises(UserError, match="ground truth .*gt.npz lacks T_cam_to_hand, T_hand_to_obj"):
+        GroundTruth.load(tmp_path)
+    assert GroundTruth.load(tmp_path, required=("K",)).T_cam_to_hand is None
+    with pytest.raises(UserError, match="missing"):
+        GroundTruth.load(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="lacks shape"):
+        GroundTruth(K=np.eye(3), T_cam_to_hand=np.eye(4)[None], T_hand_to_obj=np.eye(4)[None],
+                    articulation=np.zeros((1, 45)), shape=None).save(tmp_path)

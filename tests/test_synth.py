@@ -17,7 +17,7 @@ from hoirecon.io.masks import read_mask
 from hoirecon.io.video import read_rgb
 from hoirecon.pipeline.runner import read_manifest
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_image
-from hoirecon.stages.outputs import FramesMeta, MasksOutput
+from hoirecon.stages.outputs import FramesMeta, GroundTruth, MasksOutput
 from hoirecon.synth.generator import generate_clip
 from hoirecon.synth.grasp import MeshSDF, penetration_depth, winding_number
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
@@ -66,7 +66,7 @@ def test_hands_npz_follows_the_input_contract(clip):
     assert hands["valid"].shape == (FRAMES,) and hands["valid"].dtype == bool
     R = hands["T_cam_to_hand"][:, :3, :3].astype(np.float64)
     np.testing.assert_allclose(R @ np.swapaxes(R, 1, 2), np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     # The initialisation is noisy, but not wildly so.
     assert not np.allclose(hands["T_cam_to_hand"], gt["T_cam_to_hand"])
     wrist, wrist_gt = np.linalg.inv(hands["T_cam_to_hand"])[:, :3, 3], np.linalg.inv(gt["T_cam_to_hand"])[:, :3, 3]
@@ -75,7 +75,7 @@ def test_hands_npz_follows_the_input_contract(clip):
 
 
 def test_gt_keys_and_shapes(clip):
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     assert gt["K"].shape == (3, 3)
     assert gt["T_cam_to_hand"].shape == gt["T_hand_to_obj"].shape == (FRAMES, 4, 4)
     assert gt["articulation"].shape == (FRAMES, 45) and gt["wrist_rot"].shape == (FRAMES, 3)
@@ -87,20 +87,20 @@ def test_gt_keys_and_shapes(clip):
     np.testing.assert_allclose(gt["T_hand_to_obj"], np.broadcast_to(gt["T_hand_to_obj"][:1], gt["T_hand_to_obj"].shape))
     assert 0 < float(gt["view_span_deg"]) <= 60.0
     assert 50.0 <= float(gt["fov_deg"]) <= 60.0
-    depth = _npz(clip / "gt" / "depth.npz")["depth"]
+    depth = _npz(clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"]
     assert depth.shape == (FRAMES, SIZE, SIZE) and depth.dtype == np.float32
-    mesh = trimesh.load(clip / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(clip), force="mesh")
     assert mesh.is_watertight and 0.05 < max(mesh.extents) < 0.2
     # Camera 0.25-0.9 m from the object, object + hand a good part of the frame.
     T_obj_to_cam = np.linalg.inv(gt["T_hand_to_obj"] @ gt["T_cam_to_hand"])
     dist = np.linalg.norm(T_obj_to_cam[:, :3, 3], axis=1)
     assert (dist > 0.25).all() and (dist < 0.9).all()
-    info = json.loads((clip / "gt" / "info.json").read_text())
+    info = json.loads((clip / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())
     assert 0.3 <= info["frame_fill"][1] <= 0.8
 
 
 def test_keypoints_match_the_hand_model(clip):
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     hand = build_hand_model("anny")
     with torch.no_grad():
         kp = hand(torch.from_numpy(gt["articulation"]), torch.zeros(FRAMES, 3), torch.from_numpy(gt["shape"])).keypoints
@@ -113,7 +113,7 @@ def test_keypoints_match_the_hand_model(clip):
 
 
 def test_masks_agree_with_depth(clip):
-    depth = _npz(clip / "gt" / "depth.npz")["depth"]
+    depth = _npz(clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"]
     masks = MasksOutput.load(clip / "masks", num_frames=FRAMES)
     hand, obj = masks.hand, masks.obj
     assert not (hand & obj).any()  # each pixel is one class
@@ -153,15 +153,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_gt_poses_reproject_onto_masks(clip):
     """Independent path: soft renderer + hand model from the saved GT vs. the saved masks."""
-    gt = _npz(clip / "gt" / "gt.npz")
-    mesh = trimesh.load(clip / "gt" / "object.ply", force="mesh")
+    gt = _npz(GroundTruth.file(clip))
+    mesh = trimesh.load(GroundTruth.mesh_file(clip), force="mesh")
     hand_vis, obj_vis, depth = _visible_masks(gt, mesh)
     masks = MasksOutput.load(clip / "masks", num_frames=FRAMES)
     hand, obj = masks.hand, masks.obj
     for t in range(FRAMES):
         assert _iou(hand_vis[t], hand[t]) > 0.98, t
         assert _iou(obj_vis[t], obj[t]) > 0.98, t
-    gt_depth = _npz(clip / "gt" / "depth.npz")["depth"]
+    gt_depth = _npz(clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"]
     both = (depth > 0) & (gt_depth > 0)
     assert np.median(np.abs(depth[both] - gt_depth[both])) < 1e-4
 
@@ -178,9 +178,9 @@ def test_frames_are_shaded_footage(clip):
 
 
 def test_grasp_touches_without_penetrating(clip):
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     assert float(gt["penetration_mm"]) < 3.0
-    mesh = trimesh.load(clip / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(clip), force="mesh")
     hand = build_hand_model("anny")
     with torch.no_grad():
         verts = hand(torch.from_numpy(gt["articulation"][:1]), torch.zeros(1, 3),
@@ -222,7 +222,7 @@ def test_user_mesh(tmp_path):
     summary = generate_clip("bottle", out, frames=3, size=64, seed=0, object_mesh=path, object_size=0.12)
     assert summary["penetration_mm"] <= 1.0 and len(summary["contacts"]) >= 3
     assert any("--object-size" in note for note in summary["object_mesh_notes"])
-    gt_mesh = trimesh.load(out / "gt" / "object.ply", force="mesh")
+    gt_mesh = trimesh.load(GroundTruth.mesh_file(out), force="mesh")
     assert max(gt_mesh.extents) == pytest.approx(0.12, rel=1e-3)
     masks = MasksOutput.load(out / "masks", num_frames=3)
     hand, obj = masks.hand, masks.obj
@@ -335,8 +335,8 @@ def wide_clip(tmp_path_factory) -> Path:
 
 
 def test_recorded_intrinsics_project_the_hand_joints(wide_clip):
-    gt = _npz(wide_clip / "gt" / "gt.npz")
-    cam = json.loads((wide_clip / "gt" / "info.json").read_text())["intrinsics"]
+    gt = _npz(GroundTruth.file(wide_clip))
+    cam = json.loads((wide_clip / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())["intrinsics"]
     assert (cam["width"], cam["height"]) == (120, 80) and gt["image_size"].tolist() == [120, 80]
     assert cam["fov_deg"] == pytest.approx(40.0) and float(gt["fov_deg"]) == pytest.approx(40.0)
     assert cam["fx"] == pytest.approx(60.0 / np.tan(np.radians(20.0)), rel=1e-5) and cam["fy"] == cam["fx"]
@@ -369,11 +369,11 @@ def test_non_square_frames_masks_and_depth(wide_clip):
     meta = json.loads((wide_clip / "frames" / FramesMeta.FILE).read_text())
     assert meta["size"] == meta["original_size"] == [120, 80]
     assert read_rgb(wide_clip / "frames" / "000000.png").shape == (80, 120, 3)
-    assert _npz(wide_clip / "gt" / "depth.npz")["depth"].shape == (3, 80, 120)
+    assert _npz(wide_clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"].shape == (3, 80, 120)
     assert _npz(wide_clip / "hand" / "hands.npz")["image_size"].tolist() == [120, 80]
     # The soft renderer, given the recorded K and the GT poses, draws the same masks.
-    gt = _npz(wide_clip / "gt" / "gt.npz")
-    mesh = trimesh.load(wide_clip / "gt" / "object.ply", force="mesh")
+    gt = _npz(GroundTruth.file(wide_clip))
+    mesh = trimesh.load(GroundTruth.mesh_file(wide_clip), force="mesh")
     hand_vis, obj_vis, _ = _visible_masks(gt, mesh, (120, 80))
     masks = MasksOutput.load(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
     hand, obj = masks.hand, masks.obj
@@ -385,7 +385,7 @@ def test_fov_keeps_the_seeds_camera_path(clip, tmp_path):
     """--fov changes the lens only: same grasp, same viewing directions as the seed's own clip."""
     out = tmp_path / "narrow"
     generate_clip("mug", out, frames=FRAMES, size=SIZE, seed=3, view_range_deg=60, fov_deg=40.0)
-    a, b = _npz(clip / "gt" / "gt.npz"), _npz(out / "gt" / "gt.npz")
+    a, b = _npz(GroundTruth.file(clip)), _npz(GroundTruth.file(out))
     np.testing.assert_array_equal(a["T_hand_to_obj"], b["T_hand_to_obj"])
     np.testing.assert_array_equal(a["articulation"], b["articulation"])
     assert float(b["fov_deg"]) == pytest.approx(40.0) and b["K"][0, 0] > a["K"][0, 0]

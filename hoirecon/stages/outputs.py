@@ -8,6 +8,9 @@ name or an array key is spelled in one place. Each class is the contract of one 
 - ``MasksOutput``: ``<out>/masks/``: ``hand/`` and ``object/`` mask PNGs, ``quality.json`` and
   ``boxes.json`` (written by the masks stage and by ``hoirecon synth``; read by hand, fit,
   export and pose).
+- ``GroundTruth``: ``<out>/gt/gt.npz`` (and the names of ``object.ply``, ``depth.npz`` and
+  ``info.json`` beside it), the ground truth of a ``hoirecon synth`` clip (read by ``eval`` and
+  the pose network's data).
 - ``HandsOutput``: ``<out>/hand/hands.npz``, the hand stage's per-frame hand and camera
   (also written by ``hoirecon synth`` as a done hand stage; read by the fit and ``eval``).
 - ``FitPoses``: ``<out>/fit/poses.npz``, the fit's per-frame poses (read by export and
@@ -539,3 +542,101 @@ class PoseOutput:
         except ValueError as err:
             raise UserError(f"{path}: {err}") from None
         return poses
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """``gt/gt.npz``: the true scene of a ``hoirecon synth`` clip.
+
+    Required (what ``eval`` reads): ``K`` (3, 3), ``T_cam_to_hand`` and ``T_hand_to_obj``
+    (T, 4, 4), ``articulation`` (T, 45), ``shape`` (10,). The synth writes the rest too:
+    ``image_size`` (2,) (W, H), ``wrist_rot`` (T, 3), ``side``, ``hand_model``, ``category``,
+    ``penetration_mm``, ``keypoints_cam`` (T, 21, 3), ``keypoints_2d`` (T, 21, 2), ``fps``,
+    ``seed``, ``view_span_deg``, ``fov_deg``, ``fov_y_deg`` (scalars). The file's key order is
+    ``KEYS``; None fields are not written. Beside it in ``gt/``: ``object.ply`` (the object,
+    in its own frame), ``depth.npz`` and ``info.json`` (the synth summary).
+
+    Loading checks only that the required keys are there (what ``eval`` always did); their
+    shapes are checked where they are used. A reader that needs less (the intrinsics of a real
+    clip's hand-made ``gt.npz``) names its own ``required`` keys; the others are then None where
+    absent.
+    """
+
+    DIR = "gt"
+    FILE = "gt.npz"
+    MESH_FILE = "object.ply"
+    DEPTH_FILE = "depth.npz"
+    INFO_FILE = "info.json"
+    KEYS = ("K", "image_size", "T_cam_to_hand", "T_hand_to_obj", "articulation", "wrist_rot", "shape", "side",
+            "hand_model", "category", "penetration_mm", "keypoints_cam", "keypoints_2d", "fps", "seed",
+            "view_span_deg", "fov_deg", "fov_y_deg")
+    REQUIRED = ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")
+    TEXT = ("side", "hand_model", "category")
+
+    K: np.ndarray
+    T_cam_to_hand: np.ndarray
+    T_hand_to_obj: np.ndarray
+    articulation: np.ndarray
+    shape: np.ndarray
+    image_size: Optional[np.ndarray] = None
+    wrist_rot: Optional[np.ndarray] = None
+    side: Optional[str] = None  # None: right (files that do not record it)
+    hand_model: Optional[str] = None  # None: anny
+    category: Optional[str] = None
+    penetration_mm: Optional[np.ndarray] = None
+    keypoints_cam: Optional[np.ndarray] = None
+    keypoints_2d: Optional[np.ndarray] = None
+    fps: Optional[np.ndarray] = None
+    seed: Optional[np.ndarray] = None
+    view_span_deg: Optional[np.ndarray] = None
+    fov_deg: Optional[np.ndarray] = None
+    fov_y_deg: Optional[np.ndarray] = None
+
+    @classmethod
+    def file(cls, clip_dir: Path) -> Path:
+        """``clip_dir/gt/gt.npz`` of a synth output folder."""
+        return Path(clip_dir) / cls.DIR / cls.FILE
+
+    @classmethod
+    def mesh_file(cls, clip_dir: Path) -> Path:
+        """``clip_dir/gt/object.ply`` of a synth output folder."""
+        return Path(clip_dir) / cls.DIR / cls.MESH_FILE
+
+    @property
+    def num_frames(self) -> int:
+        shape = np.shape(self.T_cam_to_hand)
+        return int(shape[0]) if shape else 0
+
+    def validate(self) -> None:
+        """ValueError unless the required arrays are there (None: missing)."""
+        missing = [k for k in self.REQUIRED if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+
+    def save(self, folder: Path) -> Path:
+        """Write ``folder/gt.npz`` (compressed, ``KEYS`` in order; after ``validate``)."""
+        self.validate()
+        path = Path(folder) / self.FILE
+        arrays = {k: getattr(self, k) for k in self.KEYS if getattr(self, k) is not None}
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.array(v) if isinstance(v, str) else v for k, v in arrays.items()})
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, required: Optional[tuple[str, ...]] = None) -> "GroundTruth":
+        """Read ``folder/gt.npz`` (unknown keys ignored); UserError naming the file when it is
+        absent, unreadable or lacks a ``required`` key (default ``REQUIRED``)."""
+        path = Path(folder) / cls.FILE
+        if not path.is_file():
+            raise UserError(f"missing {path}: written by 'hoirecon synth'")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read ground truth {path}: {err}") from None
+        missing = [k for k in (cls.REQUIRED if required is None else required) if k not in arrays]
+        if missing:
+            raise UserError(f"ground truth {path} lacks {', '.join(missing)}")
+        values = {k: arrays.get(k) for k in cls.KEYS}
+        values.update({k: str(values[k]) for k in cls.TEXT if values[k] is not None})
+        return cls(**values)

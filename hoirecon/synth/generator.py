@@ -79,7 +79,7 @@ from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import vertex_normals
 from hoirecon.render.raster import interpolate, rasterize
-from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
+from hoirecon.stages.outputs import FramesMeta, GroundTruth, HandsOutput, MasksOutput
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
@@ -740,8 +740,7 @@ def _write_ground_truth(clip: _RenderedClip, out_dir: Path, summary: dict, t0: f
     shutil.rmtree(gt_tmp, ignore_errors=True)
     gt_tmp.mkdir()
     try:
-        _write_npz(
-            gt_tmp / "gt.npz",
+        GroundTruth(
             K=scene.K.astype(np.float32),
             image_size=np.array([W, H], np.int64),
             T_cam_to_hand=scene.T_cam_to_hand.astype(np.float32),
@@ -749,9 +748,9 @@ def _write_ground_truth(clip: _RenderedClip, out_dir: Path, summary: dict, t0: f
             articulation=clip.articulation.astype(np.float32),
             wrist_rot=np.zeros((n, 3), np.float32),
             shape=scene.shape.astype(np.float32),
-            side=np.array("right"),
-            hand_model=np.array("anny"),
-            category=np.array(scene.category),
+            side="right",
+            hand_model="anny",
+            category=str(scene.category),
             penetration_mm=np.float32(scene.penetration_mm),
             keypoints_cam=clip.keypoints_cam.astype(np.float32),
             keypoints_2d=clip.keypoints_2d.astype(np.float32),
@@ -760,12 +759,12 @@ def _write_ground_truth(clip: _RenderedClip, out_dir: Path, summary: dict, t0: f
             view_span_deg=np.float32(scene.view_span_deg),
             fov_deg=np.float32(scene.fov_deg),
             fov_y_deg=np.float32(_fov_y_deg(scene.K, scene.image_size)),
-        )
-        scene.mesh.export(gt_tmp / "object.ply")
-        _write_npz(gt_tmp / "depth.npz", depth=clip.renders.depth)
+        ).save(gt_tmp)
+        scene.mesh.export(gt_tmp / GroundTruth.MESH_FILE)
+        _write_npz(gt_tmp / GroundTruth.DEPTH_FILE, depth=clip.renders.depth)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        (gt_tmp / "info.json").write_text(json.dumps(summary, indent=2))
-        commit_dir(gt_tmp, out_dir / "gt")
+        (gt_tmp / GroundTruth.INFO_FILE).write_text(json.dumps(summary, indent=2))
+        commit_dir(gt_tmp, out_dir / GroundTruth.DIR)
     except BaseException:
         shutil.rmtree(gt_tmp, ignore_errors=True)
         raise
@@ -825,7 +824,8 @@ def generate_clip(
 
 
 # Files of a synthetic clip kept in an example folder (small: no PNG frames, no depth).
-EXAMPLE_FILES = ("video.mp4", "boxes.json", "gt/gt.npz", "gt/object.ply", "gt/info.json")
+EXAMPLE_FILES = ("video.mp4", "boxes.json", f"{GroundTruth.DIR}/{GroundTruth.FILE}",
+                 f"{GroundTruth.DIR}/{GroundTruth.MESH_FILE}", f"{GroundTruth.DIR}/{GroundTruth.INFO_FILE}")
 
 
 def write_example(dest: str | Path, category: str = "mug", seed: int = 0, frames: int = 30, size: int = 256) -> dict:
