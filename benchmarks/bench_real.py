@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hand_object_signed_distance, machine, write_section  # noqa: E402
 
 from hoirecon.geometry.rotations import rotation_angle_deg  # noqa: E402
-from hoirecon.stages.outputs import MasksOutput  # noqa: E402
+from hoirecon.stages.outputs import ExportOutput, MasksOutput  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -164,7 +164,7 @@ def main() -> None:
             row = {"clip": name, "boxes": mode, **score(out, run)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            picture = out / "export" / "summary.png"
+            picture = out / "export" / ExportOutput.SUMMARY
             if picture.is_file() and not args.no_write:
                 save_jpeg(picture, IMAGES / f"real_{name}_{mode}.jpg")
             # Written after every clip: a long run stopped half-way still leaves its rows.

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from hoirecon.errors import UserError
-from hoirecon.stages.outputs import FitPoses, FramesMeta, GroundTruth, HandsOutput, MasksOutput, PoseOutput
+from hoirecon.stages.outputs import (ExportOutput, FitPoses, FramesMeta, GroundTruth, HandsOutput, MasksOutput,
+                                      PoseOutput)
 
 
 def _hands(T: int = 3, **overrides) -> HandsOutput:
@@ -276,3 +277,38 @@ def test_ground_truth_missing_keys_are_one_line_user_errors(tmp_path):
     with pytest.raises(ValueError, match="lacks shape"):
         GroundTruth(K=np.eye(3), T_cam_to_hand=np.eye(4)[None], T_hand_to_obj=np.eye(4)[None],
                     articulation=np.zeros((1, 45)), shape=None).save(tmp_path)
+
+
+def _export(T: int = 3) -> ExportOutput:
+    eye = np.tile(np.eye(4, dtype=np.float32), (T, 1, 1))
+    return ExportOutput(K=np.eye(3, dtype=np.float32), image_size=np.array([64, 48], np.int64), fps=12.5, side="right",
+                        shape=np.zeros(10, np.float32), T_cam_to_hand=eye, T_hand_to_obj=eye, T_cam_to_obj=eye,
+                        articulation=np.zeros((T, 45), np.float32), T_obj_to_world=np.eye(4, dtype=np.float32),
+                        world="object", exported_frames=np.array([0, 2], np.int64))
+
+
+def test_export_poses_round_trip_npz_and_json(tmp_path):
+    npz, js = _export().save(tmp_path)
+    assert (npz.name, js.name) == ("poses.npz", "poses.json")
+    with np.load(npz) as z:
+        assert z.files == ["K", "image_size", "fps", "side", "shape", "T_cam_to_hand", "T_hand_to_obj", "T_cam_to_obj",
+                           "articulation", "T_obj_to_world", "world", "exported_frames"]
+        assert z["fps"].dtype == np.float32 and str(z["world"]) == "object"
+    doc = json.loads(js.read_text())
+    assert list(doc) == ["conventions", "world", "fps", "image_size", "K", "side", "shape", "T_obj_to_world",
+                         "exported_frames", "frames"]
+    assert doc["fps"] == 12.5 and doc["exported_frames"] == [0, 2] and len(doc["frames"]) == 3
+    assert doc["frames"][2]["time"] == 2 / 12.5
+    back = ExportOutput.load(tmp_path)
+    assert (back.num_frames, back.side, back.world, back.fps) == (3, "right", "object", 12.5)
+    assert ExportOutput.object_file("obj", camera=True) == "object_camera.obj"
+    assert ExportOutput.hand_file(7, "ply") == "hands/000007.ply"
+
+
+def test_bad_export_poses_are_refused(tmp_path):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="exported_frames"):
+        dataclasses.replace(_export(), exported_frames=np.array([5])).save(tmp_path)
+    with pytest.raises(UserError, match="run `hoirecon export` first"):
+        ExportOutput.load(tmp_path)

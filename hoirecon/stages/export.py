@@ -58,7 +58,7 @@ from hoirecon.io.masks import overlay_masks
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.stages.configs import ExportConfig
-from hoirecon.stages.outputs import FitPoses, FramesMeta, MasksOutput
+from hoirecon.stages.outputs import ExportOutput, FitPoses, FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
 
 TURNTABLE_FPS = 12.0
@@ -181,23 +181,23 @@ def _write_meshes(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> tup
     """``object.<fmt>`` (and ``object_camera.<fmt>``), then ``interaction.glb`` (glb) or
     ``hands/NNNNNN.<fmt>``. Returns ({output name: final path}, the glb's stats or None)."""
     fmt, outputs = cfg.format, {}
-    write_mesh(out / f"object.{fmt}", clip.object_verts, clip.object_faces)
-    outputs["object_mesh"] = str(final / f"object.{fmt}")
+    write_mesh(out / ExportOutput.object_file(fmt), clip.object_verts, clip.object_faces)
+    outputs["object_mesh"] = str(final / ExportOutput.object_file(fmt))
     if cfg.world == "camera":
         obj_cam = transform_points(clip.T_obj_to_world, torch.as_tensor(clip.object_verts, dtype=torch.float32,
                                                                          device=clip.T_obj_to_world.device))
-        write_mesh(out / f"object_camera.{fmt}", obj_cam.cpu().numpy(), clip.object_faces)
-        outputs["object_mesh_camera"] = str(final / f"object_camera.{fmt}")
+        write_mesh(out / ExportOutput.object_file(fmt, camera=True), obj_cam.cpu().numpy(), clip.object_faces)
+        outputs["object_mesh_camera"] = str(final / ExportOutput.object_file(fmt, camera=True))
     if fmt == "glb":
-        glb = _write_glb(clip, cfg, out / "interaction.glb")
-        outputs["glb"] = str(final / "interaction.glb")
+        glb = _write_glb(clip, cfg, out / ExportOutput.GLB)
+        outputs["glb"] = str(final / ExportOutput.GLB)
         return outputs, glb
     sel, faces_np = clip.frames, clip.hand_faces.cpu().numpy()
-    (out / "hands").mkdir()
+    (out / ExportOutput.HANDS_DIR).mkdir()
     hand_world = transform_points(clip.T_hand_to_world[sel], clip.hand_local[sel]).cpu().numpy()
     for i, t in enumerate(sel):
-        write_mesh(out / "hands" / f"{t:06d}.{fmt}", hand_world[i], faces_np)
-    outputs["hand_meshes"] = str(final / "hands")
+        write_mesh(out / ExportOutput.hand_file(t, fmt), hand_world[i], faces_np)
+    outputs["hand_meshes"] = str(final / ExportOutput.HANDS_DIR)
     return outputs, None
 
 
@@ -219,25 +219,13 @@ def _write_glb(clip: _Clip, cfg: ExportConfig, path: Path) -> dict:
 
 def _write_poses(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> dict[str, str]:
     """``poses.npz`` and ``poses.json``: every clip frame's poses, the world frame and the exported frames."""
-    poses, sel, fps, (W, H) = clip.poses, clip.frames, clip.fps, clip.image_size
-    T_cam_to_obj_np = clip.T_cam_to_obj.cpu().numpy().astype(np.float32)
-    T_obj_to_world_np = clip.T_obj_to_world.cpu().numpy().astype(np.float32)
-    np.savez(out / "poses.npz", K=poses.K, image_size=poses.image_size, fps=np.float32(fps),
-             side=np.array(poses.side), shape=poses.shape, T_cam_to_hand=poses.T_cam_to_hand,
-             T_hand_to_obj=poses.T_hand_to_obj, T_cam_to_obj=T_cam_to_obj_np, articulation=poses.articulation,
-             T_obj_to_world=T_obj_to_world_np, world=np.array(cfg.world), exported_frames=sel.astype(np.int64))
-    pose_doc = {
-        "conventions": "metres; OpenCV camera (x right, y down, z forward); T_a_to_b maps points of frame a "
-                       "into frame b (x_b = T @ x_a); hand frame = hand model with wrist_rot 0, wrist at origin",
-        "world": cfg.world, "fps": fps, "image_size": [W, H], "K": poses.K.tolist(), "side": poses.side,
-        "shape": poses.shape.tolist(), "T_obj_to_world": T_obj_to_world_np.tolist(),
-        "exported_frames": sel.tolist(),
-        "frames": [{"index": t, "time": t / fps, "T_cam_to_hand": poses.T_cam_to_hand[t].tolist(),
-                    "T_hand_to_obj": poses.T_hand_to_obj[t].tolist(), "T_cam_to_obj": T_cam_to_obj_np[t].tolist(),
-                    "articulation": poses.articulation[t].tolist()} for t in range(clip.num_frames)],
-    }
-    (out / "poses.json").write_text(json.dumps(pose_doc))
-    return {"poses": str(final / "poses.json")}
+    poses = clip.poses
+    ExportOutput(K=poses.K, image_size=poses.image_size, fps=clip.fps, side=poses.side, shape=poses.shape,
+                 T_cam_to_hand=poses.T_cam_to_hand, T_hand_to_obj=poses.T_hand_to_obj,
+                 T_cam_to_obj=clip.T_cam_to_obj.cpu().numpy().astype(np.float32), articulation=poses.articulation,
+                 T_obj_to_world=clip.T_obj_to_world.cpu().numpy().astype(np.float32), world=cfg.world,
+                 exported_frames=clip.frames.astype(np.int64)).save(out)
+    return {"poses": str(final / ExportOutput.POSES_JSON)}
 
 
 def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame: int, out: Path,
@@ -261,17 +249,17 @@ def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame:
     outputs = {}
     with ctx.reporter.task("export pictures", total=3) as task, torch_threads(1):
         tt = turntable(tt_geom, 0, views=cfg.turntable_views, size=cfg.view_size, ssaa=cfg.ssaa)
-        write_video(out / "turntable.mp4", tt, fps=TURNTABLE_FPS)
-        outputs["turntable"] = str(final / "turntable.mp4")
+        write_video(out / ExportOutput.TURNTABLE, tt, fps=TURNTABLE_FPS)
+        outputs["turntable"] = str(final / ExportOutput.TURNTABLE)
         task.advance()
         # Streamed in chunks so long clips never hold all renderings in memory.
         chunks = (row for s in range(0, len(sel), RENDER_CHUNK)
                   for row in rows(list(range(s, min(len(sel), s + RENDER_CHUNK)))))
-        write_video(out / "side_by_side.mp4", chunks, fps=clip.fps * len(sel) / clip.num_frames)
-        outputs["side_by_side"] = str(final / "side_by_side.mp4")
+        write_video(out / ExportOutput.SIDE_BY_SIDE, chunks, fps=clip.fps * len(sel) / clip.num_frames)
+        outputs["side_by_side"] = str(final / ExportOutput.SIDE_BY_SIDE)
         task.advance()
-        write_png(out / "summary.png", _summary_sheet(ctx, cfg, clip, rows, tt, tt_frame))
-        outputs["summary"] = str(final / "summary.png")
+        write_png(out / ExportOutput.SUMMARY, _summary_sheet(ctx, cfg, clip, rows, tt, tt_frame))
+        outputs["summary"] = str(final / ExportOutput.SUMMARY)
         task.advance()
     return outputs
 
@@ -351,7 +339,7 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
         lap("pictures")
     if glb is not None:
         write_clip_view(ctx.out_root, out, ctx.out_root.name)
-        outputs["view"] = str(final / "view.html")
+        outputs["view"] = str(final / ExportOutput.VIEW)
 
     summary = {
         "num_frames": int(len(clip.frames)), "format": cfg.format, "world": cfg.world,

@@ -8,6 +8,8 @@ name or an array key is spelled in one place. Each class is the contract of one 
 - ``MasksOutput``: ``<out>/masks/``: ``hand/`` and ``object/`` mask PNGs, ``quality.json`` and
   ``boxes.json`` (written by the masks stage and by ``hoirecon synth``; read by hand, fit,
   export and pose).
+- ``ExportOutput``: ``<out>/export/``: the names of the export's files, and its
+  ``poses.npz`` / ``poses.json`` (read by the viewer, ``batch``'s index and the benchmarks).
 - ``GroundTruth``: ``<out>/gt/gt.npz`` (and the names of ``object.ply``, ``depth.npz`` and
   ``info.json`` beside it), the ground truth of a ``hoirecon synth`` clip (read by ``eval`` and
   the pose network's data).
@@ -640,3 +642,112 @@ class GroundTruth:
         values = {k: arrays.get(k) for k in cls.KEYS}
         values.update({k: str(values[k]) for k in cls.TEXT if values[k] is not None})
         return cls(**values)
+
+
+@dataclass(frozen=True, eq=False)
+class ExportOutput:
+    """``export/``: the export's files, and its poses (``poses.npz`` and ``poses.json``).
+
+    Files (those the settings ask for): ``object.<fmt>`` (the object in the world frame),
+    ``object_camera.<fmt>`` (``--world camera``), ``interaction.glb`` (glb) or
+    ``hands/NNNNNN.<fmt>``, ``poses.npz``, ``poses.json``, ``turntable.mp4``,
+    ``side_by_side.mp4``, ``summary.png`` and ``view.html`` (glb only). The fields are the
+    poses of every clip frame: ``K`` (3, 3), ``image_size`` (2,) int64 (W, H), ``fps``, ``side``,
+    ``shape`` (10,), ``T_cam_to_hand``, ``T_hand_to_obj``, ``T_cam_to_obj`` (T, 4, 4),
+    ``articulation`` (T, 45), ``T_obj_to_world`` (4, 4), ``world`` ("object" | "camera"),
+    ``exported_frames`` (N,) int64. ``poses.json`` holds the same with its conventions spelled
+    out. Fields are declared in ``poses.npz``'s key order.
+    """
+
+    GLB = "interaction.glb"
+    HANDS_DIR = "hands"
+    POSES_NPZ = "poses.npz"
+    POSES_JSON = "poses.json"
+    TURNTABLE = "turntable.mp4"
+    SIDE_BY_SIDE = "side_by_side.mp4"
+    SUMMARY = "summary.png"
+    VIEW = "view.html"
+    CONVENTIONS = ("metres; OpenCV camera (x right, y down, z forward); T_a_to_b maps points of frame a "
+                   "into frame b (x_b = T @ x_a); hand frame = hand model with wrist_rot 0, wrist at origin")
+
+    K: np.ndarray
+    image_size: np.ndarray
+    fps: float
+    side: str
+    shape: np.ndarray
+    T_cam_to_hand: np.ndarray
+    T_hand_to_obj: np.ndarray
+    T_cam_to_obj: np.ndarray
+    articulation: np.ndarray
+    T_obj_to_world: np.ndarray
+    world: str
+    exported_frames: np.ndarray
+
+    @staticmethod
+    def object_file(fmt: str, camera: bool = False) -> str:
+        """``object.<fmt>``, or ``object_camera.<fmt>`` (the object in the camera's world)."""
+        return f"object_camera.{fmt}" if camera else f"object.{fmt}"
+
+    @staticmethod
+    def hand_file(t: int, fmt: str) -> str:
+        """``hands/NNNNNN.<fmt>``, frame ``t``'s hand mesh (formats other than glb)."""
+        return f"{ExportOutput.HANDS_DIR}/{t:06d}.{fmt}"
+
+    @property
+    def num_frames(self) -> int:
+        shape = np.shape(self.T_cam_to_hand)
+        return int(shape[0]) if shape else 0
+
+    def validate(self) -> None:
+        """ValueError unless every array has its shape, ``side`` is right or left and the
+        exported frames are frames of the clip."""
+        T = self.num_frames
+        _check_shapes(self, {"K": (3, 3), "image_size": (2,), "shape": (10,), "T_cam_to_hand": (T, 4, 4),
+                             "T_hand_to_obj": (T, 4, 4), "T_cam_to_obj": (T, 4, 4), "articulation": (T, 45),
+                             "T_obj_to_world": (4, 4)}, T)
+        _check_side(self.side)
+        frames = np.asarray(self.exported_frames)
+        if frames.ndim != 1 or (frames.size and (frames.min() < 0 or frames.max() >= T)):
+            raise ValueError(f"'exported_frames' must be frame indices below {T}")
+
+    def to_json(self) -> dict:
+        """``poses.json``'s document."""
+        fps = self.fps
+        W, H = (int(v) for v in self.image_size)
+        return {
+            "conventions": self.CONVENTIONS,
+            "world": self.world, "fps": fps, "image_size": [W, H], "K": self.K.tolist(), "side": self.side,
+            "shape": self.shape.tolist(), "T_obj_to_world": self.T_obj_to_world.tolist(),
+            "exported_frames": self.exported_frames.tolist(),
+            "frames": [{"index": t, "time": t / fps, "T_cam_to_hand": self.T_cam_to_hand[t].tolist(),
+                        "T_hand_to_obj": self.T_hand_to_obj[t].tolist(), "T_cam_to_obj": self.T_cam_to_obj[t].tolist(),
+                        "articulation": self.articulation[t].tolist()} for t in range(self.num_frames)],
+        }
+
+    def save(self, folder: Path) -> tuple[Path, Path]:
+        """Write ``folder/poses.npz`` and ``folder/poses.json`` (after ``validate``)."""
+        self.validate()
+        folder = Path(folder)
+        arrays = _field_arrays(self)
+        arrays["fps"] = np.float32(self.fps)
+        np.savez(folder / self.POSES_NPZ, **arrays)
+        (folder / self.POSES_JSON).write_text(json.dumps(self.to_json()))
+        return folder / self.POSES_NPZ, folder / self.POSES_JSON
+
+    @classmethod
+    def load(cls, folder: Path) -> "ExportOutput":
+        """Read and validate ``folder/poses.npz``; UserError naming it when absent, unreadable
+        or malformed."""
+        path = Path(folder) / cls.POSES_NPZ
+        arrays = _npz_arrays(path, "run `hoirecon export` first")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}; rerun `hoirecon export`")
+        values = {f.name: arrays[f.name] for f in dataclasses.fields(cls)}
+        values.update(fps=float(values["fps"]), side=str(values["side"]), world=str(values["world"]))
+        try:
+            poses = cls(**values)
+            poses.validate()
+        except ValueError as err:
+            raise UserError(f"{path}: {err}") from None
+        return poses
