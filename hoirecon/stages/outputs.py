@@ -28,7 +28,8 @@ Errors: ``validate`` raises ``ValueError`` (a program built a bad artifact); ``l
 missing, unreadable or malformed file into a one-line ``UserError`` naming it (a folder given
 by the user, or edited by hand, is input).
 
-This module imports numpy only: the CLI's ``status`` and light commands may use it.
+This module imports numpy and the standard library only: the CLI's ``status`` and light
+commands may use it (``MasksOutput.save`` / ``load`` import the mask PNG I/O, OpenCV, when called).
 """
 
 from __future__ import annotations
