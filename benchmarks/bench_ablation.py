@@ -76,7 +76,7 @@ def track_masks(clip: Path, dst: Path) -> dict:
     -> {"ok", "iou_hand", "iou_object" (mean per-frame IoU against the clip's GT masks), "message"}."""
     from bench_masks_synth import mean_mask_iou
 
-    from hoirecon.io.masks import read_mask_folder
+    from hoirecon.stages.outputs import MasksOutput
 
     if dst.exists():
         shutil.rmtree(dst)
@@ -86,8 +86,8 @@ def track_masks(clip: Path, dst: Path) -> dict:
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"ok": False, "message": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    gt_hand, gt_obj = read_mask_folder(clip / "masks")
-    hand, obj = read_mask_folder(dst / "masks")
+    gt, masks = MasksOutput.load(clip / "masks"), MasksOutput.load(dst / "masks")
+    gt_hand, gt_obj, hand, obj = gt.hand, gt.obj, masks.hand, masks.obj
     return {"ok": True, "iou_hand": mean_mask_iou(hand, gt_hand), "iou_object": mean_mask_iou(obj, gt_obj),
             "message": ""}
 

@@ -37,7 +37,8 @@ from hoirecon.geometry.regions import box_iou  # noqa: E402
 from hoirecon.io.video import read_rgb  # noqa: E402
 from hoirecon.pipeline.runner import run_pipeline  # noqa: E402
 from hoirecon.segment.detect import detect_hand_box, detect_held_object_box  # noqa: E402
-from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig, frame_paths  # noqa: E402
+from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig  # noqa: E402
+from hoirecon.stages.outputs import FramesMeta, MasksOutput  # noqa: E402
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig  # noqa: E402
 from hoirecon.synth.generator import generate_clip  # noqa: E402
 
@@ -58,9 +59,9 @@ def run_clip(video: Path, work: Path, refs: dict, max_frames: int | None) -> dic
     shutil.copy(video, clip)
     out = work / "out"
     run_pipeline(out, [(FRAMES, FramesConfig(str(clip), max_frames=max_frames))])
-    meta = json.loads((out / "frames" / "meta.json").read_text())
-    scale = meta["size"][0] / meta["original_size"][0]
-    frames = [read_rgb(p) for p in frame_paths(out / "frames")[:4]]
+    meta = FramesMeta.load(out / "frames")
+    scale = meta.size[0] / meta.source_size[0]
+    frames = [read_rgb(p) for p in FramesMeta.frame_paths(out / "frames")[:4]]
     t0 = time.perf_counter()
     hand = detect_hand_box(frames[0])
     t_hand = time.perf_counter() - t0
@@ -73,7 +74,7 @@ def run_clip(video: Path, work: Path, refs: dict, max_frames: int | None) -> dic
     t0 = time.perf_counter()
     try:
         run_pipeline(out, [(FRAMES, FramesConfig(str(clip), max_frames=max_frames)), (MASKS, MasksConfig())])
-        q = json.loads((out / "masks" / "quality.json").read_text())
+        q = MasksOutput.load_quality(out / "masks")
         row["masks"] = f"passed ({q['track_iou']['hand']:.2f} / {q['track_iou']['object']:.2f})"
     except RunError as e:
         # the stage's message up to its advice: "masks failed the forward-backward check: IoU ..."

@@ -38,6 +38,7 @@ from hoirecon.pipeline.runner import run_stage  # noqa: E402
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig  # noqa: E402
 from hoirecon.stages.hand import STAGE as HAND, HandConfig  # noqa: E402
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig  # noqa: E402
+from hoirecon.stages.outputs import FramesMeta, MasksOutput  # noqa: E402
 
 SECTION = "bench_masks_hand"
 
@@ -92,10 +93,10 @@ def run_clip(name: str, video: Path, out: Path) -> dict:
     masks, res["masks_s"], res["masks_cpu"] = timed(lambda: run_stage(
         out, MASKS, MasksConfig(hand_box=boxes["hand"], object_box=boxes["object"]), force=True))
     hand, res["hand_s"], res["hand_cpu"] = timed(lambda: run_stage(out, HAND, HandConfig(), force=True))
-    meta = json.loads((out / "frames" / "meta.json").read_text())
+    meta = FramesMeta.load(out / "frames")
     quality = json.loads((out / "hand" / "quality.json").read_text())
     res.update(
-        num_frames=meta["num_frames"], size=meta["size"], track_iou=masks.summary["track_iou"],
+        num_frames=meta.num_frames, size=list(meta.size), track_iou=masks.summary["track_iou"],
         valid=quality["valid_frames"], reproj=quality["reprojection_px_median"],
         mask_iou=quality["mask_iou_median"],
         jitter=keypoint_jitter_cm(dict(np.load(out / "hand" / "hands.npz"))),
@@ -122,7 +123,7 @@ def main() -> None:
             print(name, rows[name], flush=True)
             if args.sheets:
                 contact_sheet(out / "hand" / "overlay.mp4", Path(args.sheets) / f"hand_overlay_{name}.png")
-                contact_sheet(out / "masks" / "overlay.mp4", Path(args.sheets) / f"masks_overlay_{name}.png")
+                contact_sheet(out / "masks" / MasksOutput.OVERLAY_FILE, Path(args.sheets) / f"masks_overlay_{name}.png")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [
         "## Masks + hand on the real clips (`hoirecon masks`, `hoirecon hand`)",

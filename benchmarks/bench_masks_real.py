@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
 from hoirecon.io.video import iter_clip, write_video  # noqa: E402
+from hoirecon.stages.outputs import MasksOutput  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -100,10 +101,9 @@ def run_masks(video: Path, out: Path, side: str, boxes: dict | None) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     row = {"exit": proc.returncode, "seconds": time.perf_counter() - t0,
            "error": (proc.stderr.strip().splitlines() or [""])[-1]}
-    for folder in ("masks", "masks_failed"):
-        quality = out / folder / "quality.json"
-        if quality.is_file():
-            q = json.loads(quality.read_text())
+    for folder in ("masks", MasksOutput.FAILED_DIR):
+        q = MasksOutput.load_quality(out / folder)
+        if q is not None:
             row.update(passed=q["passed"], fb_iou=q["track_iou"], tracker=q["source"].split("+")[-1])
             break
     return row

@@ -30,7 +30,7 @@ from common import machine, write_section  # noqa: E402
 from hoirecon.geometry.regions import mask_iou  # noqa: E402
 from hoirecon.geometry.transforms import transform_points  # noqa: E402
 from hoirecon.hand import build_hand_model  # noqa: E402
-from hoirecon.io.masks import read_mask_folder  # noqa: E402
+from hoirecon.stages.outputs import GroundTruth, MasksOutput  # noqa: E402
 from hoirecon.synth.generator import generate_clip  # noqa: E402
 from hoirecon.render.raster import rasterize  # noqa: E402
 
@@ -83,13 +83,15 @@ def main() -> None:
                                capture_output=True, text=True)
             t_masks = time.perf_counter() - t0
             row = {"category": cat, "seed": seed, "masks_s": t_masks}
-            gt_hand, gt_obj = read_mask_folder(src / "masks")
+            gt = MasksOutput.load(src / "masks")
+            gt_hand, gt_obj = gt.hand, gt.obj
             row["shift_hand"], row["shift_obj"] = one_pixel_shift_iou(gt_hand), one_pixel_shift_iou(gt_obj)
             if m.returncode != 0:
                 row["error"] = m.stderr.strip()
                 rows.append(row)
                 continue
-            hand, obj = read_mask_folder(out / "masks")
+            masks = MasksOutput.load(out / "masks")
+            hand, obj = masks.hand, masks.obj
             row["iou_hand"], row["iou_obj"] = mean_mask_iou(hand, gt_hand), mean_mask_iou(obj, gt_obj)
             t0 = time.perf_counter()
             h = subprocess.run(HOIRECON + ["hand", str(out), "--quiet"], capture_output=True, text=True)
@@ -99,8 +101,8 @@ def main() -> None:
                 rows.append(row)
                 continue
             hands = dict(np.load(out / "hand" / "hands.npz"))
-            gt = np.load(src / "gt" / "gt.npz")
-            kp = gt["keypoints_cam"] @ gt["K"].T
+            gt = GroundTruth.load(src / GroundTruth.DIR)
+            kp = gt.keypoints_cam @ gt.K.T
             kp2d_gt = kp[..., :2] / kp[..., 2:]
             valid = hands["valid"].astype(bool)
             err = np.linalg.norm(hands["keypoints_2d"] - kp2d_gt, axis=-1).mean(-1)

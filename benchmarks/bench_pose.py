@@ -51,11 +51,10 @@ def shift_domain(src: Path, dst: Path, seed: int) -> Path:
 
     import cv2
 
-    from hoirecon.io.masks import read_mask_folder
     from hoirecon.io.video import read_rgb, write_png
-    from hoirecon.stages.frames import frame_paths
+    from hoirecon.stages.outputs import FramesMeta, GroundTruth, MasksOutput
 
-    if (dst / "gt" / "gt.npz").is_file():
+    if GroundTruth.file(dst).is_file():
         return dst
     rng = np.random.default_rng(seed)
     tmp = dst.parent / f".{dst.name}.tmp"
@@ -63,10 +62,11 @@ def shift_domain(src: Path, dst: Path, seed: int) -> Path:
     # Not the clip's video nor its noisy hand stage (top level only: masks/hand stays).
     shutil.copytree(src, tmp,
                     ignore=lambda d, names: [n for n in names if Path(d) == src and n in ("video.mp4", "hand")])
-    paths = frame_paths(tmp / "frames")
+    paths = FramesMeta.frame_paths(tmp / "frames")
     first = read_rgb(paths[0])
     H, W = first.shape[:2]
-    hand, obj = read_mask_folder(tmp / "masks", num_frames=len(paths), size_wh=(W, H))
+    masks = MasksOutput.load(tmp / "masks", num_frames=len(paths), size_wh=(W, H))
+    hand, obj = masks.hand, masks.obj
     colours = rng.uniform(0, 255, (2, 3))
     period = rng.uniform(6, 20)
     angle = rng.uniform(0, np.pi)
@@ -133,6 +133,7 @@ def baseline_hand(folders: list[Path]) -> dict:
 
     from hoirecon.pipeline.runner import run_stage
     from hoirecon.stages.hand import STAGE, HandConfig
+    from hoirecon.stages.outputs import GroundTruth
 
     rel, ab = [], []
     for f in folders:
@@ -140,8 +141,8 @@ def baseline_hand(folders: list[Path]) -> dict:
             out = Path(tmp) / f.name
             shutil.copytree(f, out,
                             ignore=lambda d, names: [n for n in names if Path(d) == f and n in ("hand", "video.mp4")])
-            gt = np.load(f / "gt" / "gt.npz")
-            run_stage(out, STAGE, HandConfig(focal_px=float(gt["K"][0, 0])))
+            gt = GroundTruth.load(f / GroundTruth.DIR)
+            run_stage(out, STAGE, HandConfig(focal_px=float(gt.K[0, 0])))
             h = np.load(out / "hand" / "hands.npz")
             hand = build_hand_model("anny")
             with torch.no_grad():
@@ -210,16 +211,16 @@ def fit_init_clip(src: Path, work: Path, weights: Path, final: bool) -> dict:
 
     from hoirecon.pipeline.runner import run_stage
     from hoirecon.stages.evaluate import load_ground_truth
-    from hoirecon.stages.outputs import PoseOutput
+    from hoirecon.stages.outputs import GroundTruth, PoseOutput
     from hoirecon.stages.pose import STAGE as POSE, PoseConfig
 
     out = work / src.name
     if not out.is_dir():
         shutil.copytree(src, out, ignore=lambda d, names: [n for n in names if Path(d) == src and n == "video.mp4"])
     gt, _ = load_ground_truth(out)
-    T_true = np.linalg.inv(gt["T_hand_to_obj"].astype(np.float64) @ gt["T_cam_to_hand"].astype(np.float64))
-    run_stage(out, POSE, PoseConfig(object_mesh=str(out / "gt" / "object.ply"), weights=str(weights),
-                                    focal_px=float(gt["K"][0, 0])))
+    T_true = np.linalg.inv(gt.T_hand_to_obj.astype(np.float64) @ gt.T_cam_to_hand.astype(np.float64))
+    run_stage(out, POSE, PoseConfig(object_mesh=str(GroundTruth.mesh_file(out)), weights=str(weights),
+                                    focal_px=float(gt.K[0, 0])))
     pose = PoseOutput.load(out / "pose")
     points = pose.control_points_3d.astype(np.float64)
     v = pose.valid

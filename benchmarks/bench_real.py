@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hand_object_signed_distance, machine, write_section  # noqa: E402
 
 from hoirecon.geometry.rotations import rotation_angle_deg  # noqa: E402
+from hoirecon.stages.outputs import ExportOutput, MasksOutput  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -81,11 +82,10 @@ def pose_jitter(fit_dir: Path) -> tuple[float, float]:
 
 def score(out: Path, run: dict) -> dict:
     row = dict(run)
-    quality_path = out / "masks" / "quality.json"
-    if not quality_path.is_file():
-        quality_path = out / "masks_failed" / "quality.json"
-    if quality_path.is_file():
-        q = json.loads(quality_path.read_text())
+    q = MasksOutput.load_quality(out / "masks")
+    if q is None:
+        q = MasksOutput.load_quality(out / MasksOutput.FAILED_DIR)
+    if q is not None:
         row["masks_passed"] = q.get("passed")
         row["fb_iou"] = q.get("track_iou")
     camera = out / "hand" / "camera.json"
@@ -164,7 +164,7 @@ def main() -> None:
             row = {"clip": name, "boxes": mode, **score(out, run)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            picture = out / "export" / "summary.png"
+            picture = out / "export" / ExportOutput.SUMMARY
             if picture.is_file() and not args.no_write:
                 save_jpeg(picture, IMAGES / f"real_{name}_{mode}.jpg")
             # Written after every clip: a long run stopped half-way still leaves its rows.

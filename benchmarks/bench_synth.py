@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCHMARKS, cpu_model, timed, write_section  # noqa: E402
 
 from hoirecon.stages.evaluate import evaluate  # noqa: E402
+from hoirecon.stages.outputs import GroundTruth  # noqa: E402
 from hoirecon.synth.generator import generate_clip, write_example  # noqa: E402
 from hoirecon.synth.objects import CATEGORIES  # noqa: E402
 
@@ -45,7 +46,7 @@ SECTION = "bench_synth"
 def perturbed_prediction(synth: Path, out: Path, seed: int = 0) -> None:
     """A fit folder: the GT mesh under a random similarity with 1 mm vertex noise, GT poses."""
     rng = np.random.default_rng(seed)
-    mesh = trimesh.load(synth / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(synth), force="mesh")
     mesh.vertices = mesh.vertices + rng.normal(0.0, 0.001, mesh.vertices.shape)
     q = rng.normal(size=4)
     q /= np.linalg.norm(q)
@@ -55,7 +56,7 @@ def perturbed_prediction(synth: Path, out: Path, seed: int = 0) -> None:
     mesh.apply_transform(T)
     (out / "fit").mkdir(parents=True, exist_ok=True)
     mesh.export(out / "fit" / "object.ply")
-    with np.load(synth / "gt" / "gt.npz") as gt:
+    with np.load(GroundTruth.file(synth)) as gt:
         poses = {k: gt[k] for k in ("K", "T_cam_to_hand", "articulation", "shape", "side", "image_size")}
         # The fit's object frame is the moved one.
         poses["T_hand_to_obj"] = (T @ gt["T_hand_to_obj"].astype(np.float64)).astype(np.float32)

@@ -11,8 +11,9 @@ from hoirecon.errors import UserError
 from hoirecon.io.boxes import check_box, parse_box, read_boxes_file
 from hoirecon.stages import masks as masks_stage
 from hoirecon.stages.masks import MasksConfig, _first_frame_boxes
+from hoirecon.stages.outputs import FramesMeta
 
-META = {"size": [64, 48], "original_size": [128, 96], "source": "/nonexistent/clip.mp4"}
+META = FramesMeta(fps=10.0, num_frames=1, size=(64, 48), original_size=(128, 96), source="/nonexistent/clip.mp4")
 
 
 def test_unknown_keys_in_boxes_file_are_refused(tmp_path):

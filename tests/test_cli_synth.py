@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from conftest import run_cli
+from hoirecon.stages.outputs import FramesMeta, GroundTruth
 
 
 def test_synth_cli_makes_a_fit_ready_folder(tmp_path):
@@ -18,7 +19,7 @@ def test_synth_cli_makes_a_fit_ready_folder(tmp_path):
     code, stdout, _ = run_cli("status", str(out), "--json")
     states = {r["stage"]: r["state"] for r in json.loads(stdout)["stages"]}
     assert states == {"frames": "done", "masks": "done", "hand": "done", "fit": "missing", "export": "missing"}
-    gt = np.load(out / "gt" / "gt.npz")
+    gt = np.load(GroundTruth.file(out))
     hands = np.load(out / "hand" / "hands.npz")
     assert gt["T_cam_to_hand"].shape == (4, 4, 4) and hands["articulation"].shape == (4, 45)
     # the hand init is noisy, not the ground truth
@@ -41,12 +42,12 @@ def test_synth_cli_fov_and_non_square_size(tmp_path):
     summary = json.loads(stdout)
     assert summary["size"] == [640, 480]
     assert read_rgb(out / "frames" / "000000.png").shape == (480, 640, 3)
-    assert json.loads((out / "frames" / "meta.json").read_text())["size"] == [640, 480]
-    cam = json.loads((out / "gt" / "info.json").read_text())["intrinsics"]
+    assert json.loads((out / "frames" / FramesMeta.FILE).read_text())["size"] == [640, 480]
+    cam = json.loads((out / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())["intrinsics"]
     assert summary["intrinsics"] == cam
     assert cam["fov_deg"] == 40.0 and abs(cam["fx"] - 320.0 / np.tan(np.radians(20.0))) < 1e-3
     assert (cam["cx"], cam["cy"]) == (319.5, 239.5)
-    gt = np.load(out / "gt" / "gt.npz")
+    gt = np.load(GroundTruth.file(out))
     assert gt["image_size"].tolist() == [640, 480] and abs(float(gt["K"][0, 0]) - cam["fx"]) < 1e-3
 
 

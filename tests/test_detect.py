@@ -27,6 +27,7 @@ from hoirecon.segment.detect import (
 )
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig, _first_frame_boxes
+from hoirecon.stages.outputs import FramesMeta, MasksOutput
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("mediapipe")
@@ -111,7 +112,7 @@ def test_no_hand_in_a_textured_background():
 
 
 def test_user_boxes_win_over_auto():
-    meta = {"size": [256, 256], "original_size": [512, 512], "source": "/nonexistent/clip.mp4"}
+    meta = FramesMeta(fps=10.0, num_frames=1, size=(256, 256), original_size=(512, 512), source="/nonexistent/clip.mp4")
     cfg = MasksConfig(hand_box=(0, 0, 100, 100), object_box=(100, 100, 200, 220), detector="auto")
     hand, obj, origin, detection = _first_frame_boxes(cfg, meta, [np.zeros((256, 256, 3), np.uint8)], "cpu")
     assert origin == "options" and detection is None
@@ -124,8 +125,8 @@ def test_stage_auto_records_where_boxes_came_from(synth_clips, tmp_path):
     shutil.copy(src / "video.mp4", clip)
     out = tmp_path / "o"
     run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, MasksConfig())])
-    q = json.loads((out / "masks" / "quality.json").read_text())
-    boxes = json.loads((out / "masks" / "boxes.json").read_text())
+    q = MasksOutput.load_quality(out / "masks")
+    boxes = MasksOutput.load(out / "masks").boxes
     assert q["boxes_from"] == "auto" and boxes["boxes_from"] == "auto"
     assert q["detection"]["hand"]["presence"] >= 0.6 and "fill" in q["detection"]["object"]
     assert box_iou(boxes["hand"], gt["hand"]) > 0.5 and box_iou(boxes["object"], gt["object"]) > 0.5

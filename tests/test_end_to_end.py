@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from hoirecon.stages.outputs import ExportOutput, FitPoses
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +56,13 @@ def test_glb_has_object_and_hand_animated_one_key_per_frame(run_out):
     import trimesh
 
     out, _ = run_out
-    glb = pygltflib.GLTF2().load(str(out / "export" / "interaction.glb"))
+    glb = pygltflib.GLTF2().load(str(out / "export" / ExportOutput.GLB))
     assert len(glb.meshes) >= 2 and len({m.name for m in glb.materials}) >= 2
     assert glb.animations, "no animation in the glb"
-    n_frames = len(np.load(out / "fit" / "poses.npz")["T_cam_to_hand"])
+    n_frames = len(np.load(out / "fit" / FitPoses.FILE)["T_cam_to_hand"])
     for sampler in glb.animations[0].samplers:
         assert glb.accessors[sampler.input].count == n_frames
-    scene = trimesh.load(out / "export" / "interaction.glb")
+    scene = trimesh.load(out / "export" / ExportOutput.GLB)
     assert len(scene.geometry) >= 2
 
 
@@ -74,4 +75,4 @@ def test_export_obj_loads_back(run_out):
     mesh = trimesh.load(out / "export" / "object.obj", force="mesh")
     assert len(mesh.faces) > 100 and mesh.is_watertight
     hands = sorted((out / "export" / "hands").glob("*.obj"))
-    assert len(hands) == len(np.load(out / "fit" / "poses.npz")["T_cam_to_hand"])
+    assert len(hands) == len(np.load(out / "fit" / FitPoses.FILE)["T_cam_to_hand"])

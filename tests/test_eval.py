@@ -13,6 +13,7 @@ import trimesh
 
 from hoirecon.errors import UserError
 from hoirecon.stages.evaluate import evaluate, print_eval_table, resolve_gt_dir
+from hoirecon.stages.outputs import GroundTruth
 from hoirecon.synth.generator import generate_clip
 
 FRAMES, SIZE, POINTS = 4, 64, 3000
@@ -26,7 +27,7 @@ def synth(tmp_path_factory) -> Path:
 
 
 def _gt(synth: Path) -> dict:
-    with np.load(synth / "gt" / "gt.npz") as data:
+    with np.load(GroundTruth.file(synth)) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -38,7 +39,7 @@ def _write_fit(out: Path, synth: Path, mesh: trimesh.Trimesh | None = None, **ov
     poses.update(overrides)
     np.savez(out / "fit" / "poses.npz", **poses)
     if mesh is None:
-        shutil.copy(synth / "gt" / "object.ply", out / "fit" / "object.ply")
+        shutil.copy(GroundTruth.mesh_file(synth), out / "fit" / "object.ply")
     else:
         mesh.export(out / "fit" / "object.ply")
 
@@ -49,7 +50,7 @@ def test_ground_truth_as_prediction_is_perfect(synth, tmp_path):
     _write_fit(out, synth)
     # The fit's saved starting point: here a sphere around the object at the true poses.
     gt = _gt(synth)
-    mesh = trimesh.load(synth / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(synth), force="mesh")
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5 * float(max(mesh.extents)))
     sphere.export(out / "fit" / "object_init.ply")
     np.savez(out / "fit" / "init.npz", T_hand_to_obj=gt["T_hand_to_obj"])
@@ -78,7 +79,7 @@ def test_ground_truth_as_prediction_is_perfect(synth, tmp_path):
 
 def test_alignment_forgives_the_object_frame_but_cd_h_does_not(synth, tmp_path):
     """A translated prediction: same shape after alignment; in the hand frame it is 1 cm off."""
-    mesh = trimesh.load(synth / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(synth), force="mesh")
     shift = np.array([0.01, 0.0, 0.0])
     moved = mesh.copy()
     moved.apply_translation(shift)
@@ -92,7 +93,7 @@ def test_alignment_forgives_the_object_frame_but_cd_h_does_not(synth, tmp_path):
 
 
 def test_scaled_prediction_is_aligned_with_scale(synth, tmp_path):
-    mesh = trimesh.load(synth / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(synth), force="mesh")
     big = mesh.copy()
     big.apply_scale(1.2)
     out = tmp_path / "scaled"

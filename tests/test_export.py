@@ -23,13 +23,13 @@ from hoirecon.errors import UserError
 from hoirecon.export.gltf import matrices_to_gltf_quaternions
 from hoirecon.geometry.rotations import axis_angle_to_matrix
 from hoirecon.geometry.transforms import invert_rigid, transform_points
-from hoirecon.io.masks import write_mask_folder
 from hoirecon.io.video import write_png
 from hoirecon.pipeline.runner import run_stage, write_external_stage
 from hoirecon.render.camera import pixel_directions, pixel_grid
 from hoirecon.stages.configs import parse_frames
 from hoirecon.stages.export import STAGE, ExportConfig, select_frames
 from hoirecon.render.raster import rasterize
+from hoirecon.stages.outputs import ExportOutput, FitPoses, FramesMeta, MasksOutput
 
 SPHERE_R = 0.04
 
@@ -84,14 +84,12 @@ def make_fake_clip(root: Path, T: int = 8, W: int = 96, H: int = 72, fps: float 
 
     def write_frames(d: Path) -> None:
         for t in range(T):
-            write_png(d / f"{t:06d}.png", frames[t])
-        (d / "meta.json").write_text(json.dumps({"fps": fps, "num_frames": T, "size": [W, H],
-                                                 "original_size": [W, H], "stride": 1, "source": "fake"}))
+            write_png(FramesMeta.frame_path(d, t), frames[t])
+        FramesMeta(fps=fps, num_frames=T, size=(W, H), original_size=(W, H), stride=1, source="fake").save(d)
 
     def write_fit(d: Path) -> None:
-        np.savez(d / "poses.npz", K=K.numpy(), T_cam_to_hand=T_cam_to_hand.numpy(),
-                 T_hand_to_obj=T_hand_to_obj.numpy(), articulation=art.numpy(), shape=shape.numpy(),
-                 side=np.array("right"), image_size=np.array([W, H]))
+        FitPoses(K=K.numpy(), T_cam_to_hand=T_cam_to_hand.numpy(), T_hand_to_obj=T_hand_to_obj.numpy(),
+                 articulation=art.numpy(), shape=shape.numpy(), side="right", image_size=np.array([W, H])).save(d)
         trimesh.creation.icosphere(subdivisions=4, radius=SPHERE_R).export(d / "object.ply")
         if with_scene:
             sdf = GridSDF(radius=2 * SPHERE_R, resolution=32)  # default init: sphere of half the radius
@@ -100,7 +98,7 @@ def make_fake_clip(root: Path, T: int = 8, W: int = 96, H: int = 72, fps: float 
                                                     "mean_iou_hand": 0.8}))
 
     write_external_stage(root, "frames", write_frames, "test")
-    write_external_stage(root, "masks", lambda d: write_mask_folder(d, hand_m, obj_m), "test")
+    write_external_stage(root, "masks", lambda d: MasksOutput(hand=hand_m, obj=obj_m).save(d), "test")
     write_external_stage(root, "fit", write_fit, "test")
     return {"T": T, "W": W, "H": H, "fps": fps, "K": K, "T_cam_to_hand": T_cam_to_hand,
             "T_hand_to_obj": T_hand_to_obj, "verts_hand": verts_h, "faces": faces, "hand_mask": hand_m,
@@ -148,7 +146,7 @@ def test_glb_export_structure_pictures_and_poses(clip, tmp_path):
         assert Path(p).exists(), p
     assert res.summary["num_frames"] == T
 
-    gltf = pygltflib.GLTF2().load(str(out / "interaction.glb"))
+    gltf = pygltflib.GLTF2().load(str(out / ExportOutput.GLB))
     meshes = {m.name: m for m in gltf.meshes}
     assert {"object", "hand"} <= set(meshes)
     obj_prim, hand_prim = meshes["object"].primitives[0], meshes["hand"].primitives[0]
@@ -206,15 +204,15 @@ def test_glb_export_structure_pictures_and_poses(clip, tmp_path):
     root = _quat_matrix(np.array(gltf.nodes[nodes["world"]].rotation))
     assert np.allclose(root @ _quat_matrix(cam_rot[0]), np.eye(3), atol=1e-5)
     # trimesh reads it as a scene with the object and the hand.
-    scene = trimesh.load(out / "interaction.glb", force="scene")
+    scene = trimesh.load(out / ExportOutput.GLB, force="scene")
     assert len(scene.geometry) >= 2
     sizes = sorted(len(g.vertices) for g in scene.geometry.values() if hasattr(g, "faces"))
     assert len(obj_pos) in sizes and len(base) in sizes
-    assert isinstance(trimesh.load(out / "object.glb", force="mesh"), trimesh.Trimesh)
+    assert isinstance(trimesh.load(out / ExportOutput.object_file("glb"), force="mesh"), trimesh.Trimesh)
 
     # poses.json == poses.npz, and they match the fit.
-    doc = json.loads((out / "poses.json").read_text())
-    with np.load(out / "poses.npz") as z:
+    doc = json.loads((out / ExportOutput.POSES_JSON).read_text())
+    with np.load(out / ExportOutput.POSES_NPZ) as z:
         assert np.allclose(doc["K"], z["K"]) and list(z["image_size"]) == doc["image_size"] == [info["W"], info["H"]]
         assert len(doc["frames"]) == T and list(z["exported_frames"]) == doc["exported_frames"] == list(range(T))
         for t in range(T):
@@ -227,13 +225,13 @@ def test_glb_export_structure_pictures_and_poses(clip, tmp_path):
         assert np.allclose(z["T_obj_to_world"], np.eye(4))
 
     # Pictures: frame counts and sizes.
-    n, size = _video_frames(out / "turntable.mp4")
+    n, size = _video_frames(out / ExportOutput.TURNTABLE)
     assert n == 12 and size == (64, 64)
-    n, size = _video_frames(out / "side_by_side.mp4")
+    n, size = _video_frames(out / ExportOutput.SIDE_BY_SIDE)
     assert n == T and size == (2 * info["W"] + info["H"], info["H"])  # novel view: square
     from hoirecon.io.video import read_rgb
 
-    sheet = read_rgb(out / "summary.png")
+    sheet = read_rgb(out / ExportOutput.SUMMARY)
     assert sheet.shape[1] >= 4 * info["W"] and sheet.shape[0] > 3 * info["H"]
 
 
@@ -244,25 +242,25 @@ def test_obj_camera_world_subsampled_from_sdf(clip):
     out = root / "export"
     sel = [0, 4, 7]
     assert res.summary["num_frames"] == 3 and "scene.pt" in res.summary["mesh_source"]
-    obj = trimesh.load(out / "object.obj", force="mesh")
+    obj = trimesh.load(out / ExportOutput.object_file("obj"), force="mesh")
     # The fake SDF is a sphere of radius 4 cm; marching cubes at 48^3 of a 32^3 grid.
     r = np.linalg.norm(obj.vertices, axis=1)
     assert abs(r.mean() - SPHERE_R) < 2e-3 and r.std() < 1e-3
     T_obj_to_cam0 = invert_rigid(info["T_hand_to_obj"][0] @ info["T_cam_to_hand"][0])
-    obj_cam = trimesh.load(out / "object_camera.obj", force="mesh")
+    obj_cam = trimesh.load(out / ExportOutput.object_file("obj", camera=True), force="mesh")
     assert np.allclose(obj_cam.vertices, transform_points(T_obj_to_cam0, torch.tensor(obj.vertices).float()),
                        atol=1e-5)
-    files = sorted(p.name for p in (out / "hands").iterdir())
+    files = sorted(p.name for p in (out / ExportOutput.HANDS_DIR).iterdir())
     assert files == [f"{t:06d}.obj" for t in sel]
     for t in sel:
-        hand = trimesh.load(out / "hands" / f"{t:06d}.obj", force="mesh", process=False)
+        hand = trimesh.load(out / ExportOutput.hand_file(t, "obj"), force="mesh", process=False)
         expected = transform_points(T_obj_to_cam0 @ info["T_hand_to_obj"][t], info["verts_hand"][t])
         assert np.allclose(hand.vertices, expected.numpy(), atol=1e-5)
         assert len(hand.faces) == len(info["faces"])
-    with np.load(out / "poses.npz") as z:
+    with np.load(out / ExportOutput.POSES_NPZ) as z:
         assert list(z["exported_frames"]) == sel and str(z["world"]) == "camera"
         assert np.allclose(z["T_obj_to_world"], T_obj_to_cam0.numpy(), atol=1e-5)
-    assert not (out / "interaction.glb").exists() and not (out / "turntable.mp4").exists()
+    assert not (out / ExportOutput.GLB).exists() and not (out / ExportOutput.TURNTABLE).exists()
 
 
 def test_ply_object_world(clip):
@@ -270,10 +268,10 @@ def test_ply_object_world(clip):
     res = run_stage(root, STAGE, ExportConfig(format="ply", frames=2, pictures=False), force=True)
     out = root / "export"
     assert res.summary["mesh_source"] == "fit/object.ply"
-    hand = trimesh.load(out / "hands" / f"{info['T'] - 1:06d}.ply", process=False)
+    hand = trimesh.load(out / ExportOutput.hand_file(info["T"] - 1, "ply"), process=False)
     expected = transform_points(info["T_hand_to_obj"][-1], info["verts_hand"][-1])
     assert np.allclose(hand.vertices, expected.numpy(), atol=1e-5)
-    assert isinstance(trimesh.load(out / "object.ply"), trimesh.Trimesh)
+    assert isinstance(trimesh.load(out / ExportOutput.object_file("ply")), trimesh.Trimesh)
 
 
 def test_input_view_renders_align_with_masks(clip):

@@ -28,6 +28,7 @@ from hoirecon.hand import build_hand_model
 
 from conftest import look_at_np
 from hoirecon.render.mesh import render_mesh_image
+from hoirecon.stages.outputs import FramesMeta, MasksOutput
 
 SIZE = 80
 N_FRAMES = 4
@@ -168,7 +169,6 @@ def test_mlp_sdf_prefits_hull_and_renders(tiny_clip):
 def test_fit_stage_writes_contract(tiny_clip, tmp_path):
     import cv2
 
-    from hoirecon.io.masks import write_mask_folder
     from hoirecon.pipeline.runner import run_stage, write_external_stage
     from hoirecon.stages.fit import STAGE, FitConfig
 
@@ -176,8 +176,8 @@ def test_fit_stage_writes_contract(tiny_clip, tmp_path):
 
     def frames(d: Path):
         for t in range(N_FRAMES):
-            cv2.imwrite(str(d / f"{t:06d}.png"), np.zeros((SIZE, SIZE, 3), np.uint8))
-        (d / "meta.json").write_text(json.dumps({"fps": 10, "num_frames": N_FRAMES, "size": [SIZE, SIZE]}))
+            cv2.imwrite(str(FramesMeta.frame_path(d, t)), np.zeros((SIZE, SIZE, 3), np.uint8))
+        FramesMeta(fps=10, num_frames=N_FRAMES, size=(SIZE, SIZE)).save(d)
 
     def hands(d: Path):
         np.savez(d / "hands.npz", K=tiny_clip["K"].astype(np.float32),
@@ -186,7 +186,8 @@ def test_fit_stage_writes_contract(tiny_clip, tmp_path):
                  valid=np.ones(N_FRAMES, bool))
 
     write_external_stage(out, "frames", frames, "test")
-    write_external_stage(out, "masks", lambda d: write_mask_folder(d, tiny_clip["hand"], tiny_clip["obj"]), "test")
+    masks = MasksOutput(hand=tiny_clip["hand"], obj=tiny_clip["obj"])
+    write_external_stage(out, "masks", masks.save, "test")
     write_external_stage(out, "hand", hands, "test")
     res = run_stage(out, STAGE, FitConfig(steps=12, rays_per_step=256, mesh_resolution=40, preview_every=6,
                                           checkpoint_every=5))

@@ -7,7 +7,7 @@ import pytest
 
 from hoirecon.cli import main
 from hoirecon.pipeline.runner import write_external_stage
-from hoirecon.stages.outputs import HandsOutput
+from hoirecon.stages.outputs import GroundTruth, HandsOutput
 from tests.test_stage_outputs import pose_output
 
 FRAMES = 4
@@ -24,7 +24,7 @@ def clip(tmp_path_factory):
 
 
 def _true_object_in_camera(out) -> np.ndarray:
-    gt = np.load(out / "gt" / "gt.npz")
+    gt = np.load(GroundTruth.file(out))
     return np.linalg.inv(gt["T_hand_to_obj"].astype(np.float64) @ gt["T_cam_to_hand"].astype(np.float64))
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from hoirecon.geometry.regions import mask_box, mask_iou
-from hoirecon.io.masks import read_mask_folder
 from hoirecon.io.video import read_rgb
 from hoirecon.segment.foreground import (
     ForegroundSplitTracker,
@@ -25,6 +24,7 @@ from hoirecon.segment.foreground import (
     skin_coloured,
     static_foreground,
 )
+from hoirecon.stages.outputs import GroundTruth, MasksOutput
 from hoirecon.synth.generator import generate_clip
 
 
@@ -32,8 +32,9 @@ def _clip(tmp_path: Path, category: str, seed: int, frames: int = 2):
     out = tmp_path / category
     generate_clip(category, out, frames=frames, size=160, seed=seed)
     images = [read_rgb(p) for p in sorted((out / "frames").glob("*.png"))]
-    hand, obj = read_mask_folder(out / "masks", num_frames=frames, size_wh=(images[0].shape[1], images[0].shape[0]))
-    keypoints = np.load(out / "gt" / "gt.npz")["keypoints_2d"]
+    masks = MasksOutput.load(out / "masks", num_frames=frames, size_wh=(images[0].shape[1], images[0].shape[0]))
+    hand, obj = masks.hand, masks.obj
+    keypoints = np.load(GroundTruth.file(out))["keypoints_2d"]
     return images, hand, obj, keypoints
 
 

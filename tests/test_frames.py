@@ -9,7 +9,8 @@ import numpy as np
 from conftest import make_frames, run_cli
 from hoirecon.io.video import read_rgb, write_png
 from hoirecon.pipeline.runner import run_pipeline
-from hoirecon.stages.frames import STAGE, FramesConfig, frame_paths, working_size
+from hoirecon.stages.frames import STAGE, FramesConfig, working_size
+from hoirecon.stages.outputs import FramesMeta
 
 
 def _run(out, **kw):
@@ -19,9 +20,9 @@ def _run(out, **kw):
 def test_video_to_frames(tmp_path, tiny_video):
     _run(tmp_path / "o", source=str(tiny_video))
     frames_dir = tmp_path / "o" / "frames"
-    paths = frame_paths(frames_dir)
+    paths = FramesMeta.frame_paths(frames_dir)
     assert len(paths) == 12
-    meta = json.loads((frames_dir / "meta.json").read_text())
+    meta = json.loads((frames_dir / FramesMeta.FILE).read_text())
     assert meta["num_frames"] == 12 and meta["size"] == [64, 48] and meta["original_size"] == [64, 48]
     assert abs(meta["fps"] - 10) < 1e-6 and len(meta["source_digest"]) == 64
     img = read_rgb(paths[3])
@@ -32,10 +33,10 @@ def test_video_to_frames(tmp_path, tiny_video):
 
 def test_stride_max_frames_and_size(tmp_path, tiny_video):
     _run(tmp_path / "o", source=str(tiny_video), stride=2, max_frames=4, size=32)
-    meta = json.loads((tmp_path / "o" / "frames" / "meta.json").read_text())
+    meta = json.loads((tmp_path / "o" / "frames" / FramesMeta.FILE).read_text())
     assert meta["num_frames"] == 4 and meta["stride"] == 2 and meta["size"] == [32, 24]
     assert abs(meta["fps"] - 5) < 1e-6
-    assert read_rgb(frame_paths(tmp_path / "o" / "frames")[0]).shape == (24, 32, 3)
+    assert read_rgb(FramesMeta.frame_paths(tmp_path / "o" / "frames")[0]).shape == (24, 32, 3)
 
 
 def test_image_folder(tmp_path):
@@ -45,7 +46,7 @@ def test_image_folder(tmp_path):
         write_png(src / f"img_{i}.png", f)
     write_png(src / "img_10.png", make_frames(11)[10])  # natural order: 10 comes last
     _run(tmp_path / "o", source=str(src))
-    paths = frame_paths(tmp_path / "o" / "frames")
+    paths = FramesMeta.frame_paths(tmp_path / "o" / "frames")
     assert len(paths) == 6
     assert np.array_equal(read_rgb(paths[-1]), make_frames(11)[10])
 
@@ -59,7 +60,7 @@ def test_source_change_makes_frames_stale(tmp_path, tiny_video):
     write_video(tiny_video, make_frames(8), fps=10)
     r3 = _run(tmp_path / "o", source=str(tiny_video))
     assert r1[0].status == "ran" and r3[0].status == "ran"
-    assert len(frame_paths(tmp_path / "o" / "frames")) == 8
+    assert len(FramesMeta.frame_paths(tmp_path / "o" / "frames")) == 8
 
 
 def test_working_size_only_shrinks_and_is_even():
@@ -85,6 +86,6 @@ def test_run_does_frames_then_reports_next_stage(tmp_path, tiny_video):
 
     out = tmp_path / "o"
     code, _, err = run_cli("run", str(tiny_video), "--category", "mug", "--out", str(out), "--quiet")
-    assert read_rgb(frame_paths(out / "frames")[0]).shape == (48, 64, 3)
+    assert read_rgb(FramesMeta.frame_paths(out / "frames")[0]).shape == (48, 64, 3)
     if STAGES["masks"].run is None:
         assert code == 2 and "stage 'masks' is not implemented yet" in err

@@ -25,6 +25,7 @@ from hoirecon.handpose.perspective import (
 )
 from hoirecon.handpose.smooth import SmoothConfig, fill_missing, interpolate_missing, slerp_missing, smooth_hand_track
 from hoirecon.render.camera import make_intrinsics, project_points
+from hoirecon.stages.outputs import MasksOutput
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +336,6 @@ def test_palm_detector_box_on_a_rendered_hand(hand):
 
 def _hand_clip(hand, out_root, n=4, width=256, height=192, empty=False):
     """frames (through the frames stage) + GT masks (as an external masks stage) of a turning hand."""
-    from hoirecon.io.masks import write_mask_folder
     from hoirecon.io.video import write_video
     from hoirecon.pipeline.runner import run_stage, write_external_stage
     from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
@@ -356,7 +356,7 @@ def _hand_clip(hand, out_root, n=4, width=256, height=192, empty=False):
     run_stage(out_root, FRAMES, FramesConfig(str(video)))
     obj = np.zeros((n, height, width), bool)
     obj[:, 150:180, 20:60] = True
-    write_external_stage(out_root, "masks", lambda d: write_mask_folder(d, np.stack(hands), obj), "test")
+    write_external_stage(out_root, "masks", lambda d: MasksOutput(hand=np.stack(hands), obj=obj).save(d), "test")
     return poses
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import cv2
 import numpy as np
@@ -18,6 +17,7 @@ from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_ob
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
 from hoirecon.io.boxes import parse_box
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig
+from hoirecon.stages.outputs import MasksOutput
 
 H, W = 96, 128
 
@@ -124,11 +124,11 @@ def test_stage_passes_on_a_good_clip(tmp_path):
     out = tmp_path / "o"
     cfg = MasksConfig(hand_box=(50, 30, 76, 58), object_box=(24, 26, 56, 70))
     run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, cfg)])
-    q = json.loads((out / "masks" / "quality.json").read_text())
+    q = MasksOutput.load_quality(out / "masks")
     assert q["passed"] and q["track_iou"]["object"] > 0.4 and len(q["per_frame_iou"]) == 10
-    hand, obj = read_mask_folder(out / "masks", num_frames=10, size_wh=(W, H))
+    obj = MasksOutput.load(out / "masks", num_frames=10, size_wh=(W, H)).obj
     assert mask_iou(obj[5], objs[5]) > 0.7
-    assert (out / "masks" / "overlay.mp4").stat().st_size > 0
+    assert (out / "masks" / MasksOutput.OVERLAY_FILE).stat().st_size > 0
 
 
 def test_stage_fails_when_tracks_do_not_come_back(tmp_path):
@@ -152,13 +152,14 @@ def test_failed_check_leaves_its_overlay_and_quality(tmp_path):
     out = tmp_path / "o"
     boxes = ("--hand-box", "50,30,76,58", "--object-box", "24,26,56,70", "--quiet")
     code, _, err = run_cli("masks", str(clip), "--out", str(out), *boxes)
-    overlay = out / "masks_failed" / "overlay.mp4"
+    overlay = out / MasksOutput.FAILED_DIR / MasksOutput.OVERLAY_FILE
     assert code == 1 and str(overlay) in err and overlay.stat().st_size > 0
-    quality = json.loads((out / "masks_failed" / "quality.json").read_text())
+    quality = MasksOutput.load_quality(out / MasksOutput.FAILED_DIR)
     assert quality["passed"] is False and quality["track_iou"]["object"] < 0.4
     # --iou-threshold 0 goes on with the masks as they are, and the stale failure pictures go.
     code, _, _ = run_cli("masks", str(clip), "--out", str(out), *boxes, "--iou-threshold", "0")
-    assert code == 0 and (out / "masks" / "overlay.mp4").is_file() and not (out / "masks_failed").exists()
+    assert code == 0 and (out / "masks" / MasksOutput.OVERLAY_FILE).is_file()
+    assert not (out / MasksOutput.FAILED_DIR).exists()
 
 
 def test_user_masks_dir_is_validated(tmp_path):
@@ -167,7 +168,7 @@ def test_user_masks_dir_is_validated(tmp_path):
     write_mask_folder(good, hands, objs)
     out = tmp_path / "o"
     run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, MasksConfig(masks_dir=str(good)))])
-    assert json.loads((out / "masks" / "quality.json").read_text())["source"] == "user"
+    assert MasksOutput.load_quality(out / "masks")["source"] == "user"
     bad = tmp_path / "bad"
     write_mask_folder(bad, hands[:5], objs[:5])
     with pytest.raises(UserError, match="5 masks but the clip has 10"):

@@ -10,6 +10,7 @@ import trimesh
 from hoirecon.cli import main
 from hoirecon.pose.network import HandObjectPoseNet
 from hoirecon.pose.train import save_pose_weights
+from hoirecon.stages.outputs import GroundTruth
 from tests.test_pose_train import TINY
 
 
@@ -26,7 +27,7 @@ def clip(tmp_path_factory):
 
 def test_pose_stage_writes_poses_and_overlay(clip, capsys):
     out, weights = clip
-    args = ["pose", str(out), "--object-mesh", str(out / "gt" / "object.ply"), "--weights", str(weights), "-q"]
+    args = ["pose", str(out), "--object-mesh", str(GroundTruth.mesh_file(out)), "--weights", str(weights), "-q"]
     assert main(args) == 0
     data = np.load(out / "pose" / "poses.npz")
     assert data["T_cam_to_hand"].shape == (3, 4, 4) and data["T_obj_to_cam"].shape == (3, 4, 4)
@@ -50,6 +51,6 @@ def test_pose_errors_exit_2(clip, tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err.strip()
         assert word in err and len(err.splitlines()) == 1
     monkeypatch.setenv("HOIRECON_WEIGHTS", str(tmp_path))
-    assert main(["pose", str(out), "--object-mesh", str(out / "gt" / "object.ply")]) == 2
+    assert main(["pose", str(out), "--object-mesh", str(GroundTruth.mesh_file(out))]) == 2
     err = capsys.readouterr().err.strip()
     assert "pose/pose_cpu.pt" in err and len(err.splitlines()) == 1

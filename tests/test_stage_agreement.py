@@ -17,6 +17,7 @@ from hoirecon.pipeline.report import Reporter
 from hoirecon.pipeline.runner import read_manifest, run_stage, write_external_stage
 from hoirecon.stages.fit import STAGE as FIT, FitConfig
 from hoirecon.stages.hand import _check_side
+from hoirecon.stages.outputs import FramesMeta, MasksOutput
 from test_fit import N_FRAMES, SIZE, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
 
 
@@ -58,8 +59,8 @@ def _fit_folder(out: Path, clip, hand_model: str = "anny") -> None:
 
     def frames(d: Path):
         for t in range(N_FRAMES):
-            cv2.imwrite(str(d / f"{t:06d}.png"), np.zeros((SIZE, SIZE, 3), np.uint8))
-        (d / "meta.json").write_text(json.dumps({"fps": 10, "num_frames": N_FRAMES, "size": [SIZE, SIZE]}))
+            cv2.imwrite(str(FramesMeta.frame_path(d, t)), np.zeros((SIZE, SIZE, 3), np.uint8))
+        FramesMeta(fps=10, num_frames=N_FRAMES, size=(SIZE, SIZE)).save(d)
 
     def hands(d: Path):
         np.savez(d / "hands.npz", K=clip["K"].astype(np.float32),
@@ -68,7 +69,7 @@ def _fit_folder(out: Path, clip, hand_model: str = "anny") -> None:
                  valid=np.ones(N_FRAMES, bool), hand_model=np.array(hand_model))
 
     write_external_stage(out, "frames", frames, "test")
-    write_external_stage(out, "masks", lambda d: write_mask_folder(d, clip["hand"], clip["obj"]), "test")
+    write_external_stage(out, "masks", lambda d: MasksOutput(hand=clip["hand"], obj=clip["obj"]).save(d), "test")
     write_external_stage(out, "hand", hands, "test")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from hoirecon.errors import UserError
-from hoirecon.stages.outputs import FitPoses, HandsOutput, PoseOutput
+from hoirecon.stages.outputs import (ExportOutput, FitPoses, FramesMeta, GroundTruth, HandsOutput, MasksOutput,
+                                      PoseOutput)
 
 
 def _hands(T: int = 3, **overrides) -> HandsOutput:
@@ -135,3 +138,177 @@ def test_pose_output_round_trip_and_one_line_errors(tmp_path):
         PoseOutput.load(tmp_path, num_frames=4)
     with pytest.raises(ValueError, match="control_conf"):
         pose_output(control_conf=np.zeros((3, 20), np.float32)).save(tmp_path)
+
+
+def _frames(folder, T: int = 3) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(T):
+        FramesMeta.frame_path(folder, t).write_bytes(b"png")
+
+
+def test_frames_meta_round_trip_writes_the_documented_keys_in_order(tmp_path):
+    _frames(tmp_path)
+    meta = FramesMeta(fps=12.5, num_frames=3, original_size=(128, 96), size=(64, 48), stride=2, source="/a/clip.mp4",
+                      source_digest="0" * 64, source_kind="video")
+    path = meta.save(tmp_path)
+    assert path == tmp_path / "meta.json"
+    on_disk = json.loads(path.read_text())
+    assert list(on_disk) == ["fps", "num_frames", "original_size", "size", "stride", "source", "source_digest",
+                             "source_kind"]
+    assert on_disk["size"] == [64, 48] and on_disk["original_size"] == [128, 96]
+    back = FramesMeta.load(tmp_path)
+    assert back.to_dict() == on_disk and back.size == (64, 48) and back.source_size == (128, 96)
+    assert FramesMeta.frame_paths(tmp_path) == [tmp_path / f"{t:06d}.png" for t in range(3)]
+
+
+def test_frames_meta_with_the_minimum_keys_loads_and_falls_back_to_the_working_size(tmp_path):
+    _frames(tmp_path, 2)
+    (tmp_path / "meta.json").write_text(json.dumps({"fps": 10, "num_frames": 2, "size": [32, 24]}))
+    meta = FramesMeta.load(tmp_path)
+    assert (meta.num_frames, meta.width, meta.height, meta.source_size, meta.stride) == (2, 32, 24, (32, 24), None)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"fps": 10, "num_frames": 3, "size": [0, 24]}, "positive"),
+    ({"fps": 10, "num_frames": 3, "size": [32, 24], "original_size": [-1, 24]}, "original_size"),
+    ({"fps": 10, "num_frames": 4, "size": [32, 24]}, "holds 3 frame PNGs"),
+    ({"fps": 10, "size": [32, 24]}, "lacks num_frames"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_frames_meta_is_a_one_line_user_error(tmp_path, values, message):
+    _frames(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps(values))
+    with pytest.raises(UserError, match=message) as err:
+        FramesMeta.load(tmp_path)
+    assert "meta.json" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="missing .*meta.json"):
+        FramesMeta.load(tmp_path / "nowhere")
+
+
+def test_frames_meta_save_checks_the_pngs(tmp_path):
+    _frames(tmp_path, 2)
+    with pytest.raises(ValueError, match="holds 2 frame PNGs"):
+        FramesMeta(fps=10.0, num_frames=3, size=(32, 24)).save(tmp_path)
+
+
+def _masks(T: int = 3, H: int = 8, W: int = 10) -> MasksOutput:
+    hand = np.zeros((T, H, W), bool)
+    obj = np.zeros((T, H, W), bool)
+    hand[:, 1:3, 1:4] = True
+    obj[:, 4:7, 5:9] = True
+    return MasksOutput(hand=hand, obj=obj, quality={"source": "user", "passed": True, "track_iou": None,
+                                                    "per_frame_iou": None}, boxes={})
+
+
+def test_masks_round_trip_writes_the_documented_files(tmp_path):
+    masks = _masks()
+    masks.save(tmp_path, disjoint=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.json", "hand", "object", "quality.json"]
+    assert sorted(p.name for p in (tmp_path / "object").iterdir()) == [f"{t:06d}.png" for t in range(3)]
+    assert json.loads((tmp_path / "quality.json").read_text()) == masks.quality
+    assert (tmp_path / "quality.json").read_text() == json.dumps(masks.quality, indent=2)
+    _frames(tmp_path / "frames")
+    meta = FramesMeta(fps=10.0, num_frames=3, size=(10, 8))
+    back = MasksOutput.load(tmp_path, meta)
+    np.testing.assert_array_equal(back.hand, masks.hand)
+    np.testing.assert_array_equal(back.obj, masks.obj)
+    assert (back.quality, back.boxes, back.size, back.num_frames) == (masks.quality, {}, (10, 8), 3)
+    assert MasksOutput.load_quality(tmp_path / "frames") is None
+
+
+def test_masks_without_json_load_with_none(tmp_path):
+    MasksOutput(hand=_masks().hand, obj=_masks().obj).save(tmp_path)
+    assert not (tmp_path / "quality.json").exists() and not (tmp_path / "boxes.json").exists()
+    back = MasksOutput.load(tmp_path)
+    assert back.quality is None and back.boxes is None
+
+
+def test_masks_validation(tmp_path):
+    masks = _masks()
+    with pytest.raises(ValueError, match="bool"):
+        MasksOutput(hand=masks.hand.astype(np.uint8), obj=masks.obj).validate()
+    with pytest.raises(ValueError, match="differ in shape"):
+        MasksOutput(hand=masks.hand, obj=masks.obj[:2]).validate()
+    with pytest.raises(ValueError, match="for 4 frames of 10x8"):
+        masks.validate(FramesMeta(fps=10.0, num_frames=4, size=(10, 8)))
+    overlapping = MasksOutput(hand=masks.hand, obj=masks.hand.copy())
+    overlapping.validate()  # the user's masks may overlap
+    assert overlapping.overlap_frames().tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="overlap in 3 frames"):
+        overlapping.save(tmp_path, disjoint=True)
+    assert not (tmp_path / "hand").exists()
+
+
+def test_masks_load_is_a_one_line_user_error(tmp_path):
+    _masks().save(tmp_path)
+    with pytest.raises(UserError, match="has 3 masks but the clip has 4 frames"):
+        MasksOutput.load(tmp_path, FramesMeta(fps=10.0, num_frames=4, size=(10, 8)))
+    with pytest.raises(UserError, match="no 'hand/' subfolder"):
+        MasksOutput.load(tmp_path / "nowhere")
+    (tmp_path / "quality.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read .*quality.json"):
+        MasksOutput.load(tmp_path)
+
+
+def test_ground_truth_round_trip_keeps_the_key_order_and_strings(tmp_path):
+    T = 2
+    gt = GroundTruth(K=np.eye(3, dtype=np.float32), T_cam_to_hand=np.tile(np.eye(4, dtype=np.float32), (T, 1, 1)),
+                     T_hand_to_obj=np.tile(np.eye(4, dtype=np.float32), (T, 1, 1)),
+                     articulation=np.zeros((T, 45), np.float32), shape=np.zeros(10, np.float32),
+                     image_size=np.array([64, 48], np.int64), side="left", category="mug",
+                     penetration_mm=np.float32(1.5))
+    path = gt.save(tmp_path)
+    assert path == tmp_path / "gt.npz" and GroundTruth.file(tmp_path.parent / "x") == tmp_path.parent / "x/gt/gt.npz"
+    with np.load(path) as z:
+        assert z.files == ["K", "image_size", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape", "side",
+                           "category", "penetration_mm"]
+    back = GroundTruth.load(tmp_path)
+    assert (back.side, back.category, back.hand_model, back.num_frames) == ("left", "mug", None, 2)
+    np.testing.assert_array_equal(back.T_hand_to_obj, gt.T_hand_to_obj)
+
+
+def test_ground_truth_missing_keys_are_one_line_user_errors(tmp_path):
+    np.savez(tmp_path / "gt.npz", K=np.eye(3))
+    with pytest.raises(UserError, match="ground truth .*gt.npz lacks T_cam_to_hand, T_hand_to_obj"):
+        GroundTruth.load(tmp_path)
+    assert GroundTruth.load(tmp_path, required=("K",)).T_cam_to_hand is None
+    with pytest.raises(UserError, match="missing"):
+        GroundTruth.load(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="lacks shape"):
+        GroundTruth(K=np.eye(3), T_cam_to_hand=np.eye(4)[None], T_hand_to_obj=np.eye(4)[None],
+                    articulation=np.zeros((1, 45)), shape=None).save(tmp_path)
+
+
+def _export(T: int = 3) -> ExportOutput:
+    eye = np.tile(np.eye(4, dtype=np.float32), (T, 1, 1))
+    return ExportOutput(K=np.eye(3, dtype=np.float32), image_size=np.array([64, 48], np.int64), fps=12.5, side="right",
+                        shape=np.zeros(10, np.float32), T_cam_to_hand=eye, T_hand_to_obj=eye, T_cam_to_obj=eye,
+                        articulation=np.zeros((T, 45), np.float32), T_obj_to_world=np.eye(4, dtype=np.float32),
+                        world="object", exported_frames=np.array([0, 2], np.int64))
+
+
+def test_export_poses_round_trip_npz_and_json(tmp_path):
+    npz, js = _export().save(tmp_path)
+    assert (npz.name, js.name) == ("poses.npz", "poses.json")
+    with np.load(npz) as z:
+        assert z.files == ["K", "image_size", "fps", "side", "shape", "T_cam_to_hand", "T_hand_to_obj", "T_cam_to_obj",
+                           "articulation", "T_obj_to_world", "world", "exported_frames"]
+        assert z["fps"].dtype == np.float32 and str(z["world"]) == "object"
+    doc = json.loads(js.read_text())
+    assert list(doc) == ["conventions", "world", "fps", "image_size", "K", "side", "shape", "T_obj_to_world",
+                         "exported_frames", "frames"]
+    assert doc["fps"] == 12.5 and doc["exported_frames"] == [0, 2] and len(doc["frames"]) == 3
+    assert doc["frames"][2]["time"] == 2 / 12.5
+    back = ExportOutput.load(tmp_path)
+    assert (back.num_frames, back.side, back.world, back.fps) == (3, "right", "object", 12.5)
+    assert ExportOutput.object_file("obj", camera=True) == "object_camera.obj"
+    assert ExportOutput.hand_file(7, "ply") == "hands/000007.ply"
+
+
+def test_bad_export_poses_are_refused(tmp_path):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="exported_frames"):
+        dataclasses.replace(_export(), exported_frames=np.array([5])).save(tmp_path)
+    with pytest.raises(UserError, match="run `hoirecon export` first"):
+        ExportOutput.load(tmp_path)

@@ -13,10 +13,11 @@ import trimesh
 
 from hoirecon.errors import UserError
 from hoirecon.hand import build_hand_model
-from hoirecon.io.masks import read_mask, read_mask_folder
+from hoirecon.io.masks import read_mask
 from hoirecon.io.video import read_rgb
 from hoirecon.pipeline.runner import read_manifest
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_image
+from hoirecon.stages.outputs import FramesMeta, GroundTruth, MasksOutput
 from hoirecon.synth.generator import generate_clip
 from hoirecon.synth.grasp import MeshSDF, penetration_depth, winding_number
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
@@ -43,14 +44,15 @@ def test_stages_are_committed_as_done(clip):
     for stage in ("frames", "masks", "hand"):
         manifest = read_manifest(clip / stage)
         assert manifest is not None and manifest["status"] == "done" and manifest["external"]
-    meta = json.loads((clip / "frames" / "meta.json").read_text())
+    meta = json.loads((clip / "frames" / FramesMeta.FILE).read_text())
     assert meta["num_frames"] == FRAMES and meta["size"] == [SIZE, SIZE] and meta["fps"] > 0
     assert {"original_size", "stride", "source", "source_digest", "source_kind"} <= set(meta)
     assert len(list((clip / "frames").glob("*.png"))) == FRAMES
     assert (clip / "video.mp4").stat().st_size > 0
-    quality = json.loads((clip / "masks" / "quality.json").read_text())
+    quality = MasksOutput.load_quality(clip / "masks")
     assert quality["source"] == "synth-gt" and quality["passed"]
-    hand, obj = read_mask_folder(clip / "masks", num_frames=FRAMES, size_wh=(SIZE, SIZE))
+    masks = MasksOutput.load(clip / "masks", num_frames=FRAMES, size_wh=(SIZE, SIZE))
+    hand, obj = masks.hand, masks.obj
     assert hand.any() and obj.any()
 
 
@@ -64,7 +66,7 @@ def test_hands_npz_follows_the_input_contract(clip):
     assert hands["valid"].shape == (FRAMES,) and hands["valid"].dtype == bool
     R = hands["T_cam_to_hand"][:, :3, :3].astype(np.float64)
     np.testing.assert_allclose(R @ np.swapaxes(R, 1, 2), np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     # The initialisation is noisy, but not wildly so.
     assert not np.allclose(hands["T_cam_to_hand"], gt["T_cam_to_hand"])
     wrist, wrist_gt = np.linalg.inv(hands["T_cam_to_hand"])[:, :3, 3], np.linalg.inv(gt["T_cam_to_hand"])[:, :3, 3]
@@ -73,7 +75,7 @@ def test_hands_npz_follows_the_input_contract(clip):
 
 
 def test_gt_keys_and_shapes(clip):
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     assert gt["K"].shape == (3, 3)
     assert gt["T_cam_to_hand"].shape == gt["T_hand_to_obj"].shape == (FRAMES, 4, 4)
     assert gt["articulation"].shape == (FRAMES, 45) and gt["wrist_rot"].shape == (FRAMES, 3)
@@ -85,20 +87,20 @@ def test_gt_keys_and_shapes(clip):
     np.testing.assert_allclose(gt["T_hand_to_obj"], np.broadcast_to(gt["T_hand_to_obj"][:1], gt["T_hand_to_obj"].shape))
     assert 0 < float(gt["view_span_deg"]) <= 60.0
     assert 50.0 <= float(gt["fov_deg"]) <= 60.0
-    depth = _npz(clip / "gt" / "depth.npz")["depth"]
+    depth = _npz(clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"]
     assert depth.shape == (FRAMES, SIZE, SIZE) and depth.dtype == np.float32
-    mesh = trimesh.load(clip / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(clip), force="mesh")
     assert mesh.is_watertight and 0.05 < max(mesh.extents) < 0.2
     # Camera 0.25-0.9 m from the object, object + hand a good part of the frame.
     T_obj_to_cam = np.linalg.inv(gt["T_hand_to_obj"] @ gt["T_cam_to_hand"])
     dist = np.linalg.norm(T_obj_to_cam[:, :3, 3], axis=1)
     assert (dist > 0.25).all() and (dist < 0.9).all()
-    info = json.loads((clip / "gt" / "info.json").read_text())
+    info = json.loads((clip / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())
     assert 0.3 <= info["frame_fill"][1] <= 0.8
 
 
 def test_keypoints_match_the_hand_model(clip):
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     hand = build_hand_model("anny")
     with torch.no_grad():
         kp = hand(torch.from_numpy(gt["articulation"]), torch.zeros(FRAMES, 3), torch.from_numpy(gt["shape"])).keypoints
@@ -111,8 +113,9 @@ def test_keypoints_match_the_hand_model(clip):
 
 
 def test_masks_agree_with_depth(clip):
-    depth = _npz(clip / "gt" / "depth.npz")["depth"]
-    hand, obj = read_mask_folder(clip / "masks", num_frames=FRAMES)
+    depth = _npz(clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"]
+    masks = MasksOutput.load(clip / "masks", num_frames=FRAMES)
+    hand, obj = masks.hand, masks.obj
     assert not (hand & obj).any()  # each pixel is one class
     np.testing.assert_array_equal(hand | obj, depth > 0)
 
@@ -150,14 +153,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_gt_poses_reproject_onto_masks(clip):
     """Independent path: soft renderer + hand model from the saved GT vs. the saved masks."""
-    gt = _npz(clip / "gt" / "gt.npz")
-    mesh = trimesh.load(clip / "gt" / "object.ply", force="mesh")
+    gt = _npz(GroundTruth.file(clip))
+    mesh = trimesh.load(GroundTruth.mesh_file(clip), force="mesh")
     hand_vis, obj_vis, depth = _visible_masks(gt, mesh)
-    hand, obj = read_mask_folder(clip / "masks", num_frames=FRAMES)
+    masks = MasksOutput.load(clip / "masks", num_frames=FRAMES)
+    hand, obj = masks.hand, masks.obj
     for t in range(FRAMES):
         assert _iou(hand_vis[t], hand[t]) > 0.98, t
         assert _iou(obj_vis[t], obj[t]) > 0.98, t
-    gt_depth = _npz(clip / "gt" / "depth.npz")["depth"]
+    gt_depth = _npz(clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"]
     both = (depth > 0) & (gt_depth > 0)
     assert np.median(np.abs(depth[both] - gt_depth[both])) < 1e-4
 
@@ -174,9 +178,9 @@ def test_frames_are_shaded_footage(clip):
 
 
 def test_grasp_touches_without_penetrating(clip):
-    gt = _npz(clip / "gt" / "gt.npz")
+    gt = _npz(GroundTruth.file(clip))
     assert float(gt["penetration_mm"]) < 3.0
-    mesh = trimesh.load(clip / "gt" / "object.ply", force="mesh")
+    mesh = trimesh.load(GroundTruth.mesh_file(clip), force="mesh")
     hand = build_hand_model("anny")
     with torch.no_grad():
         verts = hand(torch.from_numpy(gt["articulation"][:1]), torch.zeros(1, 3),
@@ -204,7 +208,8 @@ def test_same_seed_same_clip(clip, tmp_path):
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}:{k}")
     np.testing.assert_array_equal(_npz(clip / "gt/depth.npz")["depth"], _npz(again / "gt/depth.npz")["depth"])
     for t in range(FRAMES):
-        assert (clip / f"frames/{t:06d}.png").read_bytes() == (again / f"frames/{t:06d}.png").read_bytes()
+        frame = FramesMeta.frame_path
+        assert frame(clip / "frames", t).read_bytes() == frame(again / "frames", t).read_bytes()
         assert (clip / f"masks/object/{t:06d}.png").read_bytes() == (again / f"masks/object/{t:06d}.png").read_bytes()
 
 
@@ -217,9 +222,10 @@ def test_user_mesh(tmp_path):
     summary = generate_clip("bottle", out, frames=3, size=64, seed=0, object_mesh=path, object_size=0.12)
     assert summary["penetration_mm"] <= 1.0 and len(summary["contacts"]) >= 3
     assert any("--object-size" in note for note in summary["object_mesh_notes"])
-    gt_mesh = trimesh.load(out / "gt" / "object.ply", force="mesh")
+    gt_mesh = trimesh.load(GroundTruth.mesh_file(out), force="mesh")
     assert max(gt_mesh.extents) == pytest.approx(0.12, rel=1e-3)
-    hand, obj = read_mask_folder(out / "masks", num_frames=3)
+    masks = MasksOutput.load(out / "masks", num_frames=3)
+    hand, obj = masks.hand, masks.obj
     assert hand.any() and obj.any()
 
 
@@ -329,8 +335,8 @@ def wide_clip(tmp_path_factory) -> Path:
 
 
 def test_recorded_intrinsics_project_the_hand_joints(wide_clip):
-    gt = _npz(wide_clip / "gt" / "gt.npz")
-    cam = json.loads((wide_clip / "gt" / "info.json").read_text())["intrinsics"]
+    gt = _npz(GroundTruth.file(wide_clip))
+    cam = json.loads((wide_clip / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())["intrinsics"]
     assert (cam["width"], cam["height"]) == (120, 80) and gt["image_size"].tolist() == [120, 80]
     assert cam["fov_deg"] == pytest.approx(40.0) and float(gt["fov_deg"]) == pytest.approx(40.0)
     assert cam["fx"] == pytest.approx(60.0 / np.tan(np.radians(20.0)), rel=1e-5) and cam["fy"] == cam["fx"]
@@ -344,7 +350,8 @@ def test_recorded_intrinsics_project_the_hand_joints(wide_clip):
     np.testing.assert_allclose(uv, gt["keypoints_2d"], atol=1e-3)
     # ... and those lie on the rendered hand (or on the object in front of it): checked
     # against the frames' own masks, not against the projection that wrote keypoints_2d.
-    hand, obj = read_mask_folder(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    masks = MasksOutput.load(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    hand, obj = masks.hand, masks.obj
     px = np.round(uv).astype(int)
     inside = (px[..., 0] >= 0) & (px[..., 0] < 120) & (px[..., 1] >= 0) & (px[..., 1] < 80)
     assert inside.mean() > 0.9
@@ -359,16 +366,17 @@ def test_recorded_intrinsics_project_the_hand_joints(wide_clip):
 
 
 def test_non_square_frames_masks_and_depth(wide_clip):
-    meta = json.loads((wide_clip / "frames" / "meta.json").read_text())
+    meta = json.loads((wide_clip / "frames" / FramesMeta.FILE).read_text())
     assert meta["size"] == meta["original_size"] == [120, 80]
     assert read_rgb(wide_clip / "frames" / "000000.png").shape == (80, 120, 3)
-    assert _npz(wide_clip / "gt" / "depth.npz")["depth"].shape == (3, 80, 120)
+    assert _npz(wide_clip / GroundTruth.DIR / GroundTruth.DEPTH_FILE)["depth"].shape == (3, 80, 120)
     assert _npz(wide_clip / "hand" / "hands.npz")["image_size"].tolist() == [120, 80]
     # The soft renderer, given the recorded K and the GT poses, draws the same masks.
-    gt = _npz(wide_clip / "gt" / "gt.npz")
-    mesh = trimesh.load(wide_clip / "gt" / "object.ply", force="mesh")
+    gt = _npz(GroundTruth.file(wide_clip))
+    mesh = trimesh.load(GroundTruth.mesh_file(wide_clip), force="mesh")
     hand_vis, obj_vis, _ = _visible_masks(gt, mesh, (120, 80))
-    hand, obj = read_mask_folder(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    masks = MasksOutput.load(wide_clip / "masks", num_frames=3, size_wh=(120, 80))
+    hand, obj = masks.hand, masks.obj
     for t in range(3):
         assert _iou(hand_vis[t], hand[t]) > 0.97 and _iou(obj_vis[t], obj[t]) > 0.97, t
 
@@ -377,7 +385,7 @@ def test_fov_keeps_the_seeds_camera_path(clip, tmp_path):
     """--fov changes the lens only: same grasp, same viewing directions as the seed's own clip."""
     out = tmp_path / "narrow"
     generate_clip("mug", out, frames=FRAMES, size=SIZE, seed=3, view_range_deg=60, fov_deg=40.0)
-    a, b = _npz(clip / "gt" / "gt.npz"), _npz(out / "gt" / "gt.npz")
+    a, b = _npz(GroundTruth.file(clip)), _npz(GroundTruth.file(out))
     np.testing.assert_array_equal(a["T_hand_to_obj"], b["T_hand_to_obj"])
     np.testing.assert_array_equal(a["articulation"], b["articulation"])
     assert float(b["fov_deg"]) == pytest.approx(40.0) and b["K"][0, 0] > a["K"][0, 0]

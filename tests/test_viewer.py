@@ -8,6 +8,7 @@ import re
 
 from hoirecon.export.viewer import (MODULE_FILES, VENDOR_DIR, clip_metrics, render_view_html, scalar_items,
                                     write_clip_view)
+from hoirecon.stages.outputs import ExportOutput, MasksOutput
 
 
 def _import_map(page: str) -> dict:
@@ -63,10 +64,10 @@ def test_write_clip_view_links_only_pictures_that_exist(tmp_path):
     out = tmp_path / "clip"
     export = out / ".export.tmp-1"
     export.mkdir(parents=True)
-    (export / "interaction.glb").write_bytes(b"glb")
-    (export / "summary.png").write_bytes(b"png")
+    (export / ExportOutput.GLB).write_bytes(b"glb")
+    (export / ExportOutput.SUMMARY).write_bytes(b"png")
     (out / "masks").mkdir()
-    (out / "masks" / "overlay.mp4").write_bytes(b"mp4")
+    (out / "masks" / MasksOutput.OVERLAY_FILE).write_bytes(b"mp4")
     (out / "masks" / "stage.json").write_text(json.dumps({"status": "done", "summary": {"track_iou": {"hand": .5}}}))
     (out / "eval.json").write_text(json.dumps({"f_at_10mm": 0.9}))
     page = write_clip_view(out, export, "clip").read_text()

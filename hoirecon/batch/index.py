@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from hoirecon.batch.report import MAIN_METRICS
+from hoirecon.stages.outputs import ExportOutput
 
 INDEX = "index.html"
 
@@ -21,7 +22,7 @@ def _relative(path: str, base: Path) -> str:
 
 def index_row(record: dict, base: Path) -> str:
     out = Path(record["out"])
-    summary_png = out / "export" / "summary.png"
+    summary_png = out / "export" / ExportOutput.SUMMARY
     view = record.get("view") or ""
     link = _relative(view, base) if view and Path(view).is_file() else ""
     picture = (f'<img src="{html.escape(_relative(str(summary_png), base), quote=True)}" alt="summary">'

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from hoirecon.pipeline.runner import read_manifest
+from hoirecon.stages.outputs import ExportOutput, MasksOutput
 
 VENDOR_DIR = Path(__file__).parent / "vendor" / "three"
 # bare specifier used by the page -> vendored file
@@ -41,10 +42,10 @@ RELATIVE_IMPORTS = {
 }
 # (label, path relative to the export folder, kind) of the pictures linked beside the viewer
 MEDIA = (
-    ("summary", "summary.png", "image"),
-    ("input | reconstruction | novel view", "side_by_side.mp4", "video"),
-    ("turntable", "turntable.mp4", "video"),
-    ("masks", "../masks/overlay.mp4", "video"),
+    ("summary", ExportOutput.SUMMARY, "image"),
+    ("input | reconstruction | novel view", ExportOutput.SIDE_BY_SIDE, "video"),
+    ("turntable", ExportOutput.TURNTABLE, "video"),
+    ("masks", f"../masks/{MasksOutput.OVERLAY_FILE}", "video"),
     ("hand", "../hand/overlay.mp4", "video"),
 )
 METRIC_STAGES = ("masks", "hand", "fit")
@@ -142,11 +143,11 @@ def write_clip_view(out_root: Path, export_dir: Path, title: str) -> Path:
     listed when the file exists there (or, for ``../`` links, in ``out_root``).
     """
     export_dir = Path(export_dir)
-    glb = (export_dir / "interaction.glb").read_bytes()
+    glb = (export_dir / ExportOutput.GLB).read_bytes()
     media = [(label, rel, kind) for label, rel, kind in MEDIA
              if (Path(out_root) / rel[3:] if rel.startswith("../") else export_dir / rel).is_file()]
     page = render_view_html(title, glb, clip_metrics(out_root), media)
-    path = export_dir / "view.html"
+    path = export_dir / ExportOutput.VIEW
     path.write_text(page, encoding="utf-8")
     return path
 

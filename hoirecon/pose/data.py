@@ -20,11 +20,10 @@ import trimesh
 
 from hoirecon.errors import UserError
 from hoirecon.geometry.rotations import axis_angle_to_matrix
-from hoirecon.io.masks import read_mask_folder
 from hoirecon.io.video import read_rgb
 from hoirecon.pose.geometry import box_control_points, crop_image, mask_box, square_crop, to_crop
 from hoirecon.pose.losses import PoseTargets
-from hoirecon.stages.frames import frame_paths, load_frames_meta
+from hoirecon.stages.outputs import FramesMeta, GroundTruth, MasksOutput
 
 __all__ = ["ClipData", "FrameSamples", "load_template", "load_clip", "make_samples", "concat_samples"]
 
@@ -86,29 +85,30 @@ def load_clip(folder: str | Path, K: np.ndarray | None = None, template: str | P
     labelled: read ``gt/gt.npz`` as labels (a synth folder).
     """
     folder = Path(folder)
-    gt_path = folder / "gt" / "gt.npz"
-    gt = dict(np.load(gt_path)) if gt_path.is_file() else None
+    needs = GroundTruth.REQUIRED + ("keypoints_cam",) if labelled else ("K",) if K is None else ()
+    gt = GroundTruth.load(folder / GroundTruth.DIR, needs) if GroundTruth.file(folder).is_file() else None
     if (labelled or K is None) and gt is None:
         raise UserError(f"{folder} has no gt/gt.npz (labels / intrinsics)")
-    paths = frame_paths(folder / "frames")
+    paths = FramesMeta.frame_paths(folder / "frames")
     if not paths:
         raise UserError(f"{folder / 'frames'} has no frames")
     images = np.stack([read_rgb(p) for p in paths])
-    W, H = (int(v) for v in load_frames_meta(folder / "frames")["size"])
-    hand_masks, object_masks = read_mask_folder(folder / "masks", num_frames=len(paths), size_wh=(W, H))
+    W, H = FramesMeta.load(folder / "frames").size
+    masks = MasksOutput.load(folder / "masks", num_frames=len(paths), size_wh=(W, H))
+    hand_masks, object_masks = masks.hand, masks.obj
     hand_boxes, object_boxes, valid = clip_boxes(hand_masks, object_masks)
-    mesh = load_template(template if template is not None else folder / "gt" / "object.ply")
+    mesh = load_template(template if template is not None else GroundTruth.mesh_file(folder))
     control_3d = box_control_points(torch.as_tensor(np.asarray(mesh.vertices))).numpy()
     labels = None
     if labelled:
-        T_cam_to_hand = gt["T_cam_to_hand"].astype(np.float64)
-        T_obj_to_cam = np.linalg.inv(gt["T_hand_to_obj"].astype(np.float64) @ T_cam_to_hand)
+        T_cam_to_hand = gt.T_cam_to_hand.astype(np.float64)
+        T_obj_to_cam = np.linalg.inv(gt.T_hand_to_obj.astype(np.float64) @ T_cam_to_hand)
         T = len(paths)
-        labels = {"keypoints_cam": gt["keypoints_cam"], "T_cam_to_hand": T_cam_to_hand, "T_obj_to_cam": T_obj_to_cam,
-                  "articulation": np.broadcast_to(gt["articulation"], (T, 45)).astype(np.float32),
-                  "shape": gt["shape"].astype(np.float32)}
+        labels = {"keypoints_cam": gt.keypoints_cam, "T_cam_to_hand": T_cam_to_hand, "T_obj_to_cam": T_obj_to_cam,
+                  "articulation": np.broadcast_to(gt.articulation, (T, 45)).astype(np.float32),
+                  "shape": gt.shape.astype(np.float32)}
     return ClipData(folder.name, images, hand_boxes, object_boxes, valid,
-                    np.asarray(K if K is not None else gt["K"], np.float64), control_3d, labels)
+                    np.asarray(K if K is not None else gt.K, np.float64), control_3d, labels)
 
 
 def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:

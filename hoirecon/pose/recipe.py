@@ -30,7 +30,7 @@ from hoirecon.pose.network import CONFIGS, HandObjectPoseNet
 from hoirecon.pose.predict import predict_clip
 from hoirecon.pose.pseudo import ConsistencyConfig, pseudo_labels, temporal_consistency
 from hoirecon.pose.train import TrainConfig, load_pose_net, save_pose_weights, train_pose_net
-from hoirecon.stages.frames import load_frames_meta
+from hoirecon.stages.outputs import FramesMeta, GroundTruth
 
 __all__ = ["RecipeConfig", "clip_folders", "load_unlabeled_clip", "pseudo_label_clips", "train_recipe"]
 
@@ -62,12 +62,11 @@ def clip_folders(root: str | Path) -> list[Path]:
 
 def load_unlabeled_clip(folder: Path) -> ClipData:
     """An unlabelled clip (module docstring)."""
-    template = folder / "object.ply" if (folder / "object.ply").is_file() else folder / "gt" / "object.ply"
-    gt = folder / "gt" / "gt.npz"
-    if gt.is_file():
-        K = np.load(gt)["K"]
+    template = folder / "object.ply" if (folder / "object.ply").is_file() else GroundTruth.mesh_file(folder)
+    if GroundTruth.file(folder).is_file():
+        K = GroundTruth.load(folder / GroundTruth.DIR, required=("K",)).K
     else:
-        W, H = (int(v) for v in load_frames_meta(folder / "frames")["size"])
+        W, H = FramesMeta.load(folder / "frames").size
         K = intrinsics_from_focal(1.0, W, H, dtype=torch.float64).numpy()
     return load_clip(folder, K=K, template=template, labelled=False)
 

@@ -43,20 +43,17 @@ import trimesh
 from hoirecon.errors import RunError, UserError
 from hoirecon.eval.metrics import hand_object_chamfer, keypoint_error_mm, object_metrics, sample_surface
 from hoirecon.hand import build_hand_model
-from hoirecon.stages.outputs import FitPoses, HandsOutput
+from hoirecon.stages.outputs import FitPoses, GroundTruth, HandsOutput
 
 __all__ = ["resolve_gt_dir", "load_ground_truth", "hand_keypoints_cam", "evaluate", "print_eval_table"]
-
-_GT_KEYS = ("K", "T_cam_to_hand", "T_hand_to_obj", "articulation", "shape")
-
 
 def resolve_gt_dir(gt_dir: str | Path) -> Path:
     """The folder holding ``gt.npz``: ``gt_dir/gt`` (a synth output folder) or ``gt_dir`` itself."""
     gt_dir = Path(gt_dir)
-    for candidate in (gt_dir / "gt", gt_dir):
-        if (candidate / "gt.npz").is_file():
+    for candidate in (gt_dir / GroundTruth.DIR, gt_dir):
+        if (candidate / GroundTruth.FILE).is_file():
             return candidate
-    raise UserError(f"no ground truth in {gt_dir}: expected {gt_dir}/gt/gt.npz (written by 'hoirecon synth')")
+    raise UserError(f"no ground truth in {gt_dir}: expected {GroundTruth.file(gt_dir)} (written by 'hoirecon synth')")
 
 
 def _load_npz(path: Path, keys: tuple[str, ...], what: str) -> dict:
@@ -88,15 +85,14 @@ def _load_mesh(path: Path, what: str) -> trimesh.Trimesh:
     return mesh
 
 
-def load_ground_truth(gt_dir: str | Path) -> tuple[dict, trimesh.Trimesh]:
-    """(arrays of gt.npz, object mesh) of a synthetic clip."""
+def load_ground_truth(gt_dir: str | Path) -> tuple[GroundTruth, trimesh.Trimesh]:
+    """(gt.npz, object mesh) of a synthetic clip."""
     folder = resolve_gt_dir(gt_dir)
-    gt = _load_npz(folder / "gt.npz", _GT_KEYS, "ground truth")
-    return gt, _load_mesh(folder / "object.ply", "ground-truth mesh")
+    return GroundTruth.load(folder), _load_mesh(folder / GroundTruth.MESH_FILE, "ground-truth mesh")
 
 
-def _side(arrays: dict) -> str:
-    side = str(arrays["side"]) if "side" in arrays else "right"
+def _side(side: str | None) -> str:
+    side = side if side is not None else "right"
     if side not in ("right", "left"):
         raise UserError(f"hand side must be 'right' or 'left', got {side!r}")
     return side
@@ -146,14 +142,14 @@ class _Scorer:
     """Scores reconstructions of one synthetic clip against its ground truth (the clip's ``n``
     frames, its mesh sampled at ``n_points``); hand models are built once per name."""
 
-    def __init__(self, gt: dict, gt_mesh: trimesh.Trimesh, n_points: int, seed: int):
-        self.n = int(np.asarray(gt["T_cam_to_hand"]).shape[0])
-        T_cam_to_hand_gt = _poses(gt["T_cam_to_hand"], "T_cam_to_hand", self.n, "ground truth")
-        self.T_hand_to_obj_gt = _poses(gt["T_hand_to_obj"], "T_hand_to_obj", self.n, "ground truth")
+    def __init__(self, gt: GroundTruth, gt_mesh: trimesh.Trimesh, n_points: int, seed: int):
+        self.n = int(np.asarray(gt.T_cam_to_hand).shape[0])
+        T_cam_to_hand_gt = _poses(gt.T_cam_to_hand, "T_cam_to_hand", self.n, "ground truth")
+        self.T_hand_to_obj_gt = _poses(gt.T_hand_to_obj, "T_hand_to_obj", self.n, "ground truth")
         self.gt_mesh, self.n_points, self.seed = gt_mesh, n_points, seed
         self._models: dict[str, object] = {}
-        self.kp_gt = hand_keypoints_cam(self.hand_model(str(gt["hand_model"]) if "hand_model" in gt else None),
-                                        T_cam_to_hand_gt, gt["articulation"], gt["shape"], _side(gt))
+        self.kp_gt = hand_keypoints_cam(self.hand_model(gt.hand_model), T_cam_to_hand_gt, gt.articulation, gt.shape,
+                                        _side(gt.side))
         self.gt_pts = sample_surface(gt_mesh.vertices, gt_mesh.faces, n_points, seed + 1)
         self.T_cam_to_obj_gt = self.T_hand_to_obj_gt @ T_cam_to_hand_gt
 
@@ -255,7 +251,7 @@ def evaluate(
     result = {
         "out_dir": str(out_dir),
         "gt_dir": str(resolve_gt_dir(gt_dir)),
-        "category": str(gt["category"]) if "category" in gt else None,
+        "category": gt.category,
         "num_frames": scorer.n,
         "n_points": n_points,
         "fit": fit,

@@ -54,12 +54,11 @@ from hoirecon.export.meshes import (
 )
 from hoirecon.export.viewer import write_clip_view
 from hoirecon.geometry.transforms import invert_rigid, transform_points
-from hoirecon.io.masks import overlay_masks, read_mask_folder
+from hoirecon.io.masks import overlay_masks
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.stages.configs import ExportConfig
-from hoirecon.stages.frames import frame_paths, load_frames_meta
-from hoirecon.stages.outputs import FitPoses
+from hoirecon.stages.outputs import ExportOutput, FitPoses, FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
 
 TURNTABLE_FPS = 12.0
@@ -143,14 +142,14 @@ class _Clip:
         return self.poses.num_frames
 
 
-def _load_clip(fit_dir: Path, meta: dict, cfg: ExportConfig, device: torch.device) -> _Clip:
+def _load_clip(fit_dir: Path, meta: FramesMeta, cfg: ExportConfig, device: torch.device) -> _Clip:
     """The fit's poses, object mesh and hand meshes, in the frames ``cfg.world`` asks for."""
     from hoirecon.hand import build_hand_model
 
     poses = FitPoses.load(fit_dir).as_float32()
     T = poses.num_frames
-    if int(meta["num_frames"]) != T:
-        raise UserError(f"the fit has {T} frames but the frames stage has {meta['num_frames']}; rerun `hoirecon fit`")
+    if meta.num_frames != T:
+        raise UserError(f"the fit has {T} frames but the frames stage has {meta.num_frames}; rerun `hoirecon fit`")
     mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device)
     fit_manifest = read_manifest(fit_dir) or {}
     hand_model = build_hand_model(str(fit_manifest.get("config", {}).get("hand_model", "anny")), device)
@@ -162,7 +161,7 @@ def _load_clip(fit_dir: Path, meta: dict, cfg: ExportConfig, device: torch.devic
                                                     torch.as_tensor(poses.shape, **f32), poses.side)
     T_obj_to_world = (invert_rigid(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
     W, H = (int(v) for v in poses.image_size)
-    return _Clip(poses=poses, frames=select_frames(T, cfg.frames), fps=float(meta.get("fps") or 30.0),
+    return _Clip(poses=poses, frames=select_frames(T, cfg.frames), fps=float(meta.fps or 30.0),
                  image_size=(W, H), mesh=mesh, mesh_source=mesh_source,
                  object_verts=np.asarray(mesh.vertices, np.float32), object_faces=np.asarray(mesh.faces, np.int64),
                  hand_local=hand_local, hand_faces=hand_faces, T_hand_to_obj=T_hand_to_obj, T_cam_to_obj=T_cam_to_obj,
@@ -182,23 +181,23 @@ def _write_meshes(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> tup
     """``object.<fmt>`` (and ``object_camera.<fmt>``), then ``interaction.glb`` (glb) or
     ``hands/NNNNNN.<fmt>``. Returns ({output name: final path}, the glb's stats or None)."""
     fmt, outputs = cfg.format, {}
-    write_mesh(out / f"object.{fmt}", clip.object_verts, clip.object_faces)
-    outputs["object_mesh"] = str(final / f"object.{fmt}")
+    write_mesh(out / ExportOutput.object_file(fmt), clip.object_verts, clip.object_faces)
+    outputs["object_mesh"] = str(final / ExportOutput.object_file(fmt))
     if cfg.world == "camera":
         obj_cam = transform_points(clip.T_obj_to_world, torch.as_tensor(clip.object_verts, dtype=torch.float32,
                                                                          device=clip.T_obj_to_world.device))
-        write_mesh(out / f"object_camera.{fmt}", obj_cam.cpu().numpy(), clip.object_faces)
-        outputs["object_mesh_camera"] = str(final / f"object_camera.{fmt}")
+        write_mesh(out / ExportOutput.object_file(fmt, camera=True), obj_cam.cpu().numpy(), clip.object_faces)
+        outputs["object_mesh_camera"] = str(final / ExportOutput.object_file(fmt, camera=True))
     if fmt == "glb":
-        glb = _write_glb(clip, cfg, out / "interaction.glb")
-        outputs["glb"] = str(final / "interaction.glb")
+        glb = _write_glb(clip, cfg, out / ExportOutput.GLB)
+        outputs["glb"] = str(final / ExportOutput.GLB)
         return outputs, glb
     sel, faces_np = clip.frames, clip.hand_faces.cpu().numpy()
-    (out / "hands").mkdir()
+    (out / ExportOutput.HANDS_DIR).mkdir()
     hand_world = transform_points(clip.T_hand_to_world[sel], clip.hand_local[sel]).cpu().numpy()
     for i, t in enumerate(sel):
-        write_mesh(out / "hands" / f"{t:06d}.{fmt}", hand_world[i], faces_np)
-    outputs["hand_meshes"] = str(final / "hands")
+        write_mesh(out / ExportOutput.hand_file(t, fmt), hand_world[i], faces_np)
+    outputs["hand_meshes"] = str(final / ExportOutput.HANDS_DIR)
     return outputs, None
 
 
@@ -220,25 +219,13 @@ def _write_glb(clip: _Clip, cfg: ExportConfig, path: Path) -> dict:
 
 def _write_poses(clip: _Clip, cfg: ExportConfig, out: Path, final: Path) -> dict[str, str]:
     """``poses.npz`` and ``poses.json``: every clip frame's poses, the world frame and the exported frames."""
-    poses, sel, fps, (W, H) = clip.poses, clip.frames, clip.fps, clip.image_size
-    T_cam_to_obj_np = clip.T_cam_to_obj.cpu().numpy().astype(np.float32)
-    T_obj_to_world_np = clip.T_obj_to_world.cpu().numpy().astype(np.float32)
-    np.savez(out / "poses.npz", K=poses.K, image_size=poses.image_size, fps=np.float32(fps),
-             side=np.array(poses.side), shape=poses.shape, T_cam_to_hand=poses.T_cam_to_hand,
-             T_hand_to_obj=poses.T_hand_to_obj, T_cam_to_obj=T_cam_to_obj_np, articulation=poses.articulation,
-             T_obj_to_world=T_obj_to_world_np, world=np.array(cfg.world), exported_frames=sel.astype(np.int64))
-    pose_doc = {
-        "conventions": "metres; OpenCV camera (x right, y down, z forward); T_a_to_b maps points of frame a "
-                       "into frame b (x_b = T @ x_a); hand frame = hand model with wrist_rot 0, wrist at origin",
-        "world": cfg.world, "fps": fps, "image_size": [W, H], "K": poses.K.tolist(), "side": poses.side,
-        "shape": poses.shape.tolist(), "T_obj_to_world": T_obj_to_world_np.tolist(),
-        "exported_frames": sel.tolist(),
-        "frames": [{"index": t, "time": t / fps, "T_cam_to_hand": poses.T_cam_to_hand[t].tolist(),
-                    "T_hand_to_obj": poses.T_hand_to_obj[t].tolist(), "T_cam_to_obj": T_cam_to_obj_np[t].tolist(),
-                    "articulation": poses.articulation[t].tolist()} for t in range(clip.num_frames)],
-    }
-    (out / "poses.json").write_text(json.dumps(pose_doc))
-    return {"poses": str(final / "poses.json")}
+    poses = clip.poses
+    ExportOutput(K=poses.K, image_size=poses.image_size, fps=clip.fps, side=poses.side, shape=poses.shape,
+                 T_cam_to_hand=poses.T_cam_to_hand, T_hand_to_obj=poses.T_hand_to_obj,
+                 T_cam_to_obj=clip.T_cam_to_obj.cpu().numpy().astype(np.float32), articulation=poses.articulation,
+                 T_obj_to_world=clip.T_obj_to_world.cpu().numpy().astype(np.float32), world=cfg.world,
+                 exported_frames=clip.frames.astype(np.int64)).save(out)
+    return {"poses": str(final / ExportOutput.POSES_JSON)}
 
 
 def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame: int, out: Path,
@@ -257,21 +244,22 @@ def _write_pictures(ctx: StageContext, cfg: ExportConfig, clip: _Clip, tt_frame:
     tt_geom = ClipGeometry(geom.object_verts, geom.object_faces, hand_obj[tt_frame:tt_frame + 1], clip.hand_faces,
                            geom.T_cam_to_obj, geom.K, (W, H), geom.object_closed)
     scale = min(1.0, cfg.panel_size / max(W, H))
-    rows = _SideBySideRows(geom, cfg, clip, frame_paths(ctx.input_dir("frames")), scale, scaled_size((W, H), scale))
+    frame_files = FramesMeta.frame_paths(ctx.input_dir("frames"))
+    rows = _SideBySideRows(geom, cfg, clip, frame_files, scale, scaled_size((W, H), scale))
     outputs = {}
     with ctx.reporter.task("export pictures", total=3) as task, torch_threads(1):
         tt = turntable(tt_geom, 0, views=cfg.turntable_views, size=cfg.view_size, ssaa=cfg.ssaa)
-        write_video(out / "turntable.mp4", tt, fps=TURNTABLE_FPS)
-        outputs["turntable"] = str(final / "turntable.mp4")
+        write_video(out / ExportOutput.TURNTABLE, tt, fps=TURNTABLE_FPS)
+        outputs["turntable"] = str(final / ExportOutput.TURNTABLE)
         task.advance()
         # Streamed in chunks so long clips never hold all renderings in memory.
         chunks = (row for s in range(0, len(sel), RENDER_CHUNK)
                   for row in rows(list(range(s, min(len(sel), s + RENDER_CHUNK)))))
-        write_video(out / "side_by_side.mp4", chunks, fps=clip.fps * len(sel) / clip.num_frames)
-        outputs["side_by_side"] = str(final / "side_by_side.mp4")
+        write_video(out / ExportOutput.SIDE_BY_SIDE, chunks, fps=clip.fps * len(sel) / clip.num_frames)
+        outputs["side_by_side"] = str(final / ExportOutput.SIDE_BY_SIDE)
         task.advance()
-        write_png(out / "summary.png", _summary_sheet(ctx, cfg, clip, rows, tt, tt_frame))
-        outputs["summary"] = str(final / "summary.png")
+        write_png(out / ExportOutput.SUMMARY, _summary_sheet(ctx, cfg, clip, rows, tt, tt_frame))
+        outputs["summary"] = str(final / ExportOutput.SUMMARY)
         task.advance()
     return outputs
 
@@ -308,7 +296,8 @@ def _summary_sheet(ctx: StageContext, cfg: ExportConfig, clip: _Clip, rows: _Sid
 
     sel, (W, H), T = clip.frames, clip.image_size, clip.num_frames
     w, h = rows.size
-    hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+    masks = MasksOutput.load(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+    hand_m, obj_m = masks.hand, masks.obj
     pick = np.unique(np.round(np.linspace(0, len(sel) - 1, min(cfg.summary_frames, len(sel)))).astype(int))
     masked = [_resize(overlay_masks(read_rgb(rows.frame_files[sel[i]]), hand_m[sel[i]], obj_m[sel[i]]), (w, h))
               for i in pick]
@@ -337,7 +326,7 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
     def lap(name: str) -> None:  # seconds since the previous lap
         timings[name] = time.perf_counter() - t0 - sum(timings.values())
 
-    meta = load_frames_meta(ctx.input_dir("frames"))
+    meta = FramesMeta.load(ctx.input_dir("frames"))
     clip = _load_clip(ctx.input_dir("fit"), meta, cfg, torch.device(ctx.device))
     tt_frame = _turntable_frame(clip, cfg)
     out, final = ctx.tmp_dir, ctx.out_root / "export"
@@ -350,7 +339,7 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
         lap("pictures")
     if glb is not None:
         write_clip_view(ctx.out_root, out, ctx.out_root.name)
-        outputs["view"] = str(final / "view.html")
+        outputs["view"] = str(final / ExportOutput.VIEW)
 
     summary = {
         "num_frames": int(len(clip.frames)), "format": cfg.format, "world": cfg.world,

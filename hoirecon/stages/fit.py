@@ -53,12 +53,10 @@ from hoirecon.fit.optimize import (
 )
 from hoirecon.fit.scene import BlendConfig, poses_npz_dict
 from hoirecon.geometry.rotations import rotation_angle_deg
-from hoirecon.io.masks import read_mask_folder
 from hoirecon.pipeline.runner import StageContext
 from hoirecon.render.volume import VolumeRenderConfig
 from hoirecon.stages.configs import FitConfig
-from hoirecon.stages.frames import load_frames_meta
-from hoirecon.stages.outputs import FitPoses, HandsOutput, PoseOutput
+from hoirecon.stages.outputs import FitPoses, FramesMeta, HandsOutput, MasksOutput, PoseOutput
 from hoirecon.stages.registry import STAGES
 
 
@@ -167,10 +165,11 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     from hoirecon.hand import build_hand_model
 
     t_start = time.perf_counter()
-    meta = load_frames_meta(ctx.input_dir("frames"))
-    W, H = (int(v) for v in meta["size"])
-    T = int(meta["num_frames"])
-    hand_m, obj_m = read_mask_folder(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
+    meta = FramesMeta.load(ctx.input_dir("frames"))
+    W, H = meta.size
+    T = meta.num_frames
+    masks = MasksOutput.load(ctx.input_dir("masks"), meta)
+    hand_m, obj_m = masks.hand, masks.obj
     hands = HandsOutput.load(ctx.input_dir("hand"), num_frames=T)
     _check_hand_model(hands, cfg.hand_model, ctx.input_dir("hand") / HandsOutput.FILE)
     if obj_m.reshape(T, -1).sum(1).max() == 0:

@@ -1,14 +1,11 @@
 """Stage `frames`: decode a clip (video file or image folder) into numbered PNGs.
 
-Artifacts in ``<out>/frames/``: ``000000.png ...`` (RGB, working size) and ``meta.json``::
-
-    {"fps": float, "num_frames": int, "original_size": [W, H], "size": [W, H],
-     "stride": int, "source": str, "source_digest": sha256, "source_kind": "video"|"images"}
+Artifacts in ``<out>/frames/``: the numbered PNGs (RGB, working size) and their meta, both
+described by ``hoirecon.stages.outputs.FramesMeta``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -17,6 +14,7 @@ import numpy as np
 from hoirecon.io.video import check_frame_count, iter_clip, write_png
 from hoirecon.pipeline.runner import StageContext
 from hoirecon.stages.configs import FramesConfig
+from hoirecon.stages.outputs import FramesMeta
 from hoirecon.stages.registry import STAGES, source_digest
 
 
@@ -48,7 +46,7 @@ def run_frames(ctx: StageContext, cfg: FramesConfig) -> dict:
                 continue  # keep decoding so that truncation is still detected
             if (frame.shape[1], frame.shape[0]) != (w, h):
                 frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-            write_png(ctx.tmp_dir / f"{written:06d}.png", np.asarray(frame))
+            write_png(FramesMeta.frame_path(ctx.tmp_dir, written), np.asarray(frame))
             written += 1
             task.advance()
     check_frame_count(source, info, decoded)
@@ -58,28 +56,11 @@ def run_frames(ctx: StageContext, cfg: FramesConfig) -> dict:
         # IoU is 1 by construction) while nothing is tracked and the fit sees a single view.
         warnings.append("the clip has 1 frame: nothing is tracked and the object is seen from one view only")
         ctx.reporter.info(f"[yellow]warning:[/yellow] {warnings[-1]}")
-    meta = {
-        "fps": info.fps / cfg.stride,
-        "num_frames": written,
-        "original_size": [info.width, info.height],
-        "size": [w, h],
-        "stride": cfg.stride,
-        "source": str(source),
-        "source_digest": source_digest(source),
-        "source_kind": "images" if source.is_dir() else "video",
-    }
-    (ctx.tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-    return {"num_frames": written, "size": [w, h], "fps": meta["fps"], **({"warnings": warnings} if warnings else {})}
-
-
-def load_frames_meta(frames_dir: Path) -> dict:
-    """meta.json of a frames folder."""
-    return json.loads((Path(frames_dir) / "meta.json").read_text())
-
-
-def frame_paths(frames_dir: Path) -> list[Path]:
-    """The numbered PNGs of a frames folder, in order."""
-    return sorted(Path(frames_dir).glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"))
+    meta = FramesMeta(fps=info.fps / cfg.stride, num_frames=written, original_size=(info.width, info.height),
+                      size=(w, h), stride=cfg.stride, source=str(source), source_digest=source_digest(source),
+                      source_kind="images" if source.is_dir() else "video")
+    meta.save(ctx.tmp_dir)
+    return {"num_frames": written, "size": [w, h], "fps": meta.fps, **({"warnings": warnings} if warnings else {})}
 
 
 STAGE = STAGES["frames"]

@@ -83,16 +83,14 @@ from hoirecon.handpose.perspective import (
     weak_to_hand_to_cam,
 )
 from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_hand_track
-from hoirecon.io.masks import read_mask_folder
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
 from hoirecon.stages.configs import HandConfig
-from hoirecon.stages.frames import frame_paths, load_frames_meta
 from hoirecon.stages.masks import tracked_side
-from hoirecon.stages.outputs import HandsOutput
+from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
 from hoirecon.stages.registry import STAGES
 
 
@@ -300,7 +298,7 @@ def visible_hand_iou(silhouette: np.ndarray, hand_mask: np.ndarray, object_mask:
     return float((silhouette & hand_mask & known).sum() / union) if union else 0.0
 
 
-def resolve_camera(cfg: HandConfig, meta: dict, frames: list[np.ndarray], obj_masks: np.ndarray,
+def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], obj_masks: np.ndarray,
                    scratch: Path) -> tuple[float, dict, Optional[ObjectSfM]]:
     """The focal length to use, in normalised units, with where it came from.
 
@@ -308,11 +306,11 @@ def resolve_camera(cfg: HandConfig, meta: dict, frames: list[np.ndarray], obj_ma
     motion on the object's pixels; else the paper's default.
     Returns (focal, camera info for ``camera.json``, the SfM result or None).
     """
-    W, H = (int(v) for v in meta["size"])
+    W, H = meta.size
     half = max(W, H) / 2.0
     sfm = None
     if cfg.focal_px is not None:
-        scale = W / float(meta.get("original_size", meta["size"])[0])
+        scale = W / float(meta.source_size[0])
         focal_px, source = cfg.focal_px * scale, "--focal"
     elif cfg.fov_deg is not None:
         focal_px, source = (W / 2.0) / math.tan(math.radians(cfg.fov_deg) / 2.0), "--fov"
@@ -479,11 +477,12 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     frames_dir = ctx.input_dir("frames")
     masks_dir = ctx.input_dir("masks")
     _check_side(cfg.side, read_manifest(masks_dir))
-    meta = load_frames_meta(frames_dir)
-    frames = [read_rgb(p) for p in frame_paths(frames_dir)]
+    meta = FramesMeta.load(frames_dir)
+    frames = [read_rgb(p) for p in FramesMeta.frame_paths(frames_dir)]
     T = len(frames)
-    W, H = (int(v) for v in meta["size"])
-    hand_masks, obj_masks = read_mask_folder(masks_dir, num_frames=T, size_wh=(W, H))
+    W, H = meta.size
+    masks = MasksOutput.load(masks_dir, num_frames=T, size_wh=(W, H))
+    hand_masks, obj_masks = masks.hand, masks.obj
     hand = build_hand_model(cfg.hand_model, device)
     with ctx.reporter.task("camera (structure from motion on the object)" if cfg.sfm else "camera", total=1) as task:
         focal, camera, sfm = resolve_camera(cfg, meta, frames, obj_masks, Path(ctx.scratch_dir))
@@ -499,7 +498,7 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
 
     valid_np = est.valid.cpu().numpy()
     ious = _write_overlay(ctx, track, frames, hand_masks=hand_masks, obj_masks=obj_masks, valid=valid_np,
-                          fps=meta["fps"])
+                          fps=meta.fps)
     quality = _quality(cfg.backend, valid_np, est.presence.cpu().numpy(), track.reproj.cpu().numpy(), ious)
     (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))
     return {"num_frames": T, "valid_frames": int(valid_np.sum()), "backend": cfg.backend, "camera": camera,

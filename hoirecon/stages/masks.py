@@ -25,7 +25,8 @@ Backends (``--detector``, ``--segmenter``, ``--tracker``):
 A failed check still writes ``<out>/masks_failed/overlay.mp4`` and ``quality.json`` (``passed``
 false) for the user to look at; ``--iou-threshold 0`` goes on with the masks as they are.
 
-Artifacts in ``<out>/masks/``: ``hand/NNNNNN.png``, ``object/NNNNNN.png`` (0/255),
+Artifacts in ``<out>/masks/`` (``hoirecon.stages.outputs.MasksOutput``): ``hand/NNNNNN.png``,
+``object/NNNNNN.png`` (0/255),
 ``boxes.json`` (first-frame boxes in working-frame pixels, ``boxes_from`` and, for ``auto``,
 ``scores``), ``quality.json``
 (``track_iou`` {hand, object}: first-frame vs. tracked-back IoU; ``per_frame_iou``: forward vs.
@@ -35,7 +36,6 @@ detection's scores or null), ``overlay.mp4``.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -45,16 +45,16 @@ import numpy as np
 from hoirecon.errors import RunError, UserError
 from hoirecon.geometry.regions import mask_iou
 from hoirecon.io.boxes import Box, check_box, read_boxes_file, sidecar_boxes
-from hoirecon.io.masks import overlay_masks, read_mask_folder, write_mask_folder
+from hoirecon.io.masks import overlay_masks, read_mask_folder
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.segment.foreground import keep_near_foreground
 from hoirecon.stages.configs import MasksConfig
-from hoirecon.stages.frames import frame_paths, load_frames_meta
+from hoirecon.stages.outputs import FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
 
-FAILED_DIR = "masks_failed"  # where a failed forward-backward check leaves its overlay and quality.json
+FAILED_DIR = MasksOutput.FAILED_DIR  # where a failed forward-backward check leaves its overlay and quality.json
 
 
 def tracked_side(manifest: dict | None) -> Optional[str]:
@@ -106,7 +106,7 @@ def _first_foreground(first: np.ndarray, found) -> Optional[np.ndarray]:
     return union if (union & hand).sum() > 0.3 * hand.sum() else None
 
 
-def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], device: str,
+def _first_frame_boxes(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarray], device: str,
                        report=lambda message: None) -> tuple[Box, Box, str, Optional[dict]]:
     """First-frame (hand, object) boxes in working-frame pixels, where they came from, and the
     automatic detection's scores (None unless ``auto`` found a box).
@@ -117,7 +117,7 @@ def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], d
     given = {"hand": cfg.hand_box, "object": cfg.object_box}
     origins = {k: "options" for k, b in given.items() if b is not None}
     files = [(Path(cfg.boxes_file), "boxes file")] if cfg.boxes_file else []
-    sidecar = sidecar_boxes(meta["source"])
+    sidecar = sidecar_boxes(meta.source)
     files += [(sidecar, str(sidecar))] if sidecar is not None else []
     for path, name in files:
         if len(origins) == 2:
@@ -125,10 +125,10 @@ def _first_frame_boxes(cfg: MasksConfig, meta: dict, frames: list[np.ndarray], d
         for key, box in zip(("hand", "object"), read_boxes_file(path)):
             if key not in origins and box is not None:
                 given[key], origins[key] = box, name
-    original_wh = tuple(meta["original_size"])
+    original_wh = meta.source_size
     for key in origins:  # boxes are checked in the pixels the user wrote them in
         check_box(tuple(given[key]), f"the {key} box (from {origins[key]})", original_wh)
-    scale = np.array(meta["size"] * 2, float) / np.array(meta["original_size"] * 2, float)
+    scale = np.array(meta.size * 2, float) / np.array(original_wh * 2, float)
     hand, obj = (tuple(np.asarray(given[k]) * scale) if given[k] is not None else None for k in ("hand", "object"))
     detection = None
     if hand is None or obj is None:
@@ -259,8 +259,8 @@ def _write_failed_check(folder: Path, frames, hand: np.ndarray, obj: np.ndarray,
     """A failed check leaves its overlay and quality.json in ``folder`` (the stage's own folder
     only ever holds masks that passed); returns the overlay's path."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "quality.json").write_text(json.dumps(quality, indent=2))
-    overlay = folder / "overlay.mp4"
+    MasksOutput.save_quality(folder, quality)
+    overlay = folder / MasksOutput.OVERLAY_FILE
     write_video(overlay, (overlay_masks(f, h, o) for f, h, o in zip(frames, hand, obj)), fps=fps)
     return overlay
 
@@ -292,12 +292,12 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
 
 def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
     frames_dir = ctx.input_dir("frames")
-    meta = load_frames_meta(frames_dir)
-    paths = frame_paths(frames_dir)
+    meta = FramesMeta.load(frames_dir)
+    paths = FramesMeta.frame_paths(frames_dir)
     frames = [read_rgb(p) for p in paths]
     T = len(frames)
     if cfg.masks_dir:
-        hand, obj = read_mask_folder(Path(cfg.masks_dir), num_frames=T, size_wh=tuple(meta["size"]))
+        hand, obj = read_mask_folder(Path(cfg.masks_dir), num_frames=T, size_wh=meta.size)
         quality = {"source": "user", "passed": True, "track_iou": None, "per_frame_iou": None}
         boxes = {}
     else:
@@ -318,7 +318,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
                    "candidates": {c["tracker"]: c["track_iou"] for c in candidates}, "per_frame_iou": per_frame}
         hand, obj = fwd[:, 0], fwd[:, 1]
         if not passed:
-            shown = _write_failed_check(ctx.out_root / FAILED_DIR, frames, hand, obj, quality, meta["fps"])
+            shown = _write_failed_check(ctx.out_root / FAILED_DIR, frames, hand, obj, quality, meta.fps)
             raise RunError(
                 f"masks failed the forward-backward check: IoU hand {track_iou['hand']:.2f}, object "
                 f"{track_iou['object']:.2f} (need >= {cfg.iou_threshold:.2f}); see {shown}; try other boxes, "
@@ -326,13 +326,11 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         boxes = {"hand": [float(v) for v in hand_box], "object": [float(v) for v in obj_box],
                  "boxes_from": origin, "scores": detection}
     shutil.rmtree(ctx.out_root / FAILED_DIR, ignore_errors=True)  # an earlier failure's pictures no longer apply
-    write_mask_folder(ctx.tmp_dir, hand, obj)
-    (ctx.tmp_dir / "boxes.json").write_text(json.dumps(boxes, indent=2))
-    (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))
-    write_video(ctx.tmp_dir / "overlay.mp4", (overlay_masks(f, h, o) for f, h, o in zip(frames, hand, obj)),
-                fps=meta["fps"])
+    MasksOutput(hand=hand, obj=obj, quality=quality, boxes=boxes).save(ctx.tmp_dir, frames=meta)
+    write_video(ctx.tmp_dir / MasksOutput.OVERLAY_FILE, (overlay_masks(f, h, o) for f, h, o in zip(frames, hand, obj)),
+                fps=meta.fps)
     return {"num_frames": T, "passed": quality["passed"], "track_iou": quality["track_iou"],
-            "overlay": str(ctx.out_root / "masks" / "overlay.mp4")}
+            "overlay": str(ctx.out_root / STAGE.name / MasksOutput.OVERLAY_FILE)}
 
 
 STAGE = STAGES["masks"]

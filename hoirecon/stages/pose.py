@@ -49,8 +49,7 @@ from hoirecon.pose.pseudo import temporal_consistency
 from hoirecon.pose.train import load_pose_net
 from hoirecon.segment.detect import HAND_BONES
 from hoirecon.stages.configs import PoseConfig
-from hoirecon.stages.frames import load_frames_meta
-from hoirecon.stages.outputs import PoseOutput
+from hoirecon.stages.outputs import FramesMeta, PoseOutput
 from hoirecon.stages.registry import STAGES
 from hoirecon.weights import require_weights
 
@@ -94,12 +93,12 @@ def _draw(frame: np.ndarray, poses: ClipPoses, t: int, hand_ok: bool, object_ok:
 
 
 def run_pose(ctx: StageContext, cfg: PoseConfig) -> dict:
-    meta = load_frames_meta(ctx.input_dir("frames"))
+    meta = FramesMeta.load(ctx.input_dir("frames"))
     ctx.input_dir("masks")
-    W, H = (int(v) for v in meta["size"])
+    W, H = meta.size
     focal = 1.0
     if cfg.focal_px is not None:  # original-video pixels -> working pixels -> normalised units
-        focal = cfg.focal_px * W / float(meta.get("original_size", meta["size"])[0]) / (max(W, H) / 2.0)
+        focal = cfg.focal_px * W / float(meta.source_size[0]) / (max(W, H) / 2.0)
     K = intrinsics_from_focal(focal, W, H, dtype=torch.float64).numpy()
     device = torch.device(ctx.device)
     net, recipe = load_pose_net(_weights_path(cfg), device)
@@ -125,7 +124,7 @@ def run_pose(ctx: StageContext, cfg: PoseConfig) -> dict:
         consistent_hand=check.hand_keep, consistent_object=check.object_keep).save(ctx.tmp_dir)
     write_video(ctx.tmp_dir / "overlay.mp4",
                 (_draw(clip.images[t], poses, t, bool(check.hand_keep[t]), bool(check.object_keep[t]))
-                 for t in range(len(clip.images))), fps=meta["fps"])
+                 for t in range(len(clip.images))), fps=meta.fps)
     T = len(clip.images)
     quality = {
         "num_frames": T, "valid_frames": int(poses.valid.sum()),

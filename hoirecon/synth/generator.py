@@ -70,7 +70,7 @@ from hoirecon.categories import normalize_category
 from hoirecon.errors import UserError
 from hoirecon.geometry.rotations import rotation_about_axis
 from hoirecon.hand import build_hand_model
-from hoirecon.io.masks import overlay_masks, write_mask_folder
+from hoirecon.io.masks import overlay_masks
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import write_png, write_video
 from hoirecon.pipeline.hashing import file_digest
@@ -79,7 +79,7 @@ from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import vertex_normals
 from hoirecon.render.raster import interpolate, rasterize
-from hoirecon.stages.outputs import HandsOutput
+from hoirecon.stages.outputs import FramesMeta, GroundTruth, HandsOutput, MasksOutput
 from hoirecon.synth.grasp import GraspConfig, MeshSDF, mesh_grasp_candidates, search_grasp
 from hoirecon.synth.noise import NoiseConfig, perturb_hand
 from hoirecon.synth.objects import GraspRegion, load_object_mesh, make_object_info
@@ -705,18 +705,16 @@ def _write_clip_stages(clip: _RenderedClip, out_dir: Path) -> None:
 
     def write_frames(d: Path) -> None:
         for t, img in enumerate(renders.rgb):
-            write_png(d / f"{t:06d}.png", img)
-        meta = {"fps": float(fps), "num_frames": n, "original_size": [W, H], "size": [W, H],
-                "stride": 1, "source": str(video.resolve()), "source_digest": file_digest(video),
-                "source_kind": "video", "synthetic": True}
-        (d / "meta.json").write_text(json.dumps(meta, indent=2))
+            write_png(FramesMeta.frame_path(d, t), img)
+        FramesMeta(fps=float(fps), num_frames=n, original_size=(W, H), size=(W, H), stride=1,
+                   source=str(video.resolve()), source_digest=file_digest(video), source_kind="video",
+                   synthetic=True).save(d)
 
     def write_masks(d: Path) -> None:
-        write_mask_folder(d, hand_mask, obj_mask)
         quality = {"source": "synth-gt", "passed": True, "track_iou": None, "per_frame_iou": None}
-        (d / "quality.json").write_text(json.dumps(quality, indent=2))
-        (d / "boxes.json").write_text(json.dumps(_boxes(hand_mask[0], obj_mask[0]), indent=2))
-        write_video(d / "overlay.mp4",
+        MasksOutput(hand=hand_mask, obj=obj_mask, quality=quality,
+                    boxes=_boxes(hand_mask[0], obj_mask[0])).save(d, disjoint=True)
+        write_video(d / MasksOutput.OVERLAY_FILE,
                     (overlay_masks(f, h, o) for f, h, o in zip(renders.rgb, hand_mask, obj_mask)),
                     fps=fps)
 
@@ -742,8 +740,7 @@ def _write_ground_truth(clip: _RenderedClip, out_dir: Path, summary: dict, t0: f
     shutil.rmtree(gt_tmp, ignore_errors=True)
     gt_tmp.mkdir()
     try:
-        _write_npz(
-            gt_tmp / "gt.npz",
+        GroundTruth(
             K=scene.K.astype(np.float32),
             image_size=np.array([W, H], np.int64),
             T_cam_to_hand=scene.T_cam_to_hand.astype(np.float32),
@@ -751,9 +748,9 @@ def _write_ground_truth(clip: _RenderedClip, out_dir: Path, summary: dict, t0: f
             articulation=clip.articulation.astype(np.float32),
             wrist_rot=np.zeros((n, 3), np.float32),
             shape=scene.shape.astype(np.float32),
-            side=np.array("right"),
-            hand_model=np.array("anny"),
-            category=np.array(scene.category),
+            side="right",
+            hand_model="anny",
+            category=str(scene.category),
             penetration_mm=np.float32(scene.penetration_mm),
             keypoints_cam=clip.keypoints_cam.astype(np.float32),
             keypoints_2d=clip.keypoints_2d.astype(np.float32),
@@ -762,12 +759,12 @@ def _write_ground_truth(clip: _RenderedClip, out_dir: Path, summary: dict, t0: f
             view_span_deg=np.float32(scene.view_span_deg),
             fov_deg=np.float32(scene.fov_deg),
             fov_y_deg=np.float32(_fov_y_deg(scene.K, scene.image_size)),
-        )
-        scene.mesh.export(gt_tmp / "object.ply")
-        _write_npz(gt_tmp / "depth.npz", depth=clip.renders.depth)
+        ).save(gt_tmp)
+        scene.mesh.export(gt_tmp / GroundTruth.MESH_FILE)
+        _write_npz(gt_tmp / GroundTruth.DEPTH_FILE, depth=clip.renders.depth)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        (gt_tmp / "info.json").write_text(json.dumps(summary, indent=2))
-        commit_dir(gt_tmp, out_dir / "gt")
+        (gt_tmp / GroundTruth.INFO_FILE).write_text(json.dumps(summary, indent=2))
+        commit_dir(gt_tmp, out_dir / GroundTruth.DIR)
     except BaseException:
         shutil.rmtree(gt_tmp, ignore_errors=True)
         raise
@@ -827,7 +824,8 @@ def generate_clip(
 
 
 # Files of a synthetic clip kept in an example folder (small: no PNG frames, no depth).
-EXAMPLE_FILES = ("video.mp4", "boxes.json", "gt/gt.npz", "gt/object.ply", "gt/info.json")
+EXAMPLE_FILES = ("video.mp4", "boxes.json", f"{GroundTruth.DIR}/{GroundTruth.FILE}",
+                 f"{GroundTruth.DIR}/{GroundTruth.MESH_FILE}", f"{GroundTruth.DIR}/{GroundTruth.INFO_FILE}")
 
 
 def write_example(dest: str | Path, category: str = "mug", seed: int = 0, frames: int = 30, size: int = 256) -> dict:
