@@ -51,6 +51,7 @@ from common import cpu_model, hand_penetration_mm, slug, write_section  # noqa: 
 from object_meshes import CLIP_SETS, BenchClip, benchmark_clips  # noqa: E402
 
 from hoirecon.synth.objects import CATEGORIES  # noqa: E402
+from hoirecon.stages.outputs import FitOutput  # noqa: E402
 
 
 
@@ -132,7 +133,7 @@ def render_table(rows: list[dict], paper: dict | None, header: str) -> str:
 
 
 def optimize_seconds(out: Path) -> tuple[float, int]:
-    s = json.loads((out / "fit" / "summary.json").read_text())
+    s = FitOutput.summary(out / "fit")
     return float(s["optimize_seconds"]), int(s["steps"])
 
 

@@ -40,6 +40,7 @@ from hoirecon.hand import build_hand_model  # noqa: E402
 from hoirecon.pose.data import load_clip  # noqa: E402
 from hoirecon.pose.predict import predict_clip  # noqa: E402
 from hoirecon.pose.train import load_pose_net  # noqa: E402
+from hoirecon.stages.outputs import FitOutput  # noqa: E402
 
 
 def shift_domain(src: Path, dst: Path, seed: int) -> Path:
@@ -197,7 +198,7 @@ def _fit_object_poses(out: Path, init: str, final: bool) -> dict[str, np.ndarray
     cfg = FitConfig(preset="fast", prior="none", init=init, **({} if final else {"steps": 1, "mesh_resolution": 32}))
     run_stage(out, STAGE, cfg, force=True)
     T_cam_to_hand = HandsOutput.load(out / "hand").T_cam_to_hand.astype(np.float64)
-    start = np.load(out / "fit" / "init.npz")["T_hand_to_obj"].astype(np.float64)  # the fit's own file: no reader yet
+    start = FitOutput.initial_T_hand_to_obj(out / "fit").astype(np.float64)
     poses = {"start": np.linalg.inv(start @ T_cam_to_hand)}
     if final:
         fitted = FitPoses.load(out / "fit")

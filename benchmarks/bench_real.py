@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hand_object_signed_distance, machine, write_section  # noqa: E402
 
 from hoirecon.geometry.rotations import rotation_angle_deg  # noqa: E402
-from hoirecon.stages.outputs import ExportOutput, MasksOutput  # noqa: E402
+from hoirecon.stages.outputs import ExportOutput, FitOutput, MasksOutput  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -93,10 +93,9 @@ def score(out: Path, run: dict) -> dict:
         c = json.loads(camera.read_text())
         row["focal_px"], row["focal_source"] = c["focal_px"], c["source"]
         row["sfm_registered"] = (c.get("sfm") or {}).get("registered_frames")
-    summary = out / "fit" / "summary.json"
-    if not summary.is_file():
+    if not (out / "fit" / FitOutput.SUMMARY).is_file():
         return row
-    s = json.loads(summary.read_text())
+    s = FitOutput.summary(out / "fit")
     obj = np.array([r["iou_object"] for r in s["mask_iou"]])
     hand = np.array([r["iou_hand"] for r in s["mask_iou"]])
     row.update(obj_iou_median=float(np.median(obj)), obj_iou_worst=float(obj.min()),

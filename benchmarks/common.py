@@ -63,22 +63,22 @@ def write_section(name: str, body: str) -> None:
 
 def hand_object_signed_distance(fit_dir: Path):
     """(T, V) signed distance (m) of every fitted hand vertex to the fitted object surface,
-    negative inside, from a fit folder (``scene.pt`` + ``poses.npz``)."""
-    import numpy as np
+    negative inside, from a fit folder (``FitOutput.SCENE`` + ``FitPoses``)."""
     import torch
 
     from hoirecon.fit.scene import load_object_sdf
     from hoirecon.geometry.transforms import transform_points
     from hoirecon.hand import build_hand_model
+    from hoirecon.stages.outputs import FitOutput, FitPoses
 
     with torch.no_grad():
-        sdf = load_object_sdf(fit_dir)
-        poses = np.load(Path(fit_dir) / "poses.npz")
+        sdf = load_object_sdf(Path(fit_dir) / FitOutput.SCENE)
+        poses = FitPoses.load(Path(fit_dir))
         hand = build_hand_model("anny")
-        art = torch.as_tensor(poses["articulation"])
-        verts = hand(art, torch.zeros(len(art), 3), torch.as_tensor(poses["shape"])[None], None,
-                     side=str(poses["side"])).verts
-        verts_obj = transform_points(torch.as_tensor(poses["T_hand_to_obj"]), verts)
+        art = torch.as_tensor(poses.articulation)
+        verts = hand(art, torch.zeros(len(art), 3), torch.as_tensor(poses.shape)[None], None,
+                     side=str(poses.side)).verts
+        verts_obj = transform_points(torch.as_tensor(poses.T_hand_to_obj), verts)
         return sdf(verts_obj.reshape(-1, 3)).reshape(verts_obj.shape[:2]).numpy()
 
 

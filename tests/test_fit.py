@@ -28,7 +28,7 @@ from hoirecon.hand import build_hand_model
 
 from conftest import look_at_np
 from hoirecon.render.mesh import render_mesh_image
-from hoirecon.stages.outputs import FramesMeta, MasksOutput
+from hoirecon.stages.outputs import FitOutput, FramesMeta, MasksOutput
 
 SIZE = 80
 N_FRAMES = 4
@@ -198,7 +198,7 @@ def test_fit_stage_writes_contract(tiny_clip, tmp_path):
     assert str(poses["side"]) == "right" and tuple(poses["image_size"]) == (SIZE, SIZE)
     mesh = trimesh.load(fit / "object.ply", force="mesh")
     assert len(mesh.faces) > 50
-    sdf = load_object_sdf(fit)
+    sdf = load_object_sdf(fit / FitOutput.SCENE)
     d = sdf(torch.as_tensor(mesh.vertices[:100], dtype=torch.float32))
     assert d.abs().max() < 0.01  # the mesh lies on the SDF's zero level
     rows = (fit / "losses.csv").read_text().splitlines()
@@ -305,9 +305,9 @@ def test_corrupt_checkpoint_or_scene_file_is_one_clear_error(tiny_clip, tmp_path
     ck.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(UserError, match="cannot read fit checkpoint"):
         optimize_scene(scene, labels, _opt_cfg(5), checkpoint_path=ck)
-    (tmp_path / "scene.pt").write_bytes(b"\x80\x04garbage")
+    (tmp_path / FitOutput.SCENE).write_bytes(b"\x80\x04garbage")
     with pytest.raises(UserError, match="cannot read fitted scene"):
-        load_object_sdf(tmp_path)
+        load_object_sdf(tmp_path / FitOutput.SCENE)
 
 
 def test_pixel_sampler_follows_class_probabilities():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hoirecon.errors import UserError
-from hoirecon.stages.outputs import (ExportOutput, FitPoses, FramesMeta, GroundTruth, HandsOutput, MasksOutput,
-                                      PoseOutput)
+from hoirecon.stages.outputs import (ExportOutput, FitOutput, FitPoses, FramesMeta, GroundTruth, HandsOutput,
+                                      MasksOutput, PoseOutput)
 
 
 def _hands(T: int = 3, **overrides) -> HandsOutput:
@@ -312,3 +312,17 @@ def test_bad_export_poses_are_refused(tmp_path):
         dataclasses.replace(_export(), exported_frames=np.array([5])).save(tmp_path)
     with pytest.raises(UserError, match="run `hoirecon export` first"):
         ExportOutput.load(tmp_path)
+
+
+def test_fit_output_init_and_summary_round_trip(tmp_path):
+    T_start = np.tile(np.eye(4, dtype=np.float32), (3, 1, 1))
+    T_start[:, 0, 3] = [0.01, 0.02, 0.03]
+    FitOutput.save_init(tmp_path, T_start, [0.0, 0.1, 0.2], 0.05)
+    np.testing.assert_array_equal(FitOutput.initial_T_hand_to_obj(tmp_path), T_start)
+    FitOutput.save_summary(tmp_path, {"steps": 5, "mask_iou": [{"iou_object": 0.5}]})
+    assert FitOutput.summary(tmp_path)["steps"] == 5
+    with pytest.raises(UserError, match="hoirecon fit"):
+        FitOutput.summary(tmp_path / "missing")
+    (tmp_path / FitOutput.SUMMARY).write_text("{not json")
+    with pytest.raises(UserError, match="cannot read the fit summary"):
+        FitOutput.summary(tmp_path)

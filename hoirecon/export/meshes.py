@@ -21,6 +21,7 @@ import torch
 import trimesh
 
 from hoirecon.errors import RunError, UserError
+from hoirecon.stages.outputs import FitOutput
 from hoirecon.geometry.meshes import largest_component
 
 MESH_FORMATS = ("glb", "obj", "ply")
@@ -40,17 +41,17 @@ def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | to
     """
     fit_dir = Path(fit_dir)
     if resolution is not None:
-        if not (fit_dir / "scene.pt").is_file():
-            raise UserError(f"--resolution needs the fitted SDF {fit_dir / 'scene.pt'}, which is missing; "
+        if not (fit_dir / FitOutput.SCENE).is_file():
+            raise UserError(f"--resolution needs the fitted SDF {fit_dir / FitOutput.SCENE}, which is missing; "
                             f"rerun `hoirecon fit` or export without --resolution (uses object.ply)")
         from hoirecon.fit.mesh import extract_mesh
         from hoirecon.fit.scene import load_object_sdf
 
-        sdf_fn = load_object_sdf(fit_dir, device)
+        sdf_fn = load_object_sdf(fit_dir / FitOutput.SCENE, device)
         mesh = extract_mesh(sdf_fn, float(sdf_fn.radius), int(resolution), device)
         source = f"scene.pt marching cubes at {int(resolution)}^3"
     else:
-        path = fit_dir / "object.ply"
+        path = fit_dir / FitOutput.MESH
         if not path.is_file():
             raise UserError(f"no object mesh at {path}; run `hoirecon fit` first")
         try:

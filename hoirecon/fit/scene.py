@@ -21,7 +21,7 @@ frame; ray t converted to camera z), blended into (bg, hand, object) probabiliti
 ``blend_semantic`` (see there for the two blend modes).
 
 ``scene.pt`` (``HOIScene.export_state``) is a dict of plain tensors / numbers / strings for
-``torch.load(weights_only=True)``; ``load_object_sdf(fit_dir, device)`` rebuilds the object
+``torch.load(weights_only=True)``; ``load_object_sdf(scene_path, device)`` rebuilds the object
 SDF from it.
 """
 
@@ -268,14 +268,14 @@ class HOIScene(nn.Module):
         }
 
 
-def load_object_sdf(fit_dir: str | Path, device: str | torch.device = "cpu"):
+def load_object_sdf(scene_path: str | Path, device: str | torch.device = "cpu"):
     """Object SDF of a finished fit as a callable ``x (N, 3) -> sdf (N,)`` (object frame, m).
 
     Args:
-        fit_dir: ``<out>/fit`` (holding ``scene.pt``).
+        scene_path: a saved ``export_state`` (the fit stage's ``FitOutput.SCENE``).
         device: where to evaluate.
     """
-    path = Path(fit_dir) / "scene.pt"
+    path = Path(scene_path)
     if not path.is_file():
         raise UserError(f"no fitted scene at {path}; run `hoirecon fit` first")
     state = read_torch_checkpoint(path, "fitted scene")

@@ -43,7 +43,7 @@ import trimesh
 from hoirecon.errors import RunError, UserError
 from hoirecon.eval.metrics import hand_object_chamfer, keypoint_error_mm, object_metrics, sample_surface
 from hoirecon.hand import build_hand_model
-from hoirecon.stages.outputs import FitPoses, GroundTruth, HandsOutput
+from hoirecon.stages.outputs import FitOutput, FitPoses, GroundTruth, HandsOutput
 
 __all__ = ["resolve_gt_dir", "load_ground_truth", "hand_keypoints_cam", "evaluate", "print_eval_table"]
 
@@ -54,18 +54,6 @@ def resolve_gt_dir(gt_dir: str | Path) -> Path:
         if (candidate / GroundTruth.FILE).is_file():
             return candidate
     raise UserError(f"no ground truth in {gt_dir}: expected {GroundTruth.file(gt_dir)} (written by 'hoirecon synth')")
-
-
-def _load_npz(path: Path, keys: tuple[str, ...], what: str) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {what} {path}: {err}") from None
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise UserError(f"{what} {path} lacks {', '.join(missing)}")
-    return arrays
 
 
 def _load_mesh(path: Path, what: str) -> trimesh.Trimesh:
@@ -191,7 +179,7 @@ def _fit_scores(scorer: _Scorer, fit_dir: Path, pred_mesh: str | Path | None) ->
     poses = FitPoses.load(fit_dir)
     T_hand_to_obj = _poses(poses.T_hand_to_obj, "T_hand_to_obj", n, "fit poses")
     T_cam_to_hand = _poses(poses.T_cam_to_hand, "T_cam_to_hand", n, "fit poses")
-    mesh_path = Path(pred_mesh) if pred_mesh is not None else fit_dir / "object.ply"
+    mesh_path = Path(pred_mesh) if pred_mesh is not None else fit_dir / FitOutput.MESH
     # the fit's poses record no hand model: its articulation is the hand stage's model's (anny by default)
     return {**scorer.object_scores(mesh_path, T_hand_to_obj, "predicted mesh"),
             **scorer.hand_scores(T_cam_to_hand, poses.articulation, poses.shape, poses.side, None)}
@@ -207,10 +195,9 @@ def _init_scores(scorer: _Scorer, out_dir: Path) -> dict | None:
     init = scorer.hand_scores(_poses(hands.T_cam_to_hand, "T_cam_to_hand", n, "hand initialisation"),
                               hands.articulation, hands.shape, hands.side, hands.hand_model)
     # The fit stage also saves its starting object (visual hull) and object poses.
-    if (fit_dir / "object_init.ply").is_file() and (fit_dir / "init.npz").is_file():
-        start = _load_npz(fit_dir / "init.npz", ("T_hand_to_obj",), "fit initialisation")
-        T_start = _poses(start["T_hand_to_obj"], "T_hand_to_obj", n, "fit initialisation")
-        init.update(scorer.object_scores(fit_dir / "object_init.ply", T_start, "initial mesh"))
+    if (fit_dir / FitOutput.INIT_MESH).is_file() and (fit_dir / FitOutput.INIT).is_file():
+        T_start = _poses(FitOutput.initial_T_hand_to_obj(fit_dir), "T_hand_to_obj", n, "fit initialisation")
+        init.update(scorer.object_scores(fit_dir / FitOutput.INIT_MESH, T_start, "initial mesh"))
     return init
 
 

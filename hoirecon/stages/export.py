@@ -58,7 +58,7 @@ from hoirecon.io.masks import overlay_masks
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.stages.configs import ExportConfig
-from hoirecon.stages.outputs import ExportOutput, FitPoses, FramesMeta, MasksOutput
+from hoirecon.stages.outputs import ExportOutput, FitOutput, FitPoses, FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
 
 TURNTABLE_FPS = 12.0
@@ -77,11 +77,11 @@ def _eval_lines(out_root: Path, fit_dir: Path) -> list[str]:
     """Text lines with the fit's mask IoUs and the metrics of ``<out>/eval.json`` (numbers only)."""
     lines = []
     try:
-        fit = json.loads((fit_dir / "summary.json").read_text())
+        fit = FitOutput.summary(fit_dir)
         iou_o, iou_h = (float(fit.get(k, float("nan"))) for k in ("mean_iou_object", "mean_iou_hand"))
         lines.append(f"fit: preset {fit.get('preset', '?')}, {fit.get('steps', '?')} steps, "
                      f"mask IoU object {iou_o:.3f}, hand {iou_h:.3f}")
-    except (OSError, ValueError, TypeError):
+    except (UserError, TypeError):
         pass
     try:
         data = json.loads((out_root / "eval.json").read_text())

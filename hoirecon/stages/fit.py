@@ -8,7 +8,7 @@ frame). Writes into ``<out>/fit/``:
 - ``poses.npz``: K (3,3), T_cam_to_hand (T,4,4), T_hand_to_obj (T,4,4), articulation (T,45),
   shape (10,), side, image_size (W,H).
 - ``scene.pt``: plain-tensor dict (``HOIScene.export_state``); read it back with
-  ``hoirecon.fit.scene.load_object_sdf(fit_dir, device)``.
+  ``hoirecon.fit.scene.load_object_sdf(fit_dir / FitOutput.SCENE, device)``.
 - ``object.ply``: marching-cubes mesh of the object (object frame, metres).
 - ``object_init.ply`` + ``init.npz`` (T_hand_to_obj_init, centre, radius): the visual-hull
   initialisation (carved through the initial object poses), for comparisons.
@@ -27,7 +27,6 @@ Resumable: a checkpoint in ``ctx.scratch_dir`` every ``checkpoint_every`` steps.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,7 +55,7 @@ from hoirecon.geometry.rotations import rotation_angle_deg
 from hoirecon.pipeline.runner import StageContext
 from hoirecon.render.volume import VolumeRenderConfig
 from hoirecon.stages.configs import FitConfig
-from hoirecon.stages.outputs import FitPoses, FramesMeta, HandsOutput, MasksOutput, PoseOutput
+from hoirecon.stages.outputs import FitOutput, FitPoses, FramesMeta, HandsOutput, MasksOutput, PoseOutput
 from hoirecon.stages.registry import STAGES
 
 
@@ -192,10 +191,9 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
                                            object_cameras=cams, object_poses=from_pose)
     out = ctx.tmp_dir
     init_mesh = extract_mesh(scene.sdf, scene.sdf.radius, 64, device)
-    init_mesh.export(out / "object_init.ply")
+    init_mesh.export(out / FitOutput.INIT_MESH)
     with torch.no_grad():
-        np.savez(out / "init.npz", T_hand_to_obj=scene.T_hand_to_obj().cpu().numpy(),
-                 center_hand=np.array(init_info["center_hand"]), radius=np.array(init_info["radius"]))
+        FitOutput.save_init(out, scene.T_hand_to_obj().cpu().numpy(), init_info["center_hand"], init_info["radius"])
     labels = labels_from_masks(hand_m, obj_m)
     preview_frames = sorted({0, T // 2, T - 1})
     rows: list[dict] = []
@@ -217,9 +215,9 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         for r in rows:
             w.writerow({k: r.get(k, "") for k in keys})
     FitPoses(**poses_npz_dict(scene)).save(out)
-    torch.save(scene.export_state(), out / "scene.pt")
+    torch.save(scene.export_state(), out / FitOutput.SCENE)
     mesh = extract_mesh(scene.sdf, scene.sdf.radius, cfg.mesh_resolution, device)
-    mesh.export(out / "object.ply")
+    mesh.export(out / FitOutput.MESH)
     ious = evaluate_masks(scene, labels, opt_cfg, stride=cfg.iou_stride)
     summary = {
         "preset": cfg.preset, "prior": cfg.prior, "category": cfg.category, "category_used": category_used,
@@ -232,7 +230,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         "mask_iou": ious, "init": init_info, "object_faces": int(len(mesh.faces)),
         "cameras": _camera_report(scene, cams, init_info),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    FitOutput.save_summary(out, summary)
     return {k: summary[k] for k in ("preset", "category", "category_used", "steps", "seconds", "mean_iou_object",
                                     "mean_iou_hand")}
 

@@ -399,6 +399,48 @@ class HandsOutput:
         return hands
 
 
+class FitOutput:
+    """``fit/``'s files beside ``poses.npz`` (:class:`FitPoses`): ``object.ply`` (the fitted object,
+    object frame, metres), ``object_init.ply`` (the visual hull the fit started from),
+    ``init.npz`` (``T_hand_to_obj`` (T, 4, 4) it started from, ``center_hand`` (3,), ``radius``),
+    ``scene.pt`` (``HOIScene.export_state``: read it with ``hoirecon.fit.scene.load_object_sdf``)
+    and ``summary.json`` (steps, mask IoUs per frame, the initialisation and camera reports)."""
+
+    MESH = "object.ply"
+    INIT_MESH = "object_init.ply"
+    INIT = "init.npz"
+    SCENE = "scene.pt"
+    SUMMARY = "summary.json"
+    MISSING_HINT = "run `hoirecon fit OUT` first"
+
+    @classmethod
+    def save_init(cls, folder: Path, T_hand_to_obj: np.ndarray, center_hand, radius: float) -> None:
+        np.savez(Path(folder) / cls.INIT, T_hand_to_obj=np.asarray(T_hand_to_obj), center_hand=np.asarray(center_hand),
+                 radius=np.asarray(radius))
+
+    @classmethod
+    def initial_T_hand_to_obj(cls, folder: Path) -> np.ndarray:
+        """(T, 4, 4) object poses in the hand frame the fit started from."""
+        arrays = _npz_arrays(Path(folder) / cls.INIT, cls.MISSING_HINT)
+        if "T_hand_to_obj" not in arrays:
+            raise UserError(f"{Path(folder) / cls.INIT} has no T_hand_to_obj: {cls.MISSING_HINT}")
+        return arrays["T_hand_to_obj"]
+
+    @classmethod
+    def save_summary(cls, folder: Path, summary: dict) -> None:
+        (Path(folder) / cls.SUMMARY).write_text(json.dumps(summary, indent=2))
+
+    @classmethod
+    def summary(cls, folder: Path) -> dict:
+        path = Path(folder) / cls.SUMMARY
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"no fit summary at {path}: {cls.MISSING_HINT}") from None
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read the fit summary {path}: {err}") from None
+
+
 @dataclass(frozen=True, eq=False)
 class FitPoses:
     """``fit/poses.npz``: the fitted hand and object poses of every frame.
