@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import resource
 import sys
@@ -38,7 +37,7 @@ from hoirecon.pipeline.runner import run_stage  # noqa: E402
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig  # noqa: E402
 from hoirecon.stages.hand import STAGE as HAND, HandConfig  # noqa: E402
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig  # noqa: E402
-from hoirecon.stages.outputs import FramesMeta, MasksOutput  # noqa: E402
+from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput, read_json  # noqa: E402
 
 SECTION = "bench_masks_hand"
 
@@ -94,7 +93,7 @@ def run_clip(name: str, video: Path, out: Path) -> dict:
         out, MASKS, MasksConfig(hand_box=boxes["hand"], object_box=boxes["object"]), force=True))
     hand, res["hand_s"], res["hand_cpu"] = timed(lambda: run_stage(out, HAND, HandConfig(), force=True))
     meta = FramesMeta.load(out / "frames")
-    quality = json.loads((out / "hand" / "quality.json").read_text())
+    quality = read_json(out / "hand", HandsOutput.QUALITY)
     res.update(
         num_frames=meta.num_frames, size=list(meta.size), track_iou=masks.summary["track_iou"],
         valid=quality["valid_frames"], reproj=quality["reprojection_px_median"],
@@ -122,7 +121,7 @@ def main() -> None:
             rows[name] = run_clip(name, video, out)
             print(name, rows[name], flush=True)
             if args.sheets:
-                contact_sheet(out / "hand" / "overlay.mp4", Path(args.sheets) / f"hand_overlay_{name}.png")
+                contact_sheet(out / "hand" / HandsOutput.OVERLAY, Path(args.sheets) / f"hand_overlay_{name}.png")
                 contact_sheet(out / "masks" / MasksOutput.OVERLAY_FILE, Path(args.sheets) / f"masks_overlay_{name}.png")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [

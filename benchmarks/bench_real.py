@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hand_object_signed_distance, machine, write_section  # noqa: E402
 
 from hoirecon.geometry.rotations import rotation_angle_deg  # noqa: E402
-from hoirecon.stages.outputs import ExportOutput, FitOutput, MasksOutput  # noqa: E402
+from hoirecon.stages.outputs import ExportOutput, FitOutput, HandsOutput, MasksOutput, read_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -88,9 +88,8 @@ def score(out: Path, run: dict) -> dict:
     if q is not None:
         row["masks_passed"] = q.get("passed")
         row["fb_iou"] = q.get("track_iou")
-    camera = out / "hand" / "camera.json"
-    if camera.is_file():
-        c = json.loads(camera.read_text())
+    c = read_json(out / "hand", HandsOutput.CAMERA)
+    if c is not None:
         row["focal_px"], row["focal_source"] = c["focal_px"], c["source"]
         row["sfm_registered"] = (c.get("sfm") or {}).get("registered_frames")
     if not (out / "fit" / FitOutput.SUMMARY).is_file():

@@ -35,6 +35,7 @@ from hoirecon.prior import sds as sds_mod  # noqa: E402
 from hoirecon.prior.model import load_geometry_prior  # noqa: E402
 from hoirecon.prior.sds import SDSConfig, SDSRenderConfig, sds_loss  # noqa: E402
 from hoirecon.render.volume import VolumeRenderConfig  # noqa: E402
+from hoirecon.stages.outputs import FitOutput  # noqa: E402
 
 FD = dict(perturb=True, normal_mode="finite_difference")
 BEFORE_VOLUME = VolumeRenderConfig(n_coarse=32, n_importance=32, **FD)  # the SDS sampling before issue 22
@@ -53,7 +54,7 @@ VARIANTS = (
 
 def load_fit(out: Path):
     """(sdf module with gradients, beta, T_hand_to_obj (T,4,4), hand verts (T,V,3), faces, vert_uv, side)."""
-    state = read_torch_checkpoint(out / "fit" / "scene.pt", "fitted scene")
+    state = read_torch_checkpoint(out / "fit" / FitOutput.SCENE, "fitted scene")
     sdf = build_object_sdf(state["sdf_spec"])
     if "resolution" in state["sdf_spec"]:
         sdf.set_resolution(int(state["sdf_spec"]["resolution"]))

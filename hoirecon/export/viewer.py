@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from hoirecon.pipeline.runner import read_manifest
-from hoirecon.stages.outputs import ExportOutput, MasksOutput
+from hoirecon.stages.outputs import EvalOutput, ExportOutput, HandsOutput, MasksOutput
 
 VENDOR_DIR = Path(__file__).parent / "vendor" / "three"
 # bare specifier used by the page -> vendored file
@@ -46,7 +46,7 @@ MEDIA = (
     ("input | reconstruction | novel view", ExportOutput.SIDE_BY_SIDE, "video"),
     ("turntable", ExportOutput.TURNTABLE, "video"),
     ("masks", f"../masks/{MasksOutput.OVERLAY_FILE}", "video"),
-    ("hand", "../hand/overlay.mp4", "video"),
+    ("hand", f"../hand/{HandsOutput.OVERLAY}", "video"),
 )
 METRIC_STAGES = ("masks", "hand", "fit")
 
@@ -93,12 +93,9 @@ def clip_metrics(out_root: Path) -> dict[str, dict]:
         manifest = read_manifest(Path(out_root) / stage) or {}
         if manifest.get("summary"):
             sections[stage] = scalar_items(manifest["summary"])
-    try:
-        evaluation = json.loads((Path(out_root) / "eval.json").read_text())
-        if isinstance(evaluation, dict):
-            sections["eval"] = scalar_items(evaluation)
-    except (OSError, ValueError):
-        pass
+    evaluation = EvalOutput.load(Path(out_root))
+    if evaluation is not None:
+        sections["eval"] = scalar_items(evaluation)
     return sections
 
 

@@ -32,7 +32,6 @@ Writes ``<out>/eval.json``.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ import trimesh
 from hoirecon.errors import RunError, UserError
 from hoirecon.eval.metrics import hand_object_chamfer, keypoint_error_mm, object_metrics, sample_surface
 from hoirecon.hand import build_hand_model
-from hoirecon.stages.outputs import FitOutput, FitPoses, GroundTruth, HandsOutput
+from hoirecon.stages.outputs import EvalOutput, FitOutput, FitPoses, GroundTruth, HandsOutput
 
 __all__ = ["resolve_gt_dir", "load_ground_truth", "hand_keypoints_cam", "evaluate", "print_eval_table"]
 
@@ -246,7 +245,7 @@ def evaluate(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if write:
-        (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+        EvalOutput.save(out_dir, result)
     return result
 
 

@@ -35,7 +35,6 @@ Artifacts in ``<out>/export/``:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +57,7 @@ from hoirecon.io.masks import overlay_masks
 from hoirecon.io.video import read_rgb, write_png, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.stages.configs import ExportConfig
-from hoirecon.stages.outputs import ExportOutput, FitOutput, FitPoses, FramesMeta, MasksOutput
+from hoirecon.stages.outputs import EvalOutput, ExportOutput, FitOutput, FitPoses, FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
 
 TURNTABLE_FPS = 12.0
@@ -83,9 +82,8 @@ def _eval_lines(out_root: Path, fit_dir: Path) -> list[str]:
                      f"mask IoU object {iou_o:.3f}, hand {iou_h:.3f}")
     except (UserError, TypeError):
         pass
-    try:
-        data = json.loads((out_root / "eval.json").read_text())
-    except (OSError, ValueError):
+    data = EvalOutput.load(out_root)
+    if data is None:
         return lines
     flat = []
 

@@ -455,7 +455,7 @@ def _write_overlay(ctx: StageContext, track: _HandTrack, frames: list[np.ndarray
                 yield image
                 task.advance()
 
-        write_video(ctx.tmp_dir / "overlay.mp4", overlay_frames(), fps=fps)
+        write_video(ctx.tmp_dir / HandsOutput.OVERLAY, overlay_frames(), fps=fps)
     return ious
 
 
@@ -494,17 +494,17 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
                           focal=focal)
     track = _hand_track(est, hand, cfg, focal, (W, H), device)
     _hands_output(cfg, est, track, (W, H), focal, sfm).save(ctx.tmp_dir)
-    (ctx.tmp_dir / "camera.json").write_text(json.dumps(camera, indent=2))
+    (ctx.tmp_dir / HandsOutput.CAMERA).write_text(json.dumps(camera, indent=2))
 
     valid_np = est.valid.cpu().numpy()
     ious = _write_overlay(ctx, track, frames, hand_masks=hand_masks, obj_masks=obj_masks, valid=valid_np,
                           fps=meta.fps)
     quality = _quality(cfg.backend, valid_np, est.presence.cpu().numpy(), track.reproj.cpu().numpy(), ious)
-    (ctx.tmp_dir / "quality.json").write_text(json.dumps(quality, indent=2))
+    (ctx.tmp_dir / HandsOutput.QUALITY).write_text(json.dumps(quality, indent=2))
     return {"num_frames": T, "valid_frames": int(valid_np.sum()), "backend": cfg.backend, "camera": camera,
             "reprojection_px_median": round(quality["reprojection_px_median"], 2),
             "mask_iou_median": round(quality["mask_iou_median"], 3),
-            "overlay": str(ctx.out_root / "hand" / "overlay.mp4")}
+            "overlay": str(ctx.out_root / "hand" / HandsOutput.OVERLAY)}
 
 
 STAGE = STAGES["hand"]

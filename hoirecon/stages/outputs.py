@@ -331,6 +331,9 @@ class HandsOutput:
     """
 
     FILE = "hands.npz"
+    OVERLAY = "overlay.mp4"  # beside it: the fitted hands over the frames
+    CAMERA = "camera.json"  # beside it: the intrinsics used and where they came from
+    QUALITY = "quality.json"  # beside it: reprojection and mask IoU per frame
 
     K: np.ndarray
     T_cam_to_hand: np.ndarray
@@ -794,3 +797,33 @@ class ExportOutput:
         except ValueError as err:
             raise UserError(f"{path}: {err}") from None
         return poses
+
+
+class EvalOutput:
+    """``<out>/eval.json``: ``hoirecon eval``'s metrics against a ground truth (see
+    ``hoirecon.stages.evaluate``); what is shown of it elsewhere (the export's summary and
+    viewer) is optional, so ``load`` returns None where it is missing or unreadable."""
+
+    FILE = "eval.json"
+
+    @classmethod
+    def save(cls, out_dir: Path, result: dict) -> None:
+        (Path(out_dir) / cls.FILE).write_text(json.dumps(result, indent=2))
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Optional[dict]:
+        try:
+            data = json.loads((Path(out_dir) / cls.FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def read_json(folder: Path, name: str) -> Optional[dict]:
+    """A stage's small JSON file (e.g. ``HandsOutput.CAMERA``) or None where it is missing or unreadable."""
+    try:
+        data = json.loads((Path(folder) / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
