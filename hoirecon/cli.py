@@ -322,7 +322,7 @@ def synth(
     frames: int = typer.Option(30, "--frames", help="Number of frames."),
     size: str = typer.Option("256", "--size", help="Frame size in pixels: N (square) or WxH, e.g. 640x480."),
     fov: Optional[float] = typer.Option(None, "--fov", help="Horizontal field of view in degrees (default: drawn in "
-                                                            "50-60 from the seed); the true intrinsics go to gt/."),
+                                                            "50-60 from the paper); the true intrinsics go to gt/."),
     seed: int = typer.Option(0, "--seed", help="Everything random follows from it."),
     object_mesh: Optional[Path] = typer.Option(None, "--object-mesh", help="A closed mesh file instead of a "
                                                                            "procedural object (seams merged, small "
@@ -461,7 +461,7 @@ def prior_sample(
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Generate objects for hand renderings (the seed's figure B.1) into a PNG grid."""
+    """Generate objects for hand renderings (the paper's figure B.1) into a PNG grid."""
     from hoirecon.prior.sample import write_sample_grid
 
     s = _session(quiet, as_json, "prior sample")

@@ -11,7 +11,7 @@
 - ``deep_penetration_loss``: the same depths squared and summed over each frame's vertices:
   a few fingertips deep inside dominate it, where the mean over ~all hand vertices of
   ``penetration_loss`` dilutes them to nothing.
-- ``ordinal_depth_loss``: with hard blending (the seed's B.4 ablation) the depth order gets
+- ``ordinal_depth_loss``: with hard blending (the paper's B.4 ablation) the depth order gets
   no gradient from the masks; where both surfaces cover a pixel, the one observed must be
   in front (the ordinal depth loss of PHOSA-style mesh fitting).
 """

@@ -85,7 +85,7 @@ class OptimizeConfig:
         the schedules still span ``steps``, so this truncates them (a time budget for batch
         runs, and equal-time comparisons of presets).
     per_frame_object_pose: optimise a per-frame object pose delta on top of the shared
-        ``T_hand_to_obj`` (the method); False = one shared pose for the clip (the seed's B.3
+        ``T_hand_to_obj`` (the method); False = one shared pose for the clip (the paper's B.3
         ablation).
     hand_penetration_start: fraction of the steps where ``weights.hand_penetration`` starts
         its linear ramp (0 at this fraction, full weight at the last step). Earlier the hand is

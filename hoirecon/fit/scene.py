@@ -69,7 +69,7 @@ class BlendConfig:
         This mode keeps eq. 1's depth-ordered split and the silhouettes' full gradients.
     mode "paper": ``hoirecon.render.blend.soft_blend_masks`` (eq. 1-2) with ``gamma``,
         ``d_near``, ``d_far``.
-    mode "hard": the seed's B.4 ablation: the front surface takes the label
+    mode "hard": the paper's B.4 ablation: the front surface takes the label
         (``hoirecon.render.blend.hard_blend_masks``, no gradient through the depth order);
         the fit then adds an ordinal depth loss (``hoirecon.fit.losses.ordinal_depth_loss``).
     tau: depth temperature (m) of the occlusion mode.

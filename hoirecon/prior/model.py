@@ -71,7 +71,7 @@ class PriorConfig:
     cond_dropout: share of training samples whose category is replaced by "unknown".
     prediction: what the network outputs, "sample" (x_0) or "epsilon".
     snr_clamp: (lo, hi) clamp of the SNR weight of the x_0 loss ("sample" only).
-    hand_condition: False = a category-only prior (the seed's "cat. prior" ablation): the
+    hand_condition: False = a category-only prior (the paper's "cat. prior" ablation): the
         hand images are zeroed at the input, so the network never sees the hand; same
         architecture and input layout, so it trains, loads and samples like the full one.
     """

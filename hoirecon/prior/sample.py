@@ -1,4 +1,4 @@
-"""DDIM sampling from the geometry prior and the seed's B.1 figure (generations per hand).
+"""DDIM sampling from the geometry prior and the paper's B.1 figure (generations per hand).
 
 Figure layout (``sample_figure``), one block of rows per hand:
 

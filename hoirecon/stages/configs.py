@@ -184,7 +184,7 @@ class FitConfig:
     """Settings of the fit stage. A preset names the library settings it starts from
     (``hoirecon.stages.fit.PRESETS``); --steps and --rays override them."""
 
-    preset: str = setting("fast", "fast (minutes on a CPU) | paper (the seed's 50k steps).")
+    preset: str = setting("fast", "fast (minutes on a CPU) | paper (the paper's 50k steps).")
     # Code that builds a FitConfig (tests, benchmarks) gets no prior unless it asks, so it
     # needs no weights; a person on the command line gets the shipped one.
     prior: str = setting("none", "Diffusion prior distilled into the object: hoirecon (the shipped one) | diffhoi "
@@ -200,10 +200,10 @@ class FitConfig:
     rays_per_step: Optional[int] = setting(None, "Override the preset's rays per step.", flag="--rays")
     seed: int = setting(0, "Seed of initialisation and sampling.")  # and of the rendering jitter
     hand_model: str = _hand_model()  # must be the one the hand stage fitted
-    # paper: gamma 1e-4; hard: the seed's B.4 ablation (hoirecon.fit.scene.BlendConfig).
+    # paper: gamma 1e-4; hard: the paper's B.4 ablation (hoirecon.fit.scene.BlendConfig).
     blend: str = setting("occlusion", "Mask blending: occlusion (default) | paper (eq. 1-2) | hard (front surface wins "
                          "+ ordinal depth loss; an ablation).")
-    # One shared pose is the seed's B.3 ablation.
+    # One shared pose is the paper's B.3 ablation.
     per_frame_object_pose: bool = setting(True, "Optimise a per-frame object pose (default) or one for the clip.",
                                           flag="--per-frame-object-pose/--shared-object-pose")
     time_budget_s: Optional[float] = setting(None, "Stop the optimisation after this many seconds (schedules still "
