@@ -462,3 +462,38 @@ def test_hand_config_rejects_bad_values():
                {"fov_deg": 200.0}, {"focal_px": 500.0, "fov_deg": 60.0}, {"smooth_weight": -1.0}):
         with pytest.raises(UserError):
             HandConfig(**kw)
+
+
+def test_a_poor_fit_names_the_other_side_when_it_fits_far_better(monkeypatch):
+    from types import SimpleNamespace
+
+    from hoirecon.pipeline.report import Reporter
+    from hoirecon.stages import hand as hand_stage
+    from hoirecon.stages.hand import HandConfig
+
+    tried = []
+
+    def fake_estimate(ctx, cfg, frames, **_):
+        tried.append(cfg.side)
+        return SimpleNamespace(valid=torch.tensor([True, True, False]))
+
+    def fake_track(est, hand, cfg, focal, size_wh, device):
+        return SimpleNamespace(reproj=torch.tensor([12.0, 14.0, 99.0]))
+
+    monkeypatch.setattr(hand_stage, "_estimate_hands", fake_estimate)
+    monkeypatch.setattr(hand_stage, "_hand_track", fake_track)
+    ctx = SimpleNamespace(reporter=Reporter(quiet=True))
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 3
+
+    def warnings(iou, reprojection):
+        quality = {"mask_iou_median": iou, "reprojection_px_median": reprojection}
+        out = hand_stage._other_side_warnings(ctx, HandConfig(side="left"), frames, hand_masks=None, obj_masks=None,
+                                              hand=None, device="cpu", focal=1.0, quality=quality)
+        return out, quality
+
+    out, quality = warnings(0.48, 49.0)  # the other side reprojects 13 px (median of its valid frames)
+    assert tried == ["right"] and len(out) == 1 and "--side right" in out[0]
+    assert quality["other_side"] == {"side": "right", "reprojection_px_median": 13.0}
+    assert warnings(0.48, 20.0)[0] == []  # 13 px is not half of 20: not named
+    tried.clear()
+    assert warnings(0.75, 49.0)[0] == [] and tried == []  # a good fit is not second-guessed
