@@ -326,3 +326,15 @@ def test_fit_output_init_and_summary_round_trip(tmp_path):
     (tmp_path / FitOutput.SUMMARY).write_text("{not json")
     with pytest.raises(UserError, match="cannot read the fit summary"):
         FitOutput.summary(tmp_path)
+
+
+def test_every_stage_declares_its_typed_outputs():
+    import inspect
+
+    from hoirecon.stages import outputs
+    from hoirecon.stages.registry import STAGES
+
+    for name, stage in STAGES.items():
+        assert stage.outputs, f"stage {name} declares no outputs"
+        for cls_name in stage.outputs:
+            assert inspect.isclass(getattr(outputs, cls_name, None)), f"{name}: no class {cls_name} in stages.outputs"

@@ -76,6 +76,8 @@ class StageDef:
     config_inputs(config) names upstream stages a setting adds to ``inputs``, each with the
     line that tells a user how to make it ({stage: hint}; e.g. ``fit --init pose`` reads
     ``pose``, which is off the main chain and never run for it).
+    outputs names the classes of ``hoirecon.stages.outputs`` that describe what the stage writes
+    (names, so that declaring a stage imports nothing; ``tests/test_stage_outputs.py`` resolves them).
     """
 
     name: str
@@ -87,6 +89,7 @@ class StageDef:
     # external files a rerun would (None: the recorded JSON dict stands in for the config).
     config_type: type | None = None
     config_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass

@@ -73,13 +73,17 @@ def _fit_config_inputs(cfg) -> dict[str, str]:
 
 
 STAGES: Mapping[str, StageDef] = MappingProxyType({
-    "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig),
-    "masks": StageDef("masks", "8", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig),
-    "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand")),
+    "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
+                       outputs=("FramesMeta",)),
+    "masks": StageDef("masks", "8", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
+                      outputs=("MasksOutput",)),
+    "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand"), outputs=("HandsOutput",)),
     "fit": StageDef("fit", "5", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),
-                    config_inputs=_fit_config_inputs),
-    "export": StageDef("export", "2", ("frames", "masks", "fit"), _lazy("export", "run_export")),  # 2: view.html
+                    config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
+    "export": StageDef("export", "2", ("frames", "masks", "fit"), _lazy("export", "run_export"),  # 2: view.html
+                       outputs=("ExportOutput",)),
     # off the main chain: frames, masks -> pose (a template mesh is needed); its external
     # inputs load the template to check it, so they live with the stage
-    "pose": StageDef("pose", "1", ("frames", "masks"), _lazy("pose", "run_pose"), _lazy("pose", "external_inputs")),
+    "pose": StageDef("pose", "1", ("frames", "masks"), _lazy("pose", "run_pose"), _lazy("pose", "external_inputs"),
+                     outputs=("PoseOutput",)),
 })
