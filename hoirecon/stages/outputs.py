@@ -72,6 +72,15 @@ def _check_side(side: str) -> None:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
 
 
+def _save_fields(artifact, folder: Path, compressed: bool = False) -> Path:
+    """Validate a dataclass artifact and write its fields to ``folder/<artifact.FILE>``; its path."""
+    artifact.validate()
+    path = Path(folder) / artifact.FILE
+    with open(path, "wb") as fh:
+        (np.savez_compressed if compressed else np.savez)(fh, **_field_arrays(artifact))
+    return path
+
+
 def _field_arrays(artifact) -> dict[str, np.ndarray]:
     """{key: array} of a dataclass artifact's fields in declaration order, None fields left out
     (the order is the file's key order, so a rewrite gives the same bytes)."""
@@ -378,11 +387,7 @@ class HandsOutput:
 
     def save(self, folder: Path, compressed: bool = False) -> Path:
         """Write ``folder/hands.npz`` (after ``validate``); returns its path."""
-        self.validate()
-        path = Path(folder) / self.FILE
-        with open(path, "wb") as fh:
-            (np.savez_compressed if compressed else np.savez)(fh, **_field_arrays(self))
-        return path
+        return _save_fields(self, folder, compressed)
 
     @classmethod
     def load(cls, folder: Path, num_frames: Optional[int] = None) -> "HandsOutput":
@@ -478,10 +483,7 @@ class FitPoses:
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/poses.npz`` (after ``validate``); returns its path."""
-        self.validate()
-        path = Path(folder) / self.FILE
-        np.savez(path, **_field_arrays(self))
-        return path
+        return _save_fields(self, folder)
 
     @classmethod
     def load(cls, folder: Path) -> "FitPoses":
@@ -567,10 +569,7 @@ class PoseOutput:
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/poses.npz`` (after ``validate``); returns its path."""
-        self.validate()
-        path = Path(folder) / self.FILE
-        np.savez(path, **_field_arrays(self))
-        return path
+        return _save_fields(self, folder)
 
     @classmethod
     def load(cls, folder: Path, num_frames: Optional[int] = None) -> "PoseOutput":
