@@ -330,9 +330,11 @@ class ForegroundSplitTracker:
         return limit
 
     def track(self, frames: Sequence[np.ndarray], first_masks: np.ndarray, hand_seeder: Optional[HandSeeder] = None,
-              on_frame: Optional[Callable[[int], None]] = None) -> np.ndarray:
+              on_frame: Optional[Callable[[int], None]] = None,
+              probs: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+        """``probs``: the frames' foreground if already computed (else it is run here)."""
         T = len(frames)
-        probs = [self.foreground(f) for f in frames]
+        probs = [self.foreground(f) for f in frames] if probs is None else probs
         static = static_foreground(frames, probs, self.cfg)
         out = np.zeros((T, 2) + frames[0].shape[:2], bool)
         out[0] = first_masks

@@ -155,8 +155,8 @@ def _first_frame_boxes(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarr
     return hand, obj, origin, detection  # type: ignore[return-value]
 
 
-def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box,
-                 device: str) -> np.ndarray:
+def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], probs: Optional[list[np.ndarray]],
+                 hand_box: Box, obj_box: Box, device: str) -> np.ndarray:
     first = frames[0]
     if cfg.segmenter == "pointrend":
         from hoirecon.backends.pointrend import PointRendBox2Mask
@@ -164,7 +164,7 @@ def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
     elif (tracker == "foreground"
-          and (split := _first_foreground_split(frames, hand_box, obj_box, cfg.side)) is not None):
+          and (split := _first_foreground_split(frames, probs, hand_box, obj_box, cfg.side)) is not None):
         hand, obj = split
     else:
         # One joint cut: each mask sees the other's colours as background, thin or mostly
@@ -178,14 +178,14 @@ def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_
     return np.stack([hand, obj])
 
 
-def _first_foreground_split(frames: list[np.ndarray], hand_box: Box, obj_box: Box,
+def _first_foreground_split(frames: list[np.ndarray], probs: list[np.ndarray], hand_box: Box, obj_box: Box,
                             side: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(hand, object) from the learned foreground split by the hand's landmarks, or None where
     no landmarks are found in the hand box or the foreground misses the object (a white object
     on a white wall): the colour cut then decides."""
     from hoirecon.segment.detect import DetectConfig, landmarks_in_box
-    from hoirecon.segment.foreground import (SelfieForeground, box_region, first_frame_split, hand_coloured,
-                                             landmark_hand_seeds, static_foreground)
+    from hoirecon.segment.foreground import (box_region, first_frame_split, hand_coloured, landmark_hand_seeds,
+                                             static_foreground)
 
     first = frames[0]
     found = landmarks_in_box(first, hand_box, DetectConfig(side=side))
@@ -194,21 +194,18 @@ def _first_foreground_split(frames: list[np.ndarray], hand_box: Box, obj_box: Bo
     in_obj = box_region(first.shape[:2], obj_box)
     seeds = landmark_hand_seeds(first, found.keypoints_2d, np.zeros(in_obj.shape, bool),
                                 hand_coloured(first, found.keypoints_2d, in_obj))
-    foreground = SelfieForeground()
-    probs = [foreground(f) for f in frames]
     hand, obj = first_frame_split(first, probs[0], static_foreground(frames, probs), seeds, hand_box, obj_box)
     if obj.sum() < 0.1 * in_obj.sum() or hand.sum() < 16:
         return None
     return hand, obj
 
 
-def _foreground_sees(first_frame: np.ndarray, first: np.ndarray, min_fraction: float = 0.5) -> bool:
-    """Whether the learned foreground covers at least ``min_fraction`` of the first-frame hand and
-    object (it is trained on people: a render without one, or an odd clip, may show nothing)."""
-    from hoirecon.segment.foreground import SelfieForeground
-
+def _foreground_sees(first_prob: np.ndarray, first: np.ndarray, min_fraction: float = 0.5) -> bool:
+    """Whether the learned foreground (``first_prob``, frame 0's) covers at least ``min_fraction``
+    of the first-frame hand and object (it is trained on people: a render without one, or an
+    odd clip, may show nothing)."""
     both = first[0] | first[1]
-    return bool((SelfieForeground()(first_frame)[both] > 0.5).mean() >= min_fraction) if both.any() else False
+    return bool((first_prob[both] > 0.5).mean() >= min_fraction) if both.any() else False
 
 
 def _foreground_probs(frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -219,6 +216,7 @@ def _foreground_probs(frames: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first: np.ndarray, device: str, task, *,
+           probs: Optional[list[np.ndarray]],
            first_amodal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Masks (T, 2, H, W) tracked from ``first`` by ``tracker_name``, and the tracker's remembered
     full shapes at the last frame (flow tracker only; the backward pass starts from them so that
@@ -230,7 +228,7 @@ def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first:
         task.advance(len(frames) - 1)
         return out, None
     if tracker_name == "foreground":
-        return _track_foreground(cfg, frames, first, task), None
+        return _track_foreground(cfg, frames, first, task, probs), None
     anchors = None
     if cfg.hand_landmarks:
         from hoirecon.segment.anchor import HandLandmarkAnchor
@@ -241,7 +239,8 @@ def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first:
     return out, tracker.amodal
 
 
-def _track_foreground(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, task) -> np.ndarray:
+def _track_foreground(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, task,
+                      probs: list[np.ndarray]) -> np.ndarray:
     from hoirecon.segment.anchor import HandLandmarkAnchor
     from hoirecon.segment.foreground import ForegroundSplitTracker, SelfieForeground, landmark_hand_seeds
 
@@ -252,7 +251,8 @@ def _track_foreground(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndar
             return None
         return landmark_hand_seeds(image, anchor.previous.keypoints_2d, warped_object & ~warped_hand)
 
-    return ForegroundSplitTracker(SelfieForeground()).track(frames, first, seeder, on_frame=task.advance)
+    tracker = ForegroundSplitTracker(SelfieForeground())
+    return tracker.track(frames, first, seeder, on_frame=task.advance, probs=probs)
 
 
 def _write_failed_check(folder: Path, frames, hand: np.ndarray, obj: np.ndarray, quality: dict, fps: float) -> Path:
@@ -273,17 +273,19 @@ def _trackers(cfg: MasksConfig) -> list[str]:
 def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box, *,
              ctx: StageContext, probs: Optional[list[np.ndarray]]) -> dict:
     """First-frame masks, forward and backward tracks (T, 2, H, W) and the forward-backward IoU
-    of one tracker; ``probs``: every frame's learned foreground, or None (not used)."""
+    of one tracker; ``probs``: every frame's learned foreground, run once for all trackers (None
+    for STCN, which uses none)."""
     T = len(frames)
-    first = _first_masks(cfg, tracker, frames, hand_box, obj_box, ctx.device)
-    if tracker == "foreground" and not _foreground_sees(frames[0], first):
+    first = _first_masks(cfg, tracker, frames, probs, hand_box, obj_box, ctx.device)
+    if tracker == "foreground" and not _foreground_sees(probs[0], first):
         ctx.reporter.info("the learned foreground does not see the hand and object in the first frame: "
                           "tracking them by optical flow instead")
         tracker = "flow"
     with ctx.reporter.task(f"tracking masks ({tracker}, forward + backward)", total=2 * (T - 1)) as task:
-        fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task)
-        bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task, first_amodal=amodal)[0][::-1]
-    if probs is not None:  # what leaked far from every frame's own foreground goes, both ways alike
+        fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task, probs=probs)
+        bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task,
+                     probs=probs[::-1] if probs is not None else None, first_amodal=amodal)[0][::-1]
+    if probs is not None and cfg.segmenter == "grabcut":  # what leaked far from every frame's own foreground goes, both ways alike
         fwd, bwd = keep_near_foreground(fwd, probs), keep_near_foreground(bwd, probs)
         first = keep_near_foreground(first[None], probs[:1])[0]
     track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
@@ -303,7 +305,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
     else:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
         candidates: list[dict] = []
-        probs = _foreground_probs(frames) if cfg.segmenter == "grabcut" and cfg.tracker != "stcn" else None
+        probs = _foreground_probs(frames) if cfg.tracker != "stcn" else None
         for name in _trackers(cfg):
             if all(c["tracker"] != name for c in candidates):  # the foreground may have fallen back to flow
                 candidates.append(_tracked(cfg, name, frames, hand_box, obj_box, ctx=ctx, probs=probs))
