@@ -285,7 +285,8 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
         fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task, probs=probs)
         bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task,
                      probs=probs[::-1] if probs is not None else None, first_amodal=amodal)[0][::-1]
-    if probs is not None and cfg.segmenter == "grabcut":  # what leaked far from every frame's own foreground goes, both ways alike
+    # What leaked far from every frame's own foreground goes, both ways alike.
+    if probs is not None and cfg.segmenter == "grabcut":
         fwd, bwd = keep_near_foreground(fwd, probs), keep_near_foreground(bwd, probs)
         first = keep_near_foreground(first[None], probs[:1])[0]
     track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
