@@ -405,17 +405,19 @@ def landmark_hand_seeds(image: np.ndarray, keypoints_2d: np.ndarray, not_hand: n
         sure &= hand_like
     # Bones run over the grip the fingers wrap round: only their skin-coloured pixels are sure
     # hand, and the band's other pixels are not probable hand (see ``skin_part``).
-    skinned = skin_part(image, sure)
+    skin = skin_coloured(image, sure)
+    skinned = skin_part(image, sure, skin)
     if skinned is not sure:
-        probable &= skin_coloured(image, sure) | _dilate(skinned, 2)
+        probable &= skin | _dilate(skinned, 2)
     return skinned, probable
 
 
-def skin_part(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+def skin_part(image: np.ndarray, region: np.ndarray, skin: Optional[np.ndarray] = None) -> np.ndarray:
     """The skin-coloured pixels of ``region`` (H, W) bool where at least ``SKIN_MIN_FRACTION`` of
     it is skin-coloured (the hand's own colour where the light is tinted, see
-    :func:`skin_coloured`); else ``region`` itself (a gloved or oddly lit hand)."""
-    skin = skin_coloured(image, region) & region
+    :func:`skin_coloured`; ``skin``: that map if the caller has it); else ``region`` itself (a
+    gloved or oddly lit hand)."""
+    skin = (skin_coloured(image, region) if skin is None else skin) & region
     return skin if skin.sum() >= SKIN_MIN_FRACTION * max(1, int(region.sum())) else region
 
 
