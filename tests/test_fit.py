@@ -374,3 +374,29 @@ def test_hand_penetration_moves_the_hand_and_never_the_object(tiny_clip):
     total.backward()
     assert scene.obj_trans.grad is None or float(scene.obj_trans.grad.abs().max()) == 0.0
     assert float(scene.artic_delta.grad[[0, 2]].abs().sum()) > 0
+
+
+def test_seen_components_keep_every_part_the_masks_see():
+    """Two object parts the fit split apart are both kept; a floater over the background and a
+    crumb are dropped (only the largest part was kept before)."""
+    from hoirecon.fit.mesh import seen_components
+    from hoirecon.render.raster import rasterize
+
+    def box(centre, size):
+        mesh = trimesh.creation.box(extents=size, transform=trimesh.transformations.translation_matrix(centre))
+        return mesh.subdivide().subdivide()
+
+    head, body = box([0, -0.04, 0], [0.04, 0.04, 0.04]), box([0, 0.03, 0], [0.035, 0.06, 0.03])
+    floater, crumb = box([0.07, 0.0, 0], [0.02, 0.02, 0.02]), box([0, 0.0, 0], [0.004, 0.004, 0.004])
+    mesh = trimesh.util.concatenate([head, body, floater, crumb])
+    K = torch.tensor([[150.0, 0, 63.5], [0, 150.0, 63.5], [0, 0, 1]])
+    T_obj_to_cam = torch.stack([torch.as_tensor(look_at_np(np.array([0.4 * np.sin(a), 0.0, -0.4 * np.cos(a)]),
+                                                           np.zeros(3)), dtype=torch.float32)
+                                for a in (-0.3, 0.0, 0.3)])
+    obj = trimesh.util.concatenate([head, body])
+    v_cam = torch.as_tensor(obj.vertices, dtype=torch.float32) @ T_obj_to_cam[:, :3, :3].transpose(1, 2) \
+        + T_obj_to_cam[:, None, :3, 3]
+    masks = rasterize(v_cam, torch.as_tensor(obj.faces), K[None].expand(3, 3, 3), 128, 128).covered
+    kept = seen_components(mesh, K, torch.linalg.inv(T_obj_to_cam), masks)
+    assert len(kept.split(only_watertight=False)) == 2
+    np.testing.assert_allclose(kept.volume, head.volume + body.volume, rtol=1e-6)

@@ -34,3 +34,21 @@ def test_rasterizer_matches_soft_renderer_and_has_no_holes():
     quad = torch.tensor([[[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]]])
     tiles = rasterize(quad, torch.tensor([[0, 1, 2], [0, 2, 3]]), K, 64, 80)
     assert tiles.covered.all()
+
+
+def test_hand_object_labels_show_the_nearer_surface():
+    from hoirecon.render.raster import hand_object_labels
+
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.05)
+    v = torch.tensor(sphere.vertices, dtype=torch.float32)
+    f = torch.tensor(sphere.faces)
+    K = torch.tensor([[100.0, 0, 31.5], [0, 100.0, 31.5], [0, 0, 1]])[None]
+    near, far = v + torch.tensor([0.02, 0.0, 0.4]), v + torch.tensor([-0.02, 0.0, 0.5])
+    labels = hand_object_labels(near[None], f, far[None], f, K, 64, 64)[0]
+    obj_alone = rasterize(near[None], f, K, 64, 64).covered[0]
+    hand_alone = rasterize(far[None], f, K, 64, 64).covered[0]
+    assert torch.equal(labels == 2, obj_alone)  # the object is nearer: all of it shows
+    assert torch.equal(labels == 1, hand_alone & ~obj_alone)
+    assert torch.equal(labels == 0, ~(obj_alone | hand_alone))
+    swapped = hand_object_labels(far[None], f, near[None], f, K, 64, 64)[0]
+    assert torch.equal(swapped == 1, obj_alone)

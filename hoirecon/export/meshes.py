@@ -22,19 +22,21 @@ import trimesh
 
 from hoirecon.errors import RunError, UserError
 from hoirecon.stages.outputs import FitOutput
-from hoirecon.geometry.meshes import largest_component
 
 MESH_FORMATS = ("glb", "obj", "ply")
 
 
-def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | torch.device = "cpu"
-                         ) -> tuple[trimesh.Trimesh, str]:
-    """The object surface of a finished fit (object frame, metres), largest component only.
+def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | torch.device = "cpu",
+                         T_cam_to_obj: torch.Tensor | None = None, obj_masks: np.ndarray | None = None,
+                         K: torch.Tensor | None = None) -> tuple[trimesh.Trimesh, str]:
+    """The object surface of a finished fit (object frame, metres): the parts the masks see.
 
     Args:
         fit_dir: ``<out>/fit``.
         resolution: marching-cubes nodes per side to re-extract the surface from the fitted SDF
-            (``scene.pt``); None reuses the fit's ``object.ply``.
+            (``scene.pt``), keeping the parts that the fitted cameras ``T_cam_to_obj`` (T, 4, 4)
+            and intrinsics ``K`` (3, 3) see on ``obj_masks`` (T, H, W) bool; None reuses the
+            fit's ``object.ply`` (whose parts the fit chose the same way).
         device: where the SDF is evaluated.
     Returns:
         (mesh with outward faces, source description).
@@ -44,11 +46,12 @@ def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | to
         if not (fit_dir / FitOutput.SCENE).is_file():
             raise UserError(f"--resolution needs the fitted SDF {fit_dir / FitOutput.SCENE}, which is missing; "
                             f"rerun `hoirecon fit` or export without --resolution (uses object.ply)")
-        from hoirecon.fit.mesh import extract_mesh
+        from hoirecon.fit.mesh import object_mesh
         from hoirecon.fit.scene import load_object_sdf
 
         sdf_fn = load_object_sdf(fit_dir / FitOutput.SCENE, device)
-        mesh = extract_mesh(sdf_fn, float(sdf_fn.radius), int(resolution), device)
+        mesh = object_mesh(sdf_fn, float(sdf_fn.radius), int(resolution), K, T_cam_to_obj,
+                           torch.as_tensor(obj_masks), device)
         source = f"scene.pt marching cubes at {int(resolution)}^3"
     else:
         path = fit_dir / FitOutput.MESH
@@ -61,7 +64,6 @@ def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | to
         source = "fit/object.ply"
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise RunError(f"the fitted object mesh ({source}) is empty; the fit failed")
-    mesh = largest_component(mesh)
     if mesh.is_watertight and mesh.volume < 0:
         mesh.invert()
     return mesh, source

@@ -1,8 +1,13 @@
 """Marching-cubes extraction of the object surface (object frame, metres).
 
 The SDF is sampled on a cube [-radius, radius]^3 (``resolution`` nodes per side), meshed at
-level 0 with PyMCubes, oriented outward (positive signed volume), and reduced to its
-largest connected component (floaters left by unobserved space are dropped).
+level 0 with PyMCubes and oriented outward (positive signed volume).
+
+Which connected components are the object: ``seen_components`` keeps those the masks see.
+Keeping only the largest one (fit stage version 5 and before) dropped whole parts of real objects:
+where the fit thins a neck between two parts (a gimbal's head and its body in the grasp),
+the level set falls apart into pieces of similar size, and the one dropped was the part
+the user could see in every frame (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import trimesh
 
 from hoirecon.errors import RunError
 from hoirecon.geometry.meshes import largest_component as keep_largest_component
+from hoirecon.geometry.transforms import transform_points
+from hoirecon.render.camera import project_points
 
 
 @torch.no_grad()
@@ -60,3 +67,76 @@ def extract_mesh(sdf_fn: Callable[[torch.Tensor], torch.Tensor], radius: float, 
     if mesh.volume < 0:
         mesh.invert()
     return mesh
+
+
+def mask_support(points_obj: torch.Tensor, K: torch.Tensor, T_cam_to_obj: torch.Tensor,
+                 support: torch.Tensor, min_inside: float = 0.5, dilate_px: int = 2) -> float:
+    """Share of the points that land on ``support`` pixels, averaged over the frames that see them.
+
+    Args:
+        points_obj: (N, 3) points in the object frame (m).
+        K: (3, 3). T_cam_to_obj: (T, 4, 4) maps camera points to the object frame.
+        support: (T, H, W) bool, where the object may be (its mask, or the hand's in front of it).
+        min_inside: a frame counts when at least this share of the points project in front of
+            the camera and inside the image.
+        dilate_px: ``support`` grows by this many pixels first (a surface's vertices lie on its
+            silhouette's edge, which a mask traces only to a pixel or two).
+    Returns:
+        mean over the counted frames of the share on support (0 when no frame counts).
+    """
+    T, H, W = support.shape
+    if dilate_px > 0:
+        k = 2 * dilate_px + 1
+        support = torch.nn.functional.max_pool2d(support.float()[:, None], k, 1, dilate_px)[:, 0] > 0
+    T_obj_to_cam = torch.linalg.inv(T_cam_to_obj.double()).float()
+    pts_cam = transform_points(T_obj_to_cam, points_obj.float()[None].expand(T, -1, -1))
+    pix = project_points(pts_cam, K.float()[None].expand(T, -1, -1)).round().long()
+    inside = (pts_cam[..., 2] > 0) & (pix[..., 0] >= 0) & (pix[..., 0] < W) & (pix[..., 1] >= 0) & (pix[..., 1] < H)
+    u, v = pix[..., 0].clamp(0, W - 1), pix[..., 1].clamp(0, H - 1)
+    on = support[torch.arange(T)[:, None], v, u] & inside
+    counted = inside.float().mean(1) >= min_inside
+    if not counted.any():
+        return 0.0
+    share = on.float().sum(1) / inside.float().sum(1).clamp_min(1)
+    return float(share[counted].mean())
+
+
+def seen_components(mesh: trimesh.Trimesh, K: torch.Tensor, T_cam_to_obj: torch.Tensor, support: torch.Tensor,
+                    min_support: float = 0.5, min_volume: float = 0.03) -> trimesh.Trimesh:
+    """The connected components of ``mesh`` that are the object: the largest one, and every other
+    closed one whose volume is at least ``min_volume`` x the largest's and whose vertices land on
+    ``support`` (see ``mask_support``) at least ``min_support`` of the time. Floaters in front of
+    the background, and crumbs, are dropped.
+
+    Args:
+        mesh: object-frame mesh (m). K, T_cam_to_obj, support: as ``mask_support``.
+    Returns:
+        the kept components as one mesh (``mesh`` itself when it has one component).
+    """
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh
+    volume = np.array([abs(p.volume) if p.is_watertight else 0.0 for p in parts])
+    largest = int(np.argmax(volume)) if volume.max() > 0 else int(np.argmax([len(p.faces) for p in parts]))
+    keep = [parts[largest]]
+    for i, part in enumerate(parts):
+        if i == largest or volume[i] < min_volume * volume[largest]:
+            continue
+        verts = torch.as_tensor(np.asarray(part.vertices), dtype=torch.float32)
+        if mask_support(verts, K, T_cam_to_obj, support) >= min_support:
+            keep.append(part)
+    return keep[0] if len(keep) == 1 else trimesh.util.concatenate(keep)
+
+
+def object_mesh(sdf_fn: Callable[[torch.Tensor], torch.Tensor], radius: float, resolution: int,
+                K: torch.Tensor, T_cam_to_obj: torch.Tensor, obj_masks: torch.Tensor,
+                device: str | torch.device = "cpu") -> trimesh.Trimesh:
+    """The fitted object's surface: ``extract_mesh`` and then ``seen_components`` against the
+    object masks (a part that only ever lies behind the hand is not evidence of the object).
+
+    Args:
+        sdf_fn, radius, resolution, device: as ``extract_mesh``.
+        K: (3, 3). T_cam_to_obj: (T, 4, 4) fitted cameras. obj_masks: (T, H, W) bool.
+    """
+    mesh = extract_mesh(sdf_fn, radius, resolution, device, largest_component=False)
+    return seen_components(mesh, K.cpu(), T_cam_to_obj.cpu(), obj_masks.cpu())

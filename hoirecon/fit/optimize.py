@@ -49,10 +49,11 @@ from hoirecon.fit.losses import (
 from hoirecon.fit.scene import BlendConfig, HOIScene
 from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
 from hoirecon.geometry.regions import mask_iou
-from hoirecon.geometry.transforms import transform_points
+from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.render.blend import LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.mesh import MeshRenderConfig
+from hoirecon.render.raster import hand_object_labels
 from hoirecon.render.volume import VolumeRenderConfig
 
 
@@ -525,5 +526,40 @@ def evaluate_masks(scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig, s
         pred = probs.argmax(-1).cpu().numpy()
         gt = labels[t, ::stride, ::stride].numpy()
         res.append({"frame": int(t), "iou_object": mask_iou(pred == LABEL_OBJECT, gt == LABEL_OBJECT),
+                    "iou_hand": mask_iou(pred == LABEL_HAND, gt == LABEL_HAND)})
+    return res
+
+
+@torch.no_grad()
+def evaluate_mesh_masks(scene: HOIScene, obj_verts: np.ndarray, obj_faces: np.ndarray, labels: torch.Tensor,
+                        stride: int = 2) -> list[dict]:
+    """Per-frame IoU of what a user gets, the extracted object mesh and the hand meshes seen
+    through the fitted cameras, against the observed labels (grid of step ``stride``).
+
+    ``evaluate_masks`` scores the volume rendering instead; the two differ where the mesh
+    lost parts the volume still renders.
+
+    Args:
+        obj_verts: (V, 3) object-frame vertices (m). obj_faces: (F, 3).
+        labels: (T, H, W) uint8 (0 bg, 1 hand, 2 object).
+    """
+    dev = scene.K.device
+    T, H, W = labels.shape
+    h, w = (H + stride - 1) // stride, (W + stride - 1) // stride
+    K = scene.K.clone()
+    K[:2] /= stride  # pixel (u, v) of the strided grid = (stride u', stride v')
+    verts = torch.as_tensor(obj_verts, dtype=torch.float32, device=dev)
+    faces = torch.as_tensor(obj_faces, dtype=torch.long, device=dev)
+    res = []
+    for t in range(T):
+        frame = torch.tensor([t], device=dev)
+        T_c2h = scene.T_cam_to_hand(frame)
+        T_c2o = scene.T_hand_to_obj(frame) @ T_c2h
+        hand_verts, hand_faces = scene.hand_verts_hand(frame)
+        pred = hand_object_labels(transform_points(invert_rigid(T_c2o), verts[None]), faces,
+                                  transform_points(invert_rigid(T_c2h), hand_verts), hand_faces,
+                                  K[None], h, w, LABEL_HAND, LABEL_OBJECT)[0].cpu().numpy()
+        gt = labels[t, ::stride, ::stride].numpy()
+        res.append({"frame": t, "iou_object": mask_iou(pred == LABEL_OBJECT, gt == LABEL_OBJECT),
                     "iou_hand": mask_iou(pred == LABEL_HAND, gt == LABEL_HAND)})
     return res

@@ -24,7 +24,7 @@ import torch
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import check_mesh_inputs, grid_pixel_face_pairs
 
-__all__ = ["RasterOutput", "rasterize", "interpolate"]
+__all__ = ["RasterOutput", "rasterize", "interpolate", "hand_object_labels"]
 
 
 @dataclass
@@ -158,3 +158,26 @@ def interpolate(vert_attrs: torch.Tensor, faces: torch.Tensor, raster: RasterOut
     w = raster.bary.reshape(B, -1, 3)[bidx, pidx].to(vert_attrs.dtype)
     out[bidx, pidx] = (w[..., None] * vals).sum(1)
     return out.reshape(B, H, W, C)
+
+
+@torch.no_grad()
+def hand_object_labels(obj_verts_cam: torch.Tensor, obj_faces: torch.Tensor, hand_verts_cam: torch.Tensor,
+                       hand_faces: torch.Tensor, K: torch.Tensor, height: int, width: int,
+                       hand_label: int = 1, object_label: int = 2) -> torch.Tensor:
+    """Which surface each pixel shows, the hand or the object (the nearer where both cover it).
+
+    Args:
+        obj_verts_cam: (B, Vo, 3); hand_verts_cam: (B, Vh, 3) camera-frame vertices (m).
+        obj_faces: (Fo, 3); hand_faces: (Fh, 3). K: (B, 3, 3). height, width: image size.
+    Returns:
+        (B, H, W) uint8: 0 background, ``hand_label``, ``object_label``.
+    """
+    obj = rasterize(obj_verts_cam, obj_faces, K, height, width)
+    hand = rasterize(hand_verts_cam, hand_faces, K, height, width)
+    far = torch.finfo(obj.depth.dtype).max
+    z_obj = torch.where(obj.covered, obj.depth, torch.full_like(obj.depth, far))
+    z_hand = torch.where(hand.covered, hand.depth, torch.full_like(hand.depth, far))
+    labels = torch.zeros(obj.depth.shape, dtype=torch.uint8, device=obj.depth.device)
+    labels[obj.covered & (z_obj <= z_hand)] = object_label
+    labels[hand.covered & (z_hand < z_obj)] = hand_label
+    return labels

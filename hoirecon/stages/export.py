@@ -77,9 +77,10 @@ def _eval_lines(out_root: Path, fit_dir: Path) -> list[str]:
     lines = []
     try:
         fit = FitOutput.summary(fit_dir)
-        iou_o, iou_h = (float(fit.get(k, float("nan"))) for k in ("mean_iou_object", "mean_iou_hand"))
+        iou_o, iou_h, mesh_o = (float(fit.get(k, float("nan")))
+                                for k in ("mean_iou_object", "mean_iou_hand", "mesh_iou_object"))
         lines.append(f"fit: preset {fit.get('preset', '?')}, {fit.get('steps', '?')} steps, "
-                     f"mask IoU object {iou_o:.3f}, hand {iou_h:.3f}")
+                     f"mask IoU object {iou_o:.3f} (mesh {mesh_o:.3f}), hand {iou_h:.3f}")
     except (UserError, TypeError):
         pass
     data = EvalOutput.load(out_root)
@@ -140,7 +141,7 @@ class _Clip:
         return self.poses.num_frames
 
 
-def _load_clip(fit_dir: Path, meta: FramesMeta, cfg: ExportConfig, device: torch.device) -> _Clip:
+def _load_clip(fit_dir: Path, masks_dir: Path, meta: FramesMeta, cfg: ExportConfig, device: torch.device) -> _Clip:
     """The fit's poses, object mesh and hand meshes, in the frames ``cfg.world`` asks for."""
     from hoirecon.hand import build_hand_model
 
@@ -148,13 +149,15 @@ def _load_clip(fit_dir: Path, meta: FramesMeta, cfg: ExportConfig, device: torch
     T = poses.num_frames
     if meta.num_frames != T:
         raise UserError(f"the fit has {T} frames but the frames stage has {meta.num_frames}; rerun `hoirecon fit`")
-    mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device)
     fit_manifest = read_manifest(fit_dir) or {}
     hand_model = build_hand_model(str(fit_manifest.get("config", {}).get("hand_model", "anny")), device)
     f32 = dict(dtype=torch.float32, device=device)
     T_cam_to_hand = torch.as_tensor(poses.T_cam_to_hand, **f32)
     T_hand_to_obj = torch.as_tensor(poses.T_hand_to_obj, **f32)
     T_cam_to_obj = T_hand_to_obj @ T_cam_to_hand
+    obj_masks = None if cfg.resolution is None else MasksOutput.load(masks_dir, meta).obj
+    mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device, T_cam_to_obj, obj_masks,
+                                             torch.as_tensor(poses.K, **f32))
     hand_local, hand_faces = hand_meshes_hand_frame(hand_model, torch.as_tensor(poses.articulation, **f32),
                                                     torch.as_tensor(poses.shape, **f32), poses.side)
     T_obj_to_world = (invert_rigid(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
@@ -325,7 +328,7 @@ def run_export(ctx: StageContext, cfg: ExportConfig) -> dict:
         timings[name] = time.perf_counter() - t0 - sum(timings.values())
 
     meta = FramesMeta.load(ctx.input_dir("frames"))
-    clip = _load_clip(ctx.input_dir("fit"), meta, cfg, torch.device(ctx.device))
+    clip = _load_clip(ctx.input_dir("fit"), ctx.input_dir("masks"), meta, cfg, torch.device(ctx.device))
     tt_frame = _turntable_frame(clip, cfg)
     out, final = ctx.tmp_dir, ctx.out_root / "export"
     lap("geometry")

@@ -41,12 +41,13 @@ from hoirecon.errors import UserError
 from hoirecon.fit.guidance import GuidanceConfig, build_guidance
 from hoirecon.fit.init import ObjectCameras, object_in_hand_from_camera, object_poses_through
 from hoirecon.fit.losses import LossWeights
-from hoirecon.fit.mesh import extract_mesh
+from hoirecon.fit.mesh import extract_mesh, object_mesh
 from hoirecon.fit.optimize import (
     InitConfig,
     OptimizeConfig,
     build_initial_scene,
     evaluate_masks,
+    evaluate_mesh_masks,
     labels_from_masks,
     optimize_scene,
 )
@@ -216,9 +217,13 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
             w.writerow({k: r.get(k, "") for k in keys})
     FitPoses(**poses_npz_dict(scene)).save(out)
     torch.save(scene.export_state(), out / FitOutput.SCENE)
-    mesh = extract_mesh(scene.sdf, scene.sdf.radius, cfg.mesh_resolution, device)
+    with torch.no_grad():
+        T_cam_to_obj = scene.T_hand_to_obj() @ scene.T_cam_to_hand()
+    mesh = object_mesh(scene.sdf, scene.sdf.radius, cfg.mesh_resolution, scene.K, T_cam_to_obj,
+                       torch.from_numpy(obj_m), device)
     mesh.export(out / FitOutput.MESH)
     ious = evaluate_masks(scene, labels, opt_cfg, stride=cfg.iou_stride)
+    mesh_ious = evaluate_mesh_masks(scene, mesh.vertices, mesh.faces, labels, stride=cfg.iou_stride)
     summary = {
         "preset": cfg.preset, "prior": cfg.prior, "category": cfg.category, "category_used": category_used,
         "steps": result.steps_done,
@@ -227,11 +232,15 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         "final_losses": {k: v for k, v in rows[-1].items() if k not in ("step", "seconds")},
         "mean_iou_object": float(np.mean([r["iou_object"] for r in ious])),
         "mean_iou_hand": float(np.mean([r["iou_hand"] for r in ious])),
-        "mask_iou": ious, "init": init_info, "object_faces": int(len(mesh.faces)),
+        "mask_iou": ious,
+        "mesh_iou_object": float(np.mean([r["iou_object"] for r in mesh_ious])),
+        "mesh_iou_hand": float(np.mean([r["iou_hand"] for r in mesh_ious])),
+        "mesh_mask_iou": mesh_ious, "init": init_info, "object_faces": int(len(mesh.faces)),
         "cameras": _camera_report(scene, cams, init_info),
     }
     FitOutput.save_summary(out, summary)
     return {k: summary[k] for k in ("preset", "category", "category_used", "steps", "seconds", "mean_iou_object",
+                                    "mesh_iou_object",
                                     "mean_iou_hand")}
 
 
