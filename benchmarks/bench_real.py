@@ -8,7 +8,8 @@ self-consistency:
 
 - masks: whether the forward-backward check passed, and its IoUs;
 - silhouette IoU of the fitted object and hand, rendered with the fitted cameras, against
-  the masks: median and worst frame;
+  the masks: median and worst frame. The object is the mesh the user gets (``object.ply``,
+  fit stage 6 and later); the volume rendering's median is in brackets;
 - deepest hand vertex inside the fitted object (mm), share of frames in contact (some hand
   vertex within 5 mm of the object surface);
 - object pose jitter: mean acceleration of the object centre in the camera (mm / frame²)
@@ -95,10 +96,14 @@ def score(out: Path, run: dict) -> dict:
     if not (out / "fit" / FitOutput.SUMMARY).is_file():
         return row
     s = FitOutput.summary(out / "fit")
-    obj = np.array([r["iou_object"] for r in s["mask_iou"]])
-    hand = np.array([r["iou_hand"] for r in s["mask_iou"]])
+    # What the user gets: the extracted object mesh and the hand meshes (fit stage 6 and later);
+    # the volume rendering's object IoU beside it.
+    scored = s.get("mesh_mask_iou", s["mask_iou"])
+    obj = np.array([r["iou_object"] for r in scored])
+    hand = np.array([r["iou_hand"] for r in scored])
     row.update(obj_iou_median=float(np.median(obj)), obj_iou_worst=float(obj.min()),
-               hand_iou_median=float(np.median(hand)), hand_iou_worst=float(hand.min()))
+               hand_iou_median=float(np.median(hand)), hand_iou_worst=float(hand.min()),
+               obj_iou_volume_median=float(np.median([r["iou_object"] for r in s["mask_iou"]])))
     row["sfm_rotation_max_deg"] = s.get("cameras", {}).get("fitted_vs_sfm_rotation_deg_max")
     d = hand_object_signed_distance(out / "fit")
     row["deepest_mm"] = float(max(0.0, -d.min()) * 1000.0)
@@ -119,7 +124,7 @@ def fmt(v, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| clip | boxes | exit | masks passed (IoU hand / object) | object IoU median / worst | "
+    head = ("| clip | boxes | exit | masks passed (IoU hand / object) | object IoU median / worst (volume) | "
             "hand IoU median / worst | deepest hand vertex (mm) | contact frames | jitter (mm / deg) | "
             "focal (px, source) | SfM frames, max rot. error (deg) | wall (s) | peak RSS (GB) |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -130,7 +135,8 @@ def table(rows: list[dict]) -> str:
                  if fb else str(r.get("masks_passed")))
         lines.append(
             f"| {r['clip']} | {r['boxes']} | {r['exit']} | {masks} | "
-            f"{fmt(r.get('obj_iou_median'), '.2f')} / {fmt(r.get('obj_iou_worst'), '.2f')} | "
+            f"{fmt(r.get('obj_iou_median'), '.2f')} / {fmt(r.get('obj_iou_worst'), '.2f')} "
+            f"({fmt(r.get('obj_iou_volume_median'), '.2f')}) | "
             f"{fmt(r.get('hand_iou_median'), '.2f')} / {fmt(r.get('hand_iou_worst'), '.2f')} | "
             f"{fmt(r.get('deepest_mm'), '.1f')} | {fmt(r.get('contact_share'), '.0%')} | "
             f"{fmt(r.get('jitter_mm'), '.1f')} / {fmt(r.get('jitter_deg'), '.1f')} | "

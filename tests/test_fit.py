@@ -99,6 +99,10 @@ def test_mesh_extraction_of_analytic_sdf_has_right_size():
     mesh = extract_mesh(lambda x: x.norm(dim=-1) - 0.04, radius=0.06, resolution=48)
     assert mesh.is_watertight and mesh.volume > 0
     np.testing.assert_allclose(mesh.extents, 0.08, rtol=0.02)
+    # An object that reaches past the cube is closed on the cube's faces.
+    clipped = extract_mesh(lambda x: x.norm(dim=-1) - 0.07, radius=0.06, resolution=32)
+    assert clipped.is_watertight and clipped.volume > 0
+    np.testing.assert_allclose(clipped.extents, 0.12, atol=0.12 / 31)  # within a cell of the cube
     # Box 6 x 4 x 2 cm, plus a small far-away floater that must be dropped.
     half = torch.tensor([0.03, 0.02, 0.01])
 

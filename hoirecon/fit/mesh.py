@@ -58,9 +58,12 @@ def extract_mesh(sdf_fn: Callable[[torch.Tensor], torch.Tensor], radius: float, 
     vals = sample_sdf_grid(sdf_fn, radius, resolution, device)
     if not (vals.min() < 0 < vals.max()):
         raise RunError("the fitted object SDF has no surface inside its bounding box; the fit failed")
+    # A positive border closes the surface where the object reaches the cube's faces, so that
+    # every component is watertight (an open one has no volume to weigh it by).
+    vals = np.pad(vals, 1, constant_values=float(vals.max()))
     # PyMCubes treats values above the iso level as inside.
     verts, faces = mcubes.marching_cubes(-vals.astype(np.float64), 0.0)
-    verts = verts * (2.0 * radius / (resolution - 1)) - radius
+    verts = (verts - 1.0) * (2.0 * radius / (resolution - 1)) - radius
     mesh = trimesh.Trimesh(verts, faces.astype(np.int64), process=True)
     if largest_component:
         mesh = keep_largest_component(mesh)

@@ -14,7 +14,7 @@ axes: ``T_obj_to_world = inv(T_cam_to_obj^0)``). Metres everywhere.
 Artifacts in ``<out>/export/``:
 
 - ``object.<fmt>``: object mesh (marching cubes of the fitted SDF at ``resolution`` or the
-  fit's ``object.ply``; largest connected component; object frame). With ``world=camera``
+  fit's ``object.ply``; the parts the object masks see; object frame). With ``world=camera``
   also ``object_camera.<fmt>`` (the same mesh in the first camera frame).
 - ``format=obj|ply``: ``hands/NNNNNN.<fmt>``: the hand mesh of each exported frame (clip
   frame number), in the world frame.
