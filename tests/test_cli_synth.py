@@ -52,7 +52,11 @@ def test_synth_cli_fov_and_non_square_size(tmp_path):
 
 
 def test_synth_cli_texture(tmp_path):
-    """--texture printed reaches the generator and gt/info.json."""
+    """--texture printed reaches the generator and gt/info.json; another value is refused in one line."""
+    code, _, err = run_cli("synth", "--category", "mug", "--out", str(tmp_path / "bad"), "--frames", "2",
+                           "--texture", "glossy")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--texture" in err, err
+    assert not (tmp_path / "bad").exists()
     out = tmp_path / "s"
     code, stdout, err = run_cli("synth", "--category", "mug", "--out", str(out), "--frames", "2", "--size", "64",
                                 "--texture", "printed", "--seed", "1", "--json")
@@ -61,8 +65,8 @@ def test_synth_cli_texture(tmp_path):
     assert json.loads((out / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())["texture"] == "printed"
 
 
-def test_synth_cli_rejects_bad_size_fov_and_texture(tmp_path):
-    for args in (("--size", "640x"), ("--fov", "170"), ("--texture", "glossy")):  # the other bad values: test_synth.py
+def test_synth_cli_rejects_bad_size_and_fov(tmp_path):
+    for args in (("--size", "640x"), ("--fov", "170")):  # the other bad values: test_synth.py
         code, _, err = run_cli("synth", "--category", "mug", "--out", str(tmp_path / "s"), "--frames", "2", *args)
         assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
         assert args[0] in err, (args, err)

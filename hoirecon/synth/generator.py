@@ -494,7 +494,10 @@ class _Print:
     ink_dark: np.ndarray
     ink_light: np.ndarray
 
-    GRID = 24
+    # Cells per side of the periodic grid: the print repeats every GRID cells (the finer octave
+    # every GRID / 2: >= 24 cm), more than a hand-held object spans, so no patch of it recurs
+    # on the object (repeated patterns would mislead feature matching).
+    GRID = 96
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "_Print":
