@@ -324,6 +324,9 @@ def synth(
     fov: Optional[float] = typer.Option(None, "--fov", help="Horizontal field of view in degrees (default: drawn in "
                                                             "50-60 from the paper); the true intrinsics go to gt/."),
     seed: int = typer.Option(0, "--seed", help="Everything random follows from it."),
+    texture: str = typer.Option("plain", "--texture", help="The object's surface: plain (smooth colours and stripes) "
+                                                           "| printed (with a sharp-edged random print on top, like "
+                                                           "labels and decals, that feature matching can find)."),
     object_mesh: Optional[Path] = typer.Option(None, "--object-mesh", help="A closed mesh file instead of a "
                                                                            "procedural object (seams merged, small "
                                                                            "holes filled)."),
@@ -354,7 +357,7 @@ def synth(
     with s.reporter.task(f"synth {category}", total=None):
         summary = generate_clip(category, out, frames=frames, size=size, seed=seed, object_mesh=object_mesh,
                                 object_size=object_size, view_range_deg=view_range, noise=noise, fps=fps,
-                                fov_deg=fov)
+                                fov_deg=fov, texture=texture)
     s.summary.update({**summary, "out": str(out)})
     for note in summary["object_mesh_notes"]:
         s.reporter.info(f"  object mesh: {note}")

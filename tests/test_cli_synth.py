@@ -51,6 +51,20 @@ def test_synth_cli_fov_and_non_square_size(tmp_path):
     assert gt["image_size"].tolist() == [640, 480] and abs(float(gt["K"][0, 0]) - cam["fx"]) < 1e-3
 
 
+def test_synth_cli_texture(tmp_path):
+    """--texture printed reaches the generator and gt/info.json; another value is refused in one line."""
+    code, _, err = run_cli("synth", "--category", "mug", "--out", str(tmp_path / "bad"), "--frames", "2",
+                           "--texture", "glossy")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--texture" in err, err
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "s"
+    code, stdout, err = run_cli("synth", "--category", "mug", "--out", str(out), "--frames", "2", "--size", "64",
+                                "--texture", "printed", "--seed", "1", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["texture"] == "printed"
+    assert json.loads((out / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())["texture"] == "printed"
+
+
 def test_synth_cli_rejects_bad_size_and_fov(tmp_path):
     for args in (("--size", "640x"), ("--fov", "170")):  # the other bad values: test_synth.py
         code, _, err = run_cli("synth", "--category", "mug", "--out", str(tmp_path / "s"), "--frames", "2", *args)

@@ -213,6 +213,39 @@ def test_same_seed_same_clip(clip, tmp_path):
         assert (clip / f"masks/object/{t:06d}.png").read_bytes() == (again / f"masks/object/{t:06d}.png").read_bytes()
 
 
+def test_printed_texture_changes_only_the_object(clip, tmp_path):
+    """texture "printed" draws a print on the object from its own stream: the same seed's masks,
+    geometry and every pixel away from the object stay as they were; the object's pixels change."""
+    import cv2
+
+    printed = tmp_path / "printed"
+    generate_clip("mug", printed, frames=FRAMES, size=SIZE, seed=3, view_range_deg=60, texture="printed")
+    assert json.loads((printed / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())["texture"] == "printed"
+    assert json.loads((clip / GroundTruth.DIR / GroundTruth.INFO_FILE).read_text())["texture"] == "plain"
+    for name in ("gt/gt.npz", "gt/depth.npz", "hand/hands.npz"):
+        a, b = _npz(clip / name), _npz(printed / name)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}:{k}")
+    changed_share = []
+    for t in range(FRAMES):
+        for kind in ("hand", "object"):
+            assert (clip / f"masks/{kind}/{t:06d}.png").read_bytes() == \
+                (printed / f"masks/{kind}/{t:06d}.png").read_bytes()
+        obj = read_mask(clip / f"masks/object/{t:06d}.png")
+        hand = read_mask(clip / f"masks/hand/{t:06d}.png")
+        plain_rgb = read_rgb(FramesMeta.frame_path(clip / "frames", t)).astype(int)
+        printed_rgb = read_rgb(FramesMeta.frame_path(printed / "frames", t)).astype(int)
+        # The frames are blurred by 3x3 after shading: only pixels next to the object may change.
+        near_obj = cv2.dilate(obj.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        np.testing.assert_array_equal(plain_rgb[~near_obj], printed_rgb[~near_obj])
+        assert (hand & ~near_obj).any()
+        changed_share.append((np.abs(plain_rgb - printed_rgb)[obj].max(-1) > 10).mean())
+    assert np.mean(changed_share) > 0.3, changed_share
+    with pytest.raises(UserError, match="--texture"):
+        generate_clip("mug", tmp_path / "bad", frames=2, size=SIZE, texture="glossy")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_user_mesh(tmp_path):
     """A user mesh (a cylinder, scaled to 12 cm) is grasped and rendered."""
     mesh = trimesh.creation.cylinder(radius=0.5, height=2.0, sections=48)

@@ -5,8 +5,8 @@ held by the right hand in a power grasp (``hoirecon.synth.grasp``); hand and obj
 together (a rigid grasp) while the camera moves around them, and the viewing direction
 relative to the object sweeps an arc of at most ``view_range_deg`` over the clip, so part
 of the object is never seen (as in real clips). Frames are shaded (Lambert + ambient +
-a little specular, skin-coloured hand, coloured/striped object, textured moving
-background, sensor noise) by an exact hard z-buffer (``hoirecon.render.raster``), so the
+a little specular, skin-coloured hand, coloured/striped object, optionally printed
+(``texture``), textured moving background, sensor noise) by an exact hard z-buffer (``hoirecon.render.raster``), so the
 masks and depth are exact.
 
 Only the relative motion of camera and hand-object is observable in a monocular clip, so
@@ -45,7 +45,14 @@ OpenCV camera frame.
 The true camera: ``K`` = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] in pixels, fx = fy =
 W / 2 / tan(fov_deg / 2), (cx, cy) = ((W - 1) / 2, (H - 1) / 2); ``gt/info.json`` repeats it
 as ``intrinsics`` {fx, fy, cx, cy, width, height, fov_deg, fov_y_deg}. Frames may be
-non-square (``size`` "WxH"). ``hand/hands.npz`` carries the same K (the hand stage of a synth
+non-square (``size`` "WxH").
+
+The object's surface (``texture``): "plain" (smooth colour waves, often stripes: little for
+feature matching to hold on to) or "printed" (the same, with a sharp-edged random print in
+the object's own frame on top, like the labels and decals of real objects: blobs of a few
+millimetres in two inks, which SIFT finds). The print draws from its own random stream, so a
+seed's geometry, masks, hand pixels and "plain" frames are the same either way; ``gt/info.json``
+records ``texture``. ``hand/hands.npz`` carries the same K (the hand stage of a synth
 folder is done); the pipeline's own hand stage, rerun on the clip, knows nothing of it.
 """
 
@@ -98,6 +105,11 @@ SPHERE_FILL_RANGE = (0.55, 0.8)
 # The mean camera distance stays in this range (m) whatever the object's size (it then
 # varies by +-5 % over the clip); a small object seen from 0.3 m fills less of the frame.
 DISTANCE_RANGE_M = (0.3, 0.85)
+# The object surfaces ``texture`` may ask for (see the module docstring).
+TEXTURES = ("plain", "printed")
+# Cell of the printed object's noise grid (m): its blobs and the gaps between them are about
+# this size (5-9 mm: 10-20 px on a 640-pixel frame the object half fills).
+PRINT_CELL_RANGE_M = (0.005, 0.009)
 # Which way the thumb side of the palm points along the grasp axis, per category
 # (bowls: fingers curl over the rim into the bowl; others: thumb towards the axis).
 _THUMB_ALONG_AXIS = {"bowl": -1.0}
@@ -155,13 +167,14 @@ class SynthScene:
 
 
 def _streams(seed: int, category: str) -> list[np.random.Generator]:
-    """Independent random streams of a clip: object, grasp, camera, appearance, noise.
+    """Independent random streams of a clip: object, grasp, camera, appearance, noise, print.
 
     The category is part of the entropy so that clips of different categories with the
-    same seed do not share colours, camera paths and noise.
+    same seed do not share colours, camera paths and noise. A spawned child depends only on
+    its index, so the print (the sixth, added later) left the first five as they were.
     """
     seq = np.random.SeedSequence([int(seed), zlib.crc32(category.encode())])
-    return [np.random.default_rng(s) for s in seq.spawn(5)]
+    return [np.random.default_rng(s) for s in seq.spawn(6)]
 
 
 def _smooth(rng: np.random.Generator, n: int, knots: int = 4) -> np.ndarray:
@@ -392,6 +405,11 @@ def _check_args(frames: int, view_range_deg: float, fov_deg: float | None) -> No
                         f"(horizontal), got {fov_deg}")
 
 
+def _check_texture(texture: str) -> None:
+    if texture not in TEXTURES:
+        raise UserError(f"--texture must be one of {', '.join(TEXTURES)}, got '{texture}'")
+
+
 # ----------------------------------------------------------------------------- appearance
 
 
@@ -460,6 +478,65 @@ def _texture_fn(rng: np.random.Generator, base: np.ndarray, scale_m: float):
 
 
 @dataclass
+class _Print:
+    """A sharp-edged random print in the object's frame (``texture`` "printed").
+
+    Two octaves of value noise on a periodic 3D grid (cells of ``cell_m`` metres, trilinear),
+    sampled at the object-frame point and thresholded: below ``low`` ink ``ink_dark``, above
+    ``high`` ink ``ink_light``, in between the object's own albedo shows.
+    """
+
+    grid: np.ndarray  # (G, G, G) float64 in [-1, 1]
+    cell_m: float
+    offsets: np.ndarray  # (2, 3) per-octave shift, in cells
+    low: float
+    high: float
+    ink_dark: np.ndarray
+    ink_light: np.ndarray
+
+    # Cells per side of the periodic grid: the print repeats every GRID cells (the finer octave
+    # every GRID / 2: >= 24 cm), more than a hand-held object spans, so no patch of it recurs
+    # on the object (repeated patterns would mislead feature matching).
+    GRID = 96
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "_Print":
+        grid = rng.uniform(-1.0, 1.0, size=(cls.GRID,) * 3)
+        cell = rng.uniform(*PRINT_CELL_RANGE_M)
+        offsets = rng.uniform(0.0, cls.GRID, size=(2, 3))
+        ink_dark = _random_colour(rng, (0.2, 0.9), (0.08, 0.25))
+        ink_light = _random_colour(rng, (0.05, 0.4), (0.85, 1.0))
+        out = cls(grid, cell, offsets, 0.0, 0.0, ink_dark, ink_light)
+        # Thresholds at the noise's own quantiles: about a third of the surface per ink.
+        values = out.value(rng.uniform(-1.0, 1.0, size=(4096, 3)))
+        out.low, out.high = (float(q) for q in np.quantile(values, [0.33, 0.67]))
+        return out
+
+    def _noise(self, q: np.ndarray) -> np.ndarray:
+        """Trilinear value noise at q (N, 3) in cells (the grid repeats)."""
+        i0 = np.floor(q).astype(np.int64)
+        f = q - i0
+        f = f * f * (3.0 - 2.0 * f)  # smoothstep: no creases at the cell faces
+        out = np.zeros(len(q))
+        for corner in range(8):
+            d = np.array([(corner >> k) & 1 for k in range(3)])
+            idx = (i0 + d) % self.GRID
+            w = np.prod(np.where(d == 1, f, 1.0 - f), axis=1)
+            out += w * self.grid[idx[:, 0], idx[:, 1], idx[:, 2]]
+        return out
+
+    def value(self, p: np.ndarray) -> np.ndarray:
+        """p: (N, 3) object-frame points (m) -> (N,) noise."""
+        q = np.asarray(p, np.float64) / self.cell_m
+        return self._noise(q + self.offsets[0]) + 0.5 * self._noise(2.0 * q + self.offsets[1])
+
+    def apply(self, p: np.ndarray, col: np.ndarray) -> np.ndarray:
+        """(N, 3) albedo ``col`` at points p with the print on top."""
+        v = self.value(p)[:, None]
+        return np.where(v < self.low, self.ink_dark, np.where(v > self.high, self.ink_light, col))
+
+
+@dataclass
 class _Appearance:
     skin: np.ndarray
     obj_a: np.ndarray
@@ -474,6 +551,7 @@ class _Appearance:
     ambient: float
     obj_spec: float
     noise_std: float
+    print_layer: _Print | None = None  # texture "printed": set by render_scene from its own stream
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "_Appearance":
@@ -497,6 +575,8 @@ class _Appearance:
             s = 0.5 + 0.5 * np.sin(2 * np.pi * (p @ self.stripe_dir) / self.stripe_period)
             s = np.clip((s - 0.35) * 4.0, 0.0, 1.0)[:, None]  # crisp-ish bands
             col = (1 - s) * col + s * self.obj_b
+        if self.print_layer is not None:
+            col = self.print_layer.apply(p, col)
         return col * (0.85 + 0.15 * self.obj_tex(p))[:, None]
 
     def skin_albedo(self, p: np.ndarray) -> np.ndarray:
@@ -516,10 +596,15 @@ class SceneRenders:
     depth: np.ndarray
 
 
-def render_scene(scene: SynthScene, seed: int = 0, chunk: int = 6) -> SceneRenders:
-    """Shade every frame of ``scene`` with the exact hard z-buffer (appearance seeded by ``seed``)."""
-    rng = _streams(seed, scene.category)[3]
+def render_scene(scene: SynthScene, seed: int = 0, chunk: int = 6, texture: str = "plain") -> SceneRenders:
+    """Shade every frame of ``scene`` with the exact hard z-buffer (appearance seeded by ``seed``;
+    ``texture`` "printed" adds the object's print, from its own stream)."""
+    _check_texture(texture)
+    streams = _streams(seed, scene.category)
+    rng = streams[3]
     look = _Appearance.sample(rng)
+    if texture == "printed":
+        look.print_layer = _Print.sample(streams[5])
     W, H = scene.image_size
     n = scene.num_frames
     background = _background(rng, n, H, W)
@@ -631,16 +716,18 @@ class _RenderedClip:
     fps: float
     seed: int
     noise: NoiseConfig
+    texture: str
 
 
 def _render_clip(category: str, *, frames: int, size: int | tuple[int, int] | str, seed: int,
                  object_mesh: str | Path | None, object_size: float | None, view_range_deg: float,
-                 noise: NoiseConfig, fps: float, grasp_cfg: GraspConfig, fov_deg: float | None) -> _RenderedClip:
+                 noise: NoiseConfig, fps: float, grasp_cfg: GraspConfig, fov_deg: float | None,
+                 texture: str) -> _RenderedClip:
     """The scene, rendered, with its true keypoints and the noisy hand initialisation."""
     with torch_threads(1):
         scene = build_scene(category, frames, size, seed, object_mesh, object_size, view_range_deg, grasp_cfg,
                             fov_deg)
-        renders = render_scene(scene, seed)
+        renders = render_scene(scene, seed, texture=texture)
     noise_rng = _streams(seed, scene.category)[4]
     T_cam_to_hand = scene.T_cam_to_hand
     n = scene.num_frames
@@ -652,7 +739,7 @@ def _render_clip(category: str, *, frames: int, size: int | tuple[int, int] | st
     return _RenderedClip(scene=scene, renders=renders, init=init, articulation=articulation,
                          keypoints_cam=keypoints_cam, keypoints_2d=keypoints_2d,
                          hand_mask=renders.label == LABEL_HAND, obj_mask=renders.label == LABEL_OBJECT,
-                         fps=fps, seed=seed, noise=noise)
+                         fps=fps, seed=seed, noise=noise, texture=texture)
 
 
 def _clip_summary(clip: _RenderedClip, out_dir: Path, object_mesh: str | Path | None,
@@ -669,6 +756,7 @@ def _clip_summary(clip: _RenderedClip, out_dir: Path, object_mesh: str | Path | 
         "out": str(out_dir),
         "category": scene.category,
         "object": str(object_mesh) if object_mesh else "procedural",
+        "texture": clip.texture,
         "frames": scene.num_frames,
         "size": [W, H],
         "seed": int(clip.seed),
@@ -784,6 +872,7 @@ def generate_clip(
     fps: float = 15.0,
     grasp_cfg: GraspConfig = GraspConfig(),
     fov_deg: float | None = None,
+    texture: str = "plain",
 ) -> dict:
     """Generate a synthetic clip with ground truth into ``out_dir`` (see the module docstring).
 
@@ -804,6 +893,8 @@ def generate_clip(
         fov_deg: horizontal field of view in degrees (default: drawn in ``FOV_RANGE_DEG``
             from the seed). The true intrinsics are in ``gt/gt.npz`` (``K``) and
             ``gt/info.json`` (``intrinsics``).
+        texture: the object's surface, one of ``TEXTURES``: "plain" or "printed" (see the
+            module docstring).
 
     Returns:
         A JSON-able summary (also in ``gt/info.json``).
@@ -812,9 +903,10 @@ def generate_clip(
     out_dir = Path(out_dir)
     if fps <= 0:
         raise UserError(f"--fps must be positive, got {fps}")
+    _check_texture(texture)
     clip = _render_clip(category, frames=frames, size=size, seed=seed, object_mesh=object_mesh,
                         object_size=object_size, view_range_deg=view_range_deg, noise=noise, fps=fps,
-                        grasp_cfg=grasp_cfg, fov_deg=fov_deg)
+                        grasp_cfg=grasp_cfg, fov_deg=fov_deg, texture=texture)
     summary = _clip_summary(clip, out_dir, object_mesh, view_range_deg)
     out_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(out_dir):
