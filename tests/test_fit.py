@@ -391,7 +391,8 @@ def test_seen_components_keep_every_part_the_masks_see():
         return mesh.subdivide().subdivide()
 
     head, body = box([0, -0.04, 0], [0.04, 0.04, 0.04]), box([0, 0.03, 0], [0.035, 0.06, 0.03])
-    floater, crumb = box([0.07, 0.0, 0], [0.02, 0.02, 0.02]), box([0, 0.0, 0], [0.004, 0.004, 0.004])
+    # The floater is big enough to be weighed by what the masks see (>= 20 % of the largest part).
+    floater, crumb = box([0.075, 0.0, 0], [0.035, 0.035, 0.035]), box([0, 0.0, 0], [0.004, 0.004, 0.004])
     mesh = trimesh.util.concatenate([head, body, floater, crumb])
     K = torch.tensor([[150.0, 0, 63.5], [0, 150.0, 63.5], [0, 0, 1]])
     T_obj_to_cam = torch.stack([torch.as_tensor(look_at_np(np.array([0.4 * np.sin(a), 0.0, -0.4 * np.cos(a)]),
