@@ -205,6 +205,7 @@ def test_batch_of_three_gives_two_done_and_one_failed(batch_dir):
         assert r["error"] == "" and r["attempts"] == 1 and not r["skipped"]
         assert set(r["stages"]) == {"frames", "masks", "hand", "fit", "export"}
         assert 0 <= r["metrics"]["fit_iou_object"] <= 1 and "masks_iou_hand" in r["metrics"]
+        assert 0 <= r["metrics"]["fit_mesh_iou_object"] <= 1
         assert Path(r["view"]) == out.resolve() / name / "export" / "view.html" and Path(r["view"]).is_file()
     csv_lines = (out / "batch.csv").read_text().splitlines()
     assert csv_lines[0].startswith("clip,status,exit_code") and len(csv_lines) == 4

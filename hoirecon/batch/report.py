@@ -31,6 +31,7 @@ MAIN_METRICS = {
     "masks_iou_object": ("masks", "track_iou", "object"),
     "hand_valid_frames": ("hand", "valid_frames"),
     "fit_iou_object": ("fit", "mean_iou_object"),
+    "fit_mesh_iou_object": ("fit", "mesh_iou_object"),  # the extracted mesh, what a user gets
     "fit_iou_hand": ("fit", "mean_iou_hand"),
 }
 CSV_COLUMNS = (["clip", "status", "exit_code", "attempts", "skipped", "seconds"]
