@@ -61,7 +61,7 @@ class GuidanceConfig:
         averaged), so no conversion is needed. With ``every`` > 1 the loss of an SDS step is
         multiplied by ``every`` so that the time-averaged pull equals ``weight`` applied at
         every step (the authors' setting).
-    start_step: no SDS before this step (seed A.2: the first 100 steps fit the masks alone,
+    start_step: no SDS before this step (the paper's A.2: the first 100 steps fit the masks alone,
         so the prior sees a rough object next to the hand, not the initial blob).
     every: SDS on every ``every``-th step from ``start_step``. Default 1 (the paper's
         setting). Cost, measured with ``benchmarks/bench_sds.py`` (CPU ms of one SDS step on
@@ -70,7 +70,8 @@ class GuidanceConfig:
         ``SDSRenderConfig`` (32 px upsampled, 24 + 16 samples), of which the prior's guided
         UNet pass is ~30 ms (~21 ms for a category the prior does not know: one unguided
         pass). The extra time of a fit is (steps - start_step) / every x that cost: ~80 s
-        CPU for the 1500 steps of ``fast``; raise ``every`` on a slower or busier machine.
+        CPU for the 1500 steps of ``fast``. The fit stage's default is 2
+        (``FitConfig.sds_every``): the same F@10 within noise at 0.8x the CPU.
     sds: t range / annealing / weighting / guidance scale (``SDSConfig`` defaults: the
         authors': t in [0.02, 0.98] of the schedule, no annealing, "bell" w(t), scale 4).
     render: SDS viewpoints and volume sampling (``SDSRenderConfig`` defaults).
