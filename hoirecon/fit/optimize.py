@@ -523,11 +523,14 @@ def evaluate_masks(scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig, s
     res = []
     for t in frames if frames is not None else range(scene.num_frames):
         probs = scene.render_labels(t, stride, vol, cfg.mesh, cfg.blend)
-        pred = probs.argmax(-1).cpu().numpy()
-        gt = labels[t, ::stride, ::stride].numpy()
-        res.append({"frame": int(t), "iou_object": mask_iou(pred == LABEL_OBJECT, gt == LABEL_OBJECT),
-                    "iou_hand": mask_iou(pred == LABEL_HAND, gt == LABEL_HAND)})
+        res.append(_label_ious(t, probs.argmax(-1).cpu().numpy(), labels[t, ::stride, ::stride].numpy()))
     return res
+
+
+def _label_ious(frame: int, pred: np.ndarray, observed: np.ndarray) -> dict:
+    """A frame's row of ``evaluate_masks`` / ``evaluate_mesh_masks``: hand and object IoU of two label maps."""
+    return {"frame": int(frame), "iou_object": mask_iou(pred == LABEL_OBJECT, observed == LABEL_OBJECT),
+            "iou_hand": mask_iou(pred == LABEL_HAND, observed == LABEL_HAND)}
 
 
 @torch.no_grad()
@@ -553,13 +556,9 @@ def evaluate_mesh_masks(scene: HOIScene, obj_verts: np.ndarray, obj_faces: np.nd
     res = []
     for t in range(T):
         frame = torch.tensor([t], device=dev)
-        T_c2h = scene.T_cam_to_hand(frame)
-        T_c2o = scene.T_hand_to_obj(frame) @ T_c2h
         hand_verts, hand_faces = scene.hand_verts_hand(frame)
-        pred = hand_object_labels(transform_points(invert_rigid(T_c2o), verts[None]), faces,
-                                  transform_points(invert_rigid(T_c2h), hand_verts), hand_faces,
+        pred = hand_object_labels(transform_points(invert_rigid(scene.T_cam_to_obj(frame)), verts[None]), faces,
+                                  transform_points(invert_rigid(scene.T_cam_to_hand(frame)), hand_verts), hand_faces,
                                   K[None], h, w, LABEL_HAND, LABEL_OBJECT)[0].cpu().numpy()
-        gt = labels[t, ::stride, ::stride].numpy()
-        res.append({"frame": t, "iou_object": mask_iou(pred == LABEL_OBJECT, gt == LABEL_OBJECT),
-                    "iou_hand": mask_iou(pred == LABEL_HAND, gt == LABEL_HAND)})
+        res.append(_label_ious(t, pred, labels[t, ::stride, ::stride].numpy()))
     return res

@@ -193,6 +193,10 @@ class HOIScene(nn.Module):
             T = T @ self.T_cam_to_hand_init[f] @ invert_rigid(self.T_cam_to_hand(f))
         return T
 
+    def T_cam_to_obj(self, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 4, 4) the object's cameras: ``T_hand_to_obj @ T_cam_to_hand`` of ``frames``."""
+        return self.T_hand_to_obj(frames) @ self.T_cam_to_hand(frames)
+
     def articulation(self, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 45) refined articulation."""
         f = self._frames(frames)
@@ -224,7 +228,7 @@ class HOIScene(nn.Module):
         verts_hand, faces = self.hand_verts_hand(frames)
         verts_cam = transform_points(invert_rigid(T_c2h), verts_hand)
         mh = render_mesh_pixels(verts_cam, faces, K, pix, mesh_cfg)
-        T_c2o = T_h2o @ T_c2h
+        T_c2o = T_h2o @ T_c2h  # = self.T_cam_to_obj(frames), from the poses already computed here
         origins, dirs = pixel_rays(pix, K, T_c2o)
         vol = render_sdf_volume(self.sdf.as_render_fn(), origins.reshape(-1, 3), dirs.reshape(-1, 3),
                                 self.density.beta(), None, self.sdf.radius, vol_cfg)

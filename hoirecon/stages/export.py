@@ -127,6 +127,7 @@ class _Clip:
     image_size: tuple[int, int]
     mesh: object  # trimesh.Trimesh of the object (extents, watertightness for the pictures)
     mesh_source: str
+    masks: Optional[MasksOutput]  # loaded where a step needs them (--resolution, the pictures)
     object_verts: np.ndarray
     object_faces: np.ndarray
     hand_local: torch.Tensor
@@ -155,15 +156,15 @@ def _load_clip(fit_dir: Path, masks_dir: Path, meta: FramesMeta, cfg: ExportConf
     T_cam_to_hand = torch.as_tensor(poses.T_cam_to_hand, **f32)
     T_hand_to_obj = torch.as_tensor(poses.T_hand_to_obj, **f32)
     T_cam_to_obj = T_hand_to_obj @ T_cam_to_hand
-    obj_masks = None if cfg.resolution is None else MasksOutput.load(masks_dir, meta).obj
-    mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device, T_cam_to_obj, obj_masks,
-                                             torch.as_tensor(poses.K, **f32))
+    masks = MasksOutput.load(masks_dir, meta) if cfg.resolution is not None or cfg.pictures else None
+    mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device, T_cam_to_obj,
+                                             None if masks is None else masks.obj, torch.as_tensor(poses.K, **f32))
     hand_local, hand_faces = hand_meshes_hand_frame(hand_model, torch.as_tensor(poses.articulation, **f32),
                                                     torch.as_tensor(poses.shape, **f32), poses.side)
     T_obj_to_world = (invert_rigid(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))
     W, H = (int(v) for v in poses.image_size)
     return _Clip(poses=poses, frames=select_frames(T, cfg.frames), fps=float(meta.fps or 30.0),
-                 image_size=(W, H), mesh=mesh, mesh_source=mesh_source,
+                 image_size=(W, H), mesh=mesh, mesh_source=mesh_source, masks=masks,
                  object_verts=np.asarray(mesh.vertices, np.float32), object_faces=np.asarray(mesh.faces, np.int64),
                  hand_local=hand_local, hand_faces=hand_faces, T_hand_to_obj=T_hand_to_obj, T_cam_to_obj=T_cam_to_obj,
                  T_obj_to_world=T_obj_to_world, T_hand_to_world=T_obj_to_world @ T_hand_to_obj)
@@ -297,8 +298,7 @@ def _summary_sheet(ctx: StageContext, cfg: ExportConfig, clip: _Clip, rows: _Sid
 
     sel, (W, H), T = clip.frames, clip.image_size, clip.num_frames
     w, h = rows.size
-    masks = MasksOutput.load(ctx.input_dir("masks"), num_frames=T, size_wh=(W, H))
-    hand_m, obj_m = masks.hand, masks.obj
+    hand_m, obj_m = clip.masks.hand, clip.masks.obj
     pick = np.unique(np.round(np.linspace(0, len(sel) - 1, min(cfg.summary_frames, len(sel)))).astype(int))
     masked = [_resize(overlay_masks(read_rgb(rows.frame_files[sel[i]]), hand_m[sel[i]], obj_m[sel[i]]), (w, h))
               for i in pick]

@@ -129,7 +129,7 @@ def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dic
     if cams is None:
         return {"source": "hand", "sfm_registered_frames": 0}
     with torch.no_grad():
-        T_c2o = (scene.T_hand_to_obj() @ scene.T_cam_to_hand()).cpu().numpy().astype(np.float64)
+        T_c2o = scene.T_cam_to_obj().cpu().numpy().astype(np.float64)
     fitted_obj_from_cam = T_c2o[:, :3, :3]
     sfm_obj_from_cam = np.transpose(cams.R_cam_from_obj, (0, 2, 1))
     reg = cams.registered
@@ -218,7 +218,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     FitPoses(**poses_npz_dict(scene)).save(out)
     torch.save(scene.export_state(), out / FitOutput.SCENE)
     with torch.no_grad():
-        T_cam_to_obj = scene.T_hand_to_obj() @ scene.T_cam_to_hand()
+        T_cam_to_obj = scene.T_cam_to_obj()
     mesh = object_mesh(scene.sdf, scene.sdf.radius, cfg.mesh_resolution, scene.K, T_cam_to_obj,
                        torch.from_numpy(obj_m), device)
     mesh.export(out / FitOutput.MESH)
