@@ -91,3 +91,38 @@ def test_focal_and_fov_reach_the_camera(tmp_path):
     assert K[0, 0] == pytest.approx(48.0 / np.tan(np.radians(30.0)), rel=1e-5)
     assert json.loads((clip / "hand" / "camera.json").read_text())["source"] == "--fov"
     assert run_cli("hand", str(clip), "--focal", "150", "--fov", "60", "--quiet")[0] == 2
+
+
+def _box_mesh():
+    import torch
+
+    corners = np.array([[x, y, z] for x in (-0.03, 0.03) for y in (-0.04, 0.04) for z in (-0.01, 0.01)])
+    faces = [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+             [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]]
+    return torch.tensor(corners, dtype=torch.float32), torch.tensor(faces)
+
+
+def test_a_contradicting_hand_keeps_its_own_pose_where_it_matches_its_mask_better():
+    import torch
+
+    from hoirecon.fit.init import hand_mask_ious
+    from hoirecon.fit.optimize import _worse_than_grasp
+    from hoirecon.geometry.transforms import transform_points
+    from hoirecon.render.raster import rasterize
+
+    verts, faces = _box_mesh()
+    K = np.array([[300.0, 0, 80], [0, 300.0, 60], [0, 0, 1]])
+    right = np.linalg.inv(_rigid(_rot([1, 1, 0], 20), [0, 0, 0.4]))  # T_cam_to_hand
+    off = np.linalg.inv(_rigid(_rot([1, 1, 0], 20), [0.05, 0.0, 0.4]))
+    verts_cam = transform_points(torch.as_tensor(np.linalg.inv(right), dtype=torch.float32), verts[None])
+    mask = rasterize(verts_cam, faces, torch.as_tensor(K, dtype=torch.float32)[None], 120, 160).covered.numpy()
+    masks = np.repeat(mask, 2, 0)
+    ious = hand_mask_ious(verts[None].repeat(2, 1, 1), faces, np.stack([right, off]), K, masks, stride=1)
+    assert ious[0] > 0.99 and ious[1] < 0.5
+    # frame 0's own pose is right, frame 1's grasp is: only frame 1 restarts from the grasp
+    worse, ious = _worse_than_grasp(np.array([True, True]), (verts[None].repeat(2, 1, 1), faces),
+                                    np.stack([right, off]), np.stack([off, right]), K, masks)
+    assert worse.tolist() == [False, True] and ious[0][0] > 0.99 and ious[1][1] > 0.99
+    worse, ious = _worse_than_grasp(np.array([False, False]), (verts[None].repeat(2, 1, 1), faces),
+                                    np.stack([off, off]), np.stack([right, right]), K, masks)
+    assert not worse.any() and ious == {}

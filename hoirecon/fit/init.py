@@ -276,3 +276,27 @@ def grasp_consensus(T_hand_to_obj: np.ndarray, max_angle_deg: float = 45.0,
     angle = pairwise[ref]
     shift = np.linalg.norm(hand_in_obj - np.median(hand_in_obj, 0), axis=-1)
     return ref, angle, shift, (angle > max_angle_deg) | (shift > max_shift)
+
+
+def hand_mask_ious(hand_verts: torch.Tensor, hand_faces: torch.Tensor, T_cam_to_hand: np.ndarray, K: np.ndarray,
+                   hand_masks: np.ndarray, stride: int = 2) -> np.ndarray:
+    """IoU of the hand mesh's silhouette, seen through each camera, against the hand masks.
+
+    Args:
+        hand_verts: (T, V, 3) hand-frame vertices (m). hand_faces: (F, 3).
+        T_cam_to_hand: (T, 4, 4). K: (3, 3). hand_masks: (T, H, W) bool.
+        stride: the silhouettes and masks are compared on every ``stride``-th pixel.
+    Returns:
+        (T,) IoU (1 where both are empty).
+    """
+    from hoirecon.geometry.regions import mask_iou
+    from hoirecon.render.raster import rasterize
+
+    T, H, W = hand_masks.shape
+    K_grid = torch.as_tensor(K, dtype=torch.float32).clone()
+    K_grid[:2] /= stride  # pixel (u, v) of the strided grid = (stride u', stride v')
+    verts_cam = transform_points(invert_rigid(torch.as_tensor(T_cam_to_hand, dtype=torch.float32)),
+                                 hand_verts.float().cpu())
+    seen = rasterize(verts_cam, hand_faces.cpu(), K_grid.expand(T, 3, 3), (H + stride - 1) // stride,
+                     (W + stride - 1) // stride).covered.numpy()
+    return np.array([mask_iou(seen[t], hand_masks[t, ::stride, ::stride]) for t in range(T)])

@@ -33,6 +33,7 @@ from hoirecon.fit.init import (
     estimate_object_center,
     estimate_object_radius,
     grasp_consensus,
+    hand_mask_ious,
     object_in_hand_poses,
     visual_hull_sdf,
 )
@@ -146,6 +147,11 @@ class InitConfig:
     mlp_prefit_steps: Adam steps fitting the MLP to the hull SDF.
     invalid_trust: weight of the hand / camera initialisation priors on frames where the
         hand estimator failed (``valid = False`` in hands.npz; their init is interpolated).
+    own_hand_margin: a frame whose hand contradicts the grasp the clip agrees on keeps its own
+        pose only when its silhouette's IoU with the hand mask beats the grasp's by this much.
+        hand_fan's re-grip frames win by 0.29-0.39; toy_plane's first frames, where the hand
+        stage's hand is wrong, by 0.10-0.12, and kept there they ended off their masks (IoU 0)
+        (docs/experiments.md, session 12).
     """
 
     sdf_kind: str = "grid"
@@ -159,6 +165,7 @@ class InitConfig:
     beta_min: float = 0.003
     mlp_prefit_steps: int = 300
     invalid_trust: float = 0.1
+    own_hand_margin: float = 0.15
 
 
 def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
@@ -204,6 +211,7 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         out = hand_model(art, torch.zeros(art.shape[0], 3, device=hdev),
                          torch.as_tensor(np.asarray(shape), dtype=torch.float32, device=hdev)[None], None, side=side)
         hand_center = out.verts.mean(dim=(0, 1)).double().cpu().numpy()
+        hand_mesh = (out.verts.detach(), out.faces)
     center = estimate_object_center(obj_masks, K, T_c2h, hand_center, cfg.center_ridge)
     T_h2o = np.eye(4)
     T_h2o[:3, 3] = -center
@@ -217,11 +225,15 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         object_cameras = None
     elif object_cameras is not None:
         T_h2o_frames = object_in_hand_poses(object_cameras, T_c2h, center)
-        ref, angle, shift, outliers = grasp_consensus(T_h2o_frames)
+        ref, angle, shift, contradicting = grasp_consensus(T_h2o_frames)
         # Where the hand estimator contradicts the grasp the other frames agree on, the hand
-        # starts from that grasp, carried by the object's own camera, and is trusted less.
+        # starts from that grasp, carried by the object's own camera, and is trusted less;
+        # unless its own pose matches its mask better (a re-grip, or a wrong object camera).
         T_c2o = T_h2o_frames @ T_c2h
-        T_c2h = np.where(outliers[:, None, None], np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o, T_c2h)
+        T_c2h_grasp = np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o
+        outliers, hand_ious = _worse_than_grasp(contradicting, hand_mesh, T_c2h, T_c2h_grasp, K, hand_masks,
+                                                cfg.own_hand_margin)
+        T_c2h = np.where(outliers[:, None, None], T_c2h_grasp, T_c2h)
         T_h2o_frames = np.where(outliers[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
         trust_cap = np.where(outliers, cfg.invalid_trust, 1.0)
         # Base pose = frame 0's; every frame's own pose is a fixed start on top of it.
@@ -258,8 +270,26 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
             "consensus_frame": ref, "registered": object_cameras.registered.tolist(),
             "hand_vs_grasp_rotation_deg": [round(float(v), 2) for v in angle],
             "hand_vs_grasp_shift_mm": [round(float(v) * 1000, 1) for v in shift],
-            "hand_outlier_frames": np.nonzero(outliers)[0].tolist()}
+            "hand_outlier_frames": np.nonzero(outliers)[0].tolist(),
+            "hand_kept_against_grasp_frames": np.nonzero(contradicting & ~outliers)[0].tolist(),
+            "contradicting_hand_mask_iou_own_grasp": hand_ious}
     return scene, info
+
+
+def _worse_than_grasp(contradicting: np.ndarray, hand_mesh: tuple[torch.Tensor, torch.Tensor], T_c2h_own: np.ndarray,
+                      T_c2h_grasp: np.ndarray, K: np.ndarray, hand_masks: np.ndarray,
+                      margin: float = 0.0) -> tuple[np.ndarray, dict]:
+    """The contradicting frames whose hand estimator's own pose does not match the hand mask
+    better than the consensus grasp's by ``margin`` (IoU): (T,) bool, and {frame: [own IoU, grasp IoU]}."""
+    worse = np.zeros(len(contradicting), bool)
+    idx = np.nonzero(contradicting)[0]
+    if not len(idx):
+        return worse, {}
+    verts, faces = hand_mesh
+    own = hand_mask_ious(verts[idx], faces, T_c2h_own[idx], K, hand_masks[idx])
+    grasp = hand_mask_ious(verts[idx], faces, T_c2h_grasp[idx], K, hand_masks[idx])
+    worse[idx] = own < grasp + margin
+    return worse, {int(t): [round(float(a), 3), round(float(b), 3)] for t, a, b in zip(idx, own, grasp)}
 
 
 def _param_groups(scene: HOIScene, cfg: OptimizeConfig) -> list[dict]:

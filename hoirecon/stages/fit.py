@@ -141,6 +141,7 @@ def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dic
     grasp = init_info["object_cameras"]
     return {"source": "object: structure from motion; hand: hand estimator", "sfm_registered_frames": int(reg.sum()),
             "grasp_consensus_frame": grasp["consensus_frame"], "hand_outlier_frames": grasp["hand_outlier_frames"],
+            "hand_kept_against_grasp_frames": grasp["hand_kept_against_grasp_frames"],
             "hand_vs_grasp_rotation_deg": grasp["hand_vs_grasp_rotation_deg"],
             "hand_vs_grasp_shift_mm": grasp["hand_vs_grasp_shift_mm"],
             "fitted_vs_sfm_rotation_deg": [round(float(v), 2) if r else None for v, r in zip(error, reg)],
