@@ -227,15 +227,16 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         T_h2o_frames = object_in_hand_poses(object_cameras, T_c2h, center)
         ref, angle, shift, contradicting = grasp_consensus(T_h2o_frames)
         # Where the hand estimator contradicts the grasp the other frames agree on, the hand
-        # starts from that grasp, carried by the object's own camera, and is trusted less;
-        # unless its own pose matches its mask better (a re-grip, or a wrong object camera).
+        # starts from that grasp, carried by the object's own camera, unless its own pose
+        # matches its mask better (a re-grip, or a wrong object camera). Either start is
+        # trusted less: the masks and the neighbouring frames decide.
         T_c2o = T_h2o_frames @ T_c2h
         T_c2h_grasp = np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o
         outliers, hand_ious = _worse_than_grasp(contradicting, hand_mesh, T_c2h, T_c2h_grasp, K, hand_masks,
                                                 cfg.own_hand_margin)
         T_c2h = np.where(outliers[:, None, None], T_c2h_grasp, T_c2h)
         T_h2o_frames = np.where(outliers[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
-        trust_cap = np.where(outliers, cfg.invalid_trust, 1.0)
+        trust_cap = np.where(contradicting, cfg.invalid_trust, 1.0)
         # Base pose = frame 0's; every frame's own pose is a fixed start on top of it.
         T_h2o = T_h2o_frames[0]
         start = T_h2o_frames @ np.linalg.inv(T_h2o)
