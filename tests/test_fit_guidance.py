@@ -12,7 +12,9 @@ from hoirecon.fit.guidance import (
     PriorGuidance,
     build_guidance,
     camera_directions,
+    mean_view_weight,
     sds_schedule,
+    sphere_directions,
     unseen_view_weight,
 )
 from hoirecon.fit.optimize import InitConfig, build_initial_scene
@@ -177,13 +179,29 @@ def test_view_weighting_skips_views_next_to_the_input_cameras(hand_model, scene)
     loss, info = with_cfg(view_seen_deg=179.0, view_unseen_deg=180.0)(scene, 0, 100, torch.Generator().manual_seed(3))
     assert loss is None and info["sds_w"] == 0.0
     outs = []
-    for g in (g1, with_cfg(view_seen_deg=0.0, view_unseen_deg=180.0)):
+    for g in (g1, with_cfg(view_seen_deg=0.0, view_unseen_deg=180.0, view_keep_pull=False),
+              with_cfg(view_seen_deg=0.0, view_unseen_deg=180.0)):
         torch.manual_seed(1)
         with torch.no_grad():
             outs.append(g(scene, 0, 100, torch.Generator().manual_seed(5))[1])
     assert outs[0]["sds_w"] == 1.0 and 0.0 < outs[1]["sds_w"] < 1.0
-    assert outs[1]["sds_raw"] == pytest.approx(outs[0]["sds_raw"], rel=1e-5)
-    assert outs[1]["sds"] == pytest.approx(outs[1]["sds_w"] * outs[0]["sds"], rel=1e-5)
+    for out in outs[1:]:
+        assert out["sds_raw"] == pytest.approx(outs[0]["sds_raw"], rel=1e-5)
+        assert out["sds"] == pytest.approx(out["sds_w"] * outs[0]["sds"], rel=1e-5)
+    # keep_pull: the same view's weight over the mean weight of all directions (floored at 0.5)
+    observed = camera_directions(scene.T_cam_to_obj().detach())
+    mean = float(mean_view_weight(observed, 0.0, 180.0))
+    assert 0.0 < mean < 1.0 and outs[2]["sds_w"] == pytest.approx(outs[1]["sds_w"] / max(mean, 0.5), rel=1e-5)
+
+
+def test_mean_view_weight_is_the_mean_over_the_sphere():
+    d = sphere_directions(2000)
+    assert torch.allclose(d.norm(dim=-1), torch.ones(2000)) and d.mean(0).abs().max() < 1e-3
+    # one camera, a ramp over the whole half-turn: symmetric about 90 deg, so exactly half
+    z = torch.tensor([[0.0, 0.0, 1.0]])
+    assert float(mean_view_weight(z, 0.0, 180.0)) == pytest.approx(0.5, abs=2e-3)
+    # a hard cap of 60 deg (1 - cos 60) / 2 = 1/4 of the sphere at weight 0
+    assert float(mean_view_weight(z, 59.99, 60.0)) == pytest.approx(0.75, abs=2e-3)
 
 
 def test_sds_step_gives_finite_gradients_to_the_sdf_only(hand_model, scene):
