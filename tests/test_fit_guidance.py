@@ -247,3 +247,41 @@ def test_every_scales_the_weight(hand_model, scene):
         outs.append(info)
     assert outs[0]["sds_raw"] == pytest.approx(outs[1]["sds_raw"], rel=1e-5)
     assert outs[1]["sds"] == pytest.approx(3 * outs[0]["sds"], rel=1e-5)
+
+
+def test_view_at_an_input_camera_gets_no_pull_and_the_opposite_view_does(monkeypatch, hand_model, scene):
+    """On the toy scene: an SDS camera placed at input camera 0 is skipped (weight 0, nothing
+    rendered); the same camera turned 180 deg about the object's centre (the side no input
+    camera saw) is rendered and weighs 1 / mean_view_weight, with gradients to the SDF."""
+    import hoirecon.fit.guidance as guidance_mod
+    from hoirecon.geometry.rotations import axis_angle_to_matrix
+    from hoirecon.geometry.transforms import invert_rigid
+    from hoirecon.prior.sds import SDSViews, draw_sds_views
+
+    g1 = build_guidance(GuidanceConfig(prior="hoirecon", category="mug", start_step=0), hand_model, "cpu")
+    g = PriorGuidance(g1.prior, g1.category, g1.hand_vert_uv,
+                      GuidanceConfig(prior="hoirecon", start_step=0, view_seen_deg=20.0, view_unseen_deg=60.0))
+    with torch.no_grad():
+        T_cam0_to_obj = scene.T_cam_to_obj(torch.tensor([0]))[0]
+        c = T_cam0_to_obj[:3, 3]
+        axis = torch.nn.functional.normalize(torch.linalg.cross(c, torch.tensor([0.0, 1.0, 0.0])), dim=0)
+        turn = torch.eye(4)
+        turn[:3, :3] = axis_angle_to_matrix(torch.pi * axis)
+        observed = camera_directions(scene.T_cam_to_obj())
+
+    def views_from(T_view_to_obj):
+        def draw(T_hand_to_obj, *args, **kwargs):
+            v = draw_sds_views(T_hand_to_obj, *args, **kwargs)
+            return SDSViews(invert_rigid(T_view_to_obj[None]) @ T_hand_to_obj, v.K, v.center)
+        return draw
+
+    monkeypatch.setattr(guidance_mod, "draw_sds_views", views_from(T_cam0_to_obj))
+    loss, info = g(scene, 10, 100, torch.Generator().manual_seed(0))
+    assert loss is None and info["sds_w"] == 0.0
+
+    monkeypatch.setattr(guidance_mod, "draw_sds_views", views_from(turn @ T_cam0_to_obj))
+    scene.zero_grad(set_to_none=True)
+    loss, info = g(scene, 10, 100, torch.Generator().manual_seed(0))
+    assert info["sds_w"] == pytest.approx(1.0 / max(float(mean_view_weight(observed, 20.0, 60.0)), 0.5), rel=1e-4)
+    loss.backward()
+    assert scene.sdf.values.grad.abs().sum() > 0
