@@ -296,6 +296,55 @@ class SDSRenderings:
     object: ObjectSDFRendering
 
 
+@dataclass
+class SDSViews:
+    """Random SDS viewpoints of a batch (one per input frame), drawn before rendering so that a
+    caller can weigh (or skip) a view without rendering it.
+
+    T_hand_to_view: (B, 4, 4); K: (B, 3, 3) at ``ViewConfig.image_size`` px; center: (B, 3)
+    the look-at point before jitter (hand frame, m).
+    """
+
+    T_hand_to_view: torch.Tensor
+    K: torch.Tensor
+    center: torch.Tensor
+
+
+def draw_sds_views(
+    T_hand_to_obj: torch.Tensor,
+    hand_verts: torch.Tensor,
+    sphere_center: torch.Tensor,
+    cfg: SDSRenderConfig = SDSRenderConfig(),
+    generator: torch.Generator | None = None,
+) -> SDSViews:
+    """Random cameras around the hand-object pair of each frame (``sample_views``), in the hand frame.
+
+    Args:
+        T_hand_to_obj: (B, 4, 4) hand -> object frame (only read, detached).
+        hand_verts: (B, V, 3) hand vertices in the hand frame; sphere_center: (3,) object-frame
+            bounding sphere centre.
+        cfg: view settings; generator: CPU torch.Generator (the only random numbers of a view).
+
+    Returns:
+        SDSViews. The view looks at the midpoint of the hand's vertex centroid and the
+        bounding-sphere centre (as the training data looks at the hand centroid / object
+        bounding-box centre midpoint).
+    """
+    if hand_verts.ndim != 3 or T_hand_to_obj.shape != (hand_verts.shape[0], 4, 4):
+        raise UserError(
+            f"render_sds_inputs needs hand_verts (B, V, 3) and T_hand_to_obj (B, 4, 4), "
+            f"got {tuple(hand_verts.shape)} and {tuple(T_hand_to_obj.shape)}"
+        )
+    B = hand_verts.shape[0]
+    like = dict(device=hand_verts.device, dtype=hand_verts.dtype)
+    T_obj_to_hand = invert_rigid(T_hand_to_obj.detach())
+    c_obj = torch.as_tensor(sphere_center, **like).reshape(1, 1, 3).expand(B, 1, 3)
+    c_hand = transform_points(T_obj_to_hand, c_obj)[:, 0]
+    center = 0.5 * (hand_verts.detach().mean(1) + c_hand)
+    T_hand_to_view, K = sample_views(center, cfg.view, generator)
+    return SDSViews(T_hand_to_view, K, center)
+
+
 def render_sds_inputs(
     sdf_fn: SDFCallable,
     beta: torch.Tensor | float,
@@ -307,6 +356,7 @@ def render_sds_inputs(
     sphere_radius: float,
     cfg: SDSRenderConfig = SDSRenderConfig(),
     generator: torch.Generator | None = None,
+    views: SDSViews | None = None,
 ) -> SDSRenderings:
     """Render object (SDF) and hand geometry from random views around the hand-object centre.
 
@@ -319,25 +369,17 @@ def render_sds_inputs(
             ``wrist_rot = 0``, ``transl = None``); hand_faces: (F, 3); hand_vert_uv: (V, 2).
         sphere_center: (3,) object-frame bounding sphere centre; sphere_radius: metres.
         cfg: view and volume settings; generator: CPU torch.Generator for the views.
+        views: views already drawn by ``draw_sds_views`` (same arguments); None draws them
+            here (the same random numbers either way).
 
     Returns:
-        SDSRenderings. The view looks at the midpoint of the hand's vertex centroid and the
-        bounding-sphere centre (as the training data looks at the hand centroid / object
-        bounding-box centre midpoint).
+        SDSRenderings (views: see ``draw_sds_views``).
     """
-    if hand_verts.ndim != 3 or T_hand_to_obj.shape != (hand_verts.shape[0], 4, 4):
-        raise UserError(
-            f"render_sds_inputs needs hand_verts (B, V, 3) and T_hand_to_obj (B, 4, 4), "
-            f"got {tuple(hand_verts.shape)} and {tuple(T_hand_to_obj.shape)}"
-        )
-    B = hand_verts.shape[0]
+    if views is None:
+        views = draw_sds_views(T_hand_to_obj, hand_verts, sphere_center, cfg, generator)
     like = dict(device=hand_verts.device, dtype=hand_verts.dtype)
     hv = hand_verts.detach()
-    T_obj_to_hand = invert_rigid(T_hand_to_obj.detach())
-    c_obj = torch.as_tensor(sphere_center, **like).reshape(1, 1, 3).expand(B, 1, 3)
-    c_hand = transform_points(T_obj_to_hand, c_obj)[:, 0]
-    center = 0.5 * (hv.mean(1) + c_hand)
-    T_hand_to_view, K = sample_views(center, cfg.view, generator)
+    T_hand_to_view, K, center = views.T_hand_to_view, views.K, views.center
     look_at_z = transform_points(T_hand_to_view, center[:, None])[:, 0, 2]
     hand = render_hand_condition(
         transform_points(T_hand_to_view, hv), hand_faces, hand_vert_uv, K, cfg.view.image_size, look_at_z
@@ -371,18 +413,19 @@ def score_distillation_loss(
     render_cfg: SDSRenderConfig = SDSRenderConfig(),
     generator: torch.Generator | None = None,
     side: str = "right",
+    views: SDSViews | None = None,
 ) -> tuple[SDSOutput, SDSRenderings]:
     """One SDS evaluation for the fit: ``render_sds_inputs`` then ``sds_loss``.
 
     ``side`` is the hand's side; for "left" the pair is mirrored before the prior sees it
-    (``mirror_geometry``). Returns (SDSOutput, SDSRenderings); add ``weight * out.loss`` to
-    the fit's loss.
+    (``mirror_geometry``). ``views``: drawn beforehand by ``draw_sds_views`` (None: drawn
+    here). Returns (SDSOutput, SDSRenderings); add ``weight * out.loss`` to the fit's loss.
     """
     if side not in ("right", "left"):
         raise UserError(f"hand side must be 'right' or 'left', got {side!r}")
     r = render_sds_inputs(
         sdf_fn, beta, T_hand_to_obj, hand_verts, hand_faces, hand_vert_uv, sphere_center, sphere_radius,
-        render_cfg, generator,
+        render_cfg, generator, views,
     )
     out = sds_loss(prior, r.object_image, r.hand_cond, category, sds_cfg, progress, generator, mirror=side == "left")
     return out, r

@@ -179,7 +179,9 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     device = torch.device(ctx.device)
     hand_model = build_hand_model(cfg.hand_model, device)
     guidance = build_guidance(GuidanceConfig(prior=cfg.prior, category=cfg.category, weight=cfg.sds_weight,
-                                             every=cfg.sds_every), hand_model, device)
+                                             every=cfg.sds_every, fade_from=cfg.sds_fade_from,
+                                             end_fraction=cfg.sds_end, view_seen_deg=cfg.sds_seen_deg,
+                                             view_unseen_deg=cfg.sds_unseen_deg), hand_model, device)
     category_used = guidance.category if guidance is not None else None
     if category_used == UNKNOWN and category_name(cfg.category) != UNKNOWN:
         ctx.reporter.info(f"category '{cfg.category}' is not in the prior's vocabulary: the prior runs "
