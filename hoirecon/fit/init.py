@@ -27,8 +27,10 @@ import torch
 from scipy import ndimage
 
 from hoirecon.errors import RunError
+from hoirecon.geometry.regions import mask_iou
 from hoirecon.geometry.rotations import rotation_angle_deg
 from hoirecon.geometry.transforms import invert_rigid, transform_points
+from hoirecon.render.raster import rasterize
 
 
 def estimate_object_center(
@@ -282,6 +284,9 @@ def hand_mask_ious(hand_verts: torch.Tensor, hand_faces: torch.Tensor, T_cam_to_
                    hand_masks: np.ndarray, stride: int = 2) -> np.ndarray:
     """IoU of the hand mesh's silhouette, seen through each camera, against the hand masks.
 
+    Object pixels count against a pose here, unlike the hand stage's ``visible_hand_iou``: to
+    choose between two poses of one hand, the one that covers the object less is the likelier.
+
     Args:
         hand_verts: (T, V, 3) hand-frame vertices (m). hand_faces: (F, 3).
         T_cam_to_hand: (T, 4, 4). K: (3, 3). hand_masks: (T, H, W) bool.
@@ -289,9 +294,6 @@ def hand_mask_ious(hand_verts: torch.Tensor, hand_faces: torch.Tensor, T_cam_to_
     Returns:
         (T,) IoU (1 where both are empty).
     """
-    from hoirecon.geometry.regions import mask_iou
-    from hoirecon.render.raster import rasterize
-
     T, H, W = hand_masks.shape
     K_grid = torch.as_tensor(K, dtype=torch.float32).clone()
     K_grid[:2] /= stride  # pixel (u, v) of the strided grid = (stride u', stride v')
