@@ -96,7 +96,8 @@ def main() -> None:
                 last = fit_for(clip, preset, b, args.prior, work)
                 rows.append(last)
     frames = f" --frames {args.frames}" if args.frames != 30 else ""
-    text = (f"Command: `.venv/bin/python benchmarks/bench_presets.py --budgets {args.budgets} --prior {args.prior}"
+    text = ("## Fast vs paper preset against wall time (`bench_presets`, issue 22)\n\n"
+            f"Command: `.venv/bin/python benchmarks/bench_presets.py --budgets {args.budgets} --prior {args.prior}"
             f"{frames}` "
             f"({args.frames} frames, 256 px, view range 90 deg, GT masks, noisy hand init; the procedural mug of "
             f"clip seed 0 and the held-out mesh bunny of clip seed 7; `fit --preset P --time-budget B`, one fit "
