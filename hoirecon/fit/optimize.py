@@ -53,6 +53,7 @@ from hoirecon.geometry.regions import mask_iou
 from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.checkpoints import read_torch_checkpoint
 from hoirecon.render.blend import LABEL_HAND, LABEL_OBJECT
+from hoirecon.render.camera import strided_grid
 from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.raster import hand_object_labels
 from hoirecon.render.volume import VolumeRenderConfig
@@ -579,9 +580,7 @@ def evaluate_mesh_masks(scene: HOIScene, obj_verts: np.ndarray, obj_faces: np.nd
     """
     dev = scene.K.device
     T, H, W = labels.shape
-    h, w = (H + stride - 1) // stride, (W + stride - 1) // stride
-    K = scene.K.clone()
-    K[:2] /= stride  # pixel (u, v) of the strided grid = (stride u', stride v')
+    K, h, w = strided_grid(scene.K, H, W, stride)
     verts = torch.as_tensor(obj_verts, dtype=torch.float32, device=dev)
     faces = torch.as_tensor(obj_faces, dtype=torch.long, device=dev)
     res = []

@@ -332,7 +332,7 @@ def draw_sds_views(
     """
     if hand_verts.ndim != 3 or T_hand_to_obj.shape != (hand_verts.shape[0], 4, 4):
         raise UserError(
-            f"render_sds_inputs needs hand_verts (B, V, 3) and T_hand_to_obj (B, 4, 4), "
+            f"SDS views need hand_verts (B, V, 3) and T_hand_to_obj (B, 4, 4), "
             f"got {tuple(hand_verts.shape)} and {tuple(T_hand_to_obj.shape)}"
         )
     B = hand_verts.shape[0]

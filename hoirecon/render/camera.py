@@ -24,6 +24,21 @@ def make_intrinsics(
     return K.expand(batch, 3, 3).clone()
 
 
+def strided_grid(K: torch.Tensor, height: int, width: int, stride: int) -> tuple[torch.Tensor, int, int]:
+    """The camera of the grid that keeps every ``stride``-th pixel of an image (rows and columns
+    0, stride, 2 stride, ...): pixel (u', v') of the grid is pixel (stride u', stride v').
+
+    Args:
+        K: (..., 3, 3) intrinsics of the full image; height, width: its size in pixels.
+    Returns:
+        (K of the grid, same shape as ``K``; grid height; grid width), the size that
+        ``image[::stride, ::stride]`` has.
+    """
+    K_grid = K.clone()
+    K_grid[..., :2, :] /= stride
+    return K_grid, (height + stride - 1) // stride, (width + stride - 1) // stride
+
+
 def _check_K(K: torch.Tensor) -> None:
     if K.ndim != 3 or K.shape[-2:] != (3, 3):
         raise ValueError(f"intrinsics K must have shape (B, 3, 3), got {tuple(K.shape)}")
