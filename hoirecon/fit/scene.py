@@ -197,6 +197,22 @@ class HOIScene(nn.Module):
         """(B, 4, 4) the object's cameras: ``T_hand_to_obj @ T_cam_to_hand`` of ``frames``."""
         return self.T_hand_to_obj(frames) @ self.T_cam_to_hand(frames)
 
+    @torch.no_grad()
+    def shift_hand_in_object(self, shift_obj: torch.Tensor) -> None:
+        """Translate every frame's hand by ``shift_obj`` (T, 3) (object frame, m), the object's
+        cameras unchanged: ``T_hand_to_obj`` becomes ``Tr(shift) @ T_hand_to_obj``.
+
+        The hand's camera pose takes the move, ``T_cam_to_hand <- Tr(-R_h2o^T shift) @
+        T_cam_to_hand``; where the object's pose hangs on the hand's (not ``object_in_camera``)
+        the object pose takes ``+shift`` too, which keeps ``T_cam_to_obj``.
+        """
+        shift_obj = torch.as_tensor(shift_obj, dtype=self.cam_trans.dtype, device=self.cam_trans.device)
+        R_h2o = self.T_hand_to_obj()[:, :3, :3]
+        # pose_matrix(rot, trans) is [R | t]; Tr(v) @ [R | t] = [R | t + v].
+        self.cam_trans -= (R_h2o.transpose(1, 2) @ shift_obj[..., None])[..., 0]
+        if not self.object_in_camera:
+            self.obj_trans += shift_obj
+
     def articulation(self, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 45) refined articulation."""
         f = self._frames(frames)

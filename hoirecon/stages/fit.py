@@ -20,7 +20,9 @@ Presets: ``fast`` (grid SDF 48^3 with a small surface-area prior ``LossWeights.s
 penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``) and
 ``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal). Both
 push the hand out of the object over the second half of the fit with the object's shape and
-shared pose held fixed (``LossWeights.hand_penetration``).
+shared pose held fixed (``LossWeights.hand_penetration``). After the optimisation, a frame
+whose hand is still more than 2 mm inside the object is moved out rigidly
+(``hoirecon.fit.contact``; ``summary.json`` ``contact``).
 Resumable: a checkpoint in ``ctx.scratch_dir`` every ``checkpoint_every`` steps.
 """
 
@@ -38,6 +40,7 @@ import torch
 
 from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
+from hoirecon.fit.contact import resolve_hand_penetration
 from hoirecon.fit.guidance import GuidanceConfig, build_guidance
 from hoirecon.fit.init import ObjectCameras, object_in_hand_from_camera, object_poses_through
 from hoirecon.fit.losses import LossWeights
@@ -211,6 +214,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         result = optimize_scene(scene, labels, opt_cfg, ckpt, on_step=on_step, guidance=guidance)
         task.advance(result.resumed_from)
     rows = result.history
+    contact = resolve_hand_penetration(scene)
     _preview(scene, labels, opt_cfg, preview_frames, out / "preview" / f"step_{result.steps_done:05d}.png")
     keys = list(rows[-1].keys())
     with open(out / "losses.csv", "w", newline="") as fh:
@@ -239,7 +243,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
         "mesh_iou_object": float(np.mean([r["iou_object"] for r in mesh_ious])),
         "mesh_iou_hand": float(np.mean([r["iou_hand"] for r in mesh_ious])),
         "mesh_mask_iou": mesh_ious, "init": init_info, "object_faces": int(len(mesh.faces)),
-        "cameras": _camera_report(scene, cams, init_info),
+        "cameras": _camera_report(scene, cams, init_info), "contact": contact,
     }
     FitOutput.save_summary(out, summary)
     return {k: summary[k] for k in ("preset", "category", "category_used", "steps", "seconds", "mean_iou_object",

@@ -78,7 +78,7 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
     "masks": StageDef("masks", "8", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand"), outputs=("HandsOutput",)),
-    "fit": StageDef("fit", "10", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 9: own hand; 10: SDS views
+    "fit": StageDef("fit", "11", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 10: SDS views; 11: contact
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
     "export": StageDef("export", "3", ("frames", "masks", "fit"), _lazy("export", "run_export"),  # 3: seen parts
                        outputs=("ExportOutput",)),
