@@ -21,6 +21,8 @@ self-consistency:
 It also saves each run's summary picture as ``docs/images/real_<clip>_<boxes>.jpg``.
 
     .venv/bin/python benchmarks/bench_real.py [--clips toy_plane,hand_fan] [--prior none]
+
+Without ``--prior`` each run uses `hoirecon run`'s own default prior, as a user's run does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import hand_object_signed_distance, machine, write_section  # noqa: E402
 
 from hoirecon.geometry.rotations import rotation_angle_deg  # noqa: E402
+from hoirecon.settings import user_settings  # noqa: E402
+from hoirecon.stages.configs import FitConfig  # noqa: E402
 from hoirecon.stages.outputs import ExportOutput, FitOutput, HandsOutput, MasksOutput, read_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +51,16 @@ REAL = ROOT.parent / "shared" / "data" / "real"
 SETTINGS = Path(__file__).resolve().parent / "real"
 IMAGES = ROOT / "docs" / "images"
 CONTACT_MM = 5.0
+RUN_PRIOR = next(s.default for s in user_settings(FitConfig) if s.name == "prior")  # the command line's default
 
 
-def run_clip(video: Path, out: Path, settings: dict, boxes: Path | None, prior: str) -> dict:
-    """`hoirecon run` in a child process -> exit code, last error line, wall seconds, peak RSS."""
+def run_clip(video: Path, out: Path, settings: dict, boxes: Path | None, prior: str | None) -> dict:
+    """`hoirecon run` in a child process -> exit code, last error line, wall seconds, peak RSS
+    (``prior`` None: the run's own default, what a user gets)."""
     exe = Path(sys.executable).with_name("hoirecon")
     cmd = [str(exe), "run", str(video), "--category", settings.get("category", "unknown"), "--out", str(out),
-           "--side", settings.get("side", "right"), "--prior", prior, "--quiet"]
+           "--side", settings.get("side", "right"), "--quiet"]
+    cmd += ["--prior", prior] if prior is not None else []
     if boxes is not None:
         cmd += ["--boxes", str(boxes)]
     else:
@@ -151,13 +158,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", default=None, help="comma-separated clip names (default: every clip)")
     ap.add_argument("--boxes", default="auto,drawn", help="auto, drawn or both")
-    ap.add_argument("--prior", default="none", help="fit --prior for every run")
+    ap.add_argument("--prior", default=None, help="fit --prior for every run (default: the run's own, "
+                                                   f"{RUN_PRIOR!r}, what a user gets)")
     ap.add_argument("--work", default="/tmp/bench_real")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     settings = json.loads((SETTINGS / "clips.json").read_text())
     names = args.clips.split(",") if args.clips else sorted(p.name for p in REAL.iterdir() if p.is_dir())
     started = machine()
+    command_prior = f" --prior {args.prior}" if args.prior is not None else ""
+    prior_used = args.prior if args.prior is not None else f"{RUN_PRIOR} (the run's default)"
     rows = []
     for name in names:
         for mode in args.boxes.split(","):
@@ -173,7 +183,7 @@ def main() -> None:
                 save_jpeg(picture, IMAGES / f"real_{name}_{mode}.jpg")
             # Written after every clip: a long run stopped half-way still leaves its rows.
             body = (f"## Real clips end to end (`bench_real`)\n\n"
-                    f"`.venv/bin/python benchmarks/bench_real.py --prior {args.prior}`; machine: {started}. "
+                    f"`.venv/bin/python benchmarks/bench_real.py{command_prior}`; prior: {prior_used}; machine: {started}. "
                     f"No ground truth: IoUs are of the fit's renderings against the masks it was fitted to. "
                     f"Summary pictures: `docs/images/real_<clip>_<boxes>.jpg`.\n\n" + table(rows))
             if not args.no_write:
