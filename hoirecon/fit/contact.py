@@ -4,10 +4,12 @@ The fit pushes the hand out of the object with a soft penetration term, ramped i
 second half. A soft term leaves single frames with a fingertip several millimetres inside
 (a re-grip the silhouettes pull the other way). Grasp users (robotics, physics) take those
 frames as they are, so each frame whose deepest hand vertex is still more than a tolerance
-inside is moved out rigidly, as far as it needs and no farther, so that the contact stays.
+inside is moved out rigidly, as far as it needs and no farther, so that the contact stays;
+where no rigid move helps (fingers on both sides of a handle), its fingers are opened.
 
+- ``ContactConfig``: the tolerances and step sizes.
 - ``push_out_of_sdf``: (T, V, 3) points and an SDF -> (T, 3) translations.
-- ``resolve_hand_penetration``: the same, applied to a fitted ``HOIScene``'s hands.
+- ``resolve_hand_penetration``: both steps, applied to a fitted ``HOIScene``'s hands.
 """
 
 from __future__ import annotations
