@@ -405,3 +405,8 @@ def test_seen_components_keep_every_part_the_masks_see():
     kept = seen_components(mesh, K, torch.linalg.inv(T_obj_to_cam), masks)
     assert len(kept.split(only_watertight=False)) == 2
     np.testing.assert_allclose(kept.volume, head.volume + body.volume, rtol=1e-6)
+    # A blob larger than both seen parts, which no object mask sees (a real fit's was behind the
+    # hand), is not the object; it does not make the seen parts small either.
+    blob = box([-0.12, 0.0, 0.0], [0.07, 0.07, 0.07])
+    kept = seen_components(trimesh.util.concatenate([head, body, blob, crumb]), K, torch.linalg.inv(T_obj_to_cam), masks)
+    np.testing.assert_allclose(kept.volume, head.volume + body.volume, rtol=1e-6)
