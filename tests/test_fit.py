@@ -408,5 +408,13 @@ def test_seen_components_keep_every_part_the_masks_see():
     # A blob larger than both seen parts, which no object mask sees (a real fit's was behind the
     # hand), is not the object; it does not make the seen parts small either.
     blob = box([-0.12, 0.0, 0.0], [0.07, 0.07, 0.07])
-    kept = seen_components(trimesh.util.concatenate([head, body, blob, crumb]), K, torch.linalg.inv(T_obj_to_cam), masks)
+    with_blob = trimesh.util.concatenate([head, body, blob, crumb])
+    kept = seen_components(with_blob, K, torch.linalg.inv(T_obj_to_cam), masks)
     np.testing.assert_allclose(kept.volume, head.volume + body.volume, rtol=1e-6)
+    # Where the hand covers it in every frame, the largest part may be the object held in the
+    # hand: it is kept, and the seen parts still are.
+    v_blob = torch.as_tensor(blob.vertices, dtype=torch.float32) @ T_obj_to_cam[:, :3, :3].transpose(1, 2) \
+        + T_obj_to_cam[:, None, :3, 3]
+    hand = rasterize(v_blob, torch.as_tensor(blob.faces), K[None].expand(3, 3, 3), 128, 128).covered
+    kept = seen_components(with_blob, K, torch.linalg.inv(T_obj_to_cam), masks, silhouettes=masks | hand)
+    np.testing.assert_allclose(kept.volume, head.volume + body.volume + blob.volume, rtol=1e-6)

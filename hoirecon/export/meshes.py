@@ -28,14 +28,16 @@ MESH_FORMATS = ("glb", "obj", "ply")
 
 def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | torch.device = "cpu",
                          T_cam_to_obj: torch.Tensor | None = None, obj_masks: np.ndarray | None = None,
-                         K: torch.Tensor | None = None) -> tuple[trimesh.Trimesh, str]:
+                         K: torch.Tensor | None = None,
+                         hand_masks: np.ndarray | None = None) -> tuple[trimesh.Trimesh, str]:
     """The object surface of a finished fit (object frame, metres): the parts the masks see.
 
     Args:
         fit_dir: ``<out>/fit``.
         resolution: marching-cubes nodes per side to re-extract the surface from the fitted SDF
             (``scene.pt``), keeping the parts that the fitted cameras ``T_cam_to_obj`` (T, 4, 4)
-            and intrinsics ``K`` (3, 3) see on ``obj_masks`` (T, H, W) bool; None reuses the
+            and intrinsics ``K`` (3, 3) see on ``obj_masks`` (T, H, W) bool (``hand_masks``: where
+            the largest part may hide; ``hoirecon.fit.mesh.seen_components``); None reuses the
             fit's ``object.ply`` (whose parts the fit chose the same way).
         device: where the SDF is evaluated.
     Returns:
@@ -51,7 +53,8 @@ def object_mesh_from_fit(fit_dir: Path, resolution: int | None, device: str | to
 
         sdf_fn = load_object_sdf(fit_dir / FitOutput.SCENE, device)
         mesh = object_mesh(sdf_fn, float(sdf_fn.radius), int(resolution), K, T_cam_to_obj,
-                           torch.as_tensor(obj_masks), device)
+                           torch.as_tensor(obj_masks), device,
+                           hand_masks=None if hand_masks is None else torch.as_tensor(hand_masks))
         source = f"scene.pt marching cubes at {int(resolution)}^3"
     else:
         path = fit_dir / FitOutput.MESH

@@ -105,19 +105,23 @@ def mask_support(points_obj: torch.Tensor, K: torch.Tensor, T_cam_to_obj: torch.
 
 
 def seen_components(mesh: trimesh.Trimesh, K: torch.Tensor, T_cam_to_obj: torch.Tensor, support: torch.Tensor,
-                    min_support: float = 0.5, min_volume: float = 0.2) -> trimesh.Trimesh:
-    """The connected components of ``mesh`` that are the object: every closed one whose vertices
-    land on ``support`` (see ``mask_support``) at least ``min_support`` of the time and whose
-    volume is at least ``min_volume`` x the largest such part's. Floaters in front of the
-    background, pieces only ever behind the hand, and small pieces are dropped: a misplaced fit
-    can put a small blob on the masks (a synthetic toy car's 11 % piece did, and cost F@10 0.07),
-    while the parts a thinned neck splits apart are of similar size (a gimbal's body: 88 % of its
-    head). The largest part is not kept for its size alone: with the prior, a real clip's fit
-    grew a blob 4x the seen parts where only the hand was ever seen (osmo_pocket, session 13).
-    Where no part is seen that well, the largest part is the object.
+                    min_support: float = 0.5, min_volume: float = 0.2,
+                    silhouettes: torch.Tensor | None = None) -> trimesh.Trimesh:
+    """The connected components of ``mesh`` that are the object: the largest part, where its
+    vertices land on ``silhouettes`` (default ``support``) at least ``min_support`` of the time
+    (see ``mask_support``), and every closed part that lands on ``support`` that often and is at
+    least ``min_volume`` x the largest such part. Floaters in front of the background and small
+    pieces are dropped: a misplaced fit can put a small blob on the masks (a synthetic toy car's
+    11 % piece did, and cost F@10 0.07), while the parts a thinned neck splits apart are of
+    similar size (a gimbal's body: 88 % of its head). The seen parts are weighed against each
+    other, not against the largest part: with the prior, a real clip's fit grew a blob 6x the
+    gimbal's body, only ever behind the hand, and the body was dropped beside it (osmo_pocket,
+    session 13). Where no part qualifies, the largest part is the object.
 
     Args:
-        mesh: object-frame mesh (m). K, T_cam_to_obj, support: as ``mask_support``.
+        mesh: object-frame mesh (m). K, T_cam_to_obj, support: as ``mask_support`` (the object
+            masks). silhouettes: (T, H, W) bool, where the object may be without being seen
+            (the object masks with the hand's: a part behind the fingers).
     Returns:
         the kept components as one mesh (``mesh`` itself when it has one component).
     """
@@ -126,25 +130,32 @@ def seen_components(mesh: trimesh.Trimesh, K: torch.Tensor, T_cam_to_obj: torch.
         return mesh
     volume = np.array([abs(p.volume) if p.is_watertight else 0.0 for p in parts])
     size = volume if volume.max() > 0 else np.array([len(p.faces) for p in parts], float)
-    seen = np.array([size[i] > 0 and mask_support(torch.as_tensor(np.asarray(p.vertices), dtype=torch.float32), K,
-                                                  T_cam_to_obj, support) >= min_support
-                     for i, p in enumerate(parts)])
-    if not seen.any():
-        return parts[int(np.argmax(size))]
-    largest = float(size[seen].max())
-    keep = [p for i, p in enumerate(parts) if seen[i] and size[i] >= min_volume * largest]
-    return keep[0] if len(keep) == 1 else trimesh.util.concatenate(keep)
+    largest = int(np.argmax(size))
+
+    def lands_on(part: trimesh.Trimesh, where: torch.Tensor) -> bool:
+        verts = torch.as_tensor(np.asarray(part.vertices), dtype=torch.float32)
+        return mask_support(verts, K, T_cam_to_obj, where) >= min_support
+
+    seen = np.array([size[i] > 0 and lands_on(p, support) for i, p in enumerate(parts)])
+    keep = {largest} if lands_on(parts[largest], support if silhouettes is None else silhouettes) else set()
+    if seen.any():
+        keep |= {i for i in np.nonzero(seen)[0] if size[i] >= min_volume * size[seen].max()}
+    keep = sorted(keep) or [largest]
+    return parts[keep[0]] if len(keep) == 1 else trimesh.util.concatenate([parts[i] for i in keep])
 
 
 def object_mesh(sdf_fn: Callable[[torch.Tensor], torch.Tensor], radius: float, resolution: int,
                 K: torch.Tensor, T_cam_to_obj: torch.Tensor, obj_masks: torch.Tensor,
-                device: str | torch.device = "cpu") -> trimesh.Trimesh:
+                device: str | torch.device = "cpu", hand_masks: torch.Tensor | None = None) -> trimesh.Trimesh:
     """The fitted object's surface: ``extract_mesh`` and then ``seen_components`` against the
-    object masks (a part that only ever lies behind the hand is not evidence of the object).
+    object masks (a part that only ever lies behind the hand is not evidence of the object,
+    unless it is the largest part: the object itself, mostly in the hand).
 
     Args:
         sdf_fn, radius, resolution, device: as ``extract_mesh``.
-        K: (3, 3). T_cam_to_obj: (T, 4, 4) fitted cameras. obj_masks: (T, H, W) bool.
+        K: (3, 3). T_cam_to_obj: (T, 4, 4) fitted cameras. obj_masks, hand_masks: (T, H, W) bool
+            (no hand masks: the largest part must be seen on the object masks too).
     """
     mesh = extract_mesh(sdf_fn, radius, resolution, device, largest_component=False)
-    return seen_components(mesh, K.cpu(), T_cam_to_obj.cpu(), obj_masks.cpu())
+    silhouettes = None if hand_masks is None else (obj_masks | hand_masks).cpu()
+    return seen_components(mesh, K.cpu(), T_cam_to_obj.cpu(), obj_masks.cpu(), silhouettes=silhouettes)

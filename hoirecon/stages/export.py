@@ -158,7 +158,8 @@ def _load_clip(fit_dir: Path, masks_dir: Path, meta: FramesMeta, cfg: ExportConf
     T_cam_to_obj = T_hand_to_obj @ T_cam_to_hand
     masks = MasksOutput.load(masks_dir, meta) if cfg.resolution is not None or cfg.pictures else None
     mesh, mesh_source = object_mesh_from_fit(fit_dir, cfg.resolution, device, T_cam_to_obj,
-                                             None if masks is None else masks.obj, torch.as_tensor(poses.K, **f32))
+                                             None if masks is None else masks.obj, torch.as_tensor(poses.K, **f32),
+                                             None if masks is None else masks.hand)
     hand_local, hand_faces = hand_meshes_hand_frame(hand_model, torch.as_tensor(poses.articulation, **f32),
                                                     torch.as_tensor(poses.shape, **f32), poses.side)
     T_obj_to_world = (invert_rigid(T_cam_to_obj[0]) if cfg.world == "camera" else torch.eye(4, **f32))

@@ -227,7 +227,7 @@ def run_fit(ctx: StageContext, cfg: FitConfig) -> dict:
     with torch.no_grad():
         T_cam_to_obj = scene.T_cam_to_obj()
     mesh = object_mesh(scene.sdf, scene.sdf.radius, cfg.mesh_resolution, scene.K, T_cam_to_obj,
-                       torch.from_numpy(obj_m), device)
+                       torch.from_numpy(obj_m), device, hand_masks=torch.from_numpy(hand_m))
     mesh.export(out / FitOutput.MESH)
     ious = evaluate_masks(scene, labels, opt_cfg, stride=cfg.iou_stride)
     mesh_ious = evaluate_mesh_masks(scene, mesh.vertices, mesh.faces, labels, stride=cfg.iou_stride)
