@@ -153,8 +153,8 @@ def _open_fingers(scene, frames: torch.Tensor, cfg: ContactConfig) -> list[int]:
             verts = verts_in_object(fitted + delta, shift)
             depth = (-scene.sdf(verts.reshape(-1, 3)) - cfg.target_depth).clamp_min(0.0)
             loss = depth.pow(2).sum() + cfg.finger_pull * delta.pow(2).sum() + shift.pow(2).sum()
-            opt.zero_grad()
-            loss.backward()
+            # Gradients of these two only: the fitted SDF's parameters are not touched.
+            delta.grad, shift.grad = torch.autograd.grad(loss, [delta, shift])
             opt.step()
     delta, shift = delta.detach(), shift.detach()
     before = torch.tensor(_deepest_mm(scene.sdf, verts_in_object(fitted, zeros)))
