@@ -183,7 +183,8 @@ def main() -> None:
                 save_jpeg(picture, IMAGES / f"real_{name}_{mode}.jpg")
             # Written after every clip: a long run stopped half-way still leaves its rows.
             body = (f"## Real clips end to end (`bench_real`)\n\n"
-                    f"`.venv/bin/python benchmarks/bench_real.py{command_prior}`; prior: {prior_used}; machine: {started}. "
+                    f"`.venv/bin/python benchmarks/bench_real.py{command_prior}`; prior: {prior_used}; "
+                    f"machine: {started}. "
                     f"No ground truth: IoUs are of the fit's renderings against the masks it was fitted to. "
                     f"Summary pictures: `docs/images/real_<clip>_<boxes>.jpg`.\n\n" + table(rows))
             if not args.no_write:

@@ -124,7 +124,8 @@ def resolve_hand_penetration(scene, cfg: ContactConfig = ContactConfig()) -> dic
     still = torch.nonzero(after > cfg.max_depth * 1000.0).squeeze(1)
     opened = _open_fingers(scene, still, cfg) if cfg.finger_steps and still.numel() else []
     if opened:
-        after = torch.tensor(_deepest_mm(scene.sdf, transform_points(scene.T_hand_to_obj(), scene.hand_verts_hand()[0])))
+        verts_hand, _ = scene.hand_verts_hand()
+        after = torch.tensor(_deepest_mm(scene.sdf, transform_points(scene.T_hand_to_obj(), verts_hand)))
     moved = torch.nonzero(shift.norm(dim=-1) > 0).squeeze(1).tolist()
     return {"max_depth_mm": cfg.max_depth * 1000.0, "moved_frames": moved,
             "moved_mm": [round(float(shift[t].norm()) * 1000.0, 2) for t in moved], "fingers_opened_frames": opened,

@@ -78,9 +78,9 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
     "masks": StageDef("masks", "8", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand"), outputs=("HandsOutput",)),
-    "fit": StageDef("fit", "11", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 10: SDS views; 11: contact, seen parts by support
+    "fit": StageDef("fit", "11", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 11: contact, seen parts
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
-    "export": StageDef("export", "4", ("frames", "masks", "fit"), _lazy("export", "run_export"),  # 3: seen parts; 4: by support
+    "export": StageDef("export", "4", ("frames", "masks", "fit"), _lazy("export", "run_export"),  # 4: seen parts
                        outputs=("ExportOutput",)),
     # off the main chain: frames, masks -> pose (a template mesh is needed); its external
     # inputs load the template to check it, so they live with the stage
