@@ -228,6 +228,27 @@ def test_render_data_extra_meshes_train_their_category_or_the_unconditional_bran
     assert data.config["augment"] is True and data.config["meshes"][1][1] == "unknown"
 
 
+def test_render_data_cli_help_states_the_config_defaults():
+    """The options default to None (RenderDataConfig's value applies); their help names that value."""
+    import re
+
+    import typer
+
+    from hoirecon.cli import app
+    from hoirecon.prior.data import RenderDataConfig
+
+    command = typer.main.get_command(app).commands["prior"].commands["render-data"]
+    fields = {"shapes": "shapes_per_category", "mesh_copies": "copies_per_mesh", "grasps": "grasps_per_shape",
+              "views": "views_per_grasp"}
+    cfg = RenderDataConfig()
+    for param in command.params:
+        if param.name in fields:
+            stated = re.search(r"\[default: (\d+)\]", param.help)
+            assert param.default is None and int(stated.group(1)) == getattr(cfg, fields[param.name]), param.name
+        if param.name in ("wide_shapes", "augment"):
+            assert param.default is None and getattr(cfg, param.name) is False and "[default: off" in param.help
+
+
 def test_render_data_cli_refuses_a_missing_mesh_in_one_line(tmp_path):
     from conftest import run_cli
 
