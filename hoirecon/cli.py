@@ -396,18 +396,35 @@ app.add_typer(prior_app, name="prior")
 @prior_app.command("render-data")
 def prior_render_data(
     out: Path = typer.Option(..., "--out", "-o", help="Dataset file to write (.npz)."),
-    shapes: int = typer.Option(24, "--shapes", help="Procedural objects per category."),
-    grasps: int = typer.Option(3, "--grasps", help="Hand placements per object."),
-    views: int = typer.Option(10, "--views", help="Random viewpoints per placement."),
+    shapes: Optional[int] = typer.Option(None, "--shapes", help="Procedural objects per category [default: 24]."),
+    mesh_copies: Optional[int] = typer.Option(None, "--mesh-copies", help="Copies of each --mesh (warped with "
+                                                                          "--augment) [default: 20]."),
+    grasps: Optional[int] = typer.Option(None, "--grasps", help="Hand placements per object [default: 3]."),
+    views: Optional[int] = typer.Option(None, "--views", help="Random viewpoints per placement [default: 10]."),
+    wide_shapes: Optional[bool] = typer.Option(None, "--wide-shapes/--no-wide-shapes",
+                                               help="Draw the procedural objects from the wider distribution "
+                                                    "(ranges twice as wide, flat and box bodies, lids, spouts) "
+                                                    "[default: off, the synth benchmark's shapes]."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment",
+                                           help="Warp every object before grasping it (per-axis scale, taper, "
+                                                "bend) [default: off]."),
+    mesh: Optional[list[str]] = typer.Option(None, "--mesh", help="Extra object mesh PATH[:CATEGORY], repeatable; "
+                                                                  "a category outside the prior's vocabulary (or "
+                                                                  "none) trains its unconditional branch."),
     seed: int = SeedOpt,
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Render hand + object geometry pairs (normal, depth, mask, uv at 64x64) from random viewpoints."""
-    from hoirecon.prior.data import RenderDataConfig, render_prior_dataset
+    from hoirecon.prior.data import RenderDataConfig, parse_mesh_spec, render_prior_dataset
 
     s = _session(quiet, as_json, "prior render-data")
-    cfg = RenderDataConfig(shapes_per_category=shapes, grasps_per_shape=grasps, views_per_grasp=views, seed=seed)
+    # Only the options given override the config's defaults (RenderDataConfig declares them).
+    given = {"shapes_per_category": shapes, "copies_per_mesh": mesh_copies, "grasps_per_shape": grasps,
+             "views_per_grasp": views,
+             "wide_shapes": wide_shapes, "augment": augment}
+    cfg = RenderDataConfig(seed=seed, meshes=tuple(parse_mesh_spec(m) for m in mesh or ()),
+                           **{k: v for k, v in given.items() if v is not None})
     with s.reporter.task("rendering prior data", total=None) as task:
         summary = render_prior_dataset(out, cfg, progress=lambda done, total: task.update(completed=done,
                                                                                           total=total))

@@ -200,3 +200,46 @@ def test_mesh_scale_rule(tmp_path):
         assert any(("rescaled" in n) == (expect != extent) for n in loaded.notes), (extent, loaded.notes)
     loaded = load_object_mesh(tmp_path / "box0.24.ply", 0.1)
     assert np.isclose(loaded.mesh.extents.max(), 0.1) and any("--object-size" in n for n in loaded.notes)
+
+
+# ----------------------------------------------------------------------------- the prior's wide shapes
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_wide_shapes_are_watertight_with_a_consistent_sdf_and_grasp(category):
+    for seed in range(3):
+        info = make_object_info(category, np.random.default_rng([11, seed]), wide=True)
+        mesh = info.mesh
+        assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0, (category, seed)
+        assert np.allclose(mesh.bounds.mean(axis=0), 0.0, atol=1e-9)
+        d = info.sdf(mesh.vertices)
+        assert np.percentile(np.abs(d), 99) < 5e-4, (category, seed)
+        assert info.sdf(info.grasp.point[None])[0] < 0, (category, seed)
+        assert info.sdf((info.grasp.point - 0.08 * info.grasp.approach)[None])[0] > 0, (category, seed)
+
+
+def test_wide_sampler_widens_the_ranges_and_adds_the_variants():
+    from hoirecon.synth.objects import sample_object_params
+
+    narrow = [sample_object_params("mug", s)["handle_ring"] for s in range(200)]
+    wide = [sample_object_params("mug", s, wide=True) for s in range(200)]
+    rings = [p["handle_ring"] for p in wide]
+    assert min(rings) < min(narrow) - 0.001 and max(rings) > max(narrow) + 0.001
+    assert min(min(rings), *(p["handle_tube"] for p in wide)) > 0
+    for key in ("body_aspect", "lid_h", "spout_reach"):
+        assert 10 < sum(key in p for p in wide) < 190, key
+    bottles = [sample_object_params("bottle", s, wide=True) for s in range(100)]
+    assert 10 < sum(p.get("box_body", False) for p in bottles) < 90
+    # the synth benchmark's draws never see them, and its objects stay what they were
+    assert not any(k in sample_object_params("mug", s) for s in range(50) for k in ("body_aspect", "lid_h"))
+
+
+def test_variant_keys_at_their_neutral_values_give_the_plain_object():
+    from hoirecon.synth.objects import sample_object_params
+
+    pts = np.random.default_rng(0).uniform(-0.15, 0.15, (2000, 3))
+    variants = {"mug": {"lid_h": 0.0, "spout_reach": 0.0}, "bottle": {"box_body": False}, "kettle": {}, "bowl": {}}
+    for category, neutral_values in variants.items():
+        params = sample_object_params(category, 4)
+        neutral = dict(params, body_aspect=1.0, **neutral_values)
+        np.testing.assert_array_equal(object_sdf(category, params)(pts), object_sdf(category, neutral)(pts))

@@ -201,6 +201,64 @@ def test_render_data_file_roundtrip(tmp_path):
         load_prior_dataset(tmp_path / "missing.npz")
 
 
+def test_render_data_extra_meshes_train_their_category_or_the_unconditional_branch(tmp_path):
+    import trimesh
+
+    from hoirecon.prior.data import RenderDataConfig, load_prior_dataset, parse_mesh_spec, render_prior_dataset
+
+    path = tmp_path / "tin.stl"
+    trimesh.creation.cylinder(radius=0.033, height=0.12, sections=48).export(path)
+    assert parse_mesh_spec(f"{path}:Cup") == (str(path), "mug")
+    assert parse_mesh_spec(f"{path}:duck") == (str(path), "unknown")
+    assert parse_mesh_spec(str(path)) == (str(path), "unknown")
+    with pytest.raises(UserError, match="no such file"):
+        parse_mesh_spec(str(tmp_path / "missing.obj:mug"))
+    cfg = RenderDataConfig(categories=("knife",), shapes_per_category=1, grasps_per_shape=1, views_per_grasp=2,
+                           wide_shapes=True, augment=True, copies_per_mesh=2,
+                           meshes=(parse_mesh_spec(f"{path}:mug"), parse_mesh_spec(f"{path}:tin can")))
+    summary = render_prior_dataset(tmp_path / "d.npz", cfg)
+    assert summary.per_category == {"knife": 2, "mug": 4, "unknown": 4} and summary.failed_grasps == 0
+    data = load_prior_dataset(tmp_path / "d.npz")
+    names = [CATEGORIES[i] for i in data.category.tolist()]
+    assert names == ["knife"] * 2 + ["mug"] * 4 + ["unknown"] * 4
+    with np.load(tmp_path / "d.npz") as z:
+        assert z["object_index"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    obj = data.object.float()
+    assert (obj[:, 0] > 0).any(dim=(1, 2)).all() and (data.hand[:, 0] > 0).any(dim=(1, 2)).all()
+    assert data.config["augment"] is True and data.config["meshes"][1][1] == "unknown"
+
+
+def test_render_data_cli_help_states_the_config_defaults():
+    """The options default to None (RenderDataConfig's value applies); their help names that value."""
+    import re
+
+    import typer
+
+    from hoirecon.cli import app
+    from hoirecon.prior.data import RenderDataConfig
+
+    command = typer.main.get_command(app).commands["prior"].commands["render-data"]
+    fields = {"shapes": "shapes_per_category", "mesh_copies": "copies_per_mesh", "grasps": "grasps_per_shape",
+              "views": "views_per_grasp"}
+    cfg = RenderDataConfig()
+    for param in command.params:
+        if param.name in fields:
+            stated = re.search(r"\[default: (\d+)\]", param.help)
+            assert param.default is None and int(stated.group(1)) == getattr(cfg, fields[param.name]), param.name
+        if param.name in ("wide_shapes", "augment"):
+            assert param.default is None and getattr(cfg, param.name) is False and "[default: off" in param.help
+
+
+def test_render_data_cli_refuses_a_missing_mesh_in_one_line(tmp_path):
+    from conftest import run_cli
+
+    code, _, err = run_cli("prior", "render-data", "--out", str(tmp_path / "d.npz"), "--mesh",
+                           str(tmp_path / "nope.obj"))
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "no such file" in lines[0], err
+    assert not (tmp_path / "d.npz").exists()
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -18,6 +18,12 @@ Sizes (the size is the extent named): mug height 8-12 cm, bottle height 18-28 cm
 kettle height 15-25 cm (its largest extent also stays within 15-25 cm), bowl rim
 diameter 12-18 cm, knife length 18-28 cm, toy car length 8-15 cm.
 
+``wide=True`` (the prior's training data, ``hoirecon prior render-data --wide-shapes``) draws
+from a wider distribution: every range of a family's sampler twice as wide about its middle,
+and variants the benchmark's objects never have: flattened (elliptical) bodies, box-bodied
+bottles, lidded and spouted mugs. The default draws, and so the ``synth`` benchmark clips,
+are unchanged.
+
 The SDFs are exact where the primitives are and a bound elsewhere (after smooth unions,
 subtractions, ellipsoids and the tapered spout): their zero set is the surface and their
 sign is right everywhere, which is what tests and meshing need.
@@ -45,6 +51,7 @@ __all__ = [
     "LoadedMesh",
     "HANDHELD_EXTENT_M",
     "DEFAULT_MESH_SIZE_M",
+    "WIDE_RANGE_FACTOR",
     "sample_object_params",
     "object_sdf",
     "make_object_info",
@@ -145,6 +152,14 @@ def _tapered_capsule(p: np.ndarray, a: np.ndarray, b: np.ndarray, ra: float, rb:
     return np.linalg.norm(p - (a + t[:, None] * ba), axis=1) - (ra + (rb - ra) * t)
 
 
+def _squash_y(sdf_of: Callable[[np.ndarray], np.ndarray], p: np.ndarray, aspect: float) -> np.ndarray:
+    """``sdf_of`` of a part squashed across y by ``aspect`` (<= 1): an elliptical / flattened
+    cross-section. Scaled by ``aspect`` so it stays a bound; ``aspect`` 1 is ``sdf_of(p)`` exactly."""
+    if aspect == 1.0:
+        return sdf_of(p)
+    return aspect * sdf_of(p * np.array([1.0, 1.0 / aspect, 1.0]))
+
+
 # ----------------------------------------------------------------------------- grasp info
 
 
@@ -229,18 +244,29 @@ def _mug_sample(rng: np.random.Generator) -> dict:
 def _mug_build(P: dict):
     H, rb, rt, w = P["height"], P["r_bottom"], P["r_top"], P["wall"]
     center = np.array([P["handle_x"], 0.0, P["handle_z"]])
+    # Variants of the wide sampler (absent keys: the plain mug): flattened body, lid, pouring spout.
+    aspect, lid_h, spout = P.get("body_aspect", 1.0), P.get("lid_h", 0.0), P.get("spout_reach", 0.0)
+    cavity_top = H + 0.02 if lid_h <= 0 else H - lid_h
+    lip_h = 0.006 if lid_h > 0 else 0.0
+    spout_a = np.array([-(rt - 0.004), 0.0, 0.8 * H])
+    spout_b = np.array([-(rt + spout), 0.0, H + 0.002])
 
     def sdf(p):
-        outer = _frustum_z(p, 0.0, H, rb, rt, rounding=0.003)
+        outer = _squash_y(lambda q: _frustum_z(q, 0.0, H, rb, rt, rounding=0.003), p, aspect)
         handle = _stadium_torus_y(p, center, P["handle_ring"], P["handle_tube"], P["handle_half_straight"])
         solid = _smin(outer, handle, 0.004)
+        if lid_h > 0:
+            solid = _smin(solid, _frustum_z(p, H - 0.004, H + lip_h, 0.55 * rt, 0.45 * rt, rounding=0.002), 0.003)
+        if spout > 0:
+            solid = _smin(solid, _tapered_capsule(p, spout_a, spout_b, 0.012, 0.005), 0.004)
         # The cavity's walls run parallel to the outer ones; it is open above the rim.
-        cavity = _frustum_z(p, P["base"], H + 0.02, rb - w, rt - w + (rt - rb) * 0.02 / H, rounding=0.002)
+        cavity = _squash_y(lambda q: _frustum_z(q, P["base"], cavity_top, rb - w, rt - w + (rt - rb) * 0.02 / H,
+                                                rounding=0.002), p, aspect)
         return _smax(solid, -cavity, 0.0015)
 
     reach = P["handle_x"] + P["handle_ring"] + P["handle_tube"]
-    lo = np.array([-rt, -rt, 0.0]) - 0.004
-    hi = np.array([max(rt, reach), rt, H]) + 0.004
+    lo = np.array([-rt - (spout + 0.005 if spout > 0 else 0.0), -rt, 0.0]) - 0.004
+    hi = np.array([max(rt, reach), rt, H + max(lip_h, 0.007 if spout > 0 else 0.0)]) + 0.004
     return sdf, lo, hi
 
 
@@ -272,8 +298,14 @@ def _bottle_build(P: dict):
     H, R, rn, rc = P["height"], P["radius"], P["r_neck"], P["r_cap"]
     zs, zn, zc = P["z_shoulder"], P["z_shoulder"] + P["shoulder_h"], H - P["cap_h"]
 
+    aspect, box = P.get("body_aspect", 1.0), P.get("box_body", False)
+    box_half = np.array([R, R * aspect, 0.5 * (zs + 0.01)])
+
     def sdf(p):
-        body = _frustum_z(p, 0.0, zs + 0.01, R, R, rounding=0.006)
+        if box:  # a square-shouldered, non-revolved body (a detergent or milk bottle)
+            body = _round_box(p, np.array([0.0, 0.0, box_half[2]]), box_half, 0.2 * min(R * aspect, box_half[2]))
+        else:
+            body = _squash_y(lambda q: _frustum_z(q, 0.0, zs + 0.01, R, R, rounding=0.006), p, aspect)
         shoulder = _frustum_z(p, zs, zn, R, rn)
         neck = _frustum_z(p, zn - 0.005, zc + 0.002, rn, rn)
         cap = _frustum_z(p, zc, H, rc, rc, rounding=0.002)
@@ -327,9 +359,11 @@ def _kettle_build(P: dict):
     b = np.array([-(Rt + P["spout_reach"]), 0.0, P["spout_z1"]])
     lid_top = H - 2 * knob + 0.004
 
+    aspect = P.get("body_aspect", 1.0)
+
     def sdf(p):
-        body = _frustum_z(p, 0.0, Hb, Rb, Rt, rounding=0.012)
-        lid = _frustum_z(p, Hb - 0.01, lid_top, Rt * 0.92, Rt * 0.55, rounding=0.006)
+        body = _squash_y(lambda q: _frustum_z(q, 0.0, Hb, Rb, Rt, rounding=0.012), p, aspect)
+        lid = _squash_y(lambda q: _frustum_z(q, Hb - 0.01, lid_top, Rt * 0.92, Rt * 0.55, rounding=0.006), p, aspect)
         knob_d = np.linalg.norm(p - np.array([0.0, 0.0, H - knob]), axis=1) - knob
         handle = _stadium_torus_y(p, center, P["handle_ring"], P["handle_tube"], P["handle_half_straight"])
         spout = _tapered_capsule(p, a, b, P["spout_r0"], P["spout_r1"])
@@ -364,13 +398,18 @@ def _bowl_build(P: dict):
     a, c, w = 0.5 * P["diameter"], P["depth"], P["wall"]
     origin = np.zeros(3)
 
-    def sdf(p):
+    def bowl(p):
         outer = _ellipsoid(p, origin, np.array([a, a, c]))
         outer = _smax(outer, p[:, 2], 0.002)  # cut at the rim plane z = 0, edge rounded
         foot = _frustum_z(p, -c - P["foot_h"], -c + 0.015, P["foot_r"], P["foot_r"], rounding=0.002)
         solid = _smin(outer, foot, 0.008)
         cavity = _ellipsoid(p, origin, np.array([a - w, a - w, c - w]))
         return _smax(solid, -cavity, 0.002)
+
+    aspect = P.get("body_aspect", 1.0)  # an oval dish in the wide sampler
+
+    def sdf(p):
+        return _squash_y(bowl, p, aspect)
 
     lo = np.array([-a, -a, -c - P["foot_h"]]) - 0.004
     hi = np.array([a, a, 0.0]) + 0.004
@@ -508,6 +547,46 @@ _FAMILIES: dict[str, _Family] = {
 }
 
 
+class _StretchedRanges:
+    """A Generator whose ``uniform(a, b)`` draws from the range stretched ``factor`` times about
+    its middle (a non-negative range stays positive: its low end is at least ``a / 2``).
+
+    The wide sampler runs each family's own sampler through it, so every size and proportion
+    widens together and the families' derived quantities (handle room, grid steps) still hold.
+    """
+
+    def __init__(self, rng: np.random.Generator, factor: float):
+        self._rng, self._factor = rng, factor
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, size=None):
+        mid, half = 0.5 * (low + high), 0.5 * self._factor * (high - low)
+        lo = max(mid - half, 0.5 * low) if low >= 0 else mid - half
+        return self._rng.uniform(lo, mid + half, size)
+
+    def __getattr__(self, name: str):
+        return getattr(self._rng, name)
+
+
+# Range factor of the wide sampler; variants it adds, each with its probability.
+WIDE_RANGE_FACTOR = 2.0
+
+
+def _wide_variants(key: str, P: dict, rng: np.random.Generator) -> dict:
+    """Shapes the six families' own samplers never draw (``make_object_info(..., wide=True)``):
+    flattened / elliptical bodies, box bottles, lidded and spouted mugs. Keys the builds read."""
+    out = dict(P)
+    if key in ("mug", "bottle", "kettle", "bowl") and rng.random() < 0.5:
+        out["body_aspect"] = float(rng.uniform(0.6, 0.95))
+    if key == "mug":
+        if rng.random() < 0.3:
+            out["lid_h"] = float(rng.uniform(0.004, 0.012))
+        elif rng.random() < 0.3:
+            out["spout_reach"] = float(rng.uniform(0.008, 0.02))
+    if key == "bottle" and rng.random() < 0.35:
+        out["box_body"] = True
+    return out
+
+
 def _category(category: str) -> str:
     key = str(category).strip().lower().replace(" ", "_").replace("-", "_")
     key = {"toycar": "toy_car", "car": "toy_car"}.get(key, key)
@@ -523,9 +602,17 @@ def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 # ----------------------------------------------------------------------------- public API
 
 
-def sample_object_params(category: str, rng: np.random.Generator | int | None = None) -> dict:
-    """Draw a family's parameters (metres) in the build frame (no ``frame_offset`` yet)."""
-    return _FAMILIES[_category(category)].sample(_rng(rng))
+def sample_object_params(category: str, rng: np.random.Generator | int | None = None, wide: bool = False) -> dict:
+    """Draw a family's parameters (metres) in the build frame (no ``frame_offset`` yet).
+
+    wide: the prior's wider shape distribution (every range ``WIDE_RANGE_FACTOR`` times as
+    wide, plus ``_wide_variants``); off, the draws are the benchmark clips' (unchanged).
+    """
+    key = _category(category)
+    rng = _rng(rng)
+    if not wide:
+        return _FAMILIES[key].sample(rng)
+    return _wide_variants(key, _FAMILIES[key].sample(_StretchedRanges(rng, WIDE_RANGE_FACTOR)), rng)
 
 
 def object_sdf(category: str, params: dict) -> SDF:
@@ -566,19 +653,20 @@ def _mesh_sdf(sdf: SDF, lo: np.ndarray, hi: np.ndarray, spacing: np.ndarray) -> 
     return mesh
 
 
-def make_object_info(category: str, rng: np.random.Generator | int | None = None) -> ObjectInfo:
+def make_object_info(category: str, rng: np.random.Generator | int | None = None, wide: bool = False) -> ObjectInfo:
     """Generate an object of ``category`` with its SDF and suggested grasp.
 
     Args:
         category: one of ``CATEGORIES`` (case-insensitive; "toy car"/"toycar" accepted).
         rng: a Generator or a seed; the same seed gives the same object.
+        wide: draw from the wider distribution of ``sample_object_params`` (the prior's data).
 
     Returns:
         ``ObjectInfo`` whose mesh is watertight, in metres, centred on its bounding box.
     """
     key = _category(category)
     family = _FAMILIES[key]
-    params = family.sample(_rng(rng))
+    params = sample_object_params(key, rng, wide)
     sdf, lo, hi = family.build(params)
     spacing = family.spacing(params)
     mesh = _mesh_sdf(sdf, lo, hi, spacing)
