@@ -115,8 +115,8 @@ def seen_components(mesh: trimesh.Trimesh, K: torch.Tensor, T_cam_to_obj: torch.
     11 % piece did, and cost F@10 0.07), while the parts a thinned neck splits apart are of
     similar size (a gimbal's body: 88 % of its head). The seen parts are weighed against each
     other, not against the largest part: with the prior, a real clip's fit grew a blob 6x the
-    gimbal's body, only ever behind the hand, and the body was dropped beside it (osmo_pocket,
-    session 13). Where no part qualifies, the largest part is the object.
+    gimbal's body, landing on the object masks a quarter of the time and on the hand the rest, and
+    the body was dropped beside it (osmo_pocket, session 13). Where no part qualifies, the largest part is the object.
 
     Args:
         mesh: object-frame mesh (m). K, T_cam_to_obj, support: as ``mask_support`` (the object

@@ -21,8 +21,8 @@ penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``) and
 ``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal). Both
 push the hand out of the object over the second half of the fit with the object's shape and
 shared pose held fixed (``LossWeights.hand_penetration``). After the optimisation, a frame
-whose hand is still more than 2 mm inside the object is moved out rigidly
-(``hoirecon.fit.contact``; ``summary.json`` ``contact``).
+whose hand is still more than 2 mm inside the object is moved out rigidly, or its fingers
+opened where no rigid move helps (``hoirecon.fit.contact``; ``summary.json`` ``contact``).
 Resumable: a checkpoint in ``ctx.scratch_dir`` every ``checkpoint_every`` steps.
 """
 
