@@ -236,6 +236,49 @@ def test_grid_area_regularizer_measures_and_flattens():
     assert float(grid.regularizers()["area"].detach()) < 0.97 * float(GridSDF(0.05, 48).regularizers()["area"].detach())
 
 
+def test_grid_volume_measures_a_sphere_and_weighs_its_nodes():
+    # The default grid is a sphere of half the radius: volume 4/3 pi 0.5^3 (units of radius^3); the
+    # 1.5-node logistic occupancy adds 4 pi r (pi^2 / 3) eps^2 = 0.085 at 48^3 (16 %).
+    grid = GridSDF(0.05, 48)
+    eps = 1.5 * 2 / 47
+    smoothed = 4 / 3 * np.pi * 0.5 ** 3 + 4 * np.pi * 0.5 * np.pi ** 2 / 3 * eps ** 2
+    np.testing.assert_allclose(float(grid.volume().detach()), smoothed, rtol=0.02)
+    # Weighted: only the half x > 0 counts, and only its surface nodes get the gradient.
+    x = grid.node_points()[:, 0]
+    half = (x > 0).float()
+    np.testing.assert_allclose(float(grid.volume(half).detach()), smoothed / 2, rtol=0.05)
+    grid.volume(half).backward()
+    g = grid.values.grad.reshape(-1)
+    r = grid.node_points().norm(dim=-1) / grid.radius
+    shell = (r - 0.5).abs() < 0.03
+    assert float(g[shell & (x > 0.1 * grid.radius)].max()) < 0  # lowering the volume raises the SDF there
+    assert float(g[x < 0].abs().max()) == 0
+    assert float(g[r < 0.2].abs().max()) < 0.05 * float(g.abs().max())  # logistic tail at 4.7 eps
+
+
+def test_hidden_weights_ramp():
+    from hoirecon.fit.losses import hidden_weights
+
+    w = hidden_weights(torch.tensor([0.0, 0.5, 0.75, 0.875, 1.0]), 0.75, 1.0)
+    np.testing.assert_allclose(w.numpy(), [0, 0, 0, 0.5, 1], atol=1e-6)
+
+
+def test_mask_share_per_point_counts_only_the_frames_that_see_a_point():
+    from hoirecon.fit.mesh import mask_share_per_point
+
+    K = torch.tensor([[10.0, 0, 4.5], [0, 10.0, 4.5], [0, 0, 1]])
+    T_cam_to_obj = torch.eye(4).repeat(3, 1, 1)
+    T_cam_to_obj[:, 2, 3] = -1.0  # the camera 1 m behind the object-frame origin, looking along +z
+    masks = torch.zeros(3, 10, 10, dtype=torch.bool)
+    masks[0, 4:6, 4:6] = True  # frame 0 sees the origin on the mask, frames 1-2 off it
+    masks[1, 0, 0] = True
+    pts = torch.tensor([[0.0, 0, 0], [10.0, 0, 0]])  # the second point is outside every image
+    T_far = T_cam_to_obj.clone()
+    np.testing.assert_allclose(mask_share_per_point(pts, K, T_far, masks).numpy(), [1 / 3, 0.0], atol=1e-6)
+    masks[1:, 4:6, 4:6] = True
+    np.testing.assert_allclose(mask_share_per_point(pts, K, T_far, masks).numpy(), [1.0, 0.0], atol=1e-6)
+
+
 def test_invalid_frames_weaken_the_pull_to_the_init(tiny_clip):
     from hoirecon.fit.optimize import scene_losses
 

@@ -43,6 +43,7 @@ import torch
 
 from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
+from hoirecon.fit.losses import smoothstep
 from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.prior.sds import SDSConfig, SDSRenderConfig, draw_sds_views, score_distillation_loss
 
@@ -178,8 +179,7 @@ def unseen_view_weight(view_dirs: torch.Tensor, observed_dirs: torch.Tensor, see
     """
     cos = (view_dirs @ observed_dirs.T).amax(dim=-1).clamp(-1.0, 1.0)
     angle = torch.rad2deg(torch.acos(cos))
-    x = ((angle - seen_deg) / (unseen_deg - seen_deg)).clamp(0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
+    return smoothstep((angle - seen_deg) / (unseen_deg - seen_deg))
 
 
 def sphere_directions(n: int, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -32,6 +32,10 @@ class LossWeights:
     sdf_smooth: squared Laplacian of the grid (grid SDF only; fills unobserved space).
     sdf_area: surface area of the grid's zero level set in units of radius^2 (grid SDF
         only): a minimal-surface prior for the parts no view constrains.
+    hidden_volume: the object's volume that the masks see mostly through the hand (units of
+        radius^3; grid SDF only; ``GridSDF.volume`` weighted by ``hidden_weights``): a real
+        clip's visual hull is deep behind the hand, and the prior filled it with a body no
+        frame shows (osmo_pocket, docs/experiments.md).
     penetration: mean over hand vertices of relu(-sdf) / radius.
     hand_penetration: ``deep_penetration_loss`` with the object SDF held fixed, so it moves
         only the hand and the per-frame object pose (never carves the object; what it moves:
@@ -53,6 +57,7 @@ class LossWeights:
     eikonal: float = 0.1
     sdf_smooth: float = 1e-3
     sdf_area: float = 0.01
+    hidden_volume: float = 1.0
     penetration: float = 10.0
     hand_penetration: float = 100.0
     temporal_artic: float = 1.0
@@ -61,6 +66,20 @@ class LossWeights:
     artic_prior: float = 0.01
     cam_prior: float = 0.01
     ordinal_depth: float = 1.0
+
+
+def smoothstep(x: torch.Tensor) -> torch.Tensor:
+    """0 below 0, 1 above 1, 3x^2 - 2x^3 between (C1: no kink for the optimiser to feel)."""
+    x = x.clamp(0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def hidden_weights(hand_share: torch.Tensor, share_from: float, share_full: float) -> torch.Tensor:
+    """Weights (0..1) of points on the hidden-volume cost from their hand share (any shape): the
+    share of the frames that see a point in which it lands on the hand mask
+    (``hoirecon.fit.mesh.mask_share_per_point``). 0 up to ``share_from``, 1 from
+    ``share_full`` on, ``smoothstep`` between (0 <= share_from < share_full)."""
+    return smoothstep((hand_share - share_from) / (share_full - share_from))
 
 
 def semantic_mask_loss(probs: torch.Tensor, labels: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

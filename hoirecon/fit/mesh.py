@@ -72,6 +72,48 @@ def extract_mesh(sdf_fn: Callable[[torch.Tensor], torch.Tensor], radius: float, 
     return mesh
 
 
+def points_on_masks(points_obj: torch.Tensor, K: torch.Tensor, T_cam_to_obj: torch.Tensor, masks: torch.Tensor,
+                    dilate_px: int = 0, frames_per_chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where object-frame points land on per-frame masks.
+
+    Args:
+        points_obj: (N, 3) points in the object frame (m).
+        K: (3, 3). T_cam_to_obj: (T, 4, 4) maps camera points to the object frame.
+        masks: (T, H, W) bool.
+        dilate_px: ``masks`` grow by this many pixels first.
+        frames_per_chunk: frames projected at once (memory: chunk x N x 3 floats).
+    Returns:
+        on, inside: (T, N) bool. inside: in front of the camera and inside the image; on:
+        inside and on a mask pixel.
+    """
+    T, H, W = masks.shape
+    dev = points_obj.device
+    if dilate_px > 0:
+        k = 2 * dilate_px + 1
+        masks = torch.nn.functional.max_pool2d(masks.float()[:, None], k, 1, dilate_px)[:, 0] > 0
+    masks = masks.to(dev)
+    T_obj_to_cam = torch.linalg.inv(T_cam_to_obj.double()).float().to(dev)
+    K = K.float().to(dev)
+    on, inside = [], []
+    for f0 in range(0, T, frames_per_chunk):
+        f = torch.arange(f0, min(T, f0 + frames_per_chunk), device=dev)
+        pts_cam = transform_points(T_obj_to_cam[f], points_obj.float()[None].expand(len(f), -1, -1))
+        pix = project_points(pts_cam, K[None].expand(len(f), -1, -1)).round().long()
+        ins = (pts_cam[..., 2] > 0) & (pix[..., 0] >= 0) & (pix[..., 0] < W) & (pix[..., 1] >= 0) & (pix[..., 1] < H)
+        u, v = pix[..., 0].clamp(0, W - 1), pix[..., 1].clamp(0, H - 1)
+        on.append(masks[f[:, None], v, u] & ins)
+        inside.append(ins)
+    return torch.cat(on), torch.cat(inside)
+
+
+def mask_share_per_point(points_obj: torch.Tensor, K: torch.Tensor, T_cam_to_obj: torch.Tensor,
+                         masks: torch.Tensor) -> torch.Tensor:
+    """(N,) share of the frames that see each point (``points_on_masks``' inside) in which it
+    lands on ``masks``; 0 for a point no frame sees. Arguments as ``points_on_masks``."""
+    on, inside = points_on_masks(points_obj, K, T_cam_to_obj, masks)
+    return on.float().sum(0) / inside.float().sum(0).clamp_min(1)
+
+
 def mask_support(points_obj: torch.Tensor, K: torch.Tensor, T_cam_to_obj: torch.Tensor,
                  support: torch.Tensor, min_inside: float = 0.5, dilate_px: int = 2) -> float:
     """Share of the points that land on ``support`` pixels, averaged over the frames that see them.
@@ -87,16 +129,7 @@ def mask_support(points_obj: torch.Tensor, K: torch.Tensor, T_cam_to_obj: torch.
     Returns:
         mean over the counted frames of the share on support (0 when no frame counts).
     """
-    T, H, W = support.shape
-    if dilate_px > 0:
-        k = 2 * dilate_px + 1
-        support = torch.nn.functional.max_pool2d(support.float()[:, None], k, 1, dilate_px)[:, 0] > 0
-    T_obj_to_cam = torch.linalg.inv(T_cam_to_obj.double()).float()
-    pts_cam = transform_points(T_obj_to_cam, points_obj.float()[None].expand(T, -1, -1))
-    pix = project_points(pts_cam, K.float()[None].expand(T, -1, -1)).round().long()
-    inside = (pts_cam[..., 2] > 0) & (pix[..., 0] >= 0) & (pix[..., 0] < W) & (pix[..., 1] >= 0) & (pix[..., 1] < H)
-    u, v = pix[..., 0].clamp(0, W - 1), pix[..., 1].clamp(0, H - 1)
-    on = support[torch.arange(T)[:, None], v, u] & inside
+    on, inside = points_on_masks(points_obj, K, T_cam_to_obj, support, dilate_px)
     counted = inside.float().mean(1) >= min_inside
     if not counted.any():
         return 0.0

@@ -41,12 +41,14 @@ from hoirecon.fit.losses import (
     LossWeights,
     deep_penetration_loss,
     eikonal_loss,
+    hidden_weights,
     ordinal_depth_loss,
     penetration_loss,
     semantic_mask_loss,
     temporal_first_diff,
     temporal_second_diff,
 )
+from hoirecon.fit.mesh import mask_share_per_point
 from hoirecon.fit.scene import BlendConfig, HOIScene
 from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
 from hoirecon.geometry.regions import mask_iou
@@ -99,6 +101,14 @@ class OptimizeConfig:
         shared object pose) or "hand" (nothing else). Moving the shared pose pushed whole
         objects off the hand (CD_h up); the fingers alone cannot leave a thin handle
         (docs/experiments.md).
+    hidden_share_from, hidden_share_full: the ramp of ``weights.hidden_volume`` over a grid
+        node's hand share (``hoirecon.fit.losses.hidden_weights``): the share of the frames
+        that see the node in which it lands on the hand mask. The ramp starts high because a
+        held object is often behind the fingers in half of the frames (a synthetic mug's
+        grasped side: hand share 0.4-0.65), while the body the prior grew behind a real
+        clip's hand had a share of 1 for most of its volume.
+    hidden_refresh_every: steps between recomputations of those weights (the cameras and
+        poses move); a divisor of ``checkpoint_every`` keeps a resumed run identical.
     """
 
     steps: int = 1500
@@ -124,6 +134,9 @@ class OptimizeConfig:
     max_seconds: float | None = None
     hand_penetration_start: float = 0.5
     hand_penetration_moves: str = "frame_pose"
+    hidden_share_from: float = 0.75
+    hidden_share_full: float = 1.0
+    hidden_refresh_every: int = 100
     weights: LossWeights = field(default_factory=LossWeights)
     vol: VolumeRenderConfig = field(default_factory=lambda: VolumeRenderConfig(
         n_coarse=48, n_importance=32, perturb=True, normal_mode="none"))
@@ -131,6 +144,9 @@ class OptimizeConfig:
     blend: BlendConfig = field(default_factory=BlendConfig)
 
     def __post_init__(self):
+        if not 0.0 <= self.hidden_share_from < self.hidden_share_full:
+            raise ValueError(f"need 0 <= hidden_share_from < hidden_share_full, got "
+                             f"{self.hidden_share_from}, {self.hidden_share_full}")
         if self.hand_penetration_moves not in HAND_PENETRATION_MOVES:
             raise ValueError(f"hand_penetration_moves must be one of {HAND_PENETRATION_MOVES}, "
                              f"got {self.hand_penetration_moves!r}")
@@ -361,10 +377,22 @@ def hand_penetration_ramp(step: int, cfg: OptimizeConfig) -> float:
     return float(np.clip((a - cfg.hand_penetration_start) / max(1e-6, 1.0 - cfg.hand_penetration_start), 0.0, 1.0))
 
 
+@torch.no_grad()
+def hidden_node_weights(scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig) -> torch.Tensor | None:
+    """(R^3,) weights of the grid nodes on ``weights.hidden_volume`` (``hidden_weights`` of their
+    hand share in ``labels`` (T, H, W), through the scene's current cameras); None where the
+    term is off or the SDF is not a grid."""
+    if not cfg.weights.hidden_volume or not isinstance(scene.sdf, GridSDF):
+        return None
+    share = mask_share_per_point(scene.sdf.node_points(), scene.K, scene.T_cam_to_obj(), labels == LABEL_HAND)
+    return hidden_weights(share, cfg.hidden_share_from, cfg.hidden_share_full)
+
+
 def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, labels: torch.Tensor,
-                 cfg: OptimizeConfig, gen: torch.Generator,
-                 step: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its weighted terms for one batch of pixels (``step`` None = the last step)."""
+                 cfg: OptimizeConfig, gen: torch.Generator, step: int | None = None,
+                 hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its weighted terms for one batch of pixels (``step`` None = the last step;
+    ``hidden``: ``hidden_node_weights``, None = no hidden-volume term)."""
     w = cfg.weights
     dev = scene.K.device
     r = scene.render_pixels(frames.to(dev), pix.to(dev), cfg.vol, cfg.mesh, cfg.blend)
@@ -380,6 +408,8 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
         terms["sdf_smooth"] = reg["smooth"]
         if w.sdf_area:
             terms["sdf_area"] = reg["area"]
+        if w.hidden_volume and hidden is not None and hidden.numel() == scene.sdf.values.numel():
+            terms["hidden_volume"] = scene.sdf.volume(hidden)
     else:
         pts = (torch.rand(cfg.eikonal_points, 3, generator=gen) * 2 - 1).to(dev) * radius
         from hoirecon.render.volume import sdf_with_gradient
@@ -430,8 +460,9 @@ class StopRequested(Exception):
 
 
 def _save_checkpoint(path: Path, scene: HOIScene, opt: torch.optim.Optimizer, step: int,
-                     gen: torch.Generator, history: list[dict]) -> None:
+                     gen: torch.Generator, history: list[dict], hidden: torch.Tensor | None = None) -> None:
     state = {
+        "hidden_weights": None if hidden is None else hidden.detach().cpu(),
         "step": step,
         "scene": {k: v.detach().cpu() for k, v in scene.state_dict().items()},
         "sdf_spec": dict(scene.sdf.spec()),
@@ -488,7 +519,7 @@ def optimize_scene(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = PixelSampler(labels)
-    start, history = 0, []
+    start, history, hidden = 0, [], None
     ck = None
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         ck = read_torch_checkpoint(checkpoint_path, "fit checkpoint (delete it, or run with --force, to start afresh)")
@@ -502,6 +533,8 @@ def optimize_scene(
         torch.set_rng_state(ck["rng_global"])
         gen.set_state(ck["rng_sampler"])
         start = int(ck["step"])
+        hidden = ck.get("hidden_weights")
+        hidden = None if hidden is None else hidden.to(scene.K.device)
         keys = list(ck["history_keys"])
         history = [dict(zip(keys, row.tolist())) for row in ck["history"]] if keys else []
         for row in history:
@@ -512,13 +545,15 @@ def optimize_scene(
     T = scene.num_frames
     terms: dict = {}
     for step in range(start, cfg.steps):
-        _apply_grid_schedule(scene, opt, step, cfg)
+        regridded = _apply_grid_schedule(scene, opt, step, cfg)
+        if (step == start and hidden is None) or regridded or step % max(1, cfg.hidden_refresh_every) == 0:
+            hidden = hidden_node_weights(scene, labels, cfg)
         factor = lr_factor(step, cfg)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         frames = torch.randperm(T, generator=gen)[: min(cfg.frames_per_step, T)]
         pix, lab = sampler.sample(frames, n_per_frame, sample_probs(step, cfg), gen)
-        total, terms = scene_losses(scene, frames, pix, lab, cfg, gen, step)
+        total, terms = scene_losses(scene, frames, pix, lab, cfg, gen, step, hidden)
         if guidance is not None:
             sds, sds_info = guidance(scene, step, cfg.steps, gen)
             total = total if sds is None else total + sds
@@ -537,7 +572,7 @@ def optimize_scene(
         done = step + 1
         due = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
         if checkpoint_path is not None and due and done < cfg.steps:
-            _save_checkpoint(Path(checkpoint_path), scene, opt, done, gen, history)
+            _save_checkpoint(Path(checkpoint_path), scene, opt, done, gen, history, hidden)
         if should_stop is not None and should_stop(done):
             raise StopRequested(f"stopped after step {done}")
         if cfg.max_seconds is not None and row["seconds"] >= cfg.max_seconds:

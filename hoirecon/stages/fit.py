@@ -16,7 +16,8 @@ frame). Writes into ``<out>/fit/``:
 - ``preview/step_XXXXX.png``: rendered vs observed labels on a few frames.
 - ``summary.json``: final losses, per-frame mask IoUs, steps, seconds, init info.
 
-Presets: ``fast`` (grid SDF 48^3 with a small surface-area prior ``LossWeights.sdf_area``,
+Presets: ``fast`` (grid SDF 48^3 with a small surface-area prior ``LossWeights.sdf_area`` and a
+cost on volume the masks see almost only through the hand ``LossWeights.hidden_volume``,
 penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``) and
 ``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal). Both
 push the hand out of the object over the second half of the fit with the object's shape and
