@@ -108,7 +108,7 @@ class OptimizeConfig:
         grasped side: hand share 0.4-0.65), while the body the prior grew behind a real
         clip's hand had a share of 1 for most of its volume.
     hidden_refresh_every: steps between recomputations of those weights (the cameras and
-        poses move); a divisor of ``checkpoint_every`` keeps a resumed run identical.
+        poses move); the weights in use go into the checkpoint, so a resumed fit is the same fit.
     """
 
     steps: int = 1500
