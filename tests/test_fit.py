@@ -461,3 +461,24 @@ def test_seen_components_keep_every_part_the_masks_see():
     hand = rasterize(v_blob, torch.as_tensor(blob.faces), K[None].expand(3, 3, 3), 128, 128).covered
     kept = seen_components(with_blob, K, torch.linalg.inv(T_obj_to_cam), masks, silhouettes=masks | hand)
     np.testing.assert_allclose(kept.volume, head.volume + body.volume + blob.volume, rtol=1e-6)
+
+
+def test_hidden_node_weights_follow_the_hand_masks(tiny_clip):
+    from hoirecon.fit.optimize import hidden_node_weights
+    from hoirecon.render.blend import LABEL_HAND, LABEL_OBJECT
+
+    scene, _ = _scene(tiny_clip)
+    T, H, W = tiny_clip["hand"].shape
+    cfg = _opt_cfg(1)
+    all_hand = torch.full((T, H, W), LABEL_HAND, dtype=torch.uint8)
+    w = hidden_node_weights(scene, all_hand, cfg)
+    assert w.shape == (scene.sdf.values.numel(),) and float(w.max()) == 1.0  # seen only through the hand
+    assert float(hidden_node_weights(scene, torch.full((T, H, W), LABEL_OBJECT, dtype=torch.uint8), cfg).max()) == 0
+    # The term then lowers the volume where the weights are: one step of it alone raises the SDF there.
+    before = scene.sdf.values.detach().clone().reshape(-1)
+    scene.sdf.volume(w).backward()
+    g = scene.sdf.values.grad.reshape(-1)
+    near = (before.abs() < 0.05) & (w > 0.5)
+    assert near.any() and float(g[near].max()) < 0
+    off = replace(cfg, weights=replace(cfg.weights, hidden_volume=0.0))
+    assert hidden_node_weights(scene, all_hand, off) is None
