@@ -115,3 +115,13 @@ def test_fit_presets_are_the_declared_names():
     init, opt = preset_configs(FitConfig(preset="paper", steps=7, seed=3, blend="hard"))
     assert (init.sdf_kind, opt.steps, opt.rays_per_step, opt.seed, opt.blend.mode) == ("mlp", 7, 1024, 3, "hard")
     assert PRESETS["paper"].opt.steps == 50000  # the override did not leak into the preset
+
+
+def test_fit_hidden_volume_cost_only_with_a_prior():
+    from hoirecon.stages.fit import PRESETS, preset_configs
+
+    assert PRESETS["fast"].opt.weights.hidden_volume > 0
+    _, with_prior = preset_configs(FitConfig(prior="hoirecon"))
+    _, without = preset_configs(FitConfig(prior="none"))
+    assert with_prior.weights.hidden_volume == PRESETS["fast"].opt.weights.hidden_volume
+    assert without.weights.hidden_volume == 0.0

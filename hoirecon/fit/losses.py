@@ -35,7 +35,8 @@ class LossWeights:
     hidden_volume: the object's volume that the masks see mostly through the hand (units of
         radius^3; grid SDF only; ``GridSDF.volume`` weighted by ``hidden_weights``): a real
         clip's visual hull is deep behind the hand, and the prior filled it with a body no
-        frame shows (osmo_pocket, docs/experiments.md).
+        frame shows (osmo_pocket, docs/experiments.md). The fit stage turns it off without a
+        prior (``hoirecon.stages.fit.preset_configs``).
     penetration: mean over hand vertices of relu(-sdf) / radius.
     hand_penetration: ``deep_penetration_loss`` with the object SDF held fixed, so it moves
         only the hand and the per-frame object pose (never carves the object; what it moves:

@@ -16,8 +16,8 @@ frame). Writes into ``<out>/fit/``:
 - ``preview/step_XXXXX.png``: rendered vs observed labels on a few frames.
 - ``summary.json``: final losses, per-frame mask IoUs, steps, seconds, init info.
 
-Presets: ``fast`` (grid SDF 48^3 with a small surface-area prior ``LossWeights.sdf_area`` and a
-cost on volume the masks see almost only through the hand ``LossWeights.hidden_volume``,
+Presets: ``fast`` (grid SDF 48^3 with a small surface-area prior ``LossWeights.sdf_area``, with a
+prior a cost on volume the masks see almost only through the hand ``LossWeights.hidden_volume``,
 penetration weight 3, 1500 steps, lrs in ``OptimizeConfig``) and
 ``paper`` (MLP SDF, 1024 rays, 50k steps, lr 5e-4 for every group, autograd eikonal). Both
 push the hand out of the object over the second half of the fit with the object's shape and
@@ -94,6 +94,11 @@ def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
     opt = replace(preset.opt, blend=BlendConfig(mode=cfg.blend), seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                   per_frame_object_pose=cfg.per_frame_object_pose, max_seconds=cfg.time_budget_s,
                   **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.prior.lower() == "none":
+        # The hidden-volume cost answers the prior's fill behind the hand. Without a prior that
+        # volume is the visual hull's, and often the object's: on a held-out box whose grasp hides
+        # a third of it, the cost took it away (F@10 0.779 -> 0.448; docs/experiments.md, session 14).
+        opt = replace(opt, weights=replace(opt.weights, hidden_volume=0.0))
     return replace(preset.init), opt
 
 
