@@ -251,8 +251,9 @@ def main() -> None:
          else work / "results_fast.json").write_text(json.dumps(done, indent=2))
     if args.also_from:
         names = [r.get("name") for r in next(iter(results.values()))]
+        ran = set(results)  # a column of this run is never replaced by an earlier run's
         for row in json.loads(Path(args.also_from).read_text()):
-            if row["prior"] not in results and row.get("name") in names:
+            if row["prior"] not in ran and row.get("name") in names:
                 results.setdefault(row["prior"], [None] * len(names))[names.index(row["name"])] = row
         results = {k: v for k, v in results.items() if all(r is not None for r in v)}
     rows = next(iter(results.values()))
