@@ -126,3 +126,12 @@ def test_a_contradicting_hand_keeps_its_own_pose_where_it_matches_its_mask_bette
     worse, ious = _worse_than_grasp(np.array([False, False]), (verts[None].repeat(2, 1, 1), faces),
                                     np.stack([off, off]), np.stack([right, right]), K, masks)
     assert not worse.any() and ious == {}
+
+
+def test_short_runs_marks_only_runs_under_the_length():
+    from hoirecon.fit.optimize import short_runs
+
+    flags = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], bool)
+    np.testing.assert_array_equal(short_runs(flags, 3), [1, 0, 1, 1, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(short_runs(flags, 1), np.zeros(10, bool))
+    assert not short_runs(np.zeros(0, bool), 3).any()

@@ -169,6 +169,10 @@ class InitConfig:
         hand_fan's re-grip frames win by 0.29-0.39; toy_plane's first frames, where the hand
         stage's hand is wrong, by 0.10-0.12, and kept there they ended off their masks (IoU 0)
         (docs/experiments.md, session 12).
+    own_hand_min_run: ... and only where at least this many consecutive frames keep theirs. A
+        re-grip lasts several frames (hand_fan's: runs of 3-4 at 10 fps); a lone frame kept
+        between frames restarted from the grasp was pulled off its mask by its neighbours
+        (toy_plane frame 3: hand IoU 0.00; restarted from the grasp: 0.50; session 14).
     """
 
     sdf_kind: str = "grid"
@@ -183,6 +187,7 @@ class InitConfig:
     mlp_prefit_steps: int = 300
     invalid_trust: float = 0.1
     own_hand_margin: float = 0.15
+    own_hand_min_run: int = 3
 
 
 def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
@@ -251,6 +256,7 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         T_c2h_grasp = np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o
         outliers, hand_ious = _worse_than_grasp(contradicting, hand_mesh, T_c2h, T_c2h_grasp, K, hand_masks,
                                                 cfg.own_hand_margin)
+        outliers |= short_runs(contradicting & ~outliers, cfg.own_hand_min_run)
         T_c2h = np.where(outliers[:, None, None], T_c2h_grasp, T_c2h)
         T_h2o_frames = np.where(outliers[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
         trust_cap = np.where(contradicting, cfg.invalid_trust, 1.0)
@@ -292,6 +298,21 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
             "hand_kept_against_grasp_frames": np.nonzero(contradicting & ~outliers)[0].tolist(),
             "contradicting_hand_mask_iou_own_grasp": hand_ious}
     return scene, info
+
+
+def short_runs(flags: np.ndarray, min_run: int) -> np.ndarray:
+    """(T,) bool: the set entries of ``flags`` (T,) that lie in a run of consecutive set entries
+    shorter than ``min_run``."""
+    flags = np.asarray(flags, bool)
+    out = np.zeros_like(flags)
+    start = None
+    for t, f in enumerate(np.append(flags, False)):
+        if f and start is None:
+            start = t
+        elif not f and start is not None:
+            out[start:t] = t - start < min_run
+            start = None
+    return out
 
 
 def _worse_than_grasp(contradicting: np.ndarray, hand_mesh: tuple[torch.Tensor, torch.Tensor], T_c2h_own: np.ndarray,
