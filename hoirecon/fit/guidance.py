@@ -322,6 +322,11 @@ def _load_prior(name: str, device: torch.device):
     raise UserError(f"unknown prior '{name}': choose one of {', '.join(PRIOR_NAMES)} or a path to a prior .pt file")
 
 
+def is_no_prior(prior: str) -> bool:
+    """Whether a ``GuidanceConfig.prior`` value (any case, spaces around) asks for no prior."""
+    return str(prior).strip().lower() == "none"
+
+
 def build_guidance(cfg: GuidanceConfig, hand_model, device: str | torch.device = "cpu") -> PriorGuidance | None:
     """Load the prior named by ``cfg.prior`` onto ``device`` and wrap it for the fit loop.
 
@@ -333,9 +338,9 @@ def build_guidance(cfg: GuidanceConfig, hand_model, device: str | torch.device =
         ``prior="none"``. Raises UserError for an unknown prior name, MissingWeightsError for
         "diffhoi" without its checkpoint.
     """
-    name = str(cfg.prior).strip()
-    if name.lower() == "none":
+    if is_no_prior(cfg.prior):
         return None
+    name = str(cfg.prior).strip()
     prior = _load_prior(name.lower() if name.lower() in PRIOR_NAMES else name, torch.device(device))
     return PriorGuidance(prior, prior_category(prior, category_name(cfg.category)),
                          hand_model.vert_uv.detach().to(device), cfg)

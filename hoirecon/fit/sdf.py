@@ -67,6 +67,8 @@ class GridSDF(ObjectSDF):
     """
 
     kind = "grid"
+    # Width (in nodes) of the logistic occupancy that the area and volume terms share.
+    OCCUPANCY_WIDTH = 1.5
 
     def __init__(self, radius: float, resolution: int = 48):
         super().__init__()
@@ -152,7 +154,7 @@ class GridSDF(ObjectSDF):
         # Silhouettes leave the parts of the object seen by no view unconstrained (the visual
         # hull grows domes and wedges there); a small area prior flattens them (a minimal
         # surface spanning the constrained rims), which is closer to most man-made objects.
-        eps = 1.5 * h
+        eps = self.OCCUPANCY_WIDTH * h
         occ_density = torch.sigmoid(c / eps)
         delta = occ_density * (1.0 - occ_density) / eps
         area = (delta * grad_norm).sum() * h ** 3
@@ -165,7 +167,7 @@ class GridSDF(ObjectSDF):
         next to the surface and hardly the ones deep inside."""
         v = self.values.reshape(-1)
         h = 2.0 / (self.resolution - 1)
-        inside = torch.sigmoid(-v / (1.5 * h))
+        inside = torch.sigmoid(-v / (self.OCCUPANCY_WIDTH * h))
         if node_weights is not None:
             inside = inside * node_weights.to(v)
         return inside.sum() * h ** 3

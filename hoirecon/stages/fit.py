@@ -42,7 +42,7 @@ import torch
 from hoirecon.categories import UNKNOWN, category_name
 from hoirecon.errors import UserError
 from hoirecon.fit.contact import resolve_hand_penetration
-from hoirecon.fit.guidance import GuidanceConfig, build_guidance
+from hoirecon.fit.guidance import GuidanceConfig, build_guidance, is_no_prior
 from hoirecon.fit.init import ObjectCameras, object_in_hand_from_camera, object_poses_through
 from hoirecon.fit.losses import LossWeights
 from hoirecon.fit.mesh import extract_mesh, object_mesh
@@ -94,7 +94,7 @@ def preset_configs(cfg: FitConfig) -> tuple[InitConfig, OptimizeConfig]:
     opt = replace(preset.opt, blend=BlendConfig(mode=cfg.blend), seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                   per_frame_object_pose=cfg.per_frame_object_pose, max_seconds=cfg.time_budget_s,
                   **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.prior.lower() == "none":
+    if is_no_prior(cfg.prior):
         # The hidden-volume cost answers the prior's fill behind the hand. Without a prior that
         # volume is the visual hull's, and often the object's: on a held-out box whose grasp hides
         # a third of it, the cost took it away (F@10 0.779 -> 0.448; docs/experiments.md, session 14).
