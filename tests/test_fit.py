@@ -223,9 +223,11 @@ def test_fit_sdf_to_grid_mlp_matches_sphere():
 
 
 def test_grid_area_regularizer_measures_and_flattens():
-    # A sphere of half the radius: area pi (units of radius^2; the 1.5-node smoothing adds ~5% at 48^3).
+    # A sphere of half the radius, measured on its surface offset by AREA_OFFSET occupancy
+    # widths: radius 0.5 + offset (units of radius; the smoothing adds a few % at 48^3).
     grid = GridSDF(0.05, 48)
-    np.testing.assert_allclose(float(grid.regularizers()["area"].detach()), np.pi, rtol=0.08)
+    offset = GridSDF.AREA_OFFSET * GridSDF.OCCUPANCY_WIDTH * 2.0 / 47
+    np.testing.assert_allclose(float(grid.regularizers()["area"].detach()), 4 * np.pi * (0.5 + offset) ** 2, rtol=0.06)
     # Its gradient lowers the area (shrinks the surface) while the eikonal term stays sane.
     opt = torch.optim.Adam(grid.parameters(), lr=2e-3)
     for _ in range(20):
@@ -234,6 +236,28 @@ def test_grid_area_regularizer_measures_and_flattens():
         (reg["area"] + 0.1 * reg["eikonal"]).backward()
         opt.step()
     assert float(grid.regularizers()["area"].detach()) < 0.97 * float(GridSDF(0.05, 48).regularizers()["area"].detach())
+
+
+def _grid_of(sdf_in_radius_units) -> GridSDF:
+    grid = GridSDF(1.0, 48)
+    grid.set_values_m(sdf_in_radius_units(GridSDF._coords(48)))
+    return grid
+
+
+def test_grid_area_counts_both_faces_of_a_thin_sheet():
+    # A sheet thinner than a node is as costly as a slab: both faces of the disk the bounding
+    # sphere cuts from the plane z = 0 (area pi each), plus the slab's rim. Measured on the zero
+    # level set, the sheet counted once and hollowing a solid into a shell paid.
+    sheet = float(_grid_of(lambda x: x[..., 2].abs() - 0.01).surface_area().detach())
+    slab = float(_grid_of(lambda x: x[..., 2].abs() - 0.3).surface_area().detach())
+    assert 2 * np.pi * 0.9 < sheet < 2 * np.pi * 1.15
+    assert sheet < slab < sheet + 2 * np.pi * 0.6 + 1.0
+
+
+def test_grid_area_counts_the_part_that_reaches_the_bounding_sphere():
+    # A solid filling the whole grid is not free: its surface is the bounding sphere (area 4 pi).
+    full = float(_grid_of(lambda x: torch.full(x.shape[:-1], -0.5)).surface_area().detach())
+    np.testing.assert_allclose(full, 4 * np.pi, rtol=0.1)
 
 
 def test_grid_volume_measures_a_sphere_and_weighs_its_nodes():

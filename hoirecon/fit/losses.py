@@ -30,8 +30,8 @@ class LossWeights:
     mask: semantic cross-entropy (per sampled pixel, mean).
     eikonal: (|grad| - 1)^2 (grid: near-surface nodes; MLP: ray samples + random points).
     sdf_smooth: squared Laplacian of the grid (grid SDF only; fills unobserved space).
-    sdf_area: surface area of the grid's zero level set in units of radius^2 (grid SDF
-        only): a minimal-surface prior for the parts no view constrains.
+    sdf_area: surface area of the grid's object in units of radius^2 (grid SDF only;
+        ``GridSDF.surface_area``): a minimal-surface prior for the parts no view constrains.
     hidden_volume: the object's volume that the masks see mostly through the hand (units of
         radius^3; grid SDF only; ``GridSDF.volume`` weighted by ``hidden_weights``): a real
         clip's visual hull is deep behind the hand, and the prior filled it with a body no

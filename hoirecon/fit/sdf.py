@@ -69,6 +69,8 @@ class GridSDF(ObjectSDF):
     kind = "grid"
     # Width (in nodes) of the logistic occupancy that the area and volume terms share.
     OCCUPANCY_WIDTH = 1.5
+    # How far outside the zero level set (in occupancy widths) ``surface_area`` measures.
+    AREA_OFFSET = 2.0
 
     def __init__(self, radius: float, resolution: int = 48):
         super().__init__()
@@ -133,14 +135,11 @@ class GridSDF(ObjectSDF):
     def regularizers(self) -> dict[str, torch.Tensor]:
         """eikonal: mean (|grad| - 1)^2 over interior nodes (central differences);
         smooth: mean squared Laplacian (x h^2, in units of radius), which fills the
-        unobserved parts of the grid smoothly; area: the zero level set's area (radius^2)."""
+        unobserved parts of the grid smoothly; area: ``surface_area`` (radius^2)."""
         v = self.values[0, 0]
         h = 2.0 / (self.resolution - 1)  # node spacing in units of radius
         c = v[1:-1, 1:-1, 1:-1]
-        gx = (v[1:-1, 1:-1, 2:] - v[1:-1, 1:-1, :-2]) / (2 * h)
-        gy = (v[1:-1, 2:, 1:-1] - v[1:-1, :-2, 1:-1]) / (2 * h)
-        gz = (v[2:, 1:-1, 1:-1] - v[:-2, 1:-1, 1:-1]) / (2 * h)
-        grad_norm = torch.sqrt(gx * gx + gy * gy + gz * gz + 1e-12)
+        grad_norm = _central_gradient_norm(v, h)
         lap = (
             v[1:-1, 1:-1, 2:] + v[1:-1, 1:-1, :-2] + v[1:-1, 2:, 1:-1] + v[1:-1, :-2, 1:-1]
             + v[2:, 1:-1, 1:-1] + v[:-2, 1:-1, 1:-1] - 6.0 * c
@@ -149,21 +148,32 @@ class GridSDF(ObjectSDF):
         # clamped grid cannot be a distance everywhere and need not be.
         band = (c.detach().abs() < 0.25).to(v.dtype)
         eik = ((grad_norm - 1.0) ** 2 * band).sum() / band.sum().clamp_min(1.0)
-        # Surface area (units of radius^2) as the total variation of a smoothed occupancy,
-        # sum of delta_eps(sdf) |grad sdf| h^3 with a logistic delta of width eps = 1.5 nodes.
-        # Silhouettes leave the parts of the object seen by no view unconstrained (the visual
-        # hull grows domes and wedges there); a small area prior flattens them (a minimal
-        # surface spanning the constrained rims), which is closer to most man-made objects.
+        return {"eikonal": eik, "smooth": (lap / h).pow(2).mean(), "area": self.surface_area()}
+
+    def surface_area(self) -> torch.Tensor:
+        """Area (units of radius^2) of the surface offset outwards by ``AREA_OFFSET`` occupancy
+        widths, as the total variation of a logistic occupancy of that offset surface, which is
+        empty outside the bounding sphere.
+
+        Silhouettes leave the parts of the object seen by no view unconstrained (the visual
+        hull grows domes and wedges there); a small area cost flattens them (a minimal surface
+        spanning the constrained rims), which is closer to most man-made objects. Measured on
+        the zero level set, a sheet thinner than the occupancy width counts once instead of
+        once per face, so the cost rewarded hollowing solids into opaque shells: the back of a
+        ball fitted without the prior vanished (docs/experiments.md, session 15). The offset
+        surface wraps a sheet on both faces. The sphere mask keeps the area counted where the
+        object reaches the grid's border (the renderer sees nothing outside the sphere)."""
+        v = self.values[0, 0]
+        h = 2.0 / (self.resolution - 1)
         eps = self.OCCUPANCY_WIDTH * h
-        occ_density = torch.sigmoid(c / eps)
-        delta = occ_density * (1.0 - occ_density) / eps
-        area = (delta * grad_norm).sum() * h ** 3
-        return {"eikonal": eik, "smooth": (lap / h).pow(2).mean(), "area": area}
+        in_sphere = torch.sigmoid((1.0 - self._coords(self.resolution, v.device, v.dtype).norm(dim=-1)) / h)
+        occupancy = torch.sigmoid((self.AREA_OFFSET * eps - v) / eps) * in_sphere
+        return _central_gradient_norm(F.pad(occupancy, (1, 1, 1, 1, 1, 1)), h).sum() * h ** 3
 
     def volume(self, node_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Enclosed volume (units of radius^3), each node's share weighted by ``node_weights``
-        (R^3,) in ``node_points`` order (None: 1 everywhere). The inside is the logistic
-        occupancy of ``regularizers``' area (width 1.5 nodes), so the gradient reaches the nodes
+        (R^3,) in ``node_points`` order (None: 1 everywhere). The inside is a logistic occupancy
+        of the zero level set, ``OCCUPANCY_WIDTH`` nodes wide, so the gradient reaches the nodes
         next to the surface and hardly the ones deep inside."""
         v = self.values.reshape(-1)
         h = 2.0 / (self.resolution - 1)
@@ -174,6 +184,14 @@ class GridSDF(ObjectSDF):
 
     def spec(self) -> dict:
         return {"kind": self.kind, "radius": self.radius, "resolution": self.resolution}
+
+
+def _central_gradient_norm(v: torch.Tensor, h: float) -> torch.Tensor:
+    """|grad v| by central differences at the interior nodes. v: (R, R, R) -> (R-2, R-2, R-2)."""
+    gx = (v[1:-1, 1:-1, 2:] - v[1:-1, 1:-1, :-2]) / (2 * h)
+    gy = (v[1:-1, 2:, 1:-1] - v[1:-1, :-2, 1:-1]) / (2 * h)
+    gz = (v[2:, 1:-1, 1:-1] - v[:-2, 1:-1, 1:-1]) / (2 * h)
+    return torch.sqrt(gx * gx + gy * gy + gz * gz + 1e-12)
 
 
 def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
