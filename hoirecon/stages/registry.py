@@ -78,7 +78,7 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
     "masks": StageDef("masks", "8", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand"), outputs=("HandsOutput",)),
-    "fit": StageDef("fit", "13", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 13: area counts both faces of a sheet
+    "fit": StageDef("fit", "13", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 13: area of sheets
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
     "export": StageDef("export", "4", ("frames", "masks", "fit"), _lazy("export", "run_export"),  # 4: seen parts
                        outputs=("ExportOutput",)),
