@@ -166,9 +166,19 @@ class GridSDF(ObjectSDF):
         v = self.values[0, 0]
         h = 2.0 / (self.resolution - 1)
         eps = self.OCCUPANCY_WIDTH * h
-        in_sphere = torch.sigmoid((1.0 - self._coords(self.resolution, v.device, v.dtype).norm(dim=-1)) / h)
-        occupancy = torch.sigmoid((self.AREA_OFFSET * eps - v) / eps) * in_sphere
+        occupancy = torch.sigmoid((self.AREA_OFFSET * eps - v) / eps) * self._in_sphere(v)
         return _central_gradient_norm(F.pad(occupancy, (1, 1, 1, 1, 1, 1)), h).sum() * h ** 3
+
+    def _in_sphere(self, like: torch.Tensor) -> torch.Tensor:
+        """(R, R, R) soft mask (one node wide) of the bounding sphere, cached per resolution, device
+        and dtype: at 96^3 building it took 7 ms of the area's 45 ms per step."""
+        key = (self.resolution, like.device, like.dtype)
+        cached = self.__dict__.get("_in_sphere_cache")
+        if cached is None or cached[0] != key:
+            h = 2.0 / (self.resolution - 1)
+            radius_nodes = self._coords(self.resolution, like.device, like.dtype).norm(dim=-1)
+            self.__dict__["_in_sphere_cache"] = cached = (key, torch.sigmoid((1.0 - radius_nodes) / h))
+        return cached[1]
 
     def volume(self, node_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Enclosed volume (units of radius^3), each node's share weighted by ``node_weights``
