@@ -428,7 +428,7 @@ def scene_losses(scene: HOIScene, frames: torch.Tensor, pix: torch.Tensor, label
         terms["eikonal"] = reg["eikonal"]
         terms["sdf_smooth"] = reg["smooth"]
         if w.sdf_area:
-            terms["sdf_area"] = reg["area"]
+            terms["sdf_area"] = scene.sdf.surface_area()
         if w.hidden_volume and hidden is not None and hidden.numel() == scene.sdf.values.numel():
             terms["hidden_volume"] = scene.sdf.volume(hidden)
     else:
