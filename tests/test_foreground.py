@@ -14,6 +14,7 @@ import pytest
 
 from hoirecon.geometry.regions import mask_box, mask_iou
 from hoirecon.io.video import read_rgb
+from hoirecon.segment.detect import more_like
 from hoirecon.segment.foreground import (
     ForegroundSplitTracker,
     SelfieForeground,
@@ -21,6 +22,8 @@ from hoirecon.segment.foreground import (
     hand_coloured,
     keep_near_foreground,
     landmark_hand_seeds,
+    object_gaps,
+    rare_in,
     skin_coloured,
     static_foreground,
 )
@@ -124,3 +127,55 @@ def test_skin_under_tinted_light_is_the_hands_own_colour():
     usual = np.zeros_like(image)
     usual[:] = (200, 150, 120)  # a hand in the usual range keeps the usual rule
     assert (skin_coloured(usual, palm) == skin_coloured(usual)).all()
+
+
+def test_rare_in_keeps_the_colours_the_background_hardly_shows():
+    image = np.zeros((10, 40, 3), np.uint8)
+    image[:, :10] = (0, 160, 170)  # a teal label
+    image[:, 10:20] = (220, 190, 60)  # the wall, seen between the object's parts
+    image[:, 20:] = (220, 190, 60)  # the wall around
+    image[0, 25] = (0, 160, 170)  # one stray pixel of the label's colour in the background
+    candidates, wall = np.zeros((10, 40), bool), np.zeros((10, 40), bool)
+    candidates[:, :20], wall[:, 20:] = True, True
+    got = rare_in(image, candidates, wall)
+    assert got[:, :10].all() and not got[:, 10:].any()
+    assert not rare_in(image, candidates, np.zeros_like(wall)).any()
+    assert more_like(image, candidates, wall)[:, :10].all() and not more_like(image, wall, candidates)[:, :10].any()
+
+
+def test_split_keeps_a_grip_part_the_foreground_misses_in_a_colour_of_its_own(tmp_path):
+    images, hand, obj, keypoints = _clip(tmp_path, "mug", 1)
+    image, hand, obj, kp = images[0].copy(), hand[0], obj[0], keypoints[0]
+    hand_box, object_box = mask_box(hand), mask_box(hand | obj)
+    x0, y0, x1, y1 = (int(v) for v in hand_box)
+    label = obj & _box_mask(obj.shape, hand_box)
+    label &= ~np.roll(hand, 3, 0) & ~np.roll(hand, -3, 0) & ~np.roll(hand, 3, 1) & ~np.roll(hand, -3, 1)
+    assert label.sum() > 40
+    image[label] = (0, 160, 170)  # a teal label on the grip, a colour no other part has
+    prob = ((hand | obj) & ~label).astype(np.float32)  # the learned foreground misses it
+    in_object_box = _box_mask(hand.shape, object_box)
+    seeds = landmark_hand_seeds(image, kp, np.zeros(hand.shape, bool), hand_coloured(image, kp, in_object_box))
+    got_hand, got_obj = first_frame_split(image, prob, np.zeros(hand.shape, bool), seeds, hand_box, object_box)
+    assert (got_obj & label).sum() > 0.8 * label.sum()
+    assert not (got_obj & ~obj & ~hand).sum() > 0.05 * obj.sum()  # and not the background around it
+
+
+def test_object_gaps_fill_a_cap_but_not_the_background_through_a_handle():
+    wall, body, cap = (220, 190, 60), (30, 60, 70), (0, 160, 170)
+    image = np.full((120, 160, 3), wall, np.uint8)
+    obj = np.zeros((120, 160), bool)
+    obj[20:100, 40:60] = obj[20:100, 80:100] = obj[20:30, 40:100] = True  # a U: two prongs and a bridge
+    obj[40:70, 100:125] = True
+    obj[48:62, 108:118] = False  # a handle with the wall seen through it
+    image[obj] = body
+    image[60:100, 60:80] = cap  # between the prongs: a part the masks missed, in a colour of its own
+    image[100:120, 120:160] = cap  # the same colour in a corner, reaching out of the frame
+    hand = np.zeros_like(obj)
+    hand[100:120, 20:60] = True
+    image[hand] = (200, 150, 120)
+    gaps = object_gaps(image, hand, obj)
+    assert gaps[60:100, 60:80].mean() > 0.9  # the part between the prongs joins the object
+    assert not gaps[48:62, 108:118].any()  # the wall through the handle does not
+    assert not gaps[30:60, 60:80].any()  # nor the wall between the prongs above the part
+    assert not gaps[100:, 120:].any()  # nor what runs out of the frame
+    assert not (gaps & (obj | hand)).any()

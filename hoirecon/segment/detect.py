@@ -308,14 +308,16 @@ def static_background(frame0_rgb: np.ndarray, frame_k_rgb: np.ndarray, hand: np.
     return residual < cfg.static_frac * hand_motion
 
 
-def more_like(image_rgb: np.ndarray, region_a: np.ndarray, region_b: np.ndarray, bins: int = 16) -> np.ndarray:
+def more_like(image_rgb: np.ndarray, region_a: np.ndarray, region_b: np.ndarray, bins: int = 16,
+              ratio: float = 1.0) -> np.ndarray:
     """(H, W) bool: pixels whose (Lab, ``bins``^3 histogram) colour is more frequent in
-    ``region_a`` than in ``region_b`` (both (H, W) bool)."""
+    ``region_a`` than in ``region_b`` (both (H, W) bool), by more than ``ratio`` times (a large
+    ratio: colours ``region_b`` hardly shows)."""
     lab = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB).astype(np.int64) * bins // 256
     code = (lab[..., 0] * bins + lab[..., 1]) * bins + lab[..., 2]
     hist_a = np.bincount(code[region_a], minlength=bins ** 3) / max(1, int(region_a.sum()))
     hist_b = np.bincount(code[region_b], minlength=bins ** 3) / max(1, int(region_b.sum()))
-    return (hist_a > hist_b)[code] & (hist_a[code] > 0)
+    return (hist_a > ratio * hist_b)[code] & (hist_a[code] > 0)
 
 
 def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,

@@ -217,6 +217,51 @@ def keep_near_foreground(masks: np.ndarray, probs: Sequence[np.ndarray],
     return out
 
 
+def object_gaps(image: np.ndarray, hand: np.ndarray, obj: np.ndarray, close_fraction: float = 0.3) -> np.ndarray:
+    """(H, W) bool: pixels that belong to the object although neither mask has them (a dark cap
+    or a label the learned foreground misses, between object parts or between object and hand).
+
+    Candidates are the object's holes and notches: what a morphological closing of the object
+    (radius ``close_fraction`` of its size, the square root of its area) adds, and what the hand
+    and object together enclose. Skin is never a candidate. A candidate is kept where a ring of
+    background around hand, object and candidates hardly shows its colour (``rare_in``): the
+    background seen through a mug's handle, or a cupboard beside the object, is the ring's colour.
+
+    Args:
+        image: (H, W, 3) uint8 RGB. hand, obj: (H, W) bool.
+    """
+    area = int(obj.sum())
+    if area < 16:
+        return np.zeros_like(obj)
+    radius = max(2, int(round(close_fraction * np.sqrt(area))))
+    closed = cv2.morphologyEx(obj.astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)).astype(bool)
+    both = hand | obj
+    outside = components_touching(~both, _image_border(both.shape))
+    candidates = (closed | ~outside) & ~both & ~skin_coloured(image)
+    if not candidates.any():
+        return candidates
+    # What reaches the image's border runs out of the frame: background, not a gap in the object.
+    candidates &= ~components_touching(candidates, _image_border(candidates.shape))
+    ring = _dilate(both | candidates, GRIP_BACKGROUND_PX) & ~both & ~candidates
+    gaps = rare_in(image, candidates, ring)
+    return components_touching(gaps, _dilate(obj, 1))
+
+
+def fill_object_gaps(frames: Sequence[np.ndarray], masks: np.ndarray, close_fraction: float = 0.3) -> np.ndarray:
+    """masks (T, 2, H, W) bool [hand, object] -> the same with each frame's ``object_gaps``
+    given to the object."""
+    out = masks.copy()
+    for t, image in enumerate(frames):
+        out[t, 1] |= object_gaps(image, masks[t, 0], masks[t, 1], close_fraction)
+    return out
+
+
+def _image_border(shape_hw: tuple[int, int]) -> np.ndarray:
+    border = np.zeros(shape_hw, bool)
+    border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
+    return border
+
+
 def static_foreground(frames: Sequence[np.ndarray], probs: Sequence[np.ndarray],
                       cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> np.ndarray:
     """(H, W) bool: foreground that stays put over the clip (a cupboard next to the object).
@@ -238,6 +283,25 @@ def static_foreground(frames: Sequence[np.ndarray], probs: Sequence[np.ndarray],
     std = np.sqrt(np.maximum(total_sq / T - (total / T) ** 2, 0.0))
     return (count >= cfg.static_fraction * T) & (std < cfg.static_std)
 
+
+# How much more frequent a colour must be among candidate pixels than in the background around
+# them to count as not background (a shaded wall varies; a label or a dark cap is another colour).
+RARE_RATIO = 10.0
+
+
+def rare_in(image: np.ndarray, candidates: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the ``candidates`` (H, W) bool whose colour ``background`` (H, W) bool hardly
+    shows (``RARE_RATIO``); none where ``background`` is empty."""
+    from hoirecon.segment.detect import more_like
+
+    if not background.any():
+        return np.zeros_like(candidates)
+    return candidates & more_like(image, candidates, background, ratio=RARE_RATIO)
+
+
+# How far around the hand and object the background's colours are sampled, to tell a grip
+# the learned foreground missed from the wall behind it.
+GRIP_BACKGROUND_PX = 15
 
 HandSeeder = Callable[[np.ndarray, np.ndarray, np.ndarray], Optional[tuple[np.ndarray, np.ndarray]]]
 
@@ -308,14 +372,14 @@ class ForegroundSplitTracker:
                      object_core: np.ndarray) -> np.ndarray:
         """(H, W) bool: object pixels the flow carried that the foreground misses (a dark grip
         in the fist), kept where they are not skin and are coloured like the object rather
-        than like the background around it."""
+        than like the background around it, or in a colour that background does not show."""
         from hoirecon.segment.detect import more_like
 
         missed = warped_object & ~union & ~skin_coloured(image)
         if not missed.any() or not object_core.any():
             return missed
-        around = _dilate(union | warped_object, 15) & ~union & ~warped_object
-        return missed & more_like(image, object_core, around)
+        around = _dilate(union | warped_object, GRIP_BACKGROUND_PX) & ~union & ~warped_object
+        return missed & (more_like(image, object_core, around) | rare_in(image, missed, around))
 
     def object_limit(self, image: np.ndarray, static: np.ndarray, warped_object: np.ndarray) -> np.ndarray:
         """(H, W) bool: where the object may be this frame. It keeps what flow brought and may
@@ -378,12 +442,14 @@ def first_frame_split(image: np.ndarray, prob: np.ndarray, static: np.ndarray,
     union = foreground_union(prob, sure | (in_object_box & (prob > cfg.threshold)), cfg.threshold) & boxes
     object_core = _erode(union & box_region(shape, object_box) & ~probable, 2)
     # The grip between the fingers: non-skin pixels where the hand and object boxes meet,
-    # coloured like the object (the learned foreground often misses a dark grip in the fist).
+    # coloured like the object or in a colour the background does not show (the learned
+    # foreground often misses a dark grip in the fist, and a label on it matches no other part).
     grip = box_region(shape, hand_box) & in_object_box & ~skin_coloured(image) & ~union
     if object_core.any() and grip.any():
         from hoirecon.segment.detect import more_like
 
-        union |= grip & more_like(image, object_core, boxes & ~union)
+        background = _dilate(boxes, GRIP_BACKGROUND_PX) & ~union & ~grip
+        union |= grip & (more_like(image, object_core, background) | rare_in(image, grip, background))
     return split_foreground(image, union, sure, probable, object_core & ~static, in_object_box & ~static, cfg)
 
 

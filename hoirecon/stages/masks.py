@@ -49,7 +49,7 @@ from hoirecon.io.masks import overlay_masks, read_mask_folder
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
-from hoirecon.segment.foreground import keep_near_foreground
+from hoirecon.segment.foreground import fill_object_gaps, keep_near_foreground
 from hoirecon.stages.configs import MasksConfig
 from hoirecon.stages.outputs import FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
@@ -285,10 +285,12 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
         fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task, probs=probs)
         bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task,
                      probs=probs[::-1] if probs is not None else None, first_amodal=amodal)[0][::-1]
-    # What leaked far from every frame's own foreground goes, both ways alike.
+    # What leaked far from every frame's own foreground goes, and the object parts neither mask
+    # has (a dark cap, a label) join the object, both ways alike.
     if probs is not None and cfg.segmenter == "grabcut":
-        fwd, bwd = keep_near_foreground(fwd, probs), keep_near_foreground(bwd, probs)
-        first = keep_near_foreground(first[None], probs[:1])[0]
+        fwd = fill_object_gaps(frames, keep_near_foreground(fwd, probs))
+        bwd = fill_object_gaps(frames, keep_near_foreground(bwd, probs))
+        first = fill_object_gaps(frames[:1], keep_near_foreground(first[None], probs[:1]))[0]
     track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
     return {"tracker": tracker, "first": first, "fwd": fwd, "bwd": bwd, "track_iou": track_iou}
 

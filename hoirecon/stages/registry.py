@@ -75,7 +75,7 @@ def _fit_config_inputs(cfg) -> dict[str, str]:
 STAGES: Mapping[str, StageDef] = MappingProxyType({
     "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
                        outputs=("FramesMeta",)),
-    "masks": StageDef("masks", "8", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
+    "masks": StageDef("masks", "9", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,  # 9: labels
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand"), outputs=("HandsOutput",)),
     "fit": StageDef("fit", "13", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 13: area of sheets
