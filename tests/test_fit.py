@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import trimesh
 
 from hoirecon.fit.mesh import extract_mesh
@@ -23,7 +24,7 @@ from hoirecon.fit.optimize import (
     optimize_scene,
 )
 from hoirecon.fit.scene import load_object_sdf
-from hoirecon.fit.sdf import GridSDF, MLPSDF, fit_sdf_to_grid
+from hoirecon.fit.sdf import GridSDF, MLPSDF, _central_gradient_norm, fit_sdf_to_grid, occupancy_variation
 from hoirecon.hand import build_hand_model
 
 from conftest import look_at_np
@@ -258,6 +259,23 @@ def test_grid_area_counts_the_part_that_reaches_the_bounding_sphere():
     full = float(_grid_of(lambda x: torch.full(x.shape[:-1], -0.5)).surface_area().detach())
     np.testing.assert_allclose(full, 4 * np.pi, rtol=0.1)
 
+
+
+def test_occupancy_variation_gradient_is_autograds():
+    """The hand-written backward equals autograd through the plain formula (float64)."""
+    torch.manual_seed(0)
+    v = (torch.randn(7, 8, 9, dtype=torch.float64) * 0.3).requires_grad_()
+    mask = torch.rand(7, 8, 9, dtype=torch.float64)
+    offset, eps, h = 0.1, 0.2, 0.25
+
+    def plain(v):
+        occ = F.pad(torch.sigmoid((offset - v) / eps) * mask, (1, 1, 1, 1, 1, 1))
+        return _central_gradient_norm(occ, h).sum() * h ** 3
+
+    torch.testing.assert_close(occupancy_variation(v, mask, offset, eps, h), plain(v))
+    assert torch.autograd.gradcheck(lambda x: occupancy_variation(x, mask, offset, eps, h), (v,))
+    torch.testing.assert_close(torch.autograd.grad(occupancy_variation(v, mask, offset, eps, h), v)[0],
+                               torch.autograd.grad(plain(v), v)[0])
 
 def test_grid_volume_measures_a_sphere_and_weighs_its_nodes():
     # The default grid is a sphere of half the radius: volume 4/3 pi 0.5^3 (units of radius^3); the

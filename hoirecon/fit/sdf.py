@@ -173,8 +173,7 @@ class GridSDF(ObjectSDF):
         v = self.values[0, 0]
         h = self.node_spacing
         eps = self.OCCUPANCY_WIDTH * h
-        occupancy = torch.sigmoid((self.AREA_OFFSET * eps - v) / eps) * self._in_sphere(v)
-        return _central_gradient_norm(F.pad(occupancy, (1, 1, 1, 1, 1, 1)), h).sum() * h ** 3
+        return occupancy_variation(v, self._in_sphere(v), self.AREA_OFFSET * eps, eps, h)
 
     def _in_sphere(self, like: torch.Tensor) -> torch.Tensor:
         """(R, R, R) soft mask (one node wide) of the bounding sphere, cached per resolution, device
@@ -199,6 +198,54 @@ class GridSDF(ObjectSDF):
 
     def spec(self) -> dict:
         return {"kind": self.kind, "radius": self.radius, "resolution": self.resolution}
+
+
+def occupancy_variation(v: torch.Tensor, mask: torch.Tensor, offset: float, eps: float, h: float) -> torch.Tensor:
+    """Total variation of a grid's logistic occupancy: the area of its ``offset`` level set.
+
+    Args:
+        v: (R, R, R) grid values; mask: (R, R, R) weights in [0, 1] (no gradient); offset, eps:
+            the occupancy is ``sigmoid((offset - v) / eps) * mask``, zero outside the grid;
+            h: node spacing.
+    Returns:
+        scalar: the sum over nodes of |central-difference gradient of the occupancy| x h^3.
+    """
+    return _OccupancyVariation.apply(v, mask.detach(), float(offset), float(eps), float(h))
+
+
+class _OccupancyVariation(torch.autograd.Function):
+    """``occupancy_variation`` with its gradient written out: autograd's version makes about twice
+    as many passes over the grid (every slice's backward fills a zero grid). One thread, forward
+    and backward: 2.7 -> 1.45 ms at 48^3 (the fit's grid), 37 -> 17 ms at 96^3."""
+
+    @staticmethod
+    def forward(ctx, v, mask, offset, eps, h):
+        s = torch.sigmoid((offset - v) / eps)
+        occ = F.pad(s * mask, (1, 1, 1, 1, 1, 1))
+        # Unscaled central differences (2h times the gradient); the 1e-12 of
+        # ``_central_gradient_norm`` scales with them.
+        dx = occ[1:-1, 1:-1, 2:] - occ[1:-1, 1:-1, :-2]
+        dy = occ[1:-1, 2:, 1:-1] - occ[1:-1, :-2, 1:-1]
+        dz = occ[2:, 1:-1, 1:-1] - occ[:-2, 1:-1, 1:-1]
+        norm = torch.sqrt(dx * dx + dy * dy + dz * dz + 4e-12 * h * h)
+        ctx.save_for_backward(dx.div_(norm), dy.div_(norm), dz.div_(norm), s.mul_(1.0 - s).mul_(mask))
+        ctx.eps, ctx.h = eps, h
+        return norm.sum() * (h * h / 2.0)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ux, uy, uz, slope = ctx.saved_tensors
+        # d area / d occupancy[k] = h^2 / 2 (u[k - 1] - u[k + 1]) along each axis, u zero outside.
+        px = F.pad(ux, (1, 1))
+        g = px[..., :-2] - px[..., 2:]
+        py = F.pad(uy, (0, 0, 1, 1))
+        g += py[:, :-2] - py[:, 2:]
+        pz = F.pad(uz, (0, 0, 0, 0, 1, 1))
+        g += pz[:-2] - pz[2:]
+        # d occupancy / d v = -mask s (1 - s) / eps (``slope``: mask s (1 - s))
+        g *= slope
+        g *= -(grad_out * ctx.h * ctx.h / 2.0) / ctx.eps
+        return g, None, None, None, None
 
 
 def _central_gradient_norm(v: torch.Tensor, h: float) -> torch.Tensor:
