@@ -497,3 +497,14 @@ def test_a_poor_fit_names_the_other_side_when_it_fits_far_better(monkeypatch):
     assert warnings(0.48, 20.0)[0] == []  # 13 px is not half of 20: not named
     tried.clear()
     assert warnings(0.75, 49.0)[0] == [] and tried == []  # a good fit is not second-guessed
+
+
+def test_frames_whose_hand_contradicts_its_mask_are_dropped():
+    from hoirecon.stages.hand import contradicted_frames
+
+    ious = np.array([0.21, 0.22, 0.65, 0.80, 0.84, 0.83, 0.10])
+    valid = np.array([True, True, True, True, True, True, False])
+    assert contradicted_frames(ious, valid, 0.5).tolist() == [True, True, False, False, False, False, False]
+    assert not contradicted_frames(ious, valid, 0.0).any()
+    # Never every frame: a clip whose hand fits no mask keeps its estimates.
+    assert not contradicted_frames(np.full(4, 0.1), np.ones(4, bool), 0.5).any()

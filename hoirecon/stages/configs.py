@@ -149,6 +149,9 @@ class HandConfig:
     presence_threshold: float = setting(0.5, "Landmark presence needed per frame.")
     # The second pass, with the mean shape, takes half as many.
     ik_iterations: int = setting(200, "IK optimisation steps per frame.")
+    drop_below_iou: float = setting(0.5, internal="a frame whose fitted hand overlaps its hand mask (visible IoU) "
+                                    "less than this fraction of the clip's median is dropped and interpolated like "
+                                    "a frame without a hand (hoirecon.stages.hand.contradicted_frames)")
     world_weight: float = setting(1.0, internal="the IK's balance of MediaPipe's 3D world landmarks against its 2D "
                                   "ones (hoirecon.handpose.ik), tuned once; not a choice a user can judge")
     # The full pinhole cut the median reprojection error on toy_plane from 39 to 29 px (the
@@ -171,6 +174,8 @@ class HandConfig:
             raise UserError("give --focal or --fov, not both")
         if self.smooth_weight < 0:
             raise UserError(f"--smooth must be >= 0, got {self.smooth_weight}")
+        if not 0.0 <= self.drop_below_iou < 1.0:
+            raise UserError(f"drop_below_iou must be in [0, 1), got {self.drop_below_iou}")
         if not 0.0 <= self.presence_threshold <= 1.0:
             raise UserError(f"--presence-threshold must be in [0, 1], got {self.presence_threshold}")
         if self.world_weight < 0:

@@ -6,7 +6,9 @@ values become the articulation, the wrist rotation becomes the rotation of the c
 pose, and the translation comes from the weak camera by eq. 4 (pinhole of focal
 ``focal`` in normalised units, principal point at the frame centre; see
 ``hoirecon.handpose.perspective``). Finally the track is smoothed with a joint-velocity
-penalty, and frames where no hand was found are interpolated (``valid`` False).
+penalty, and frames where no hand was found are interpolated (``valid`` False), as are frames
+whose fitted hand covers much less of its hand mask than the clip's others do
+(``contradicted_frames``).
 
 Backends (``--backend``):
 - ``mediapipe`` (default, offline): MediaPipe's hand landmark model on crops taken from the
@@ -53,7 +55,8 @@ Artifacts in ``<out>/hand/``:
 ``quality.json``
     per frame: presence, validity, reprojection error (pixels) of the final hand keypoints
     against the estimator's 2D keypoints, and ``mask_iou`` of the rendered hand against the
-    hand mask with object pixels ignored (fingers behind the object); medians of both.
+    hand mask with object pixels ignored (fingers behind the object); medians of both;
+    ``dropped_frames``: the frames whose estimate was dropped for contradicting the hand mask.
 """
 
 from __future__ import annotations
@@ -86,8 +89,9 @@ from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_h
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
-from hoirecon.render.camera import project_points
+from hoirecon.render.camera import project_points, strided_grid
 from hoirecon.render.mesh import render_mesh_image
+from hoirecon.render.raster import rasterize
 from hoirecon.stages.configs import HandConfig
 from hoirecon.stages.masks import tracked_side
 from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
@@ -283,7 +287,8 @@ def render_overlay(frame: np.ndarray, verts_cam: torch.Tensor, faces: torch.Tens
         for x, y in np.round(keypoints_2d).astype(int):
             cv2.circle(out, (int(x), int(y)), 3, (40, 220, 40) if valid else (120, 120, 120), -1)
     if not valid:
-        cv2.putText(out, "no hand found: interpolated", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
+        cv2.putText(out, "no hand found or dropped: interpolated", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (255, 255, 255), 2)
     return out, silhouette.astype(bool)
 
 
@@ -296,6 +301,34 @@ def visible_hand_iou(silhouette: np.ndarray, hand_mask: np.ndarray, object_mask:
     known = ~object_mask
     union = ((silhouette | hand_mask) & known).sum()
     return float((silhouette & hand_mask & known).sum() / union) if union else 0.0
+
+
+def contradicted_frames(ious: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
+    """(T,) bool: valid frames whose hand estimate contradicts the hand mask.
+
+    MediaPipe can return confident landmarks bunched on a few fingers (a hand cut by the frame's
+    border, a pinch seen edge-on); the fitted hand then covers a fraction of its mask. Such a
+    frame is worse than one interpolated from its neighbours.
+
+    Args:
+        ious: (T,) visible-hand mask IoU of each frame's fitted hand; valid: (T,) bool.
+        fraction: a frame is contradicted below ``fraction`` x the median IoU of the valid
+            frames (0: none is). At least one valid frame is always kept.
+    """
+    valid = np.asarray(valid, bool)
+    if fraction <= 0 or not valid.any():
+        return np.zeros_like(valid)
+    dropped = valid & (ious < fraction * float(np.median(ious[valid])))
+    return dropped if (valid & ~dropped).any() else np.zeros_like(valid)
+
+
+def _visible_ious(track: _HandTrack, hand_masks: np.ndarray, obj_masks: np.ndarray, stride: int = 2) -> np.ndarray:
+    """(T,) ``visible_hand_iou`` of the track's hand in every frame, on every ``stride``-th pixel."""
+    T, H, W = hand_masks.shape
+    K_grid, h, w = strided_grid(track.K.float().cpu(), H, W, stride)
+    seen = rasterize(track.verts_cam.float().cpu(), track.faces.cpu(), K_grid.expand(T, 3, 3), h, w).covered.numpy()
+    return np.array([visible_hand_iou(seen[t], hand_masks[t, ::stride, ::stride], obj_masks[t, ::stride, ::stride])
+                     for t in range(T)])
 
 
 def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], obj_masks: np.ndarray,
@@ -527,6 +560,13 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     est = _estimate_hands(ctx, cfg, frames, hand_masks=hand_masks, obj_masks=obj_masks, hand=hand, device=device,
                           focal=focal)
     track = _hand_track(est, hand, cfg, focal, (W, H), device)
+    dropped = contradicted_frames(_visible_ious(track, hand_masks, obj_masks), est.valid.cpu().numpy(),
+                                  cfg.drop_below_iou)
+    if dropped.any():
+        ctx.reporter.info(f"hand: {int(dropped.sum())} frame(s) whose estimate contradicts the hand mask are "
+                          f"interpolated instead: {np.flatnonzero(dropped).tolist()}")
+        est.valid[torch.as_tensor(dropped, device=est.valid.device)] = False
+        track = _hand_track(est, hand, cfg, focal, (W, H), device)
     _hands_output(cfg, est, track, (W, H), focal, sfm).save(ctx.tmp_dir)
     (ctx.tmp_dir / HandsOutput.CAMERA).write_text(json.dumps(camera, indent=2))
 
@@ -534,6 +574,7 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     ious = _write_overlay(ctx, track, frames, hand_masks=hand_masks, obj_masks=obj_masks, valid=valid_np,
                           fps=meta.fps)
     quality = _quality(cfg.backend, valid_np, est.presence.cpu().numpy(), track.reproj.cpu().numpy(), ious)
+    quality["dropped_frames"] = np.flatnonzero(dropped).tolist()
     warnings = _other_side_warnings(ctx, cfg, frames, hand_masks=hand_masks, obj_masks=obj_masks, hand=hand,
                                     device=device, focal=focal, quality=quality)
     (ctx.tmp_dir / HandsOutput.QUALITY).write_text(json.dumps(quality, indent=2))

@@ -77,7 +77,8 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
                        outputs=("FramesMeta",)),
     "masks": StageDef("masks", "9", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,  # 9: labels
                       outputs=("MasksOutput",)),
-    "hand": StageDef("hand", "2", ("frames", "masks"), _lazy("hand", "run_hand"), outputs=("HandsOutput",)),
+    "hand": StageDef("hand", "3", ("frames", "masks"), _lazy("hand", "run_hand"),  # 3: drops contradicted frames
+                     outputs=("HandsOutput",)),
     "fit": StageDef("fit", "13", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 13: area of sheets
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
     "export": StageDef("export", "4", ("frames", "masks", "fit"), _lazy("export", "run_export"),  # 4: seen parts
