@@ -90,11 +90,12 @@ def test_every_stage_field_is_a_setting():
 # Digests of the default configs before the settings carried metadata: the same settings
 # keep the same cache keys, so existing output folders stay cached. (FitConfig's changed three times
 # since, on purpose: it gained `init`; `sds_every` became 2; it gained the SDS schedule and view
-# weighting, `sds_fade_from`, `sds_end` (1, 1: off), `sds_seen_deg`, `sds_unseen_deg` (20, 60: on).)
+# weighting, `sds_fade_from`, `sds_end` (1, 1: off), `sds_seen_deg`, `sds_unseen_deg` (20, 60: on).
+# HandConfig's changed once, on purpose: it gained `drop_below_iou`, with hand stage version 3.)
 DEFAULT_DIGESTS = {
     FramesConfig: "c6f9c18be97a476fb478d4b166ee3f0ae9a00168e6312693de984932016634e6",
     MasksConfig: "d77d6df3667e206c001289e40547be954d41282c320e08ec041826064b339f3d",
-    HandConfig: "99995e35f7e78de75159a574fca15e0f9090512a945dce02b17689a1911be3ac",
+    HandConfig: "1804bf46ee98373d1345bda5af773da39295df68454d6aed630aa46cb096efd2",
     FitConfig: "971516f5362223a04d4d8a7b46f264219b178e6cac2d20f1e47bee749d13121f",
     ExportConfig: "1382f9c648b5f46a3deaf29e2009b49a2334c37f0a58133384264b6b62b0fa59",
     PoseConfig: "2272c46ae199ca7942021f6bc54afba977611434aa556d0d44b8970d2c37a518",
