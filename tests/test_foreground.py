@@ -143,23 +143,6 @@ def test_rare_in_keeps_the_colours_the_background_hardly_shows():
     assert more_like(image, candidates, wall)[:, :10].all() and not more_like(image, wall, candidates)[:, :10].any()
 
 
-def test_split_keeps_a_grip_part_the_foreground_misses_in_a_colour_of_its_own(tmp_path):
-    images, hand, obj, keypoints = _clip(tmp_path, "mug", 1)
-    image, hand, obj, kp = images[0].copy(), hand[0], obj[0], keypoints[0]
-    hand_box, object_box = mask_box(hand), mask_box(hand | obj)
-    x0, y0, x1, y1 = (int(v) for v in hand_box)
-    label = obj & _box_mask(obj.shape, hand_box)
-    label &= ~np.roll(hand, 3, 0) & ~np.roll(hand, -3, 0) & ~np.roll(hand, 3, 1) & ~np.roll(hand, -3, 1)
-    assert label.sum() > 40
-    image[label] = (0, 160, 170)  # a teal label on the grip, a colour no other part has
-    prob = ((hand | obj) & ~label).astype(np.float32)  # the learned foreground misses it
-    in_object_box = _box_mask(hand.shape, object_box)
-    seeds = landmark_hand_seeds(image, kp, np.zeros(hand.shape, bool), hand_coloured(image, kp, in_object_box))
-    got_hand, got_obj = first_frame_split(image, prob, np.zeros(hand.shape, bool), seeds, hand_box, object_box)
-    assert (got_obj & label).sum() > 0.8 * label.sum()
-    assert not (got_obj & ~obj & ~hand).sum() > 0.05 * obj.sum()  # and not the background around it
-
-
 def test_object_gaps_fill_a_cap_but_not_the_background_through_a_handle():
     wall, body, cap = (220, 190, 60), (30, 60, 70), (0, 160, 170)
     image = np.full((120, 160, 3), wall, np.uint8)

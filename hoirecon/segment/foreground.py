@@ -442,14 +442,15 @@ def first_frame_split(image: np.ndarray, prob: np.ndarray, static: np.ndarray,
     union = foreground_union(prob, sure | (in_object_box & (prob > cfg.threshold)), cfg.threshold) & boxes
     object_core = _erode(union & box_region(shape, object_box) & ~probable, 2)
     # The grip between the fingers: non-skin pixels where the hand and object boxes meet,
-    # coloured like the object or in a colour the background does not show (the learned
-    # foreground often misses a dark grip in the fist, and a label on it matches no other part).
+    # coloured like the object (the learned foreground often misses a dark grip in the fist).
+    # Not "any colour the background lacks": a gloved or oddly lit hand is such a colour, and the
+    # hand cut below then took part of the object (a synthetic bottle lost its body). Parts in a
+    # colour of their own are found after tracking (``object_gaps``).
     grip = box_region(shape, hand_box) & in_object_box & ~skin_coloured(image) & ~union
     if object_core.any() and grip.any():
         from hoirecon.segment.detect import more_like
 
-        background = _dilate(boxes, GRIP_BACKGROUND_PX) & ~union & ~grip
-        union |= grip & (more_like(image, object_core, background) | rare_in(image, grip, background))
+        union |= grip & more_like(image, object_core, boxes & ~union)
     return split_foreground(image, union, sure, probable, object_core & ~static, in_object_box & ~static, cfg)
 
 
