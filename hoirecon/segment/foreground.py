@@ -52,6 +52,8 @@ class ForegroundSplitConfig:
         nearer ones stay (the foreground misses thin or dark parts of a held object).
     seen_fraction: ``reach`` applies only to a mask the foreground covers at least this much
         of (it may miss a white object on a white wall entirely).
+    gap_close: ``object_gaps`` looks for the object's notches with a closing of this radius, as a
+        fraction of the object's size (the square root of its area).
     """
 
     threshold: float = 0.5
@@ -65,6 +67,7 @@ class ForegroundSplitConfig:
     keep_fraction: float = 0.5
     reach: float = 0.03
     seen_fraction: float = 0.6
+    gap_close: float = 0.3
 
 
 class SelfieForeground:
@@ -217,12 +220,13 @@ def keep_near_foreground(masks: np.ndarray, probs: Sequence[np.ndarray],
     return out
 
 
-def object_gaps(image: np.ndarray, hand: np.ndarray, obj: np.ndarray, close_fraction: float = 0.3) -> np.ndarray:
+def object_gaps(image: np.ndarray, hand: np.ndarray, obj: np.ndarray,
+                cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> np.ndarray:
     """(H, W) bool: pixels that belong to the object although neither mask has them (a dark cap
     or a label the learned foreground misses, between object parts or between object and hand).
 
     Candidates are the object's holes and notches: what a morphological closing of the object
-    (radius ``close_fraction`` of its size, the square root of its area) adds, and what the hand
+    (radius ``cfg.gap_close`` of its size, the square root of its area) adds, and what the hand
     and object together enclose. Skin is never a candidate. A candidate is kept where a ring of
     background around hand, object and candidates hardly shows its colour (``rare_in``): the
     background seen through a mug's handle, or a cupboard beside the object, is the ring's colour.
@@ -233,26 +237,28 @@ def object_gaps(image: np.ndarray, hand: np.ndarray, obj: np.ndarray, close_frac
     area = int(obj.sum())
     if area < 16:
         return np.zeros_like(obj)
-    radius = max(2, int(round(close_fraction * np.sqrt(area))))
+    radius = max(2, int(round(cfg.gap_close * np.sqrt(area))))
     closed = cv2.morphologyEx(obj.astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)).astype(bool)
     both = hand | obj
-    outside = components_touching(~both, _image_border(both.shape))
+    border = _image_border(both.shape)
+    outside = components_touching(~both, border)
     candidates = (closed | ~outside) & ~both & ~skin_coloured(image)
     if not candidates.any():
         return candidates
     # What reaches the image's border runs out of the frame: background, not a gap in the object.
-    candidates &= ~components_touching(candidates, _image_border(candidates.shape))
+    candidates &= ~components_touching(candidates, border)
     ring = _dilate(both | candidates, GRIP_BACKGROUND_PX) & ~both & ~candidates
     gaps = rare_in(image, candidates, ring)
     return components_touching(gaps, _dilate(obj, 1))
 
 
-def fill_object_gaps(frames: Sequence[np.ndarray], masks: np.ndarray, close_fraction: float = 0.3) -> np.ndarray:
+def fill_object_gaps(frames: Sequence[np.ndarray], masks: np.ndarray,
+                     cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> np.ndarray:
     """masks (T, 2, H, W) bool [hand, object] -> the same with each frame's ``object_gaps``
     given to the object."""
     out = masks.copy()
     for t, image in enumerate(frames):
-        out[t, 1] |= object_gaps(image, masks[t, 0], masks[t, 1], close_fraction)
+        out[t, 1] |= object_gaps(image, masks[t, 0], masks[t, 1], cfg)
     return out
 
 
