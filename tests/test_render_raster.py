@@ -7,7 +7,7 @@ import torch
 import trimesh
 
 from hoirecon.render.mesh import MeshRenderConfig, render_mesh_image
-from hoirecon.render.raster import interpolate, rasterize
+from hoirecon.render.raster import interpolate, rasterize, strided_silhouettes
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,3 +52,15 @@ def test_hand_object_labels_show_the_nearer_surface():
     assert torch.equal(labels == 0, ~(obj_alone | hand_alone))
     swapped = hand_object_labels(far[None], f, near[None], f, K, 64, 64)[0]
     assert torch.equal(swapped == 1, obj_alone)
+
+
+def test_strided_silhouettes_are_the_full_silhouettes_every_stride_pixels():
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.05)
+    v = torch.tensor(mesh.vertices, dtype=torch.float32)[None] + torch.tensor([0.01, -0.005, 0.3])
+    v = torch.cat([v, v + torch.tensor([0.02, 0.0, 0.05])])  # two meshes, one camera
+    f = torch.tensor(mesh.faces)
+    K = torch.tensor([[120.0, 0, 39.5], [0, 120.0, 31.5], [0, 0, 1]])
+    full = rasterize(v, f, K.expand(2, 3, 3), 63, 80).covered
+    strided = strided_silhouettes(v, f, K, 63, 80, 3)
+    assert strided.shape == (2, 21, 27) and strided.dtype == torch.bool
+    assert torch.equal(strided, full[:, ::3, ::3])

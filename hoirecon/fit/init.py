@@ -30,8 +30,7 @@ from hoirecon.errors import RunError
 from hoirecon.geometry.regions import mask_iou
 from hoirecon.geometry.rotations import rotation_angle_deg
 from hoirecon.geometry.transforms import invert_rigid, transform_points
-from hoirecon.render.camera import strided_grid
-from hoirecon.render.raster import rasterize
+from hoirecon.render.raster import strided_silhouettes
 
 
 def estimate_object_center(
@@ -296,8 +295,7 @@ def hand_mask_ious(hand_verts: torch.Tensor, hand_faces: torch.Tensor, T_cam_to_
         (T,) IoU (1 where both are empty).
     """
     T, H, W = hand_masks.shape
-    K_grid, h, w = strided_grid(torch.as_tensor(K, dtype=torch.float32), H, W, stride)
     verts_cam = transform_points(invert_rigid(torch.as_tensor(T_cam_to_hand, dtype=torch.float32)),
                                  hand_verts.float().cpu())
-    seen = rasterize(verts_cam, hand_faces.cpu(), K_grid.expand(T, 3, 3), h, w).covered.numpy()
+    seen = strided_silhouettes(verts_cam, hand_faces, torch.as_tensor(K), H, W, stride).numpy()
     return np.array([mask_iou(seen[t], hand_masks[t, ::stride, ::stride]) for t in range(T)])

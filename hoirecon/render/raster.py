@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from hoirecon.render.camera import project_points
+from hoirecon.render.camera import project_points, strided_grid
 from hoirecon.render.mesh import check_mesh_inputs, grid_pixel_face_pairs
 
-__all__ = ["RasterOutput", "rasterize", "interpolate", "hand_object_labels"]
+__all__ = ["RasterOutput", "rasterize", "strided_silhouettes", "interpolate", "hand_object_labels"]
 
 
 @dataclass
@@ -132,6 +132,22 @@ def rasterize(
         bary=bary_out.reshape(B, height, width, 3),
         depth=depth_out.reshape(B, height, width),
     )
+
+
+@torch.no_grad()
+def strided_silhouettes(verts_cam: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, height: int, width: int,
+                        stride: int) -> torch.Tensor:
+    """Which pixels of every ``stride``-th row and column each mesh covers (one camera for all).
+
+    Args:
+        verts_cam: (B, V, 3) camera-frame vertices; faces: (F, 3); K: (3, 3) intrinsics of the
+            full ``height`` x ``width`` image.
+    Returns:
+        (B, h, w) bool on the CPU, the size of ``image[::stride, ::stride]``.
+    """
+    K_grid, h, w = strided_grid(K.float().cpu(), height, width, stride)
+    B = verts_cam.shape[0]
+    return rasterize(verts_cam.float().cpu(), faces.cpu(), K_grid.expand(B, 3, 3), h, w).covered
 
 
 def interpolate(vert_attrs: torch.Tensor, faces: torch.Tensor, raster: RasterOutput) -> torch.Tensor:

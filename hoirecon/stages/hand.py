@@ -89,9 +89,9 @@ from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_h
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
-from hoirecon.render.camera import project_points, strided_grid
+from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
-from hoirecon.render.raster import rasterize
+from hoirecon.render.raster import strided_silhouettes
 from hoirecon.stages.configs import HandConfig
 from hoirecon.stages.masks import tracked_side
 from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
@@ -325,8 +325,7 @@ def contradicted_frames(ious: np.ndarray, valid: np.ndarray, fraction: float) ->
 def _visible_ious(track: _HandTrack, hand_masks: np.ndarray, obj_masks: np.ndarray, stride: int = 2) -> np.ndarray:
     """(T,) ``visible_hand_iou`` of the track's hand in every frame, on every ``stride``-th pixel."""
     T, H, W = hand_masks.shape
-    K_grid, h, w = strided_grid(track.K.float().cpu(), H, W, stride)
-    seen = rasterize(track.verts_cam.float().cpu(), track.faces.cpu(), K_grid.expand(T, 3, 3), h, w).covered.numpy()
+    seen = strided_silhouettes(track.verts_cam, track.faces, track.K, H, W, stride).numpy()
     return np.array([visible_hand_iou(seen[t], hand_masks[t, ::stride, ::stride], obj_masks[t, ::stride, ::stride])
                      for t in range(T)])
 
