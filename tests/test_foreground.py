@@ -18,6 +18,8 @@ from hoirecon.segment.detect import more_like
 from hoirecon.segment.foreground import (
     ForegroundSplitTracker,
     SelfieForeground,
+    background_plate,
+    drop_still_background,
     first_frame_split,
     hand_coloured,
     keep_near_foreground,
@@ -162,3 +164,53 @@ def test_object_gaps_fill_a_cap_but_not_the_background_through_a_handle():
     assert not gaps[30:60, 60:80].any()  # nor the wall between the prongs above the part
     assert not gaps[100:, 120:].any()  # nor what runs out of the frame
     assert not (gaps & (obj | hand)).any()
+
+
+def _room_clip(shift_camera: bool = False, T: int = 8):
+    """A textured still room, a red object moving right, a still label-coloured block, and masks
+    [hand, object] whose object leaks into the floor under it; (frames, masks)."""
+    rng = np.random.default_rng(0)
+    H, W = 80, 120
+    palette = np.array([[70, 70, 80], [150, 140, 130], [110, 120, 90], [190, 190, 200]], np.uint8)
+    room = np.repeat(np.repeat(palette[rng.integers(0, 4, (H // 4, W // 4 + 8))], 4, 0), 4, 1)
+    frames, masks = [], np.zeros((T, 2, H, W), bool)
+    for t in range(T):
+        x0 = 3 * t if shift_camera else 0
+        image = room[:, x0:x0 + W].copy()
+        ox = 10 + 8 * t
+        image[20:40, ox:ox + 20] = (220, 30, 30)  # the held object
+        image[20:40, 90:110] = (0, 170, 160)  # a label that never moves, in a colour of its own
+        image[5:20, ox + 5:ox + 15] = (205, 150, 120)  # the hand above the object
+        frames.append(image)
+        masks[t, 0, 5:20, ox + 5:ox + 15] = True
+        masks[t, 1, 20:40, ox:ox + 20] = True
+        masks[t, 1, 40:46, ox:ox + 20] = True  # the leak into the floor
+        masks[t, 1, 20:40, 90:110] = True
+    return frames, masks
+
+
+def test_still_background_leaks_leave_the_object():
+    frames, masks = _room_clip()
+    plate = background_plate(frames, masks.any(axis=(0, 1)))
+    assert plate is not None
+    out = drop_still_background(frames, masks, plate)
+    for t in range(len(frames)):
+        ox = 10 + 8 * t
+        assert not out[t, 1, 42:46, ox:ox + 20].any()  # the floor leaves (bar the blur's 2 px fringe)
+        assert out[t, 1, 20:40, ox:ox + 20].all()  # the moving object stays
+        assert out[t, 1, 20:40, 90:110].all()  # the still label is not the room's colour: it stays
+        assert (out[t, 0] == masks[t, 0]).all()
+
+
+def test_still_background_needs_a_still_camera():
+    frames, masks = _room_clip(shift_camera=True)
+    assert background_plate(frames, masks.any(axis=(0, 1))) is None
+    assert background_plate(*(x[:4] for x in _room_clip())) is None  # too few frames to tell
+
+
+def test_an_object_that_is_mostly_background_coloured_keeps_its_mask():
+    frames, masks = _room_clip()
+    plate = background_plate(frames, masks.any(axis=(0, 1)))
+    masks[:, 1, 46:70, :] = True  # a mask mostly made of the room: not a leak to trim
+    out = drop_still_background(frames, masks, plate)
+    assert (out[:, 1] == masks[:, 1]).all()

@@ -68,6 +68,10 @@ class ForegroundSplitConfig:
     reach: float = 0.03
     seen_fraction: float = 0.6
     gap_close: float = 0.3
+    still_camera: float = 0.8
+    plate_fraction: float = 0.5
+    plate_tolerance: float = 12.0
+    plate_max_share: float = 0.3
 
 
 class SelfieForeground:
@@ -288,6 +292,87 @@ def static_foreground(frames: Sequence[np.ndarray], probs: Sequence[np.ndarray],
         return np.zeros(count.shape, bool)
     std = np.sqrt(np.maximum(total_sq / T - (total / T) ** 2, 0.0))
     return (count >= cfg.static_fraction * T) & (std < cfg.static_std)
+
+
+@dataclass(frozen=True)
+class BackgroundPlate:
+    """What a still camera sees behind the hand and object.
+
+    colour: (H, W, 3) float32 per-pixel median of the box-blurred frames.
+    still: (H, W) bool pixels that show that colour in most frames (``plate_fraction``).
+    """
+
+    colour: np.ndarray
+    still: np.ndarray
+
+    def shown_in(self, image: np.ndarray, tolerance: float) -> np.ndarray:
+        """(H, W) bool: still pixels whose colour in ``image`` (H, W, 3) uint8 is the plate's."""
+        return self.still & (np.abs(_plate_blur(image) - self.colour).max(-1) < tolerance)
+
+
+# Textured background pixels (Sobel magnitude of the plate's grey level above this) tell a
+# still camera from a moving one; a plain wall looks still either way.
+PLATE_TEXTURE = 40.0
+PLATE_ROWS = 64  # the median is taken over this many image rows at a time, to bound memory
+
+
+def _plate_blur(image: np.ndarray) -> np.ndarray:
+    return cv2.blur(image, (5, 5)).astype(np.float32)
+
+
+def background_plate(frames: Sequence[np.ndarray], covered: np.ndarray,
+                     cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> Optional[BackgroundPlate]:
+    """The clip's still background, or None where the camera moves (or the clip is too short).
+
+    Args:
+        frames: T x (H, W, 3) uint8 RGB.
+        covered: (H, W) bool, pixels a hand or object mask covers in some frame (the camera's
+            stillness is judged on the others).
+    """
+    T = len(frames)
+    if T < 5:
+        return None
+    h, w = frames[0].shape[:2]
+    colour = np.empty((h, w, 3), np.float32)
+    for y in range(0, h, PLATE_ROWS):
+        rows = np.stack([_plate_blur(f[max(0, y - 2):y + PLATE_ROWS + 2])[y - max(0, y - 2):][:PLATE_ROWS]
+                         for f in frames])
+        colour[y:y + PLATE_ROWS] = np.median(rows, axis=0)
+    agree = np.zeros((h, w), np.int32)
+    for image in frames:
+        agree += np.abs(_plate_blur(image) - colour).max(-1) < cfg.plate_tolerance
+    still = agree >= cfg.plate_fraction * T
+    grey = cv2.cvtColor(np.clip(colour, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    textured = (np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)) > PLATE_TEXTURE)
+    textured &= ~covered
+    if textured.sum() < 100 or still[textured].mean() < cfg.still_camera:
+        return None
+    return BackgroundPlate(colour, still)
+
+
+def drop_still_background(frames: Sequence[np.ndarray], masks: np.ndarray, plate: BackgroundPlate,
+                          cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> np.ndarray:
+    """masks (T, 2, H, W) bool [hand, object] -> the same without the object's leaks into the
+    still background (the floor under it, the edge of a cupboard it passes).
+
+    A leak is a part of the object mask that shows the plate's colour, in a colour the
+    background around hand and object also shows (``rare_in``: a label that sits still in the
+    fist is the plate's colour too, but not the wall's), and that reaches the mask's outline.
+    A frame where that would take more than ``cfg.plate_max_share`` of the object keeps it all.
+    """
+    out = masks.copy()
+    for t, image in enumerate(frames):
+        hand, obj = masks[t, 0], masks[t, 1]
+        candidates = obj & plate.shown_in(image, cfg.plate_tolerance)
+        if not candidates.any():
+            continue
+        both = hand | obj
+        ring = _dilate(both, GRIP_BACKGROUND_PX) & ~both
+        candidates &= ~rare_in(image, candidates, ring)
+        leak = components_touching(candidates, _dilate(~both, 1))
+        if leak.sum() <= cfg.plate_max_share * obj.sum():
+            out[t, 1] = obj & ~leak
+    return out
 
 
 # How much more frequent a colour must be among candidate pixels than in the background around

@@ -49,7 +49,8 @@ from hoirecon.io.masks import overlay_masks, read_mask_folder
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
-from hoirecon.segment.foreground import fill_object_gaps, keep_near_foreground
+from hoirecon.segment.foreground import (background_plate, drop_still_background, fill_object_gaps,
+                                         keep_near_foreground)
 from hoirecon.stages.configs import MasksConfig
 from hoirecon.stages.outputs import FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
@@ -291,6 +292,12 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
         fwd = fill_object_gaps(frames, keep_near_foreground(fwd, probs))
         bwd = fill_object_gaps(frames, keep_near_foreground(bwd, probs))
         first = fill_object_gaps(frames[:1], keep_near_foreground(first[None], probs[:1]))[0]
+        # From a still camera, what shows the background's own colour is background.
+        plate = background_plate(frames, fwd.any(axis=(0, 1)) | bwd.any(axis=(0, 1)))
+        if plate is not None:
+            ctx.reporter.info("still camera: object pixels that show the still background are dropped")
+            fwd, bwd = drop_still_background(frames, fwd, plate), drop_still_background(frames, bwd, plate)
+            first = drop_still_background(frames[:1], first[None], plate)[0]
     track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
     return {"tracker": tracker, "first": first, "fwd": fwd, "bwd": bwd, "track_iou": track_iou}
 
