@@ -177,8 +177,14 @@ def _pair_terms(table: torch.Tensor, p: torch.Tensor):
     nondegenerate = area2.abs() > 1e-12
     inside = ((w * area2[:, None]) >= 0).all(dim=1) & nondegenerate
     safe_area = torch.where(nondegenerate, area2, torch.ones_like(area2))
-    bary = w[:, [1, 2, 0]] / safe_area[:, None] * nondegenerate[:, None]
+    bary = w.roll(-1, dims=1) / safe_area[:, None] * nondegenerate[:, None]  # columns 1, 2, 0
     return bary, inside, dist2, edge, t, qx, qy
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for an int64 ``index`` of any shape into dim 0: (*index.shape, *x.shape[1:]).
+    ``index_select`` runs several times faster than advanced indexing on the CPU."""
+    return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:])
 
 
 class _SoftSilhouette(torch.autograd.Function):
@@ -192,8 +198,8 @@ class _SoftSilhouette(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tri_flat, pix_flat, pair_pix, pair_face, sigma: float):
         # tri_flat: (B*F, 3, 2) projected triangles; pix_flat: (B*P, 2).
-        table = _face_table(tri_flat)[pair_face]
-        p = pix_flat[pair_pix]
+        table = _rows(_face_table(tri_flat), pair_face)
+        p = _rows(pix_flat, pair_pix)
         bary, inside, dist2, edge, t, qx, qy = _pair_terms(table, p)
         sign = inside.to(dist2.dtype) * 2.0 - 1.0
         x = sign * dist2 / sigma
@@ -212,7 +218,7 @@ class _SoftSilhouette(torch.autograd.Function):
         pair_pix, pair_face, edge, t, qx, qy, coef, log_bg = ctx.saved_tensors
         # mask = 1 - exp(S), S = sum over pairs of log(1 - D)
         g_S = -grad_mask * torch.exp(log_bg)
-        g_d2 = g_S[pair_pix] * coef  # (N,)
+        g_d2 = _rows(g_S, pair_pix) * coef  # (N,)
         # dist2 = |p - a - t (b - a)|^2 with t at its optimum: d/da = -2q(1-t), d/db = -2q t.
         g_q = torch.stack([qx, qy], dim=-1) * (-2.0 * g_d2)[:, None]  # (N, 2)
         g_a = g_q * (1.0 - t)[:, None]
@@ -229,13 +235,17 @@ def _candidate_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixel, face) pairs where the face's grown bounding box contains the pixel.
 
+    The pixels (a few hundred sampled per image) are binned into square tiles; each face takes
+    the pixels of the tiles its box touches. Binning the few pixels rather than the many faces
+    keeps the sort small.
+
     Args:
         tri_uv: (B, F, 3, 2) projected triangles; face_ok: (B, F) bool usable faces.
         pix: (B, P, 2) pixel coordinates; radius: growth of the boxes (pixels); tile: bin size.
 
     Returns:
-        pair_pix: (N,) int64 flat pixel index in [0, B*P), grouped by pixel.
-        pair_face: (N,) int64 flat face index in [0, B*F).
+        pair_pix: (N,) int64 flat pixel index in [0, B*P).
+        pair_face: (N,) int64 flat face index in [0, B*F), in no particular order.
     """
     B, Fn = tri_uv.shape[:2]
     P = pix.shape[1]
@@ -255,47 +265,46 @@ def _candidate_pairs(
     gx, gy = int(grid[0]), int(grid[1])
     ok = face_ok & (box_hi >= pix_lo[:, None]).all(-1) & (box_lo <= pix_hi[:, None]).all(-1)
 
-    # clamp in floating point first: boxes of faces near the camera plane can be huge
+    # Bin the pixels.
+    pt = torch.floor((pix - origin) / tile).long()  # (B, P, 2)
+    pix_tile = (torch.arange(B, device=device)[:, None] * (gx * gy) + pt[..., 1] * gx + pt[..., 0]).reshape(-1)
+    pix_by_tile = torch.argsort(pix_tile)
+    tile_count = torch.bincount(pix_tile, minlength=B * gx * gy)
+    tile_start = torch.cumsum(tile_count, 0) - tile_count
+
+    # Expand each face into the tiles its box touches; clamp in floating point first: boxes of
+    # faces near the camera plane can be huge.
     g_max = (grid - 1).to(tri_uv.dtype)
     t_lo = torch.minimum(torch.floor((box_lo - origin) / tile).clamp(min=0), g_max).long()
     t_hi = torch.minimum(torch.floor((box_hi - origin) / tile).clamp(min=-1), g_max).long()
     span = (t_hi - t_lo + 1).clamp(min=0)  # (B, F, 2)
-    n_tiles = (span[..., 0] * span[..., 1]) * ok
-    n_tiles = n_tiles.reshape(-1)
+    n_tiles = ((span[..., 0] * span[..., 1]) * ok).reshape(-1)
     total = int(n_tiles.sum())
     if total == 0:
         return empty, empty
-
-    # Expand each face into the tiles its box touches.
     face_rep = torch.repeat_interleave(torch.arange(B * Fn, device=device), n_tiles, output_size=total)
-    first = torch.cumsum(n_tiles, 0) - n_tiles
-    local = torch.arange(total, device=device) - first[face_rep]
-    span_f = span.reshape(-1, 2)[face_rep]
-    lo_f = t_lo.reshape(-1, 2)[face_rep]
-    tx = lo_f[:, 0] + local % span_f[:, 0]
-    ty = lo_f[:, 1] + local // span_f[:, 0]
-    tile_id = (face_rep // Fn) * (gx * gy) + ty * gx + tx
-    order = torch.argsort(tile_id)
-    faces_by_tile = face_rep[order]
-    tile_count = torch.bincount(tile_id, minlength=B * gx * gy)
-    tile_start = torch.cumsum(tile_count, 0) - tile_count
+    local = torch.arange(total, device=device) - _rows(torch.cumsum(n_tiles, 0) - n_tiles, face_rep)
+    span_f = _rows(span.reshape(-1, 2), face_rep)
+    lo_f = _rows(t_lo.reshape(-1, 2), face_rep)
+    row, col = local // span_f[:, 0], local % span_f[:, 0]
+    tile_id = (face_rep // Fn) * (gx * gy) + (lo_f[:, 1] + row) * gx + lo_f[:, 0] + col
 
-    # Each pixel takes the faces of its tile.
-    pt = torch.floor((pix - origin) / tile).long()  # (B, P, 2)
-    pix_tile = (torch.arange(B, device=device)[:, None] * (gx * gy) + pt[..., 1] * gx + pt[..., 0]).reshape(-1)
-    cnt = tile_count[pix_tile]
+    # Each (face, tile) takes the pixels of its tile.
+    cnt = _rows(tile_count, tile_id)
     n_pairs = int(cnt.sum())
     if n_pairs == 0:
         return empty, empty
-    pair_pix = torch.repeat_interleave(torch.arange(B * P, device=device), cnt, output_size=n_pairs)
-    pfirst = torch.cumsum(cnt, 0) - cnt
-    offs = torch.arange(n_pairs, device=device) - pfirst[pair_pix]
-    pair_face = faces_by_tile[tile_start[pix_tile][pair_pix] + offs]
+    entry = torch.repeat_interleave(torch.arange(total, device=device), cnt, output_size=n_pairs)
+    offs = torch.arange(n_pairs, device=device) - _rows(torch.cumsum(cnt, 0) - cnt, entry)
+    pair_pix = _rows(pix_by_tile, _rows(_rows(tile_start, tile_id), entry) + offs)
+    pair_face = _rows(face_rep, entry)
 
     # Exact box test (tiles are coarser than boxes).
-    p = pix.reshape(-1, 2)[pair_pix]
-    keep = (p >= box_lo.reshape(-1, 2)[pair_face]).all(-1) & (p <= box_hi.reshape(-1, 2)[pair_face]).all(-1)
-    return pair_pix[keep], pair_face[keep]
+    p = _rows(pix.reshape(-1, 2), pair_pix)
+    lo, hi = _rows(box_lo.reshape(-1, 2), pair_face), _rows(box_hi.reshape(-1, 2), pair_face)
+    keep = (p >= lo).all(-1) & (p <= hi).all(-1)
+    kept = torch.nonzero(keep).squeeze(1)
+    return _rows(pair_pix, kept), _rows(pair_face, kept)
 
 
 @torch.no_grad()
@@ -333,9 +342,9 @@ def grid_pixel_face_pairs(
         return empty, empty
     pair_face = torch.repeat_interleave(torch.arange(B * Fn, device=device), n_pix, output_size=total)
     first = torch.cumsum(n_pix, 0) - n_pix
-    local = torch.arange(total, device=device) - first[pair_face]
-    span_f = span.reshape(-1, 2)[pair_face]
-    lo_f = lo.reshape(-1, 2).long()[pair_face]
+    local = torch.arange(total, device=device) - _rows(first, pair_face)
+    span_f = _rows(span.reshape(-1, 2), pair_face)
+    lo_f = _rows(lo.reshape(-1, 2).long(), pair_face)
     px = lo_f[:, 0] + local % span_f[:, 0]
     py = lo_f[:, 1] + local // span_f[:, 0]
     pair_pix = (pair_face // Fn) * (height * width) + py * width + px
@@ -364,10 +373,11 @@ def _render(
 
     uv = project_points(verts_cam, K)  # (B, V, 2)
     z = verts_cam[..., 2]
-    tri_uv = uv[:, faces]  # (B, F, 3, 2)
+    tri_uv = uv.index_select(1, faces.reshape(-1)).reshape(B, Fn, 3, 2)  # uv[:, faces], faster
     radius = math.sqrt(cfg.sigma * math.log(1.0 / cfg.prob_eps - 1.0))
     with torch.no_grad():
-        face_ok = (z[:, faces] > cfg.znear).all(-1) & torch.isfinite(tri_uv).all(-1).all(-1)
+        face_ok = (z.index_select(1, faces.reshape(-1)).reshape(B, Fn, 3) > cfg.znear).all(-1)
+        face_ok &= torch.isfinite(tri_uv).all(-1).all(-1)
         if image_size is None:
             pair_pix, pair_face = _candidate_pairs(tri_uv, face_ok, pix, radius, cfg.tile_size)
         else:
@@ -386,19 +396,21 @@ def _render(
         key_in = torch.full_like(dist2, float("inf"))
         idx_in = torch.nonzero(inside).squeeze(1)
         if idx_in.numel():
-            z_tri = z.reshape(B * V)[faces[pair_face[idx_in] % Fn] + (pair_face[idx_in] // Fn * V)[:, None]]
-            b_in = bary[idx_in].clamp(min=0.0)
+            face_in = _rows(pair_face, idx_in)
+            z_tri = _rows(z.reshape(B * V), _rows(faces, face_in % Fn) + (face_in // Fn * V)[:, None])
+            b_in = _rows(bary, idx_in).clamp(min=0.0)
             key_in[idx_in] = b_in.sum(-1) / (b_in / z_tri).sum(-1)
         best_in = inf.expand(B * P).scatter_reduce(0, pair_pix, key_in, reduce="amin", include_self=True)
         best_out = inf.expand(B * P).scatter_reduce(0, pair_pix, dist2, reduce="amin", include_self=True)
         covered = torch.isfinite(best_in)
-        is_best = torch.where(covered[pair_pix], key_in == best_in[pair_pix], dist2 == best_out[pair_pix])
+        is_best = torch.where(_rows(covered, pair_pix), key_in == _rows(best_in, pair_pix),
+                              dist2 == _rows(best_out, pair_pix))
         no_face = B * Fn
         cand = torch.where(is_best, pair_face, no_face)
         chosen = torch.full((B * P,), no_face, dtype=torch.long, device=device)
         chosen = chosen.scatter_reduce(0, pair_pix, cand, reduce="amin", include_self=True)
         hit_pix = torch.nonzero(chosen < no_face).squeeze(1)  # (M,)
-        hit_face = chosen[hit_pix]  # flat in [0, B*F)
+        hit_face = _rows(chosen, hit_pix)  # flat in [0, B*F)
         face_index = torch.full((B * P,), -1, dtype=torch.long, device=device)
         face_index[hit_pix] = hit_face % Fn
         vid = faces[hit_face % Fn] + (hit_face // Fn * V)[:, None]  # (M, 3) flat vertex ids
@@ -406,14 +418,14 @@ def _render(
     # Differentiable interpolation on the chosen faces only (M <= B*P rows). Covered pixels
     # use their barycentrics; pixels in the outer band use the nearest point of the
     # triangle (on its nearest edge), so depth is continuous across the silhouette.
-    table = _face_table(tri_uv.reshape(B * Fn, 3, 2)[hit_face])
-    b_in, in_hit, _, edge, t_edge, _, _ = _pair_terms(table, pix_flat[hit_pix])
+    table = _face_table(_rows(tri_uv.reshape(B * Fn, 3, 2), hit_face))
+    b_in, in_hit, _, edge, t_edge, _, _ = _pair_terms(table, _rows(pix_flat, hit_pix))
     b_edge = torch.zeros_like(b_in)
     b_edge = b_edge.scatter(1, edge[:, None], (1.0 - t_edge)[:, None])
     b_edge = b_edge.scatter(1, ((edge + 1) % 3)[:, None], t_edge[:, None])
     b_hit = torch.where(in_hit[:, None], b_in.clamp(min=0.0), b_edge)
     b_hit = b_hit / b_hit.sum(-1, keepdim=True).clamp_min(1e-12)
-    inv_z = b_hit / z.reshape(B * V)[vid]
+    inv_z = b_hit / _rows(z.reshape(B * V), vid)
     inv_z_sum = inv_z.sum(-1)
     pc = inv_z / inv_z_sum[:, None]  # (M, 3) perspective-correct barycentrics
     depth = torch.zeros(B * P, dtype=dtype, device=device).index_put((hit_pix,), 1.0 / inv_z_sum)
@@ -421,7 +433,7 @@ def _render(
     normal = None
     if return_normals:
         vn = vertex_normals(verts_cam, faces).reshape(B * V, 3)
-        n_hit = F.normalize((pc[..., None] * vn[vid]).sum(1), dim=-1, eps=1e-12)
+        n_hit = F.normalize((pc[..., None] * _rows(vn, vid)).sum(1), dim=-1, eps=1e-12)
         normal = torch.zeros(B * P, 3, dtype=dtype, device=device).index_put((hit_pix,), n_hit)
         normal = normal.reshape(B, P, 3)
 
@@ -433,7 +445,7 @@ def _render(
             raise ValueError(f"vert_attrs must have shape (V, C) or (B, V, C), got {tuple(vert_attrs.shape)}")
         C = vert_attrs.shape[-1]
         va = vert_attrs.to(device=device, dtype=dtype).reshape(B * V, C)
-        a_hit = (pc[..., None] * va[vid]).sum(1)
+        a_hit = (pc[..., None] * _rows(va, vid)).sum(1)
         attrs = torch.zeros(B * P, C, dtype=dtype, device=device).index_put((hit_pix,), a_hit)
         attrs = attrs.reshape(B, P, C)
 
