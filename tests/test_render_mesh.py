@@ -16,7 +16,13 @@ from hoirecon.render.camera import (
     ray_t_to_camera_z,
     unproject_points,
 )
-from hoirecon.render.mesh import MeshRenderConfig, render_mesh_image, render_mesh_pixels, vertex_normals
+from hoirecon.render.mesh import (
+    MeshRenderConfig,
+    _candidate_pairs,
+    render_mesh_image,
+    render_mesh_pixels,
+    vertex_normals,
+)
 
 
 def uv_sphere(n_lat: int = 24, n_lon: int = 24, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,3 +239,22 @@ def test_bad_inputs_raise_value_error():
         render_mesh_image(verts, faces, K, 0, 8)
     with pytest.raises(ValueError):
         render_mesh_image(verts, faces, K, 8, 8, vert_attrs=torch.zeros(5, 2))
+
+
+@pytest.mark.parametrize("tile", [1, 8, 64])
+def test_candidate_pairs_are_every_pixel_in_every_grown_face_box(tile):
+    gen = torch.Generator().manual_seed(0)
+    B, F, P, radius = 3, 40, 60, 1.5
+    centres = torch.rand(B, F, 1, 2, generator=gen) * 100
+    tri = centres + torch.randn(B, F, 3, 2, generator=gen) * 6
+    tri[0, 0] = torch.tensor([[-1e6, -1e6], [1e6, -1e6], [0.0, 1e6]])  # a face near the camera plane
+    face_ok = torch.rand(B, F, generator=gen) > 0.2
+    pix = torch.rand(B, P, 2, generator=gen) * 110 - 5
+    pix[2] *= 30  # widely spread pixels grow the tiles
+    pair_pix, pair_face = _candidate_pairs(tri, face_ok, pix, radius, tile)
+    lo, hi = tri.amin(2) - radius, tri.amax(2) + radius  # (B, F, 2)
+    inside = ((pix[:, :, None] >= lo[:, None]) & (pix[:, :, None] <= hi[:, None])).all(-1) & face_ok[:, None]
+    b, p, f = torch.nonzero(inside, as_tuple=True)
+    expected = sorted(zip((b * P + p).tolist(), (b * F + f).tolist()))
+    assert sorted(zip(pair_pix.tolist(), pair_face.tolist())) == expected
+    assert len(expected) > 0
