@@ -126,6 +126,7 @@ def test_stage_passes_on_a_good_clip(tmp_path):
     run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, cfg)])
     q = MasksOutput.load_quality(out / "masks")
     assert q["passed"] and q["track_iou"]["object"] > 0.4 and len(q["per_frame_iou"]) == 10
+    assert 0.0 <= q["still_background_dropped"] < 0.01  # a still camera, and a clean object keeps its mask
     obj = MasksOutput.load(out / "masks", num_frames=10, size_wh=(W, H)).obj
     assert mask_iou(obj[5], objs[5]) > 0.7
     assert (out / "masks" / MasksOutput.OVERLAY_FILE).stat().st_size > 0

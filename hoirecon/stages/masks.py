@@ -286,6 +286,7 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
         fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task, probs=probs)
         bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task,
                      probs=probs[::-1] if probs is not None else None, first_amodal=amodal)[0][::-1]
+    dropped = None  # share of object pixels that showed a still camera's background
     # What leaked far from every frame's own foreground goes, and the object parts neither mask
     # has (a dark cap, a label) join the object, both ways alike.
     if probs is not None and cfg.segmenter == "grabcut":
@@ -295,11 +296,13 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
         # From a still camera, what shows the background's own colour is background.
         plate = background_plate(frames, fwd.any(axis=(0, 1)) | bwd.any(axis=(0, 1)))
         if plate is not None:
-            ctx.reporter.info("still camera: object pixels that show the still background are dropped")
+            before = int(fwd[:, 1].sum())
             fwd, bwd = drop_still_background(frames, fwd, plate), drop_still_background(frames, bwd, plate)
             first = drop_still_background(frames[:1], first[None], plate)[0]
+            dropped = round(1.0 - int(fwd[:, 1].sum()) / max(before, 1), 4)
     track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
-    return {"tracker": tracker, "first": first, "fwd": fwd, "bwd": bwd, "track_iou": track_iou}
+    return {"tracker": tracker, "first": first, "fwd": fwd, "bwd": bwd, "track_iou": track_iou,
+            "still_background_dropped": dropped}
 
 
 def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
@@ -327,7 +330,8 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         passed = all(v >= cfg.iou_threshold for v in track_iou.values())
         quality = {"source": f"{cfg.segmenter}+{tracker}", "boxes_from": origin, "detection": detection,
                    "passed": passed, "threshold": cfg.iou_threshold, "track_iou": track_iou,
-                   "candidates": {c["tracker"]: c["track_iou"] for c in candidates}, "per_frame_iou": per_frame}
+                   "candidates": {c["tracker"]: c["track_iou"] for c in candidates},
+                   "still_background_dropped": best["still_background_dropped"], "per_frame_iou": per_frame}
         hand, obj = fwd[:, 0], fwd[:, 1]
         if not passed:
             shown = _write_failed_check(ctx.out_root / FAILED_DIR, frames, hand, obj, quality, meta.fps)
