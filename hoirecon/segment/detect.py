@@ -351,7 +351,10 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
     border = max(2, int(round(cfg.border_px_frac * min(h, w))))
     init[:border], init[-border:], init[:, :border], init[:, -border:] = (cv2.GC_BGD,) * 4
     if static is not None:
-        init[static] = cv2.GC_BGD
+        # Inside the learned foreground a still pixel may be the object turning in place (a
+        # handle spun about its axis): only probable background there, so that its colour does
+        # not become background for good.
+        init[static] = cv2.GC_BGD if foreground is None else np.where(foreground[static], cv2.GC_PR_BGD, cv2.GC_BGD)
     if foreground is not None:
         # Soft: the learned foreground misses dark grips between the fingers; colour decides there.
         init[~foreground & (init == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
