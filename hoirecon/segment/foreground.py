@@ -320,6 +320,17 @@ def _plate_blur(image: np.ndarray) -> np.ndarray:
     return cv2.blur(image, (5, 5)).astype(np.float32)
 
 
+def _median_blurred(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """(H, W, 3) float32 per-pixel median of the box-blurred frames, a band of rows at a time."""
+    h, w = frames[0].shape[:2]
+    colour = np.empty((h, w, 3), np.float32)
+    for y0 in range(0, h, PLATE_ROWS):
+        y1 = min(h, y0 + PLATE_ROWS)
+        lo, hi = max(0, y0 - 2), min(h, y1 + 2)  # the 5x5 blur reaches 2 rows out
+        colour[y0:y1] = np.median(np.stack([_plate_blur(f[lo:hi])[y0 - lo:y1 - lo] for f in frames]), axis=0)
+    return colour
+
+
 def background_plate(frames: Sequence[np.ndarray], covered: np.ndarray,
                      cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> Optional[BackgroundPlate]:
     """The clip's still background, or None where the camera moves (or the clip is too short).
@@ -332,13 +343,8 @@ def background_plate(frames: Sequence[np.ndarray], covered: np.ndarray,
     T = len(frames)
     if T < 5:
         return None
-    h, w = frames[0].shape[:2]
-    colour = np.empty((h, w, 3), np.float32)
-    for y in range(0, h, PLATE_ROWS):
-        rows = np.stack([_plate_blur(f[max(0, y - 2):y + PLATE_ROWS + 2])[y - max(0, y - 2):][:PLATE_ROWS]
-                         for f in frames])
-        colour[y:y + PLATE_ROWS] = np.median(rows, axis=0)
-    agree = np.zeros((h, w), np.int32)
+    colour = _median_blurred(frames)
+    agree = np.zeros(colour.shape[:2], np.int32)
     for image in frames:
         agree += np.abs(_plate_blur(image) - colour).max(-1) < cfg.plate_tolerance
     still = agree >= cfg.plate_fraction * T
