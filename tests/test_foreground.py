@@ -21,6 +21,7 @@ from hoirecon.segment.foreground import (
     background_plate,
     drop_still_background,
     first_frame_split,
+    foreground_union,
     hand_coloured,
     keep_near_foreground,
     landmark_hand_seeds,
@@ -102,6 +103,21 @@ def test_selfie_foreground_sees_nothing_in_a_flat_image():
     prob = fg(np.full((48, 64, 3), 128, np.uint8))
     assert prob.shape == (48, 64) and prob.dtype == np.float32
     assert 0.0 <= prob.min() and prob.max() <= 1.0 and prob.mean() < 0.5
+
+
+def test_foreground_union_leaves_the_unsure_clutter_behind_the_object():
+    prob = np.zeros((200, 200), np.float32)
+    prob[60:140, 100:160] = 0.95  # hand and object: sure
+    prob[70:130, 96:100] = 0.6  # the object's soft outline: unsure, next to the sure part
+    prob[40:160, 10:96] = 0.6  # a bus behind, touching the object: unsure, far from it
+    anchor = np.zeros_like(prob, bool)
+    anchor[100, 130] = True
+    union = foreground_union(prob, anchor)
+    reach = int(np.ceil(0.05 * 200))  # ForegroundSplitConfig.confident_reach of the short side
+    assert union[60:140, 100:160].all() and union[70:130, 96:100].all()  # the sure part and its outline
+    assert not union[:, :96 - reach].any()  # the bus beyond the reach
+    # Nothing sure touches the anchor (a pale hand the segmenter doubts): the plain foreground.
+    assert (foreground_union(np.where(prob > 0.9, 0.6, prob), anchor) == (prob > 0.5)).all()
 
 
 def test_tracked_masks_lose_what_lies_far_from_the_foreground():

@@ -34,6 +34,11 @@ class ForegroundSplitConfig:
     """Settings of the foreground split.
 
     threshold: foreground probability above which a pixel is hand or held object.
+    confident, confident_reach: the hand and its object are the foreground the segmenter is
+        sure of (probability above ``confident``) and the less sure foreground within
+        ``confident_reach`` of the image's short side from it. Clutter behind the hand (a bus,
+        a passer-by) is foreground at 0.3-0.7 and joined the object where it touched it; the
+        objects' own less sure pixels lie along their outlines (docs/experiments.md).
     grabcut_iters: GrabCut iterations of the hand / not-hand cut inside the foreground.
     growth: in one frame the object may extend at most this fraction of its size (square
         root of its area), plus ``growth_px``, past where the flow moved it (an object turning
@@ -57,6 +62,8 @@ class ForegroundSplitConfig:
     """
 
     threshold: float = 0.5
+    confident: float = 0.8
+    confident_reach: float = 0.05
     grabcut_iters: int = 3
     growth: float = 0.15
     growth_px: int = 6
@@ -194,11 +201,22 @@ def object_reach(previous_object: np.ndarray, cfg: ForegroundSplitConfig) -> np.
     return _dilate(previous_object, radius)
 
 
-def foreground_union(prob: np.ndarray, anchor: np.ndarray, threshold: float) -> np.ndarray:
-    """The foreground components (``prob`` (H, W) > threshold) that touch ``anchor`` (H, W) bool:
-    the hand and its object, not a person walking behind them or the side bars of a portrait clip."""
-    fg = prob > threshold
-    return components_touching(fg, anchor)
+def foreground_union(prob: np.ndarray, anchor: np.ndarray,
+                     cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> np.ndarray:
+    """(H, W) bool: the hand and its object, not a person walking behind them, a bus seen through
+    the fingers or the side bars of a portrait clip.
+
+    The foreground (``prob`` (H, W) > ``cfg.threshold``) that touches ``anchor`` (H, W) bool and
+    lies within ``cfg.confident_reach`` of the confident foreground touching it; the plain
+    foreground touching ``anchor`` where nothing confident does.
+    """
+    fg = prob > cfg.threshold
+    core = components_touching(prob > cfg.confident, anchor)
+    if not core.any():
+        return components_touching(fg, anchor)
+    reach_px = cfg.confident_reach * min(prob.shape)
+    near = cv2.distanceTransform((~core).astype(np.uint8), cv2.DIST_L2, 3) <= reach_px
+    return components_touching(fg & near, anchor)
 
 
 def keep_near_foreground(masks: np.ndarray, probs: Sequence[np.ndarray],
@@ -435,7 +453,7 @@ class ForegroundSplitTracker:
         else:
             sure = _erode(warped_hand, max(2, hand_size // 10))
             probable = _dilate(warped_hand, max(2, hand_size // 15))
-        union = foreground_union(prob, sure | warped_hand | remembered, cfg.threshold)
+        union = foreground_union(prob, sure | warped_hand | remembered, cfg)
         if union.sum() < cfg.min_area_px:
             return warped_hand, warped_object
         obj_size = int(np.sqrt(max(int(warped_object.sum()), 1)))
@@ -536,7 +554,7 @@ def first_frame_split(image: np.ndarray, prob: np.ndarray, static: np.ndarray,
     sure, probable = hand_seeds
     in_object_box = box_region(shape, object_box, cfg.box_slack)
     boxes = box_region(shape, hand_box, cfg.box_slack) | in_object_box
-    union = foreground_union(prob, sure | (in_object_box & (prob > cfg.threshold)), cfg.threshold) & boxes
+    union = foreground_union(prob, sure | (in_object_box & (prob > cfg.confident)), cfg) & boxes
     object_core = _erode(union & box_region(shape, object_box) & ~probable, 2)
     # The grip between the fingers: non-skin pixels where the hand and object boxes meet,
     # coloured like the object (the learned foreground often misses a dark grip in the fist).

@@ -103,7 +103,7 @@ def _first_foreground(first: np.ndarray, found) -> Optional[np.ndarray]:
     from hoirecon.segment.foreground import SelfieForeground, foreground_union
 
     hand = hand_region_from_keypoints(found.keypoints_2d, first.shape[:2])
-    union = foreground_union(SelfieForeground()(first), hand, 0.5)
+    union = foreground_union(SelfieForeground()(first), hand)
     return union if (union & hand).sum() > 0.3 * hand.sum() else None
 
 
