@@ -24,8 +24,10 @@ from hoirecon.errors import MissingWeightsError, UserError
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "official"  # tests/fixtures/official/README.md
 FIXTURE = FIXTURES / "diffhoi_prior"
 
-# README: float64 vs float32 reference differ by <= 6e-5, batch-2 vs batch-1 by <= 8e-5.
-ATOL_OUTPUT = 2e-4
+# README: float64 vs float32 reference differ by <= 6e-5, batch-2 vs batch-1 by <= 8e-5. The CPU's
+# own float32 summation order adds more: 2e-4 held on an Intel Xeon, an AMD EPYC reached 2.3e-4
+# (6 of 40,960 outputs) with torch 2.13.
+ATOL_OUTPUT = 3e-4
 
 
 def _load_detinit():
@@ -136,7 +138,8 @@ def test_guided_noise_prediction_matches_fixture(filled_model, io):
     # mean 1.2e-5; the unguided eps_c would be off by max 1.3e-3, mean 5.3e-5.
     expected = _t(io, "cfg_eps_t500_gs4")
     assert eps.shape == (1, 5, 64, 64)
-    torch.testing.assert_close(eps, expected, atol=7e-4, rtol=0)
+    # eps = 4 eps_c - 3 eps_u: up to 7x the raw outputs' error (7.7e-4 on the AMD EPYC above).
+    torch.testing.assert_close(eps, expected, atol=1e-3, rtol=0)
     assert (eps - expected).abs().mean() < 2.5e-5
 
 
