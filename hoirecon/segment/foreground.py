@@ -115,6 +115,11 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     return cv2.erode(mask.astype(np.uint8), _disk(radius)).astype(bool)
 
 
+def _within(mask: np.ndarray, reach_px: float) -> np.ndarray:
+    """(H, W) bool: pixels at most ``reach_px`` (Euclidean) from ``mask`` (H, W) bool."""
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3) <= reach_px
+
+
 def components_touching(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     """Connected components of ``mask`` (H, W) bool that share a pixel with ``anchor`` (H, W) bool."""
     n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
@@ -214,9 +219,7 @@ def foreground_union(prob: np.ndarray, anchor: np.ndarray,
     core = components_touching(prob > cfg.confident, anchor)
     if not core.any():
         return components_touching(fg, anchor)
-    reach_px = cfg.confident_reach * min(prob.shape)
-    near = cv2.distanceTransform((~core).astype(np.uint8), cv2.DIST_L2, 3) <= reach_px
-    return components_touching(fg & near, anchor)
+    return components_touching(fg & _within(core, cfg.confident_reach * min(prob.shape)), anchor)
 
 
 def keep_near_foreground(masks: np.ndarray, probs: Sequence[np.ndarray],
@@ -234,7 +237,7 @@ def keep_near_foreground(masks: np.ndarray, probs: Sequence[np.ndarray],
     reach_px = cfg.reach * min(masks.shape[-2:])
     for t, prob in enumerate(probs):
         fg = prob > cfg.threshold
-        near = cv2.distanceTransform((~fg).astype(np.uint8), cv2.DIST_L2, 3) <= reach_px
+        near = _within(fg, reach_px)
         for k in range(masks.shape[1]):
             area = int(masks[t, k].sum())
             if area and (masks[t, k] & fg).sum() >= cfg.seen_fraction * area:
