@@ -104,7 +104,8 @@ def run_masks(video: Path, out: Path, side: str, boxes: dict | None) -> dict:
     for folder in ("masks", MasksOutput.FAILED_DIR):
         q = MasksOutput.load_quality(out / folder)
         if q is not None:
-            row.update(passed=q["passed"], fb_iou=q["track_iou"], tracker=q["source"].split("+")[-1])
+            row.update(passed=q["passed"], fb_iou=q["track_iou"], candidates=q.get("candidates"),
+                       tracker=q.get("kept", q["source"].split("+")[-1]))
             break
     return row
 

@@ -345,3 +345,21 @@ def test_tracker_tells_an_anchor_what_its_mask_is_next_to():
     assert len(seen) == 2
     warped, near = seen[0]
     assert mask_iou(near, objs[1]) > 0.8 and mask_iou(warped, hands[1]) > 0.8
+
+
+def test_auto_tracker_keeps_the_candidate_that_comes_back_best(tmp_path, monkeypatch):
+    import hoirecon.stages.masks as masks_stage
+
+    clip, hands, objs = _clip(tmp_path)
+    # A first-frame split as the learned foreground would give it (the true masks), and a foreground
+    # said to see them: the flow tracker then also runs from that split, a third candidate.
+    monkeypatch.setattr(masks_stage, "_first_foreground_split", lambda frames, *a: (hands[0], objs[0]))
+    monkeypatch.setattr(masks_stage, "_foreground_sees", lambda *a: True)
+    out = tmp_path / "o"
+    cfg = MasksConfig(hand_box=(50, 30, 76, 58), object_box=(24, 26, 56, 70))
+    run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, cfg)])
+    q = MasksOutput.load_quality(out / "masks")
+    assert set(q["candidates"]) == {"foreground", "flow", "flow_from_split"}
+    worse = {name: min(iou.values()) for name, iou in q["candidates"].items()}
+    assert q["kept"] == max(worse, key=worse.get) and q["track_iou"] == q["candidates"][q["kept"]]
+    assert worse["flow_from_split"] > 0.7  # from the true first frame, flow comes back

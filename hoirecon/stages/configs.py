@@ -98,9 +98,10 @@ class MasksConfig:
                             "the held object next to it; check overlay.mp4) | boxes (require --hand-box/--object-box "
                             "or boxes.json) | doh100 (the paper's detector, needs weights).")
     segmenter: str = setting("grabcut", "First-frame masks from boxes: grabcut | pointrend.")
-    tracker: str = setting("auto", "Mask tracking: auto (default: runs foreground and flow, keeps the one that passes "
-                           "the forward-backward check best) | foreground (each frame's learned foreground split by "
-                           "the hand's landmarks) | flow (optical flow + GrabCut) | stcn (the paper's, needs weights).")
+    tracker: str = setting("auto", "Mask tracking: auto (default: runs foreground, and flow from two first "
+                           "frames, keeps the one that passes the forward-backward check best) | foreground (each "
+                           "frame's learned foreground split by the hand's landmarks) | flow (optical flow + "
+                           "GrabCut) | stcn (the paper's, needs weights).")
     iou_threshold: float = setting(0.4, "Minimum forward-backward IoU for hand and object.")
     hand_landmarks: bool = setting(True, internal="re-anchoring the flow tracker's hand mask on MediaPipe landmarks "
                                    "is how the stage works, not a choice; False exists for comparisons in code")

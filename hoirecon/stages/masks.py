@@ -13,8 +13,9 @@ Backends (``--detector``, ``--segmenter``, ``--tracker``):
 - segmenter: ``grabcut`` (default, offline; with the ``foreground`` tracker the first frame is
   the learned foreground split by the hand's landmarks, and the box-only colour cut is the
   fallback where no landmarks are found) | ``pointrend`` (paper, needs weights).
-- tracker: ``auto`` (default: runs ``foreground`` and ``flow`` and keeps the one whose masks pass
-  the forward-backward check best; both IoUs are in quality.json ``candidates``) | ``foreground``
+- tracker: ``auto`` (default: runs ``foreground``, and ``flow`` from both first frames, the colour
+  cut's and the foreground split's, and keeps the candidate whose masks pass the forward-backward
+  check best; every candidate's IoUs are in quality.json ``candidates``, its name in ``kept``) | ``foreground``
   (every frame's own learned foreground, MediaPipe's selfie
   segmenter, split into hand and object by the hand's landmarks and a colour cut, kept
   consistent in time by the previous masks moved by optical flow; ``hoirecon.segment.foreground``;
@@ -30,7 +31,7 @@ Artifacts in ``<out>/masks/`` (``hoirecon.stages.outputs.MasksOutput``): ``hand/
 ``boxes.json`` (first-frame boxes in working-frame pixels, ``boxes_from`` and, for ``auto``,
 ``scores``), ``quality.json``
 (``track_iou`` {hand, object}: first-frame vs. tracked-back IoU; ``per_frame_iou``: forward vs.
-backward masks per frame; ``passed``; ``source``; ``boxes_from``; ``detection``: the automatic
+backward masks per frame; ``passed``; ``source``; ``candidates``; ``kept``; ``boxes_from``; ``detection``: the automatic
 detection's scores or null), ``overlay.mp4``.
 """
 
@@ -156,16 +157,16 @@ def _first_frame_boxes(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarr
     return hand, obj, origin, detection  # type: ignore[return-value]
 
 
-def _first_masks(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], probs: Optional[list[np.ndarray]],
+def _first_masks(cfg: MasksConfig, split: Optional[tuple[np.ndarray, np.ndarray]], first: np.ndarray,
                  hand_box: Box, obj_box: Box, device: str) -> np.ndarray:
-    first = frames[0]
+    """First-frame (hand, object) masks (2, H, W): PointRend's, else ``split`` (the learned
+    foreground split by the hand's landmarks) where given, else one colour cut in the boxes."""
     if cfg.segmenter == "pointrend":
         from hoirecon.backends.pointrend import PointRendBox2Mask
 
         masks = PointRendBox2Mask(device).masks_for_boxes(first, np.array([hand_box, obj_box], np.float32))
         hand, obj = masks[0].astype(bool), masks[1].astype(bool)
-    elif (tracker == "foreground"
-          and (split := _first_foreground_split(frames, probs, hand_box, obj_box, cfg.side)) is not None):
+    elif split is not None:
         hand, obj = split
     else:
         # One joint cut: each mask sees the other's colours as background, thin or mostly
@@ -266,22 +267,32 @@ def _write_failed_check(folder: Path, frames, hand: np.ndarray, obj: np.ndarray,
     return overlay
 
 
-def _trackers(cfg: MasksConfig) -> list[str]:
-    """The trackers to run: ``auto`` runs the learned-foreground split and the flow tracker."""
-    return ["foreground", "flow"] if cfg.tracker == "auto" else [cfg.tracker]
+def _candidates(cfg: MasksConfig, split: Optional[tuple]) -> list[tuple[str, str, Optional[tuple]]]:
+    """(name, tracker, first-frame split or None for the colour cut) of every candidate to run.
+
+    ``auto`` runs the foreground tracker from the split, and the flow tracker from both first
+    frames: the colour cut misplaces the hand/object border where the boxes are tight (a handle
+    below a box that stops at the label), the split where the learned foreground takes clutter
+    behind the object; the forward-backward check then tells which one held."""
+    if cfg.tracker == "auto":
+        runs = [("foreground", "foreground", split), ("flow", "flow", None)]
+        return runs + ([("flow_from_split", "flow", split)] if split is not None else [])
+    return [(cfg.tracker, cfg.tracker, split if cfg.tracker == "foreground" else None)]
 
 
-def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box: Box, obj_box: Box, *,
-             ctx: StageContext, probs: Optional[list[np.ndarray]]) -> dict:
+def _tracked(cfg: MasksConfig, name: str, tracker: str, split: Optional[tuple], frames: list[np.ndarray],
+             hand_box: Box, obj_box: Box, *, ctx: StageContext, probs: Optional[list[np.ndarray]]) -> dict:
     """First-frame masks, forward and backward tracks (T, 2, H, W) and the forward-backward IoU
-    of one tracker; ``probs``: every frame's learned foreground, run once for all trackers (None
-    for STCN, which uses none)."""
+    of one candidate; ``probs``: every frame's learned foreground, run once for all candidates (None
+    for STCN, which uses none). ``fell_back``: the learned foreground did not see frame 0's hand
+    and object, so the foreground tracker gave way to flow."""
     T = len(frames)
-    first = _first_masks(cfg, tracker, frames, probs, hand_box, obj_box, ctx.device)
-    if tracker == "foreground" and not _foreground_sees(probs[0], first):
+    first = _first_masks(cfg, split, frames[0], hand_box, obj_box, ctx.device)
+    fell_back = tracker == "foreground" and not _foreground_sees(probs[0], first)
+    if fell_back:
         ctx.reporter.info("the learned foreground does not see the hand and object in the first frame: "
                           "tracking them by optical flow instead")
-        tracker = "flow"
+        name = tracker = "flow"
     with ctx.reporter.task(f"tracking masks ({tracker}, forward + backward)", total=2 * (T - 1)) as task:
         fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task, probs=probs)
         bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task,
@@ -301,8 +312,8 @@ def _tracked(cfg: MasksConfig, tracker: str, frames: list[np.ndarray], hand_box:
             first = drop_still_background(frames[:1], first[None], plate)[0]
             dropped = round(1.0 - int(fwd[:, 1].sum()) / max(before, 1), 4)
     track_iou = {"hand": mask_iou(first[0], bwd[0, 0]), "object": mask_iou(first[1], bwd[0, 1])}
-    return {"tracker": tracker, "first": first, "fwd": fwd, "bwd": bwd, "track_iou": track_iou,
-            "still_background_dropped": dropped}
+    return {"name": name, "tracker": tracker, "fell_back": fell_back, "first": first, "fwd": fwd, "bwd": bwd,
+            "track_iou": track_iou, "still_background_dropped": dropped}
 
 
 def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
@@ -319,9 +330,14 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
         candidates: list[dict] = []
         probs = _foreground_probs(frames) if cfg.tracker != "stcn" else None
-        for name in _trackers(cfg):
-            if all(c["tracker"] != name for c in candidates):  # the foreground may have fallen back to flow
-                candidates.append(_tracked(cfg, name, frames, hand_box, obj_box, ctx=ctx, probs=probs))
+        split = None
+        if probs is not None and cfg.segmenter == "grabcut" and cfg.tracker in ("auto", "foreground"):
+            split = _first_foreground_split(frames, probs, hand_box, obj_box, cfg.side)
+        for name, tracker, first_split in _candidates(cfg, split):
+            candidates.append(_tracked(cfg, name, tracker, first_split, frames, hand_box, obj_box, ctx=ctx,
+                                       probs=probs))
+            if candidates[-1]["fell_back"]:
+                break  # a foreground blind to frame 0 has no say in the other candidates either
         # The paper's own filter picks: the candidate whose masks come back best.
         best = max(candidates, key=lambda c: min(c["track_iou"].values()))
         tracker, first, fwd, bwd, track_iou = (best[k] for k in ("tracker", "first", "fwd", "bwd", "track_iou"))
@@ -330,7 +346,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         passed = all(v >= cfg.iou_threshold for v in track_iou.values())
         quality = {"source": f"{cfg.segmenter}+{tracker}", "boxes_from": origin, "detection": detection,
                    "passed": passed, "threshold": cfg.iou_threshold, "track_iou": track_iou,
-                   "candidates": {c["tracker"]: c["track_iou"] for c in candidates},
+                   "candidates": {c["name"]: c["track_iou"] for c in candidates}, "kept": best["name"],
                    "still_background_dropped": best["still_background_dropped"], "per_frame_iou": per_frame}
         hand, obj = fwd[:, 0], fwd[:, 1]
         if not passed:

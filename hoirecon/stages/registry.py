@@ -75,8 +75,8 @@ def _fit_config_inputs(cfg) -> dict[str, str]:
 STAGES: Mapping[str, StageDef] = MappingProxyType({
     "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
                        outputs=("FramesMeta",)),
-    # 13: the hand and object are the confident foreground and the unsure foreground near it
-    "masks": StageDef("masks", "13", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
+    # 14: the flow tracker also runs from the learned foreground's first-frame split (three candidates)
+    "masks": StageDef("masks", "14", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "3", ("frames", "masks"), _lazy("hand", "run_hand"),  # 3: drops contradicted frames
                      outputs=("HandsOutput",)),
