@@ -477,8 +477,9 @@ def test_a_poor_fit_names_the_other_side_when_it_fits_far_better(monkeypatch):
         tried.append(cfg.side)
         return SimpleNamespace(valid=torch.tensor([True, True, False]))
 
-    def fake_track(est, hand, cfg, focal, size_wh, device):
-        return SimpleNamespace(reproj=torch.tensor([12.0, 14.0, 99.0]))
+    def fake_track(est, hand, cfg, focal, size_wh, device, masks):
+        assert cfg.side == "right" and cfg.silhouette_steps == 0  # the other side, on its landmark fit
+        return SimpleNamespace(reproj=torch.tensor([12.0, 14.0, 99.0])), {}
 
     monkeypatch.setattr(hand_stage, "_estimate_hands", fake_estimate)
     monkeypatch.setattr(hand_stage, "_hand_track", fake_track)
@@ -486,9 +487,10 @@ def test_a_poor_fit_names_the_other_side_when_it_fits_far_better(monkeypatch):
     frames = [np.zeros((8, 8, 3), np.uint8)] * 3
 
     def warnings(iou, reprojection):
-        quality = {"mask_iou_median": iou, "reprojection_px_median": reprojection}
-        out = hand_stage._other_side_warnings(ctx, HandConfig(side="left"), frames, hand_masks=None, obj_masks=None,
-                                              hand=None, device="cpu", focal=1.0, quality=quality)
+        quality, ours = {}, SimpleNamespace(reproj=torch.full((3,), reprojection))
+        out = hand_stage._other_side_warnings(ctx, HandConfig(side="left"), frames, ours, np.full(3, iou),
+                                              np.ones(3, bool), hand_masks=None, obj_masks=None, hand=None,
+                                              device="cpu", focal=1.0, quality=quality)
         return out, quality
 
     out, quality = warnings(0.48, 49.0)  # the other side reprojects 13 px (median of its valid frames)

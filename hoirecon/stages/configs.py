@@ -155,6 +155,8 @@ class HandConfig:
                                     "a frame without a hand (hoirecon.stages.hand.contradicted_frames)")
     world_weight: float = setting(1.0, internal="the IK's balance of MediaPipe's 3D world landmarks against its 2D "
                                   "ones (hoirecon.handpose.ik), tuned once; not a choice a user can judge")
+    silhouette_steps: int = setting(20, "Steps fitting each frame's hand to its hand mask after the landmark fit "
+                                    "(0 = landmarks only).")
     # The full pinhole cut the median reprojection error on toy_plane from 39 to 29 px (the
     # hand is close to the camera: weak perspective is poor there). Its camera is reported as
     # the weak camera that eq. 4 maps back to the fitted position, so the A.5 recipe holds.

@@ -85,6 +85,7 @@ from hoirecon.handpose.perspective import (
     rigid_transform,
     weak_to_hand_to_cam,
 )
+from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks
 from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_hand_track
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
@@ -412,21 +413,24 @@ def _estimate_hands(ctx: StageContext, cfg: HandConfig, frames: list[np.ndarray]
 
 
 def _hand_track(est: PerFrameEstimate, hand: HandModel, cfg: HandConfig, focal: float, size_wh: tuple[int, int],
-                device: torch.device) -> _HandTrack:
+                device: torch.device, masks: tuple[np.ndarray, np.ndarray]) -> tuple[_HandTrack, dict]:
     """The paper's A.5: shared shape = mean of the per-frame shapes; rotation from the wrist;
-    translation by eq. 4; then smoothed over time and posed in the camera."""
+    translation by eq. 4; each frame's hand then fitted to its (hand, object) ``masks``; then
+    smoothed over time and posed in the camera. Also returns the silhouette fit's report."""
     valid, T = est.valid, len(est.valid)
     W, H = size_wh
+    K = intrinsics_from_focal(focal, W, H, device=device)
     shape = est.shape[valid].mean(0)
     sel = valid.nonzero()[:, 0]
     T_hand_to_cam = weak_to_hand_to_cam(est.weak_cam[sel], est.wrist_rot[sel], est.weak_origin[sel], focal)
     transl = torch.zeros(T, 3, device=device)
     transl[sel] = T_hand_to_cam[:, :3, 3]
+    fitted = fit_hand_to_masks(hand, est.articulation, est.wrist_rot, transl, shape, cfg.side, K, *masks,
+                               est.keypoints_2d, valid.cpu().numpy(), SilhouetteFitConfig(steps=cfg.silhouette_steps))
     articulation, wrist_rot, transl = smooth_hand_track(
-        hand, est.articulation, est.wrist_rot, transl, shape, valid, cfg.side,
+        hand, fitted.articulation, fitted.wrist_rot, fitted.transl, shape, valid, cfg.side,
         SmoothConfig(velocity_weight=cfg.smooth_weight))
     T_hand_to_cam = rigid_transform(axis_angle_to_matrix(wrist_rot), transl)
-    K = intrinsics_from_focal(focal, W, H, device=device)
 
     with torch.no_grad():
         out = hand(articulation, torch.zeros_like(wrist_rot), shape, side=cfg.side)
@@ -434,11 +438,17 @@ def _hand_track(est: PerFrameEstimate, hand: HandModel, cfg: HandConfig, focal: 
         verts_cam = out.verts @ R.transpose(1, 2) + t[:, None]
         kp_cam = out.keypoints @ R.transpose(1, 2) + t[:, None]
         kp_proj = project_points(kp_cam, K[None].expand(T, 3, 3))
+    report = {"silhouette_fit_kept_frames": np.flatnonzero(fitted.kept).tolist(),
+              "silhouette_fit_iou": [[_rounded(b), _rounded(a)] for b, a in zip(fitted.iou_before, fitted.iou_after)]}
     return _HandTrack(
         articulation=articulation, wrist_rot=wrist_rot, shape=shape, T_cam_to_hand=invert_rigid(T_hand_to_cam), K=K,
         verts_cam=verts_cam, faces=out.faces,
         keypoints_2d=torch.where(valid[:, None, None], est.keypoints_2d, kp_proj),
-        reproj=(kp_proj - est.keypoints_2d).norm(dim=-1).mean(-1))
+        reproj=(kp_proj - est.keypoints_2d).norm(dim=-1).mean(-1)), report
+
+
+def _rounded(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 3)
 
 
 def _f32(x: torch.Tensor) -> np.ndarray:
@@ -512,27 +522,34 @@ OTHER_SIDE_BELOW_IOU = 0.6
 OTHER_SIDE_REPROJECTION_RATIO = 0.5
 
 
-def _other_side_warnings(ctx: StageContext, cfg: HandConfig, frames: list[np.ndarray], *, hand_masks: np.ndarray,
-                         obj_masks: np.ndarray, hand: HandModel, device: torch.device, focal: float,
-                         quality: dict) -> list[str]:
+def _other_side_warnings(ctx: StageContext, cfg: HandConfig, frames: list[np.ndarray], track: _HandTrack,
+                         ious: np.ndarray, valid: np.ndarray, *, hand_masks: np.ndarray, obj_masks: np.ndarray,
+                         hand: HandModel, device: torch.device, focal: float, quality: dict) -> list[str]:
     """A warning where the other hand side explains the landmarks far better than ``--side``;
     what the other side gave goes into ``quality`` (``other_side``). Nothing is changed: the
-    masks stage followed this side too."""
-    if cfg.backend != "mediapipe" or not quality["mask_iou_median"] < OTHER_SIDE_BELOW_IOU:
-        return []
-    other = replace(cfg, side="left" if cfg.side == "right" else "right")
-    try:
-        est = _estimate_hands(ctx, other, frames, hand_masks=hand_masks, obj_masks=obj_masks, hand=hand,
-                              device=device, focal=focal)
-    except RunError:
+    masks stage followed this side too. Both sides are judged on their landmark fits alone
+    (``track``, with its (T,) visible mask ``ious`` and ``valid`` frames): the silhouette fit can
+    dress a mirrored hand in its mask."""
+    if cfg.backend != "mediapipe":
         return []
     H, W = frames[0].shape[:2]
-    reproj = _hand_track(est, hand, other, focal, (W, H), device).reproj.cpu().numpy()
-    theirs, ours = float(np.median(reproj[est.valid.cpu().numpy()])), quality["reprojection_px_median"]
+    iou = float(np.median(ious[valid])) if valid.any() else 0.0
+    if not iou < OTHER_SIDE_BELOW_IOU:
+        return []
+    other = replace(cfg, side="left" if cfg.side == "right" else "right", silhouette_steps=0)
+    try:
+        est_other = _estimate_hands(ctx, other, frames, hand_masks=hand_masks, obj_masks=obj_masks, hand=hand,
+                                    device=device, focal=focal)
+    except RunError:
+        return []
+    reproj = _hand_track(est_other, hand, other, focal, (W, H), device, (hand_masks, obj_masks))[0].reproj
+    reproj = reproj.cpu().numpy()
+    theirs = float(np.median(reproj[est_other.valid.cpu().numpy()]))
+    ours = float(np.median(track.reproj.cpu().numpy()[valid]))
     quality["other_side"] = {"side": other.side, "reprojection_px_median": round(theirs, 2)}
     if not theirs < OTHER_SIDE_REPROJECTION_RATIO * ours:
         return []
-    warning = (f"the hand fits its mask poorly as a {cfg.side} hand (mask IoU {quality['mask_iou_median']:.2f}); "
+    warning = (f"the hand fits its mask poorly as a {cfg.side} hand (landmark fit's mask IoU {iou:.2f}); "
                f"as a {other.side} hand its landmarks reproject {theirs:.0f} px off instead of {ours:.0f}: "
                f"if it is a {other.side} hand, rerun masks and hand with --side {other.side}")
     ctx.reporter.info(f"[yellow]warning:[/yellow] {warning}")
@@ -558,14 +575,18 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
 
     est = _estimate_hands(ctx, cfg, frames, hand_masks=hand_masks, obj_masks=obj_masks, hand=hand, device=device,
                           focal=focal)
-    track = _hand_track(est, hand, cfg, focal, (W, H), device)
-    dropped = contradicted_frames(_visible_ious(track, hand_masks, obj_masks), est.valid.cpu().numpy(),
-                                  cfg.drop_below_iou)
+    masks = (hand_masks, obj_masks)
+    landmark_track = _hand_track(est, hand, replace(cfg, silhouette_steps=0), focal, (W, H), device, masks)[0]
+    landmark_ious = _visible_ious(landmark_track, hand_masks, obj_masks)
+    landmark_valid = est.valid.cpu().numpy().copy()
+    dropped = contradicted_frames(landmark_ious, landmark_valid, cfg.drop_below_iou)
     if dropped.any():
         ctx.reporter.info(f"hand: {int(dropped.sum())} frame(s) whose estimate contradicts the hand mask are "
                           f"interpolated instead: {np.flatnonzero(dropped).tolist()}")
         est.valid[torch.as_tensor(dropped, device=est.valid.device)] = False
-        track = _hand_track(est, hand, cfg, focal, (W, H), device)
+    with ctx.reporter.task("hand fitted to its masks", total=1) as task:
+        track, fit_report = _hand_track(est, hand, cfg, focal, (W, H), device, masks)
+        task.advance()
     _hands_output(cfg, est, track, (W, H), focal, sfm).save(ctx.tmp_dir)
     (ctx.tmp_dir / HandsOutput.CAMERA).write_text(json.dumps(camera, indent=2))
 
@@ -574,8 +595,10 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
                           fps=meta.fps)
     quality = _quality(cfg.backend, valid_np, est.presence.cpu().numpy(), track.reproj.cpu().numpy(), ious)
     quality["dropped_frames"] = np.flatnonzero(dropped).tolist()
-    warnings = _other_side_warnings(ctx, cfg, frames, hand_masks=hand_masks, obj_masks=obj_masks, hand=hand,
-                                    device=device, focal=focal, quality=quality)
+    quality.update(fit_report)
+    warnings = _other_side_warnings(ctx, cfg, frames, landmark_track, landmark_ious, landmark_valid,
+                                    hand_masks=hand_masks, obj_masks=obj_masks, hand=hand, device=device, focal=focal,
+                                    quality=quality)
     (ctx.tmp_dir / HandsOutput.QUALITY).write_text(json.dumps(quality, indent=2))
     return {"num_frames": T, "valid_frames": int(valid_np.sum()), "backend": cfg.backend, "camera": camera,
             **({"warnings": warnings} if warnings else {}),

@@ -78,7 +78,7 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
     # 14: the flow tracker also runs from the learned foreground's first-frame split (three candidates)
     "masks": StageDef("masks", "14", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
-    "hand": StageDef("hand", "3", ("frames", "masks"), _lazy("hand", "run_hand"),  # 3: drops contradicted frames
+    "hand": StageDef("hand", "4", ("frames", "masks"), _lazy("hand", "run_hand"),  # 4: fitted to its masks
                      outputs=("HandsOutput",)),
     "fit": StageDef("fit", "13", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 13: area of sheets
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
