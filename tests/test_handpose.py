@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -389,6 +390,11 @@ def test_hand_stage_on_a_tiny_clip(hand, tmp_path):
         assert T_h2c[t, 2, 3] == pytest.approx(0.25, rel=0.3)
     quality = res.summary
     assert quality["mask_iou_median"] > 0.6
+    # Each frame's hand was fitted to its mask and kept only where that raised the IoU.
+    report = json.loads((out / "hand" / "quality.json").read_text())
+    fitted = np.array(report["silhouette_fit_iou"], float)
+    kept = report["silhouette_fit_kept_frames"]
+    assert fitted.shape == (T, 2) and all(fitted[t, 1] > fitted[t, 0] for t in kept)
     # Cached on a second run.
     assert run_stage(out, STAGE, HandConfig(ik_iterations=100)).status == "cached"
 

@@ -48,7 +48,7 @@ def test_a_displaced_hand_moves_back_onto_its_mask(hand):
     # Frame 0 starts 1.5 cm and 0.2 rad off; frame 1 starts where it is.
     start_tr = transl + torch.tensor([[0.015, -0.01, 0.0], [0.0, 0.0, 0.0]])
     start_rot = rot + torch.tensor([[0.0, 0.0, 0.2], [0.0, 0.0, 0.0]])
-    cfg = SilhouetteFitConfig(steps=40, stride=1)
+    cfg = SilhouetteFitConfig(steps=40)
     fit = fit_hand_to_masks(hand, art, start_rot, start_tr, torch.zeros(10), "right", K, masks, obj, landmarks,
                             np.array([True, True]), cfg)
     assert fit.iou_before[0] < 0.6 and fit.iou_after[0] > 0.85 and fit.kept[0]

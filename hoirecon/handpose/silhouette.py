@@ -30,7 +30,9 @@ class SilhouetteFitConfig:
     """Settings of :func:`fit_hand_to_masks`.
 
     steps: Adam steps (all frames of a chunk at once; 0 = no refinement).
-    stride: masks and silhouettes are compared on every ``stride``-th pixel.
+    hand_px: masks and silhouettes are compared on every k-th pixel, k chosen per chunk so that the
+        hand masks' boxes span about this many compared pixels along their longer side (a coarser
+        grid misjudges a small hand; a finer one costs more and adds nothing), at most ``max_stride``.
     lr_rot (rad), lr_trans (m), lr_artic (rad): Adam step sizes.
     keypoint_weight: weight of the mean squared distance between the model's projected keypoints
         and the landmarks, in units of the landmarks' box diagonal.
@@ -42,12 +44,13 @@ class SilhouetteFitConfig:
     """
 
     steps: int = 20
-    stride: int = 4
+    hand_px: int = 64
+    max_stride: int = 8
     lr_rot: float = 0.02
     lr_trans: float = 2e-3
     lr_artic: float = 0.02
-    keypoint_weight: float = 1.0
-    artic_weight: float = 0.1
+    keypoint_weight: float = 10.0
+    artic_weight: float = 1.0
     box_margin: float = 0.15
     # A narrower soft edge than the fit's renders fewer (pixel, face) pairs: 1.4x faster here.
     render: MeshRenderConfig = field(default_factory=lambda: MeshRenderConfig(sigma=0.3, prob_eps=1e-3))
@@ -130,6 +133,17 @@ def fit_hand_to_masks(hand: HandModel, articulation: Tensor, wrist_rot: Tensor, 
     return SilhouetteFit(out_art, out_rot, out_tr, before, after, kept)
 
 
+def _stride(hand_masks: np.ndarray, cfg: SilhouetteFitConfig) -> int:
+    """Pixel stride for (B, H, W) hand masks: their boxes' median longer side / ``cfg.hand_px``."""
+    sides = []
+    for mask in hand_masks:
+        ys, xs = np.nonzero(mask)
+        if len(ys):
+            sides.append(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
+    longer = float(np.median(sides)) if sides else 0.0
+    return int(np.clip(longer // cfg.hand_px, 1, cfg.max_stride))
+
+
 def _box_pixels(regions: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices of the pixels in each region's box grown by ``margin`` of its size, padded
     to one length: (B, P) indices and (B, P) bool, False on the padding."""
@@ -157,7 +171,7 @@ def _fit_chunk(hand: HandModel, art0: Tensor, rot0: Tensor, tr0: Tensor, shape: 
     """One chunk of frames: (articulation, wrist_rot, transl, IoU before, IoU after)."""
     B, (H, W) = art0.shape[0], hand_mask.shape[1:]
     dev = art0.device
-    s = cfg.stride
+    s = _stride(hand_mask, cfg)
     K_grid, h, w = strided_grid(K.float(), H, W, s)
     R0 = axis_angle_to_matrix(rot0)
     beta = shape.reshape(1, -1)
@@ -205,6 +219,6 @@ def _fit_chunk(hand: HandModel, art0: Tensor, rot0: Tensor, tr0: Tensor, shape: 
     with torch.no_grad():
         v0 = posed(torch.zeros_like(d_rot), torch.zeros_like(d_tr), torch.zeros_like(d_art))[2]
         R, t, v1, _ = posed(d_rot, d_tr, d_art)
-        b = _visible_iou_hard(v0, faces, K, hand_mask, known, cfg.stride)
-        a = _visible_iou_hard(v1, faces, K, hand_mask, known, cfg.stride)
+        b = _visible_iou_hard(v0, faces, K, hand_mask, known, s)
+        a = _visible_iou_hard(v1, faces, K, hand_mask, known, s)
     return (art0 + d_art).detach(), matrix_to_axis_angle(R), t.detach(), b, a
