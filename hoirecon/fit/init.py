@@ -284,7 +284,7 @@ def hand_mask_ious(hand_verts: torch.Tensor, hand_faces: torch.Tensor, T_cam_to_
                    hand_masks: np.ndarray, stride: int = 2) -> np.ndarray:
     """IoU of the hand mesh's silhouette, seen through each camera, against the hand masks.
 
-    Object pixels count against a pose here, unlike the hand stage's ``visible_hand_iou``: to
+    Object pixels count against a pose here, unlike ``hoirecon.handpose.silhouette.visible_hand_iou``: to
     choose between two poses of one hand, the one that covers the object less is the likelier.
 
     Args:

@@ -88,14 +88,24 @@ def soft_visible_iou(silhouette: Tensor, hand_mask: Tensor, known: Tensor, eps: 
     return inter / (union + eps)
 
 
-def _visible_iou_hard(verts_cam: Tensor, faces: Tensor, K: Tensor, hand: np.ndarray, known: np.ndarray,
-                      stride: int) -> np.ndarray:
+def visible_hand_iou(silhouette: np.ndarray, hand_mask: np.ndarray, object_mask: np.ndarray) -> float:
+    """IoU of the rendered hand and the hand mask, ignoring object pixels.
+
+    Fingers behind the object are rendered but not in the hand mask, so object pixels
+    count as unknown: ``|R & M| / |(R | M) & ~O|``.
+    """
+    known = ~object_mask
+    union = ((silhouette | hand_mask) & known).sum()
+    return float((silhouette & hand_mask & known).sum() / union) if union else 0.0
+
+
+def _visible_ious(verts_cam: Tensor, faces: Tensor, K: Tensor, hand: np.ndarray, known: np.ndarray,
+                  stride: int) -> np.ndarray:
+    """(B,) ``visible_hand_iou`` of posed hands (B, V, 3) on every ``stride``-th pixel."""
     H, W = hand.shape[1:]
     seen = strided_silhouettes(verts_cam, faces, K, H, W, stride).numpy()
     h, k = hand[:, ::stride, ::stride], known[:, ::stride, ::stride]
-    inter = (seen & h & k).sum((1, 2))
-    union = ((seen | h) & k).sum((1, 2))
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return np.array([visible_hand_iou(seen[b], h[b], ~k[b]) for b in range(len(seen))])
 
 
 def fit_hand_to_masks(hand: HandModel, articulation: Tensor, wrist_rot: Tensor, transl: Tensor, shape: Tensor,
@@ -219,6 +229,6 @@ def _fit_chunk(hand: HandModel, art0: Tensor, rot0: Tensor, tr0: Tensor, shape: 
     with torch.no_grad():
         v0 = posed(torch.zeros_like(d_rot), torch.zeros_like(d_tr), torch.zeros_like(d_art))[2]
         R, t, v1, _ = posed(d_rot, d_tr, d_art)
-        b = _visible_iou_hard(v0, faces, K, hand_mask, known, s)
-        a = _visible_iou_hard(v1, faces, K, hand_mask, known, s)
+        b = _visible_ious(v0, faces, K, hand_mask, known, s)
+        a = _visible_ious(v1, faces, K, hand_mask, known, s)
     return (art0 + d_art).detach(), matrix_to_axis_angle(R), t.detach(), b, a

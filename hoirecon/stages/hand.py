@@ -85,7 +85,7 @@ from hoirecon.handpose.perspective import (
     rigid_transform,
     weak_to_hand_to_cam,
 )
-from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks
+from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks, visible_hand_iou
 from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_hand_track
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
@@ -291,17 +291,6 @@ def render_overlay(frame: np.ndarray, verts_cam: torch.Tensor, faces: torch.Tens
         cv2.putText(out, "no hand found or dropped: interpolated", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
                     (255, 255, 255), 2)
     return out, silhouette.astype(bool)
-
-
-def visible_hand_iou(silhouette: np.ndarray, hand_mask: np.ndarray, object_mask: np.ndarray) -> float:
-    """IoU of the rendered hand and the hand mask, ignoring object pixels.
-
-    Fingers behind the object are rendered but not in the hand mask, so object pixels
-    count as unknown: ``|R & M| / |(R | M) & ~O|``.
-    """
-    known = ~object_mask
-    union = ((silhouette | hand_mask) & known).sum()
-    return float((silhouette & hand_mask & known).sum() / union) if union else 0.0
 
 
 def contradicted_frames(ious: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
