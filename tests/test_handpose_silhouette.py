@@ -8,7 +8,7 @@ import torch
 
 from hoirecon.geometry.rotations import axis_angle_to_matrix
 from hoirecon.hand import build_hand_model
-from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks, soft_visible_iou
+from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks, soft_visible_iou, visible_hand_iou
 from hoirecon.render.camera import make_intrinsics, project_points
 from hoirecon.render.raster import strided_silhouettes
 
@@ -33,6 +33,9 @@ def test_soft_visible_iou_ignores_object_pixels():
     known = torch.tensor([[1.0, 0.0, 1.0, 1.0]])  # pixel 1 is object: a finger behind it is no error
     assert torch.allclose(soft_visible_iou(sil, mask, known, eps=0.0), torch.tensor([0.5]))
     assert torch.allclose(soft_visible_iou(sil, mask, torch.ones(1, 4), eps=0.0), torch.tensor([1 / 3]))
+    # On hard silhouettes it is the IoU the stage reports.
+    hard = visible_hand_iou(sil[0].bool().numpy(), mask[0].bool().numpy(), ~known[0].bool().numpy())
+    assert hard == pytest.approx(0.5)
 
 
 def test_a_displaced_hand_moves_back_onto_its_mask(hand):
