@@ -99,13 +99,14 @@ def visible_hand_iou(silhouette: np.ndarray, hand_mask: np.ndarray, object_mask:
     return float((silhouette & hand_mask & known).sum() / union) if union else 0.0
 
 
-def _visible_ious(verts_cam: Tensor, faces: Tensor, K: Tensor, hand: np.ndarray, known: np.ndarray,
-                  stride: int) -> np.ndarray:
-    """(B,) ``visible_hand_iou`` of posed hands (B, V, 3) on every ``stride``-th pixel."""
-    H, W = hand.shape[1:]
+def visible_ious(verts_cam: Tensor, faces: Tensor, K: Tensor, hand_masks: np.ndarray, obj_masks: np.ndarray,
+                 stride: int) -> np.ndarray:
+    """(B,) ``visible_hand_iou`` of posed hands (B, V, 3) against (B, H, W) hand and object masks,
+    on every ``stride``-th pixel."""
+    H, W = hand_masks.shape[1:]
     seen = strided_silhouettes(verts_cam, faces, K, H, W, stride).numpy()
-    h, k = hand[:, ::stride, ::stride], known[:, ::stride, ::stride]
-    return np.array([visible_hand_iou(seen[b], h[b], ~k[b]) for b in range(len(seen))])
+    h, o = hand_masks[:, ::stride, ::stride], obj_masks[:, ::stride, ::stride]
+    return np.array([visible_hand_iou(seen[b], h[b], o[b]) for b in range(len(seen))])
 
 
 def fit_hand_to_masks(hand: HandModel, articulation: Tensor, wrist_rot: Tensor, transl: Tensor, shape: Tensor,
@@ -229,6 +230,6 @@ def _fit_chunk(hand: HandModel, art0: Tensor, rot0: Tensor, tr0: Tensor, shape: 
     with torch.no_grad():
         v0 = posed(torch.zeros_like(d_rot), torch.zeros_like(d_tr), torch.zeros_like(d_art))[2]
         R, t, v1, _ = posed(d_rot, d_tr, d_art)
-        b = _visible_ious(v0, faces, K, hand_mask, known, s)
-        a = _visible_ious(v1, faces, K, hand_mask, known, s)
+        b = visible_ious(v0, faces, K, hand_mask, ~known, s)
+        a = visible_ious(v1, faces, K, hand_mask, ~known, s)
     return (art0 + d_art).detach(), matrix_to_axis_angle(R), t.detach(), b, a

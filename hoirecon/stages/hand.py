@@ -85,14 +85,13 @@ from hoirecon.handpose.perspective import (
     rigid_transform,
     weak_to_hand_to_cam,
 )
-from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks, visible_hand_iou
+from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks, visible_hand_iou, visible_ious
 from hoirecon.handpose.smooth import SmoothConfig, interpolate_missing, smooth_hand_track
 from hoirecon.io.threads import torch_threads
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
-from hoirecon.render.raster import strided_silhouettes
 from hoirecon.stages.configs import HandConfig
 from hoirecon.stages.masks import tracked_side
 from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
@@ -314,10 +313,7 @@ def contradicted_frames(ious: np.ndarray, valid: np.ndarray, fraction: float) ->
 
 def _visible_ious(track: _HandTrack, hand_masks: np.ndarray, obj_masks: np.ndarray, stride: int = 2) -> np.ndarray:
     """(T,) ``visible_hand_iou`` of the track's hand in every frame, on every ``stride``-th pixel."""
-    T, H, W = hand_masks.shape
-    seen = strided_silhouettes(track.verts_cam, track.faces, track.K, H, W, stride).numpy()
-    return np.array([visible_hand_iou(seen[t], hand_masks[t, ::stride, ::stride], obj_masks[t, ::stride, ::stride])
-                     for t in range(T)])
+    return visible_ious(track.verts_cam, track.faces, track.K, hand_masks, obj_masks, stride)
 
 
 def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], obj_masks: np.ndarray,
