@@ -100,4 +100,5 @@ def test_fingers_open_where_no_rigid_move_is_allowed():
     assert report["moved_frames"] == [] or max(report["moved_mm"]) < 1e-2
     assert report["fingers_opened_frames"] == [0, 1, 2]
     assert all(a < b for a, b in zip(report["deepest_after_mm"], report["deepest_before_mm"]))
+    assert max(report["deepest_after_mm"]) <= ContactConfig().max_depth * 1000.0  # out, not only shallower
     assert (scene.articulation().detach() - art_before).abs().amax() > 1e-3

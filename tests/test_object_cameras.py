@@ -135,3 +135,13 @@ def test_short_runs_marks_only_runs_under_the_length():
     np.testing.assert_array_equal(short_runs(flags, 3), [1, 0, 1, 1, 0, 0, 0, 0, 0, 1])
     np.testing.assert_array_equal(short_runs(flags, 1), np.zeros(10, bool))
     assert not short_runs(np.zeros(0, bool), 3).any()
+
+
+def test_a_short_run_goes_onto_the_grasp_only_where_the_grasp_covers_its_mask():
+    from hoirecon.fit.optimize import _grasp_covers_mask
+
+    # frame 1: the grasp still covers the mask (0.5 of own 0.6); frame 3: it misses (a wrong
+    # object camera carries it); frame 4 is not contradicting at all.
+    ious = {1: [0.6, 0.5], 3: [0.63, 0.0], 2: [0.8, 0.4]}
+    assert _grasp_covers_mask(ious, 5, 0.5).tolist() == [False, True, True, False, False]
+    assert _grasp_covers_mask(ious, 5, 0.0).tolist() == [False, True, True, True, False]

@@ -173,6 +173,10 @@ class InitConfig:
         re-grip lasts several frames (hand_fan's: runs of 3-4 at 10 fps); a lone frame kept
         between frames restarted from the grasp was pulled off its mask by its neighbours
         (toy_plane frame 3: hand IoU 0.00; restarted from the grasp: 0.50; session 14).
+    short_run_grasp_share: ... but a frame of a shorter run is put on the grasp only where the
+        grasp's hand still covers its mask: IoU at least this share of its own hand's. Where the
+        grasp misses the mask, the object camera carrying it is the wrong one (hand_fan frame
+        47: structure from motion 300 mm off, grasp IoU 0.00 against its own 0.63; session 19).
     """
 
     sdf_kind: str = "grid"
@@ -188,6 +192,7 @@ class InitConfig:
     invalid_trust: float = 0.1
     own_hand_margin: float = 0.15
     own_hand_min_run: int = 3
+    short_run_grasp_share: float = 0.5
 
 
 def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
@@ -256,7 +261,8 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         T_c2h_grasp = np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o
         outliers, hand_ious = _worse_than_grasp(contradicting, hand_mesh, T_c2h, T_c2h_grasp, K, hand_masks,
                                                 cfg.own_hand_margin)
-        outliers |= short_runs(contradicting & ~outliers, cfg.own_hand_min_run)
+        outliers |= short_runs(contradicting & ~outliers, cfg.own_hand_min_run) & _grasp_covers_mask(
+            hand_ious, len(contradicting), cfg.short_run_grasp_share)
         T_c2h = np.where(outliers[:, None, None], T_c2h_grasp, T_c2h)
         T_h2o_frames = np.where(outliers[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
         trust_cap = np.where(contradicting, cfg.invalid_trust, 1.0)
@@ -329,6 +335,15 @@ def _worse_than_grasp(contradicting: np.ndarray, hand_mesh: tuple[torch.Tensor, 
     grasp = hand_mask_ious(verts[idx], faces, T_c2h_grasp[idx], K, hand_masks[idx])
     worse[idx] = own < grasp + margin
     return worse, {int(t): [round(float(a), 3), round(float(b), 3)] for t, a, b in zip(idx, own, grasp)}
+
+
+def _grasp_covers_mask(hand_ious: dict, num_frames: int, share: float) -> np.ndarray:
+    """(T,) bool: frames of ``hand_ious`` ({frame: [own IoU, grasp IoU]}, ``_worse_than_grasp``'s)
+    whose grasp hand covers the hand mask at least ``share`` as well as their own hand."""
+    covers = np.zeros(num_frames, bool)
+    for t, (own, grasp) in hand_ious.items():
+        covers[t] = grasp >= share * own
+    return covers
 
 
 def _param_groups(scene: HOIScene, cfg: OptimizeConfig) -> list[dict]:
