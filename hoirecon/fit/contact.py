@@ -49,7 +49,7 @@ class ContactConfig:
     target_depth: float = 0.001
     max_shift: float = 0.015
     iterations: int = 20
-    finger_steps: int = 60
+    finger_steps: int = 150
     finger_lr: float = 0.03
     finger_shift_lr: float = 0.0005
     finger_pull: float = 1e-6
