@@ -138,10 +138,16 @@ def test_short_runs_marks_only_runs_under_the_length():
 
 
 def test_a_short_run_goes_onto_the_grasp_only_where_the_grasp_covers_its_mask():
-    from hoirecon.fit.optimize import _grasp_covers_mask
+    from hoirecon.fit.optimize import InitConfig, _short_run_starts
 
-    # frame 1: the grasp still covers the mask (0.5 of own 0.6); frame 3: it misses (a wrong
-    # object camera carries it); frame 4 is not contradicting at all.
-    ious = {1: [0.6, 0.5], 3: [0.63, 0.0], 2: [0.8, 0.4]}
-    assert _grasp_covers_mask(ious, 5, 0.5).tolist() == [False, True, True, False, False]
-    assert _grasp_covers_mask(ious, 5, 0.0).tolist() == [False, True, True, True, False]
+    # Frames 1-2 and 4 contradict the grasp; 6-8 are a long run (a re-grip); frame 0 already
+    # restarts from the grasp. Frame 1's grasp covers its mask (0.5 of its own 0.6); frame 4's
+    # grasp misses it (a wrong object camera carries it).
+    contradicting = np.array([1, 1, 1, 0, 1, 0, 1, 1, 1], bool)
+    outliers = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0], bool)
+    ious = {0: [0.2, 0.9], 1: [0.6, 0.5], 2: [0.8, 0.45], 4: [0.63, 0.0], 6: [0.7, 0.0], 7: [0.7, 0.0], 8: [0.7, 0.0]}
+    hands, cameras = _short_run_starts(contradicting, outliers, ious, InitConfig(own_hand_min_run=3))
+    assert hands.tolist() == [True, True, True, False, False, False, False, False, False]
+    assert cameras.tolist() == [False, False, False, False, True, False, False, False, False]
+    hands, cameras = _short_run_starts(contradicting, outliers, ious, InitConfig(short_run_grasp_share=0.0))
+    assert hands.tolist() == [True, True, True, False, True, False, False, False, False] and not cameras.any()

@@ -176,7 +176,8 @@ class InitConfig:
     short_run_grasp_share: ... but a frame of a shorter run is put on the grasp only where the
         grasp's hand still covers its mask: IoU at least this share of its own hand's. Where the
         grasp misses the mask, the object camera carrying it is the wrong one (hand_fan frame
-        47: structure from motion 300 mm off, grasp IoU 0.00 against its own 0.63; session 19).
+        47: structure from motion 300 mm off, grasp IoU 0.00 against its own 0.63; session 19):
+        the frame keeps its hand, and its object starts from the grasp instead of that camera.
     """
 
     sdf_kind: str = "grid"
@@ -261,10 +262,9 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         T_c2h_grasp = np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o
         outliers, hand_ious = _worse_than_grasp(contradicting, hand_mesh, T_c2h, T_c2h_grasp, K, hand_masks,
                                                 cfg.own_hand_margin)
-        outliers |= short_runs(contradicting & ~outliers, cfg.own_hand_min_run) & _grasp_covers_mask(
-            hand_ious, len(contradicting), cfg.short_run_grasp_share)
+        outliers, wrong_camera = _short_run_starts(contradicting, outliers, hand_ious, cfg)
         T_c2h = np.where(outliers[:, None, None], T_c2h_grasp, T_c2h)
-        T_h2o_frames = np.where(outliers[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
+        T_h2o_frames = np.where((outliers | wrong_camera)[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
         trust_cap = np.where(contradicting, cfg.invalid_trust, 1.0)
         # Base pose = frame 0's; every frame's own pose is a fixed start on top of it.
         T_h2o = T_h2o_frames[0]
@@ -302,6 +302,7 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
             "hand_vs_grasp_shift_mm": [round(float(v) * 1000, 1) for v in shift],
             "hand_outlier_frames": np.nonzero(outliers)[0].tolist(),
             "hand_kept_against_grasp_frames": np.nonzero(contradicting & ~outliers)[0].tolist(),
+            "object_camera_replaced_frames": np.nonzero(wrong_camera)[0].tolist(),
             "contradicting_hand_mask_iou_own_grasp": hand_ious}
     return scene, info
 
@@ -337,13 +338,19 @@ def _worse_than_grasp(contradicting: np.ndarray, hand_mesh: tuple[torch.Tensor, 
     return worse, {int(t): [round(float(a), 3), round(float(b), 3)] for t, a, b in zip(idx, own, grasp)}
 
 
-def _grasp_covers_mask(hand_ious: dict, num_frames: int, share: float) -> np.ndarray:
-    """(T,) bool: frames of ``hand_ious`` ({frame: [own IoU, grasp IoU]}, ``_worse_than_grasp``'s)
-    whose grasp hand covers the hand mask at least ``share`` as well as their own hand."""
-    covers = np.zeros(num_frames, bool)
+def _short_run_starts(contradicting: np.ndarray, outliers: np.ndarray, hand_ious: dict,
+                      cfg: InitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Where the frames of runs shorter than ``cfg.own_hand_min_run`` that kept their own hand
+    start from. Args: (T,) bool ``contradicting`` and ``outliers`` (frames already restarting
+    from the grasp), ``hand_ious`` {frame: [own IoU, grasp IoU]} (``_worse_than_grasp``'s).
+    Returns (T,) bool each: the hands that restart from the grasp (``outliers`` included),
+    and the frames whose object camera is replaced by the grasp carried by their own hand."""
+    short = short_runs(contradicting & ~outliers, cfg.own_hand_min_run)
+    covered = np.zeros(len(contradicting), bool)
     for t, (own, grasp) in hand_ious.items():
-        covers[t] = grasp >= share * own
-    return covers
+        covered[t] = grasp >= cfg.short_run_grasp_share * own
+    # A lone frame whose grasp misses its hand mask has a wrong object camera.
+    return outliers | (short & covered), short & ~covered
 
 
 def _param_groups(scene: HOIScene, cfg: OptimizeConfig) -> list[dict]:

@@ -148,13 +148,17 @@ def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dic
     sfm = sfm_obj_from_cam @ np.transpose(sfm_obj_from_cam[ref])[None]
     error = rotation_angle_deg(np.transpose(fitted, (0, 2, 1)) @ sfm)
     grasp = init_info["object_cameras"]
+    # Frames whose object camera the initialisation replaced are expected to end away from it.
+    trusted = reg.copy()
+    trusted[grasp["object_camera_replaced_frames"]] = False
     return {"source": "object: structure from motion; hand: hand estimator", "sfm_registered_frames": int(reg.sum()),
             "grasp_consensus_frame": grasp["consensus_frame"], "hand_outlier_frames": grasp["hand_outlier_frames"],
             "hand_kept_against_grasp_frames": grasp["hand_kept_against_grasp_frames"],
+            "object_camera_replaced_frames": grasp["object_camera_replaced_frames"],
             "hand_vs_grasp_rotation_deg": grasp["hand_vs_grasp_rotation_deg"],
             "hand_vs_grasp_shift_mm": grasp["hand_vs_grasp_shift_mm"],
             "fitted_vs_sfm_rotation_deg": [round(float(v), 2) if r else None for v, r in zip(error, reg)],
-            "fitted_vs_sfm_rotation_deg_max": round(float(error[reg].max()), 2)}
+            "fitted_vs_sfm_rotation_deg_max": round(float(error[trusted].max()), 2) if trusted.any() else None}
 
 
 def _preview(scene, labels: torch.Tensor, opt_cfg: OptimizeConfig, frames: list[int], path: Path) -> None:
