@@ -32,8 +32,8 @@ class ObjectSfMConfig:
     focal outside these means the masks leaked into the background). attempts: the
     mapper's start is random and an unlucky initial pair registers only a few frames, so it
     is rerun with other seeds (features and matches are kept) until at least
-    ``enough_fraction`` of the frames register; the largest model wins. num_threads: 1, so that a
-    clip's result is the same on every run (with 2, COLMAP's worker threads draw their own random
+    ``enough_fraction`` of the frames register; the largest model wins. num_threads: 1 (features,
+    matching and mapping), so that a clip's result is the same on every run (with 2, COLMAP's worker threads draw their own random
     numbers: toy_plane's focal came out 814 and 819 px from the same frames and masks)."""
 
     max_features: int = 4096
@@ -122,9 +122,12 @@ def object_sfm(frames: Sequence[np.ndarray], object_masks: np.ndarray, workdir: 
         pycolmap.extract_features(database, workdir / "images", image_names=names,
                                   camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                                   extraction_options=extraction, device=pycolmap.Device.cpu)
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = cfg.num_threads
         verification = pycolmap.TwoViewGeometryOptions()
         verification.ransac.random_seed = 0
-        pycolmap.match_exhaustive(database, verification_options=verification, device=pycolmap.Device.cpu)
+        pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
+                                  device=pycolmap.Device.cpu)
     model = None
     for attempt in range(cfg.attempts):
         candidate = _map(pycolmap, database, workdir, attempt, cfg, refine_focal=focal_px is None)
