@@ -33,8 +33,9 @@ class ObjectSfMConfig:
     mapper's start is random and an unlucky initial pair registers only a few frames, so it
     is rerun with other seeds (features and matches are kept) until at least
     ``enough_fraction`` of the frames register; the largest model wins. num_threads: 1 (features,
-    matching and mapping), so that a clip's result is the same on every run (with 2, COLMAP's worker threads draw their own random
-    numbers: toy_plane's focal came out 814 and 819 px from the same frames and masks)."""
+    matching and mapping), so that a clip's result is the same on every run (with 2, COLMAP's
+    worker threads draw their own random numbers: toy_plane's focal came out 814 and 819 px
+    from the same frames and masks)."""
 
     max_features: int = 4096
     min_registered: int = 3
