@@ -162,7 +162,7 @@ def _open_fingers(scene, frames: torch.Tensor, cfg: ContactConfig) -> list[int]:
             loss = depth.amax(1).sum() + cfg.finger_pull * delta.pow(2).sum() + shift.pow(2).sum()
             # Gradients of these two only: the fitted SDF's parameters are not touched.
             delta.grad, shift.grad = torch.autograd.grad(loss, [delta, shift])
-            reached = (depth.detach().amax(1) + cfg.target_depth).clamp_min(0.0) * 1000.0
+            reached = (depth.detach().amax(1) + cfg.target_depth) * 1000.0
             better = reached < best
             best[better] = reached[better]
             best_delta[better], best_shift[better] = delta.detach()[better], shift.detach()[better]
