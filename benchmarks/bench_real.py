@@ -111,6 +111,9 @@ def score(out: Path, run: dict) -> dict:
     row.update(obj_iou_median=float(np.median(obj)), obj_iou_worst=float(obj.min()),
                hand_iou_median=float(np.median(hand)), hand_iou_worst=float(hand.min()),
                obj_iou_volume_median=float(np.median([r["iou_object"] for r in s["mask_iou"]])))
+    if "object_missed" in scored[0]:  # fit 14 on: where the object's pixels disagree
+        row["obj_error_shares"] = [float(np.median([r[k] for r in scored]))
+                                   for k in ("object_missed", "object_under_hand", "object_extra")]
     row["sfm_rotation_max_deg"] = s.get("cameras", {}).get("fitted_vs_sfm_rotation_deg_max")
     d = hand_object_signed_distance(out / "fit")
     row["deepest_mm"] = float(max(0.0, -d.min()) * 1000.0)
@@ -132,9 +135,10 @@ def fmt(v, spec: str) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| clip | boxes | exit | masks passed (IoU hand / object) | object IoU median / worst (volume) | "
-            "hand IoU median / worst | deepest hand vertex (mm) | contact frames | jitter (mm / deg) | "
+            "object missed / under hand / extra (median % of its mask) | hand IoU median / worst | "
+            "deepest hand vertex (mm) | contact frames | jitter (mm / deg) | "
             "focal (px, source) | SfM frames, max rot. error (deg) | wall (s) | peak RSS (GB) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         fb = r.get("fb_iou") or {}
@@ -144,6 +148,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['clip']} | {r['boxes']} | {r['exit']} | {masks} | "
             f"{fmt(r.get('obj_iou_median'), '.2f')} / {fmt(r.get('obj_iou_worst'), '.2f')} "
             f"({fmt(r.get('obj_iou_volume_median'), '.2f')}) | "
+            f"{' / '.join(f'{100 * v:.0f}' for v in r['obj_error_shares']) if 'obj_error_shares' in r else '—'} | "
             f"{fmt(r.get('hand_iou_median'), '.2f')} / {fmt(r.get('hand_iou_worst'), '.2f')} | "
             f"{fmt(r.get('deepest_mm'), '.1f')} | {fmt(r.get('contact_share'), '.0%')} | "
             f"{fmt(r.get('jitter_mm'), '.1f')} / {fmt(r.get('jitter_deg'), '.1f')} | "

@@ -523,3 +523,17 @@ def test_hidden_node_weights_follow_the_hand_masks(tiny_clip):
     assert near.any() and float(g[near].max()) < 0
     off = replace(cfg, weights=replace(cfg.weights, hidden_volume=0.0))
     assert hidden_node_weights(scene, all_hand, off) is None
+
+
+def test_label_rows_say_where_the_object_disagrees():
+    from hoirecon.fit.optimize import _label_ious
+
+    observed = np.zeros((4, 10), np.uint8)
+    observed[:, :5] = 2  # 20 object pixels
+    pred = observed.copy()
+    pred[0, :5] = 0  # 5 missed to the background
+    pred[1, :2] = 1  # 2 drawn as hand
+    pred[3, 5:] = 2  # 5 drawn where the masks see none
+    row = _label_ious(7, pred, observed)
+    assert row["frame"] == 7 and row["object_missed"] == 0.25 and row["object_under_hand"] == 0.1
+    assert row["object_extra"] == 0.25 and abs(row["iou_object"] - 13 / 25) < 1e-9

@@ -54,7 +54,7 @@ from hoirecon.fit.sdf import GridSDF, build_object_sdf, fit_sdf_to_grid
 from hoirecon.geometry.regions import mask_iou
 from hoirecon.geometry.transforms import invert_rigid, transform_points
 from hoirecon.io.checkpoints import read_torch_checkpoint
-from hoirecon.render.blend import LABEL_HAND, LABEL_OBJECT
+from hoirecon.render.blend import LABEL_BG, LABEL_HAND, LABEL_OBJECT
 from hoirecon.render.camera import strided_grid
 from hoirecon.render.mesh import MeshRenderConfig
 from hoirecon.render.raster import hand_object_labels
@@ -638,9 +638,17 @@ def evaluate_masks(scene: HOIScene, labels: torch.Tensor, cfg: OptimizeConfig, s
 
 
 def _label_ious(frame: int, pred: np.ndarray, observed: np.ndarray) -> dict:
-    """A frame's row of ``evaluate_masks`` / ``evaluate_mesh_masks``: hand and object IoU of two label maps."""
-    return {"frame": int(frame), "iou_object": mask_iou(pred == LABEL_OBJECT, observed == LABEL_OBJECT),
-            "iou_hand": mask_iou(pred == LABEL_HAND, observed == LABEL_HAND)}
+    """A frame's row of ``evaluate_masks`` / ``evaluate_mesh_masks``: hand and object IoU of two
+    (H, W) label maps, and where the object's disagreement lies, as shares of the observed
+    object's area: ``object_missed`` (rendered as background), ``object_under_hand`` (rendered as
+    hand) and ``object_extra`` (object rendered where the masks see none)."""
+    seen, drawn = observed == LABEL_OBJECT, pred == LABEL_OBJECT
+    area = max(int(seen.sum()), 1)
+    return {"frame": int(frame), "iou_object": mask_iou(drawn, seen),
+            "iou_hand": mask_iou(pred == LABEL_HAND, observed == LABEL_HAND),
+            "object_missed": round(float((seen & (pred == LABEL_BG)).sum()) / area, 4),
+            "object_under_hand": round(float((seen & (pred == LABEL_HAND)).sum()) / area, 4),
+            "object_extra": round(float((drawn & ~seen).sum()) / area, 4)}
 
 
 @torch.no_grad()
