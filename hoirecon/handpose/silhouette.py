@@ -104,7 +104,12 @@ def visible_ious(verts_cam: Tensor, faces: Tensor, K: Tensor, hand_masks: np.nda
     """(B,) ``visible_hand_iou`` of posed hands (B, V, 3) against (B, H, W) hand and object masks,
     on every ``stride``-th pixel."""
     H, W = hand_masks.shape[1:]
-    seen = strided_silhouettes(verts_cam, faces, K, H, W, stride).numpy()
+    return _strided_visible_ious(strided_silhouettes(verts_cam, faces, K, H, W, stride).numpy(), hand_masks,
+                                 obj_masks, stride)
+
+
+def _strided_visible_ious(seen: np.ndarray, hand_masks: np.ndarray, obj_masks: np.ndarray, stride: int) -> np.ndarray:
+    """(B,) ``visible_hand_iou`` of silhouettes (B, h, w) on every ``stride``-th pixel of (B, H, W) masks."""
     h, o = hand_masks[:, ::stride, ::stride], obj_masks[:, ::stride, ::stride]
     return np.array([visible_hand_iou(seen[b], h[b], o[b]) for b in range(len(seen))])
 
@@ -228,8 +233,8 @@ def _fit_chunk(hand: HandModel, art0: Tensor, rot0: Tensor, tr0: Tensor, shape: 
         loss.sum().backward()
         optim.step()
     with torch.no_grad():
-        v0 = posed(torch.zeros_like(d_rot), torch.zeros_like(d_tr), torch.zeros_like(d_art))[2]
         R, t, v1, _ = posed(d_rot, d_tr, d_art)
-        b = visible_ious(v0, faces, K, hand_mask, ~known, s)
+        # The input hand's silhouettes were rendered above (``seen0``, the same stride).
+        b = _strided_visible_ious(seen0, hand_mask, ~known, s)
         a = visible_ious(v1, faces, K, hand_mask, ~known, s)
     return (art0 + d_art).detach(), matrix_to_axis_angle(R), t.detach(), b, a
