@@ -21,6 +21,12 @@ self-consistency:
 It also saves each run's summary picture as ``docs/images/real_<clip>_<boxes>.jpg``.
 
     .venv/bin/python benchmarks/bench_real.py [--clips toy_plane,hand_fan] [--prior none]
+    .venv/bin/python benchmarks/bench_real.py --variants mirror,reverse,portrait
+
+The clips as filmed are the tuning set. ``--variants`` runs the held-out variants of
+``bench_masks_real`` instead (mirrored: a left hand; time-reversed: automatic boxes only;
+cropped to portrait), on which no setting was tuned; their table is a section of its own, and
+their pictures stay in the work folder.
 
 Without ``--prior`` each run uses `hoirecon run`'s own default prior, as a user's run does.
 """
@@ -39,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_masks_real import VARIANTS, make_variant  # noqa: E402
 from common import hand_object_signed_distance, machine, write_section  # noqa: E402
 
 from hoirecon.geometry.rotations import rotation_angle_deg  # noqa: E402
@@ -134,18 +141,18 @@ def fmt(v, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| clip | boxes | exit | masks passed (IoU hand / object) | object IoU median / worst (volume) | "
+    head = ("| clip | variant | boxes | exit | masks passed (IoU hand / object) | object IoU median / worst (volume) | "
             "object missed / under hand / extra (median % of its mask) | hand IoU median / worst | "
             "deepest hand vertex (mm) | contact frames | jitter (mm / deg) | "
             "focal (px, source) | SfM frames, max rot. error (deg) | wall (s) | peak RSS (GB) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         fb = r.get("fb_iou") or {}
         masks = (f"{r.get('masks_passed')} ({fmt(fb.get('hand'), '.2f')} / {fmt(fb.get('object'), '.2f')})"
                  if fb else str(r.get("masks_passed")))
         lines.append(
-            f"| {r['clip']} | {r['boxes']} | {r['exit']} | {masks} | "
+            f"| {r['clip']} | {r['variant']} | {r['boxes']} | {r['exit']} | {masks} | "
             f"{fmt(r.get('obj_iou_median'), '.2f')} / {fmt(r.get('obj_iou_worst'), '.2f')} "
             f"({fmt(r.get('obj_iou_volume_median'), '.2f')}) | "
             f"{' / '.join(f'{100 * v:.0f}' for v in r['obj_error_shares']) if 'obj_error_shares' in r else '—'} | "
@@ -155,7 +162,7 @@ def table(rows: list[dict]) -> str:
             f"{fmt(r.get('focal_px'), '.0f')} ({r.get('focal_source', '—')}) | "
             f"{fmt(r.get('sfm_registered'), 'd')}, {fmt(r.get('sfm_rotation_max_deg'), '.1f')} | "
             f"{r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |")
-    errors = [f"- {r['clip']} ({r['boxes']}): {r['error']}" for r in rows if r["exit"] != 0]
+    errors = [f"- {r['clip']} {r['variant']} ({r['boxes']}): {r['error']}" for r in rows if r["exit"] != 0]
     return head + "\n".join(lines) + ("\n\nFailed runs:\n" + "\n".join(errors) if errors else "") + "\n"
 
 
@@ -165,35 +172,60 @@ def main() -> None:
     ap.add_argument("--boxes", default="auto,drawn", help="auto, drawn or both")
     ap.add_argument("--prior", default=None, help="fit --prior for every run (default: the run's own, "
                                                    f"{RUN_PRIOR!r}, what a user gets)")
+    ap.add_argument("--variants", default="original",
+                    help=f"comma-separated, of {', '.join(VARIANTS)}: original is the tuning set, the others are "
+                         f"held out and get a table of their own")
     ap.add_argument("--work", default="/tmp/bench_real")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     settings = json.loads((SETTINGS / "clips.json").read_text())
     names = args.clips.split(",") if args.clips else sorted(p.name for p in REAL.iterdir() if p.is_dir())
+    variants = args.variants.split(",")
+    held_out = variants != ["original"]
     started = machine()
-    command_prior = f" --prior {args.prior}" if args.prior is not None else ""
+    options = (("prior", args.prior), ("variants", args.variants if held_out else None))
+    command = "".join(f" --{k} {v}" for k, v in options if v is not None)
     prior_used = args.prior if args.prior is not None else f"{RUN_PRIOR} (the run's default)"
+    section = "bench_real_variants" if held_out else "bench_real"
+    title = ("Real clips end to end, held-out variants (`bench_real --variants`)" if held_out
+             else "Real clips end to end (`bench_real`)")
     rows = []
     for name in names:
-        for mode in args.boxes.split(","):
-            out = Path(args.work) / f"{name}-{mode}"
-            shutil.rmtree(out, ignore_errors=True)
-            boxes = SETTINGS / f"{name}.boxes.json" if mode == "drawn" else None
-            run = run_clip(REAL / name / "video.mp4", out, settings.get(name, {}), boxes, args.prior)
-            row = {"clip": name, "boxes": mode, **score(out, run)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            picture = out / "export" / ExportOutput.SUMMARY
-            if picture.is_file() and not args.no_write:
-                save_jpeg(picture, IMAGES / f"real_{name}_{mode}.jpg")
-            # Written after every clip: a long run stopped half-way still leaves its rows.
-            body = (f"## Real clips end to end (`bench_real`)\n\n"
-                    f"`.venv/bin/python benchmarks/bench_real.py{command_prior}`; prior: {prior_used}; "
-                    f"machine: {started}. "
-                    f"No ground truth: IoUs are of the fit's renderings against the masks it was fitted to. "
-                    f"Summary pictures: `docs/images/real_<clip>_<boxes>.jpg`.\n\n" + table(rows))
-            if not args.no_write:
-                write_section("bench_real", body)
+        drawn = json.loads((SETTINGS / f"{name}.boxes.json").read_text())
+        for variant in variants:
+            clip_dir = Path(args.work) / f"{name}-{variant}-clip"
+            shutil.rmtree(clip_dir, ignore_errors=True)
+            made = make_variant(variant, REAL / name / "video.mp4", drawn, settings[name]["side"], clip_dir)
+            if made is None:
+                continue
+            video, boxes, side = made
+            for mode in args.boxes.split(","):
+                if mode == "drawn" and boxes is None:
+                    continue
+                out = Path(args.work) / (f"{name}-{mode}" if variant == "original" else f"{name}-{variant}-{mode}")
+                shutil.rmtree(out, ignore_errors=True)
+                boxes_file = None
+                if mode == "drawn":
+                    boxes_file = clip_dir / "boxes.json"
+                    clip_dir.mkdir(parents=True, exist_ok=True)
+                    boxes_file.write_text(json.dumps(boxes))
+                run = run_clip(video, out, {**settings.get(name, {}), "side": side}, boxes_file, args.prior)
+                row = {"clip": name, "variant": variant, "boxes": mode, **score(out, run)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                picture = out / "export" / ExportOutput.SUMMARY
+                if picture.is_file() and not args.no_write and variant == "original":
+                    save_jpeg(picture, IMAGES / f"real_{name}_{mode}.jpg")
+                # Written after every clip: a long run stopped half-way still leaves its rows.
+                body = (f"## {title}\n\n"
+                        f"`.venv/bin/python benchmarks/bench_real.py{command}`; prior: {prior_used}; "
+                        f"machine: {started}. "
+                        f"No ground truth: IoUs are of the fit's renderings against the masks it was fitted to. "
+                        + ("Held out: no setting was tuned on these variants; pictures stay in the work folder."
+                           if held_out else "Summary pictures: `docs/images/real_<clip>_<boxes>.jpg`.")
+                        + "\n\n" + table(rows))
+                if not args.no_write:
+                    write_section(section, body)
     print(body)
 
 
