@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_cli
 from hoirecon.fit.init import ObjectCameras, grasp_consensus, object_in_hand_poses
@@ -151,3 +152,27 @@ def test_a_short_run_goes_onto_the_grasp_only_where_the_grasp_covers_its_mask():
     assert cameras.tolist() == [False, False, False, False, True, False, False, False, False]
     hands, cameras = _short_run_starts(contradicting, outliers, ious, InitConfig(short_run_grasp_share=0.0))
     assert hands.tolist() == [True, True, True, False, True, False, False, False, False] and not cameras.any()
+
+
+def test_the_camera_report_measures_from_a_frame_whose_object_camera_was_kept():
+    from hoirecon.geometry.rotations import axis_angle_to_matrix
+    from hoirecon.stages.fit import _camera_report
+
+    T = 4
+    turn = np.array([axis_angle_to_matrix(torch.tensor([0.0, 0.1 * t, 0.0])).numpy() for t in range(T)])
+    fitted = np.tile(np.eye(4), (T, 1, 1))
+    fitted[:, :3, :3] = np.transpose(turn, (0, 2, 1))  # obj_from_cam, as structure from motion says
+    fitted[0, :3, :3] = axis_angle_to_matrix(torch.tensor([1.4, 0.0, 0.0])).numpy()  # frame 0 ends elsewhere
+
+    class Scene:
+        def T_cam_to_obj(self):
+            return torch.as_tensor(fitted)
+
+    cams = ObjectCameras(turn, np.zeros((T, 3)), np.ones(T, bool), np.zeros(3))
+    grasp = {"consensus_frame": 1, "hand_outlier_frames": [], "hand_kept_against_grasp_frames": [0],
+             "object_camera_replaced_frames": [0], "hand_vs_grasp_rotation_deg": [0.0] * T,
+             "hand_vs_grasp_shift_mm": [0.0] * T}
+    report = _camera_report(Scene(), cams, {"object_cameras": grasp})
+    assert report["fitted_vs_sfm_rotation_deg"][1:] == pytest.approx([0.0] * (T - 1), abs=1e-3)
+    assert report["fitted_vs_sfm_rotation_deg"][0] == pytest.approx(np.degrees(1.4), abs=0.1)
+    assert report["fitted_vs_sfm_rotation_deg_max"] == pytest.approx(0.0, abs=1e-3)

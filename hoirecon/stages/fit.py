@@ -134,7 +134,8 @@ def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dic
     """Which cameras the fit started from; per frame, how far the hand estimator's pose of the
     hand in the object frame is from the grasp most frames agree on (frames past the limits
     started from that grasp instead), and how far the fitted object rotations end from
-    structure from motion (degrees, relative to the first registered frame)."""
+    structure from motion (degrees, relative to the first registered frame whose camera the
+    initialisation kept)."""
     if cams is None:
         return {"source": "hand", "sfm_registered_frames": 0}
     with torch.no_grad():
@@ -142,15 +143,17 @@ def _camera_report(scene, cams: Optional[ObjectCameras], init_info: dict) -> dic
     fitted_obj_from_cam = T_c2o[:, :3, :3]
     sfm_obj_from_cam = np.transpose(cams.R_cam_from_obj, (0, 2, 1))
     reg = cams.registered
-    ref = int(np.nonzero(reg)[0][0])
+    grasp = init_info["object_cameras"]
+    # Frames whose object camera the initialisation replaced are expected to end away from it,
+    # and measured from one of them every other frame would be off by its error (session 21:
+    # osmo mirrored, frame 0 replaced, every frame "77-84 degrees" off).
+    trusted = reg.copy()
+    trusted[grasp["object_camera_replaced_frames"]] = False
+    ref = int(np.nonzero(trusted if trusted.any() else reg)[0][0])
     # The object's rotation between the reference frame and frame t, as the camera sees it.
     fitted = fitted_obj_from_cam @ np.transpose(fitted_obj_from_cam[ref])[None]
     sfm = sfm_obj_from_cam @ np.transpose(sfm_obj_from_cam[ref])[None]
     error = rotation_angle_deg(np.transpose(fitted, (0, 2, 1)) @ sfm)
-    grasp = init_info["object_cameras"]
-    # Frames whose object camera the initialisation replaced are expected to end away from it.
-    trusted = reg.copy()
-    trusted[grasp["object_camera_replaced_frames"]] = False
     return {"source": "object: structure from motion; hand: hand estimator", "sfm_registered_frames": int(reg.sum()),
             "grasp_consensus_frame": grasp["consensus_frame"], "hand_outlier_frames": grasp["hand_outlier_frames"],
             "hand_kept_against_grasp_frames": grasp["hand_kept_against_grasp_frames"],
