@@ -147,11 +147,33 @@ def test_a_short_run_goes_onto_the_grasp_only_where_the_grasp_covers_its_mask():
     contradicting = np.array([1, 1, 1, 0, 1, 0, 1, 1, 1], bool)
     outliers = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0], bool)
     ious = {0: [0.2, 0.9], 1: [0.6, 0.5], 2: [0.8, 0.45], 4: [0.63, 0.0], 6: [0.7, 0.0], 7: [0.7, 0.0], 8: [0.7, 0.0]}
-    hands, cameras = _short_run_starts(contradicting, outliers, ious, InitConfig(own_hand_min_run=3))
+    jumps = np.ones(9, bool)
+    hands, cameras = _short_run_starts(contradicting, outliers, ious, jumps, InitConfig(own_hand_min_run=3))
     assert hands.tolist() == [True, True, True, False, False, False, False, False, False]
     assert cameras.tolist() == [False, False, False, False, True, False, False, False, False]
-    hands, cameras = _short_run_starts(contradicting, outliers, ious, InitConfig(short_run_grasp_share=0.0))
+    hands, cameras = _short_run_starts(contradicting, outliers, ious, jumps, InitConfig(short_run_grasp_share=0.0))
     assert hands.tolist() == [True, True, True, False, True, False, False, False, False] and not cameras.any()
+    # where structure from motion does not jump at frame 4, the hand moved on the object: it keeps both
+    hands, cameras = _short_run_starts(contradicting, outliers, ious, ~jumps, InitConfig(own_hand_min_run=3))
+    assert hands.tolist() == [True, True, True, False, False, False, False, False, False] and not cameras.any()
+
+
+def test_a_camera_jumps_where_structure_from_motion_turns_the_object_away_and_back():
+    from hoirecon.fit.init import camera_jumps
+    from hoirecon.geometry.rotations import axis_angle_to_matrix
+
+    # The object turns 5 degrees a frame; frame 3's camera is 100 degrees off, frame 6 did not
+    # register, and frame 0 turns 40 degrees to frame 1: over 30, but under 4x the median step
+    # (22.5: the wrong frame's steps count too), so a fast start, not a wrong camera.
+    angles = np.radians([-35.0, 5, 10, 115, 20, 25, 0, 35, 40])
+    R = np.array([axis_angle_to_matrix(torch.tensor([0.0, float(a), 0.0])).numpy() for a in angles])
+    reg = np.ones(9, bool)
+    reg[6] = False
+    cams = ObjectCameras(R, np.zeros((9, 3)), reg, np.zeros(3))
+    assert camera_jumps(cams, 30.0, 4.0).tolist() == [False, False, False, True, False, False, False, False, False]
+    assert not camera_jumps(cams, 150.0, 4.0).any()
+    assert camera_jumps(cams, 30.0, 1.0).tolist() == [True, False, False, True, False, False, False, False, False]
+    assert not camera_jumps(ObjectCameras(R, np.zeros((9, 3)), np.eye(9, dtype=bool)[4], np.zeros(3)), 30.0, 4.0).any()
 
 
 def test_the_camera_report_measures_from_a_frame_whose_object_camera_was_kept():

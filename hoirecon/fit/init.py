@@ -209,6 +209,25 @@ def object_in_hand_poses(cams: ObjectCameras, T_cam_to_hand: np.ndarray,
     return _nearest_known(np.linalg.inv(T_obj_to_cam) @ T_hand_to_cam, reg)
 
 
+def camera_jumps(cams: ObjectCameras, min_deg: float, median_factor: float) -> np.ndarray:
+    """(T,) bool: registered frames whose object rotation turns, from every registered neighbour
+    (t - 1, t + 1), by more than ``min_deg`` and more than ``median_factor`` x the clip's median
+    step: a camera structure from motion got wrong (hand_fan frame 47: 117 degrees in and out,
+    against a median step of 7), not the object turning in the hand."""
+    R, reg = np.asarray(cams.R_cam_from_obj, np.float64), np.asarray(cams.registered, bool)
+    both = reg[:-1] & reg[1:]
+    step = np.full(len(R) - 1, np.nan)
+    step[both] = rotation_angle_deg(np.transpose(R[:-1][both], (0, 2, 1)) @ R[1:][both])
+    if not both.any():
+        return np.zeros(len(R), bool)
+    limit = max(min_deg, median_factor * float(np.median(step[both])))
+    before = np.concatenate([[np.nan], step])  # frame t's step from t - 1
+    after = np.concatenate([step, [np.nan]])
+    has_neighbour = ~np.isnan(before) | ~np.isnan(after)
+    big = lambda v: np.isnan(v) | (v > limit)  # noqa: E731  a missing neighbour does not vouch for it
+    return reg & has_neighbour & big(before) & big(after)
+
+
 def _nearest_known(poses: np.ndarray, known: np.ndarray) -> np.ndarray:
     """(T, 4, 4) poses with each unknown frame's replaced by the nearest known frame's."""
     idx = np.nonzero(known)[0]

@@ -30,6 +30,7 @@ import torch
 from hoirecon.errors import RunError
 from hoirecon.fit.init import (
     ObjectCameras,
+    camera_jumps,
     estimate_object_center,
     estimate_object_radius,
     grasp_consensus,
@@ -177,7 +178,11 @@ class InitConfig:
         grasp's hand still covers its mask: IoU at least this share of its own hand's. Where the
         grasp misses the mask, the object camera carrying it is the wrong one (hand_fan frame
         47: structure from motion 300 mm off, grasp IoU 0.00 against its own 0.63; session 19):
-        the frame keeps its hand, and its object starts from the grasp instead of that camera.
+        the frame keeps its hand, and its object starts from the grasp instead of that camera,
+        if that camera jumps (``camera_jumps``); if not, it keeps its camera too.
+    camera_jump_deg, camera_jump_factor: a frame's structure-from-motion camera jumps where its
+        object rotation turns by more than both this many degrees and this factor x the clip's
+        median step, to and from its registered neighbours.
     """
 
     sdf_kind: str = "grid"
@@ -194,6 +199,8 @@ class InitConfig:
     own_hand_margin: float = 0.15
     own_hand_min_run: int = 3
     short_run_grasp_share: float = 0.5
+    camera_jump_deg: float = 30.0
+    camera_jump_factor: float = 4.0
 
 
 def labels_from_masks(hand: np.ndarray, obj: np.ndarray) -> torch.Tensor:
@@ -262,7 +269,8 @@ def build_initial_scene(hand_model, K, T_cam_to_hand, articulation, shape, side:
         T_c2h_grasp = np.linalg.inv(T_h2o_frames[ref])[None] @ T_c2o
         outliers, hand_ious = _worse_than_grasp(contradicting, hand_mesh, T_c2h, T_c2h_grasp, K, hand_masks,
                                                 cfg.own_hand_margin)
-        outliers, wrong_camera = _short_run_starts(contradicting, outliers, hand_ious, cfg)
+        jumps = camera_jumps(object_cameras, cfg.camera_jump_deg, cfg.camera_jump_factor)
+        outliers, wrong_camera = _short_run_starts(contradicting, outliers, hand_ious, jumps, cfg)
         T_c2h = np.where(outliers[:, None, None], T_c2h_grasp, T_c2h)
         T_h2o_frames = np.where((outliers | wrong_camera)[:, None, None], T_h2o_frames[ref][None], T_h2o_frames)
         trust_cap = np.where(contradicting, cfg.invalid_trust, 1.0)
@@ -338,19 +346,23 @@ def _worse_than_grasp(contradicting: np.ndarray, hand_mesh: tuple[torch.Tensor, 
     return worse, {int(t): [round(float(a), 3), round(float(b), 3)] for t, a, b in zip(idx, own, grasp)}
 
 
-def _short_run_starts(contradicting: np.ndarray, outliers: np.ndarray, hand_ious: dict,
+def _short_run_starts(contradicting: np.ndarray, outliers: np.ndarray, hand_ious: dict, jumps: np.ndarray,
                       cfg: InitConfig) -> tuple[np.ndarray, np.ndarray]:
     """Where the frames of runs shorter than ``cfg.own_hand_min_run`` that kept their own hand
     start from. Args: (T,) bool ``contradicting`` and ``outliers`` (frames already restarting
-    from the grasp), ``hand_ious`` {frame: [own IoU, grasp IoU]} (``_worse_than_grasp``'s).
-    Returns (T,) bool each: the hands that restart from the grasp (``outliers`` included),
-    and the frames whose object camera is replaced by the grasp carried by their own hand."""
+    from the grasp), ``hand_ious`` {frame: [own IoU, grasp IoU]} (``_worse_than_grasp``'s),
+    ``jumps`` (``camera_jumps``). Returns (T,) bool each: the hands that restart from the grasp
+    (``outliers`` included), and the frames whose object camera is replaced by the grasp carried
+    by their own hand."""
     short = short_runs(contradicting & ~outliers, cfg.own_hand_min_run)
     covered = np.zeros(len(contradicting), bool)
     for t, (own, grasp) in hand_ious.items():
         covered[t] = grasp >= cfg.short_run_grasp_share * own
-    # A lone frame whose grasp misses its hand mask has a wrong object camera.
-    return outliers | (short & covered), short & ~covered
+    # A lone frame whose grasp misses its hand mask keeps its hand; its object camera is taken to
+    # be wrong only where structure from motion jumps there. Elsewhere the hand moved on the object
+    # (osmo mirrored, frame 0: the hand 79 degrees off the grasp, the object camera 10.6 degrees
+    # from the next frame's; replaced, that frame's object IoU was 0.35).
+    return outliers | (short & covered), short & ~covered & jumps
 
 
 def _param_groups(scene: HOIScene, cfg: OptimizeConfig) -> list[dict]:

@@ -80,7 +80,7 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "4", ("frames", "masks"), _lazy("hand", "run_hand"),  # 4: fitted to its masks
                      outputs=("HandsOutput",)),
-    "fit": StageDef("fit", "15", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 15: SfM report from kept frame
+    "fit": StageDef("fit", "16", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 16: SfM jumps decide
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
     "export": StageDef("export", "4", ("frames", "masks", "fit"), _lazy("export", "run_export"),  # 4: seen parts
                        outputs=("ExportOutput",)),
