@@ -195,7 +195,8 @@ def main() -> None:
         for variant in variants:
             clip_dir = Path(args.work) / f"{name}-{variant}-clip"
             shutil.rmtree(clip_dir, ignore_errors=True)
-            made = make_variant(variant, REAL / name / "video.mp4", drawn, settings[name]["side"], clip_dir)
+            made = make_variant(variant, REAL / name / "video.mp4", drawn, settings.get(name, {}).get("side", "right"),
+                                clip_dir)
             if made is None:
                 continue
             video, boxes, side = made

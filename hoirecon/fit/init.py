@@ -216,10 +216,10 @@ def camera_jumps(cams: ObjectCameras, min_deg: float, median_factor: float) -> n
     against a median step of 7), not the object turning in the hand."""
     R, reg = np.asarray(cams.R_cam_from_obj, np.float64), np.asarray(cams.registered, bool)
     both = reg[:-1] & reg[1:]
-    step = np.full(len(R) - 1, np.nan)
-    step[both] = rotation_angle_deg(np.transpose(R[:-1][both], (0, 2, 1)) @ R[1:][both])
     if not both.any():
         return np.zeros(len(R), bool)
+    step = np.full(len(R) - 1, np.nan)
+    step[both] = rotation_angle_deg(np.transpose(R[:-1][both], (0, 2, 1)) @ R[1:][both])
     limit = max(min_deg, median_factor * float(np.median(step[both])))
     before = np.concatenate([[np.nan], step])  # frame t's step from t - 1
     after = np.concatenate([step, [np.nan]])
