@@ -13,7 +13,11 @@ clips (the tuning set) and on variants of them (held out: nothing was tuned on t
   kept whole), as a phone held upright would film it.
 
 Each row: passed, forward-backward IoU (hand / object), the tracker the filter kept and the
-wall time of `hoirecon masks`.
+wall time of `hoirecon masks`. A mirrored run also gets its **mirror agreement**: the median
+over frames of the IoU between its masks flipped back and the original clip's masks (same kind
+of boxes). The forward-backward check cannot see an error made the same way both ways (a
+left hand's palm given to the background); a mask that depends on which hand holds the object
+shows here.
 
     .venv/bin/python benchmarks/bench_masks_real.py [--clips toy_plane,...] [--variants original,mirror,...]
 """
@@ -33,6 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
+from hoirecon.errors import UserError  # noqa: E402
+from hoirecon.geometry.regions import mask_iou  # noqa: E402
 from hoirecon.io.video import iter_clip, write_video  # noqa: E402
 from hoirecon.stages.outputs import MasksOutput  # noqa: E402
 
@@ -110,15 +116,31 @@ def run_masks(video: Path, out: Path, side: str, boxes: dict | None) -> dict:
     return row
 
 
+def mirror_agreement(mirrored: Path, original: Path) -> dict | None:
+    """Median per-frame IoU (hand, object) of the masks in ``mirrored`` flipped back left to right
+    against those in ``original`` (stage folders ``masks/``); None unless both checks passed."""
+    try:
+        a, b = MasksOutput.load(mirrored / "masks"), MasksOutput.load(original / "masks")
+    except UserError:  # a failed check writes no masks
+        return None
+    if a.num_frames != b.num_frames:
+        return None
+    return {k: float(np.median([mask_iou(m[:, ::-1], o) for m, o in zip(ma, mo)]))
+            for k, ma, mo in (("hand", a.hand, b.hand), ("object", a.obj, b.obj))}
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| set | clip | variant | boxes | side | passed | FB IoU hand / object | tracker kept | wall (s) |",
-             "|---|---|---|---|---|---|---|---|---:|"]
+    lines = ["| set | clip | variant | boxes | side | passed | FB IoU hand / object | mirror agreement hand / object "
+             "| tracker kept | wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---:|"]
     for r in rows:
         fb = r.get("fb_iou") or {}
         iou = f"{fb['hand']:.2f} / {fb['object']:.2f}" if fb else "—"
+        agree = r.get("mirror_agreement")
+        agree = f"{agree['hand']:.2f} / {agree['object']:.2f}" if agree else "—"
         passed = r.get("passed", f"exit {r['exit']}: {r['error'][:80]}")
         lines.append(f"| {r['set']} | {r['clip']} | {r['variant']} | {r['boxes']} | {r['side']} | {passed} | {iou} | "
-                     f"{r.get('tracker', '—')} | {r['seconds']:.0f} |")
+                     f"{agree} | {r.get('tracker', '—')} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +168,8 @@ def main() -> None:
                     continue
                 row = {"set": "tuning" if variant == "original" else "held out", "clip": name, "variant": variant,
                        "boxes": mode, "side": side, **run_masks(video, work / mode, side, given)}
+                if variant == "mirror":
+                    row["mirror_agreement"] = mirror_agreement(work / mode, Path(args.work) / f"{name}-original" / mode)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 body = (f"## Masks on real clips and held-out variants (`bench_masks_real`)\n\n"

@@ -230,3 +230,17 @@ def test_an_object_that_is_mostly_background_coloured_keeps_its_mask():
     masks[:, 1, 46:70, :] = True  # a mask mostly made of the room: not a leak to trim
     out = drop_still_background(frames, masks, plate)
     assert (out[:, 1] == masks[:, 1]).all()
+
+
+def test_selfie_foreground_is_the_same_for_a_frame_and_its_mirror_image(tmp_path):
+    """The segmenter alone is not mirror-symmetric (it doubted a left hand's palm); the cue is."""
+    generate_clip("mug", tmp_path, frames=2, size=128, seed=0)
+    frame = read_rgb(sorted((tmp_path / "frames").glob("*.png"))[0])
+    mirrored = np.ascontiguousarray(frame[:, ::-1])
+    one_sided = SelfieForeground(mirror=False)
+    assert np.abs(one_sided(mirrored)[:, ::-1] - one_sided(frame)).max() > 0.1  # else this test shows nothing
+    cue = SelfieForeground()
+    prob = cue(frame)
+    assert (prob > 0.5).mean() > 0.05  # the hand and mug are seen
+    np.testing.assert_allclose(cue(mirrored)[:, ::-1], prob, atol=1e-5)
+    assert (prob >= one_sided(frame) - 1e-6).all()  # the larger of the two: nothing sure is lost

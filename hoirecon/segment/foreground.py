@@ -82,24 +82,38 @@ class ForegroundSplitConfig:
 
 
 class SelfieForeground:
-    """The learned per-frame foreground cue: ``__call__(image) -> (H, W) float32 in [0, 1]``."""
+    """The learned per-frame foreground cue: ``__call__(image) -> (H, W) float32 in [0, 1]``.
 
-    def __init__(self, num_threads: int = 1):
+    The selfie segmenter is not mirror-symmetric: it is sure of a right hand's palm (~1.0) and
+    unsure of the same palm mirrored into a left hand (0.3-0.6, hand_fan; docs/experiments.md),
+    so a left hand lost its palm to the background. With ``mirror`` (the default) a pixel's
+    probability is the larger of the frame's and its left-right mirror's (one more call a
+    frame), which makes the cue the same for a clip and its mirror image.
+    """
+
+    def __init__(self, num_threads: int = 1, mirror: bool = True):
         from hoirecon.handpose.landmarks import _interpreter, mediapipe_model_path
 
         self.interp = _interpreter(mediapipe_model_path(SELFIE_MODEL), num_threads)
         self.input = self.interp.get_input_details()[0]
         self.output = self.interp.get_output_details()[0]
         self.size_hw = tuple(int(v) for v in self.input["shape"][1:3])
+        self.mirror = mirror
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         # The model takes the whole frame squeezed to its square input, as MediaPipe feeds it.
         x = cv2.resize(image, self.size_hw[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        prob = self._run(x)
+        if self.mirror:
+            prob = np.maximum(prob, self._run(np.ascontiguousarray(x[:, ::-1]))[:, ::-1])
+        return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """(h, w, 3) float32 model input -> (h, w) probability."""
         self.interp.set_tensor(self.input["index"], x[None])
         self.interp.invoke()
-        prob = self.interp.get_tensor(self.output["index"])[0, :, :, 0]
-        return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+        return self.interp.get_tensor(self.output["index"])[0, :, :, 0].copy()
 
 
 def _disk(radius: int) -> np.ndarray:
