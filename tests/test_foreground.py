@@ -23,6 +23,7 @@ from hoirecon.segment.foreground import (
     first_frame_split,
     foreground_union,
     hand_coloured,
+    hand_symmetric,
     keep_near_foreground,
     landmark_hand_seeds,
     object_gaps,
@@ -232,15 +233,20 @@ def test_an_object_that_is_mostly_background_coloured_keeps_its_mask():
     assert (out[:, 1] == masks[:, 1]).all()
 
 
-def test_selfie_foreground_is_the_same_for_a_frame_and_its_mirror_image(tmp_path):
-    """The segmenter alone is not mirror-symmetric (it doubted a left hand's palm); the cue is."""
+def test_the_foreground_of_a_hand_is_the_same_for_a_frame_and_its_mirror_image(tmp_path):
+    """The segmenter alone is not mirror-symmetric (it doubted a left hand's palm); on the hand the cue is."""
     generate_clip("mug", tmp_path, frames=2, size=128, seed=0)
     frame = read_rgb(sorted((tmp_path / "frames").glob("*.png"))[0])
     mirrored = np.ascontiguousarray(frame[:, ::-1])
-    one_sided = SelfieForeground(mirror=False)
-    assert np.abs(one_sided(mirrored)[:, ::-1] - one_sided(frame)).max() > 0.1  # else this test shows nothing
-    cue = SelfieForeground()
-    prob = cue(frame)
+    fg = SelfieForeground()
+    prob, mirror_prob = fg(frame), fg.mirrored(frame)
+    np.testing.assert_allclose(fg(mirrored)[:, ::-1], mirror_prob, atol=1e-5)
+    assert np.abs(mirror_prob - prob).max() > 0.1  # else this test shows nothing
     assert (prob > 0.5).mean() > 0.05  # the hand and mug are seen
-    np.testing.assert_allclose(cue(mirrored)[:, ::-1], prob, atol=1e-5)
-    assert (prob >= one_sided(frame) - 1e-6).all()  # the larger of the two: nothing sure is lost
+    hand = np.zeros(prob.shape, bool)
+    hand[:, : prob.shape[1] // 2] = True
+    sym = hand_symmetric(prob, mirror_prob, hand)
+    sym_of_mirror = hand_symmetric(fg(mirrored), fg.mirrored(mirrored), hand[:, ::-1])[:, ::-1]
+    np.testing.assert_allclose(sym[hand], sym_of_mirror[hand], atol=1e-5)
+    assert (sym[~hand] == prob[~hand]).all() and (sym >= prob).all()
+    assert hand_symmetric(prob, None, hand) is prob

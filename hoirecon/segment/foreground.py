@@ -82,38 +82,49 @@ class ForegroundSplitConfig:
 
 
 class SelfieForeground:
-    """The learned per-frame foreground cue: ``__call__(image) -> (H, W) float32 in [0, 1]``.
+    """The learned per-frame foreground cue: ``__call__(image) -> (H, W) float32 in [0, 1]``;
+    ``mirrored(image)``: the same for the image's left-right mirror, flipped back (see
+    :func:`hand_symmetric`)."""
 
-    The selfie segmenter is not mirror-symmetric: it is sure of a right hand's palm (~1.0) and
-    unsure of the same palm mirrored into a left hand (0.3-0.6, hand_fan; docs/experiments.md),
-    so a left hand lost its palm to the background. With ``mirror`` (the default) a pixel's
-    probability is the larger of the frame's and its left-right mirror's (one more call a
-    frame), which makes the cue the same for a clip and its mirror image.
-    """
-
-    def __init__(self, num_threads: int = 1, mirror: bool = True):
+    def __init__(self, num_threads: int = 1):
         from hoirecon.handpose.landmarks import _interpreter, mediapipe_model_path
 
         self.interp = _interpreter(mediapipe_model_path(SELFIE_MODEL), num_threads)
         self.input = self.interp.get_input_details()[0]
         self.output = self.interp.get_output_details()[0]
         self.size_hw = tuple(int(v) for v in self.input["shape"][1:3])
-        self.mirror = mirror
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self._run(image, mirror=False)
+
+    def mirrored(self, image: np.ndarray) -> np.ndarray:
+        return self._run(image, mirror=True)
+
+    def _run(self, image: np.ndarray, mirror: bool) -> np.ndarray:
         h, w = image.shape[:2]
         # The model takes the whole frame squeezed to its square input, as MediaPipe feeds it.
         x = cv2.resize(image, self.size_hw[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        prob = self._run(x)
-        if self.mirror:
-            prob = np.maximum(prob, self._run(np.ascontiguousarray(x[:, ::-1]))[:, ::-1])
-        return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        """(h, w, 3) float32 model input -> (h, w) probability."""
+        x = np.ascontiguousarray(x[:, ::-1]) if mirror else x
         self.interp.set_tensor(self.input["index"], x[None])
         self.interp.invoke()
-        return self.interp.get_tensor(self.output["index"])[0, :, :, 0].copy()
+        prob = self.interp.get_tensor(self.output["index"])[0, :, :, 0]
+        prob = prob[:, ::-1] if mirror else prob
+        return np.clip(cv2.resize(np.ascontiguousarray(prob), (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def hand_symmetric(prob: np.ndarray, mirror_prob: Optional[np.ndarray], hand: np.ndarray) -> np.ndarray:
+    """(H, W) foreground probability that is the same for a hand and its mirror image.
+
+    The selfie segmenter is not mirror-symmetric: it is sure of a right hand's palm (~1.0) and
+    unsure of the same palm mirrored into a left hand (0.3-0.6, hand_fan), so a left hand lost
+    its palm. Inside ``hand`` (H, W) bool, where the landmarks put the hand, a pixel takes the
+    larger of ``prob`` and ``mirror_prob`` (the mirror image's, flipped back); elsewhere ``prob``
+    stays: taking the larger everywhere also made clutter the mirror image sees (a bus, a
+    passer-by) sure foreground (docs/experiments.md). ``mirror_prob`` None: ``prob``.
+    """
+    if mirror_prob is None or not hand.any():
+        return prob
+    return np.where(hand, np.maximum(prob, mirror_prob), prob)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -457,11 +468,12 @@ class ForegroundSplitTracker:
 
     def step(self, image: np.ndarray, prob: np.ndarray, static: np.ndarray, warped_hand: np.ndarray,
              warped_object: np.ndarray, seeds: Optional[tuple[np.ndarray, np.ndarray]],
-             remembered: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """One frame from its foreground ``prob``, the clip's ``static`` foreground and the
-        previous frame's masks moved by flow into it; (hand, object). ``remembered`` (H, W)
-        bool: the object's parts hidden behind the hand, moved with the object (they may
-        reappear anywhere along it)."""
+             remembered: Optional[np.ndarray] = None, mirror_prob: Optional[np.ndarray] = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """One frame from its foreground ``prob`` (and its mirror image's, ``mirror_prob``, see
+        :func:`hand_symmetric`), the clip's ``static`` foreground and the previous frame's masks
+        moved by flow into it; (hand, object). ``remembered`` (H, W) bool: the object's parts
+        hidden behind the hand, moved with the object (they may reappear anywhere along it)."""
         remembered = warped_object if remembered is None else warped_object | remembered
         cfg = self.cfg
         hand_size = int(np.sqrt(max(int(warped_hand.sum()), 1)))
@@ -470,6 +482,7 @@ class ForegroundSplitTracker:
         else:
             sure = _erode(warped_hand, max(2, hand_size // 10))
             probable = _dilate(warped_hand, max(2, hand_size // 15))
+        prob = hand_symmetric(prob, mirror_prob, sure | probable)
         union = foreground_union(prob, sure | warped_hand | remembered, cfg)
         if union.sum() < cfg.min_area_px:
             return warped_hand, warped_object
@@ -526,9 +539,10 @@ class ForegroundSplitTracker:
         return limit
 
     def track(self, frames: Sequence[np.ndarray], first_masks: np.ndarray, hand_seeder: Optional[HandSeeder] = None,
-              on_frame: Optional[Callable[[int], None]] = None,
-              probs: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
-        """``probs``: the frames' foreground if already computed (else it is run here)."""
+              on_frame: Optional[Callable[[int], None]] = None, probs: Optional[Sequence[np.ndarray]] = None,
+              mirror_probs: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+        """``probs``: the frames' foreground if already computed (else it is run here);
+        ``mirror_probs``: their mirror images' (see :func:`hand_symmetric`; None: not used)."""
         T = len(frames)
         probs = [self.foreground(f) for f in frames] if probs is None else probs
         static = static_foreground(frames, probs, self.cfg)
@@ -541,7 +555,8 @@ class ForegroundSplitTracker:
             warped_object = self.flow.warp(out[t - 1, 1], flow)
             hidden = self.move_hidden(hidden | out[t - 1, 1], out[t - 1, 0], warped_object, flow)
             seeds = hand_seeder(frames[t], warped_hand, warped_object) if hand_seeder is not None else None
-            out[t, 0], out[t, 1] = self.step(frames[t], probs[t], static, warped_hand, warped_object, seeds, hidden)
+            out[t, 0], out[t, 1] = self.step(frames[t], probs[t], static, warped_hand, warped_object, seeds, hidden,
+                                             None if mirror_probs is None else mirror_probs[t])
             if on_frame is not None:
                 on_frame(1)
         return out
@@ -560,8 +575,10 @@ def box_region(shape_hw: tuple[int, int], box: Sequence[float], grow: float = 0.
 
 def first_frame_split(image: np.ndarray, prob: np.ndarray, static: np.ndarray,
                       hand_seeds: tuple[np.ndarray, np.ndarray], hand_box: Sequence[float], object_box: Sequence[float],
-                      cfg: ForegroundSplitConfig = ForegroundSplitConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """First-frame (hand, object) from the foreground, the hand's landmark seeds and the two boxes.
+                      cfg: ForegroundSplitConfig = ForegroundSplitConfig(),
+                      mirror_prob: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """First-frame (hand, object) from the foreground (``prob``; ``mirror_prob``: see
+    :func:`hand_symmetric`), the hand's landmark seeds and the two boxes.
 
     The object box may cover the hand (100DOH's boxes do): the hand is cut out of it first.
     The boxes are grown by ``cfg.box_slack`` (a box drawn or detected a little tight must not
@@ -569,6 +586,7 @@ def first_frame_split(image: np.ndarray, prob: np.ndarray, static: np.ndarray,
     """
     shape = image.shape[:2]
     sure, probable = hand_seeds
+    prob = hand_symmetric(prob, mirror_prob, sure | probable)
     in_object_box = box_region(shape, object_box, cfg.box_slack)
     boxes = box_region(shape, hand_box, cfg.box_slack) | in_object_box
     union = foreground_union(prob, sure | (in_object_box & (prob > cfg.confident)), cfg) & boxes

@@ -180,8 +180,8 @@ def _first_masks(cfg: MasksConfig, split: Optional[tuple[np.ndarray, np.ndarray]
     return np.stack([hand, obj])
 
 
-def _first_foreground_split(frames: list[np.ndarray], probs: list[np.ndarray], hand_box: Box, obj_box: Box,
-                            side: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _first_foreground_split(frames: list[np.ndarray], probs: list[np.ndarray], first_mirror_prob: np.ndarray,
+                            hand_box: Box, obj_box: Box, side: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(hand, object) from the learned foreground split by the hand's landmarks, or None where
     no landmarks are found in the hand box or the foreground misses the object (a white object
     on a white wall): the colour cut then decides."""
@@ -196,7 +196,8 @@ def _first_foreground_split(frames: list[np.ndarray], probs: list[np.ndarray], h
     in_obj = box_region(first.shape[:2], obj_box)
     seeds = landmark_hand_seeds(first, found.keypoints_2d, np.zeros(in_obj.shape, bool),
                                 hand_coloured(first, found.keypoints_2d, in_obj))
-    hand, obj = first_frame_split(first, probs[0], static_foreground(frames, probs), seeds, hand_box, obj_box)
+    hand, obj = first_frame_split(first, probs[0], static_foreground(frames, probs), seeds, hand_box, obj_box,
+                                  mirror_prob=first_mirror_prob)
     if obj.sum() < 0.1 * in_obj.sum() or hand.sum() < 16:
         return None
     return hand, obj
@@ -210,15 +211,16 @@ def _foreground_sees(first_prob: np.ndarray, first: np.ndarray, min_fraction: fl
     return bool((first_prob[both] > 0.5).mean() >= min_fraction) if both.any() else False
 
 
-def _foreground_probs(frames: list[np.ndarray]) -> list[np.ndarray]:
+def _foreground_probs(frames: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every frame's learned foreground, and its mirror image's (``segment.foreground.hand_symmetric``)."""
     from hoirecon.segment.foreground import SelfieForeground
 
     foreground = SelfieForeground()
-    return [foreground(f) for f in frames]
+    return [foreground(f) for f in frames], [foreground.mirrored(f) for f in frames]
 
 
 def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first: np.ndarray, device: str, task, *,
-           probs: Optional[list[np.ndarray]],
+           probs: Optional[list[np.ndarray]], mirror_probs: Optional[list[np.ndarray]] = None,
            first_amodal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Masks (T, 2, H, W) tracked from ``first`` by ``tracker_name``, and the tracker's remembered
     full shapes at the last frame (flow tracker only; the backward pass starts from them so that
@@ -230,7 +232,7 @@ def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first:
         task.advance(len(frames) - 1)
         return out, None
     if tracker_name == "foreground":
-        return _track_foreground(cfg, frames, first, task, probs), None
+        return _track_foreground(cfg, frames, first, task, probs, mirror_probs), None
     anchors = None
     if cfg.hand_landmarks:
         from hoirecon.segment.anchor import HandLandmarkAnchor
@@ -242,7 +244,7 @@ def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first:
 
 
 def _track_foreground(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndarray, task,
-                      probs: list[np.ndarray]) -> np.ndarray:
+                      probs: list[np.ndarray], mirror_probs: Optional[list[np.ndarray]]) -> np.ndarray:
     from hoirecon.segment.anchor import HandLandmarkAnchor
     from hoirecon.segment.foreground import ForegroundSplitTracker, SelfieForeground, landmark_hand_seeds
 
@@ -254,7 +256,7 @@ def _track_foreground(cfg: MasksConfig, frames: list[np.ndarray], first: np.ndar
         return landmark_hand_seeds(image, anchor.previous.keypoints_2d, warped_object & ~warped_hand)
 
     tracker = ForegroundSplitTracker(SelfieForeground())
-    return tracker.track(frames, first, seeder, on_frame=task.advance, probs=probs)
+    return tracker.track(frames, first, seeder, on_frame=task.advance, probs=probs, mirror_probs=mirror_probs)
 
 
 def _write_failed_check(folder: Path, frames, hand: np.ndarray, obj: np.ndarray, quality: dict, fps: float) -> Path:
@@ -281,11 +283,13 @@ def _candidates(cfg: MasksConfig, split: Optional[tuple]) -> list[tuple[str, str
 
 
 def _tracked(cfg: MasksConfig, name: str, tracker: str, split: Optional[tuple], frames: list[np.ndarray],
-             hand_box: Box, obj_box: Box, *, ctx: StageContext, probs: Optional[list[np.ndarray]]) -> dict:
+             hand_box: Box, obj_box: Box, *, ctx: StageContext, probs: Optional[list[np.ndarray]],
+             mirror_probs: Optional[list[np.ndarray]] = None) -> dict:
     """First-frame masks, forward and backward tracks (T, 2, H, W) and the forward-backward IoU
-    of one candidate; ``probs``: every frame's learned foreground, run once for all candidates (None
-    for STCN, which uses none). ``fell_back``: the learned foreground did not see frame 0's hand
-    and object, so the foreground tracker gave way to flow."""
+    of one candidate; ``probs``, ``mirror_probs``: every frame's learned foreground and its mirror
+    image's, run once for all candidates (None for STCN, which uses none). ``fell_back``: the
+    learned foreground did not see frame 0's hand and object, so the foreground tracker gave way
+    to flow."""
     T = len(frames)
     first = _first_masks(cfg, split, frames[0], hand_box, obj_box, ctx.device)
     fell_back = tracker == "foreground" and not _foreground_sees(probs[0], first)
@@ -294,9 +298,11 @@ def _tracked(cfg: MasksConfig, name: str, tracker: str, split: Optional[tuple], 
                           "tracking them by optical flow instead")
         name = tracker = "flow"
     with ctx.reporter.task(f"tracking masks ({tracker}, forward + backward)", total=2 * (T - 1)) as task:
-        fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task, probs=probs)
+        fwd, amodal = _track(cfg, tracker, frames, first, ctx.device, task, probs=probs, mirror_probs=mirror_probs)
         bwd = _track(cfg, tracker, frames[::-1], fwd[-1], ctx.device, task,
-                     probs=probs[::-1] if probs is not None else None, first_amodal=amodal)[0][::-1]
+                     probs=probs[::-1] if probs is not None else None,
+                     mirror_probs=mirror_probs[::-1] if mirror_probs is not None else None,
+                     first_amodal=amodal)[0][::-1]
     dropped = None  # share of object pixels that showed a still camera's background
     # What leaked far from every frame's own foreground goes, and the object parts neither mask
     # has (a dark cap, a label) join the object, both ways alike.
@@ -329,13 +335,13 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
     else:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
         candidates: list[dict] = []
-        probs = _foreground_probs(frames) if cfg.tracker != "stcn" else None
+        probs, mirror_probs = _foreground_probs(frames) if cfg.tracker != "stcn" else (None, None)
         split = None
         if probs is not None and cfg.segmenter == "grabcut" and cfg.tracker in ("auto", "foreground"):
-            split = _first_foreground_split(frames, probs, hand_box, obj_box, cfg.side)
+            split = _first_foreground_split(frames, probs, mirror_probs[0], hand_box, obj_box, cfg.side)
         for name, tracker, first_split in _candidates(cfg, split):
             candidates.append(_tracked(cfg, name, tracker, first_split, frames, hand_box, obj_box, ctx=ctx,
-                                       probs=probs))
+                                       probs=probs, mirror_probs=mirror_probs))
             if candidates[-1]["fell_back"]:
                 break  # a foreground blind to frame 0 has no say in the other candidates either
         # The paper's own filter picks: the candidate whose masks come back best.

@@ -75,8 +75,8 @@ def _fit_config_inputs(cfg) -> dict[str, str]:
 STAGES: Mapping[str, StageDef] = MappingProxyType({
     "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
                        outputs=("FramesMeta",)),
-    # 15: the learned foreground is the larger of a frame's and its mirror image's (a left hand's palm)
-    "masks": StageDef("masks", "15", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
+    # 16: on the hand, the learned foreground is the larger of a frame's and its mirror image's
+    "masks": StageDef("masks", "16", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "4", ("frames", "masks"), _lazy("hand", "run_hand"),  # 4: fitted to its masks
                      outputs=("HandsOutput",)),
