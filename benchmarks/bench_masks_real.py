@@ -168,7 +168,8 @@ def main() -> None:
                     continue
                 row = {"set": "tuning" if variant == "original" else "held out", "clip": name, "variant": variant,
                        "boxes": mode, "side": side, **run_masks(video, work / mode, side, given)}
-                if variant == "mirror":
+                original_ran = any((r["clip"], r["variant"], r["boxes"]) == (name, "original", mode) for r in rows)
+                if variant == "mirror" and original_ran:  # not against an original left by an earlier run
                     row["mirror_agreement"] = mirror_agreement(work / mode, Path(args.work) / f"{name}-original" / mode)
                 rows.append(row)
                 print(json.dumps(row), flush=True)

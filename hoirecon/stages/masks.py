@@ -211,12 +211,13 @@ def _foreground_sees(first_prob: np.ndarray, first: np.ndarray, min_fraction: fl
     return bool((first_prob[both] > 0.5).mean() >= min_fraction) if both.any() else False
 
 
-def _foreground_probs(frames: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every frame's learned foreground, and its mirror image's (``segment.foreground.hand_symmetric``)."""
+def _foreground_probs(frames: list[np.ndarray], mirrored: bool) -> tuple[list[np.ndarray], Optional[list[np.ndarray]]]:
+    """Every frame's learned foreground, and with ``mirrored`` its mirror image's
+    (``segment.foreground.hand_symmetric``; only the foreground tracker and its split use them)."""
     from hoirecon.segment.foreground import SelfieForeground
 
     foreground = SelfieForeground()
-    return [foreground(f) for f in frames], [foreground.mirrored(f) for f in frames]
+    return [foreground(f) for f in frames], [foreground.mirrored(f) for f in frames] if mirrored else None
 
 
 def _track(cfg: MasksConfig, tracker_name: str, frames: list[np.ndarray], first: np.ndarray, device: str, task, *,
@@ -335,7 +336,8 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
     else:
         hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
         candidates: list[dict] = []
-        probs, mirror_probs = _foreground_probs(frames) if cfg.tracker != "stcn" else (None, None)
+        probs, mirror_probs = (_foreground_probs(frames, mirrored=cfg.tracker in ("auto", "foreground"))
+                               if cfg.tracker != "stcn" else (None, None))
         split = None
         if probs is not None and cfg.segmenter == "grabcut" and cfg.tracker in ("auto", "foreground"):
             split = _first_foreground_split(frames, probs, mirror_probs[0], hand_box, obj_box, cfg.side)
