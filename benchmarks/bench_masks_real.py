@@ -6,12 +6,14 @@ question (does the forward-backward check pass from reasonable first-frame boxes
 clips (the tuning set) and on variants of them (held out: nothing was tuned on them):
 
 - ``mirror``: every frame flipped left to right, so a right hand becomes a left hand
-  (run with the other ``--side``; the drawn boxes are flipped too);
+  (the drawn boxes are flipped too);
 - ``reverse``: the frames in reverse order, so the clip starts from its last frame (only
   automatic boxes: the drawn boxes are for the first frame);
 - ``portrait``: a 3:4 crop of a landscape clip around its drawn boxes (the hand and object
   kept whole), as a phone held upright would film it.
 
+Every run reads the hand's side from the clip (``--side auto``, the default); the table shows
+the side filmed (``benchmarks/real/clips.json``, the other one when mirrored) and the side found.
 Each row: passed, forward-backward IoU (hand / object), the tracker the filter kept and the
 wall time of `hoirecon masks`. A mirrored run also gets its **mirror agreement**: the median
 over frames of the IoU between its masks flipped back and the original clip's masks (same kind
@@ -93,9 +95,9 @@ def make_variant(name: str, video: Path, boxes: dict, side: str, folder: Path) -
     return path, out_boxes, side
 
 
-def run_masks(video: Path, out: Path, side: str, boxes: dict | None) -> dict:
-    cmd = [str(Path(sys.executable).with_name("hoirecon")), "masks", str(video), "--out", str(out),
-           "--side", side, "--quiet"]
+def run_masks(video: Path, out: Path, boxes: dict | None) -> dict:
+    """``hoirecon masks`` with the default ``--side auto`` (what a user's run does)."""
+    cmd = [str(Path(sys.executable).with_name("hoirecon")), "masks", str(video), "--out", str(out), "--quiet"]
     if boxes is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         path = out.parent / f"{out.name}.boxes.json"
@@ -111,7 +113,7 @@ def run_masks(video: Path, out: Path, side: str, boxes: dict | None) -> dict:
         q = MasksOutput.load_quality(out / folder)
         if q is not None:
             row.update(passed=q["passed"], fb_iou=q["track_iou"], candidates=q.get("candidates"),
-                       tracker=q.get("kept", q["source"].split("+")[-1]))
+                       tracker=q.get("kept", q["source"].split("+")[-1]), side_found=q.get("side"))
             break
     return row
 
@@ -130,16 +132,20 @@ def mirror_agreement(mirrored: Path, original: Path) -> dict | None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| set | clip | variant | boxes | side | passed | FB IoU hand / object | mirror agreement hand / object "
-             "| tracker kept | wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---:|"]
+    lines = ["| set | clip | variant | boxes | side filmed | side found (mean P(right)) | passed "
+             "| FB IoU hand / object | mirror agreement hand / object | tracker kept | wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---:|"]
     for r in rows:
         fb = r.get("fb_iou") or {}
         iou = f"{fb['hand']:.2f} / {fb['object']:.2f}" if fb else "—"
         agree = r.get("mirror_agreement")
         agree = f"{agree['hand']:.2f} / {agree['object']:.2f}" if agree else "—"
         passed = r.get("passed", f"exit {r['exit']}: {r['error'][:80]}")
-        lines.append(f"| {r['set']} | {r['clip']} | {r['variant']} | {r['boxes']} | {r['side']} | {passed} | {iou} | "
+        found = r.get("side_found") or {}
+        found = (f"{found['side'] if found['side'] == r['side'] else '**' + found['side'] + '**'} "
+                 f"({found.get('right_probability', float('nan')):.2f})" if found else "—")
+        lines.append(f"| {r['set']} | {r['clip']} | {r['variant']} | {r['boxes']} | {r['side']} | {found} | {passed} | "
+                     f"{iou} | "
                      f"{agree} | {r.get('tracker', '—')} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -167,7 +173,7 @@ def main() -> None:
                 if mode == "drawn" and given is None:
                     continue
                 row = {"set": "tuning" if variant == "original" else "held out", "clip": name, "variant": variant,
-                       "boxes": mode, "side": side, **run_masks(video, work / mode, side, given)}
+                       "boxes": mode, "side": side, **run_masks(video, work / mode, given)}
                 original_ran = any((r["clip"], r["variant"], r["boxes"]) == (name, "original", mode) for r in rows)
                 if variant == "mirror" and original_ran:  # not against an original left by an earlier run
                     row["mirror_agreement"] = mirror_agreement(work / mode, Path(args.work) / f"{name}-original" / mode)

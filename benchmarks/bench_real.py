@@ -3,7 +3,8 @@
 Once with automatic first-frame boxes and once with the boxes drawn by hand in 100DOH's
 style (the object box around the whole object, the part behind the fingers included), kept
 in ``benchmarks/real/<clip>.boxes.json``; per-clip settings (which hand, category) are in
-``benchmarks/real/clips.json``. No ground truth exists for these clips, so the table reports
+``benchmarks/real/clips.json`` (the hand's side there is the truth the run's own reading,
+``--side auto``, is checked against). No ground truth exists for these clips, so the table reports
 self-consistency:
 
 - masks: whether the forward-backward check passed, and its IoUs;
@@ -66,7 +67,7 @@ def run_clip(video: Path, out: Path, settings: dict, boxes: Path | None, prior: 
     (``prior`` None: the run's own default, what a user gets)."""
     exe = Path(sys.executable).with_name("hoirecon")
     cmd = [str(exe), "run", str(video), "--category", settings.get("category", "unknown"), "--out", str(out),
-           "--side", settings.get("side", "right"), "--quiet"]
+           "--quiet"]  # no --side: the run reads it from the clip, as a user's does
     cmd += ["--prior", prior] if prior is not None else []
     if boxes is not None:
         cmd += ["--boxes", str(boxes)]
@@ -103,6 +104,7 @@ def score(out: Path, run: dict) -> dict:
     if q is not None:
         row["masks_passed"] = q.get("passed")
         row["fb_iou"] = q.get("track_iou")
+        row["side_found"] = (q.get("side") or {}).get("side")
     c = read_json(out / "hand", HandsOutput.CAMERA)
     if c is not None:
         row["focal_px"], row["focal_source"] = c["focal_px"], c["source"]
@@ -140,19 +142,26 @@ def fmt(v, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
 
+def side_cell(row: dict) -> str:
+    """The side the run found, marked where it is not the clip's (``side``: the hand filmed)."""
+    found = row.get("side_found")
+    return "—" if found is None else found if found == row["side"] else f"**{found}** (filmed: {row['side']})"
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| clip | variant | boxes | exit | masks passed (IoU hand / object) | object IoU median / worst (volume) | "
+    head = ("| clip | variant | boxes | exit | hand side found | masks passed (IoU hand / object) | "
+            "object IoU median / worst (volume) | "
             "object missed / under hand / extra (median % of its mask) | hand IoU median / worst | "
             "deepest hand vertex (mm) | contact frames | jitter (mm / deg) | "
             "focal (px, source) | SfM frames, max rot. error (deg) | wall (s) | peak RSS (GB) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         fb = r.get("fb_iou") or {}
         masks = (f"{r.get('masks_passed')} ({fmt(fb.get('hand'), '.2f')} / {fmt(fb.get('object'), '.2f')})"
                  if fb else str(r.get("masks_passed")))
         lines.append(
-            f"| {r['clip']} | {r['variant']} | {r['boxes']} | {r['exit']} | {masks} | "
+            f"| {r['clip']} | {r['variant']} | {r['boxes']} | {r['exit']} | {side_cell(r)} | {masks} | "
             f"{fmt(r.get('obj_iou_median'), '.2f')} / {fmt(r.get('obj_iou_worst'), '.2f')} "
             f"({fmt(r.get('obj_iou_volume_median'), '.2f')}) | "
             f"{' / '.join(f'{100 * v:.0f}' for v in r['obj_error_shares']) if 'obj_error_shares' in r else '—'} | "
@@ -210,8 +219,8 @@ def main() -> None:
                     boxes_file = clip_dir / "boxes.json"
                     clip_dir.mkdir(parents=True, exist_ok=True)
                     boxes_file.write_text(json.dumps(boxes))
-                run = run_clip(video, out, {**settings.get(name, {}), "side": side}, boxes_file, args.prior)
-                row = {"clip": name, "variant": variant, "boxes": mode, **score(out, run)}
+                run = run_clip(video, out, settings.get(name, {}), boxes_file, args.prior)
+                row = {"clip": name, "variant": variant, "boxes": mode, "side": side, **score(out, run)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 picture = out / "export" / ExportOutput.SUMMARY

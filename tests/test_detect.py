@@ -130,6 +130,20 @@ def test_stage_auto_records_where_boxes_came_from(synth_clips, tmp_path):
     assert q["boxes_from"] == "auto" and boxes["boxes_from"] == "auto"
     assert q["detection"]["hand"]["presence"] >= 0.6 and "fill" in q["detection"]["object"]
     assert box_iou(boxes["hand"], gt["hand"]) > 0.5 and box_iou(boxes["object"], gt["object"]) > 0.5
+    assert q["side"]["from"] == "auto" and q["side"]["side"] == "right" and q["side"]["readings"]
+
+
+def test_stage_auto_follows_the_left_hand_of_a_mirrored_clip(synth_clips, tmp_path):
+    _, frames, gt = synth_clips["mug"]
+    clip = tmp_path / "mirrored.mp4"
+    write_video(clip, [np.ascontiguousarray(f[:, ::-1]) for f in frames], fps=10)
+    out = tmp_path / "o"
+    run_pipeline(out, [(FRAMES, FramesConfig(str(clip))), (MASKS, MasksConfig())])
+    q = MasksOutput.load_quality(out / "masks")
+    assert q["side"]["side"] == "left" and q["side"]["right_probability"] < 0.4
+    W = frames[0].shape[1]
+    x0, y0, x1, y1 = gt["hand"]
+    assert box_iou(MasksOutput.load(out / "masks").boxes["hand"], (W - 1 - x1, y0, W - 1 - x0, y1)) > 0.5
 
 
 def test_stage_without_a_hand_fails_with_one_line(tmp_path):

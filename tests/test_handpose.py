@@ -390,6 +390,8 @@ def test_hand_stage_on_a_tiny_clip(hand, tmp_path):
     res = run_stage(out, STAGE, HandConfig(ik_iterations=100))
     assert res.status == "ran" and res.summary["mask_iou_median"] > before
     report = json.loads((out / "hand" / "quality.json").read_text())
+    # Masks that followed no hand (external here): the side is read from the clip itself.
+    assert report["side"]["side"] == "right" and report["side"]["from"] == "auto"
     fitted = np.array(report["silhouette_fit_iou"], float)
     kept = report["silhouette_fit_kept_frames"]
     assert fitted.shape == (T, 2) and kept and all(fitted[t, 1] > fitted[t, 0] for t in kept)

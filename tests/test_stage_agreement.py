@@ -16,7 +16,9 @@ from hoirecon.io.masks import write_mask_folder
 from hoirecon.pipeline.report import Reporter
 from hoirecon.pipeline.runner import read_manifest, run_stage, write_external_stage
 from hoirecon.stages.fit import STAGE as FIT, FitConfig
-from hoirecon.stages.hand import _check_side
+from hoirecon.stages.configs import HandConfig
+from hoirecon.stages.hand import _hand_side
+from hoirecon.stages.masks import tracked_side
 from hoirecon.stages.outputs import FramesMeta, MasksOutput
 from test_fit import N_FRAMES, SIZE, tiny_clip  # noqa: F401  (tiny_clip is a fixture)
 
@@ -93,14 +95,27 @@ def test_fit_refuses_a_hand_model_other_than_the_hand_stage_fitted(tiny_clip, tm
         run_stage(out, FIT, FitConfig(hand_model="anny", steps=1))
 
 
-def test_hand_side_must_match_the_side_the_masks_followed():
-    tracked = {"config": {"side": "left", "masks_dir": None, "tracker": "flow", "hand_landmarks": True}}
-    _check_side("left", tracked)
+def test_the_side_the_masks_followed_is_read_back():
+    tracked = {"config": {"side": "auto", "masks_dir": None, "tracker": "flow", "hand_landmarks": True}}
+    assert tracked_side(tracked, {"side": {"side": "left", "from": "auto"}}) == "left"  # auto: what it resolved to
+    assert tracked_side({"config": {**tracked["config"], "side": "left"}}, None) == "left"  # --side, older quality
+    assert tracked_side(tracked, None) is None  # auto, and nothing says what it followed
+    assert tracked_side({"config": {**tracked["config"], "masks_dir": "/my/masks"}}, None) is None  # your own masks
+    assert tracked_side({"external": True, "config": {}}, None) is None  # synth's masks
+    assert tracked_side(None, None) is None
+
+
+def test_hand_side_must_match_the_side_the_masks_followed(tmp_path):
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    (masks_dir / "stage.json").write_text(json.dumps(
+        {"config": {"side": "auto", "masks_dir": None, "tracker": "flow", "hand_landmarks": True}}))
+    MasksOutput.save_quality(masks_dir, {"side": {"side": "left", "from": "auto"}})
+    no_frames, no_masks = [], np.zeros((0, 4, 4), bool)
+    assert _hand_side(HandConfig(side="left"), masks_dir, no_frames, no_masks) == {"side": "left", "from": "--side"}
+    assert _hand_side(HandConfig(), masks_dir, no_frames, no_masks) == {"side": "left", "from": "masks"}
     with pytest.raises(UserError, match="--side right does not match the masks stage, which followed a left hand"):
-        _check_side("right", tracked)
-    _check_side("right", {"config": {**tracked["config"], "masks_dir": "/my/masks"}})  # your own masks: no side
-    _check_side("right", {"external": True, "config": {}})  # synth's masks
-    _check_side("right", None)
+        _hand_side(HandConfig(side="right"), masks_dir, no_frames, no_masks)
 
 
 def test_side_option_reaches_the_masks_stage(tmp_path, tiny_video):

@@ -174,10 +174,7 @@ class HandLandmarker:
             image_rgb: (H, W, 3) uint8 RGB.
             rect: the crop (any size and rotation).
         """
-        crop = rect.warp(image_rgb, LANDMARK_INPUT).astype(np.float32) / 255.0
-        self.interp.set_tensor(self._input, crop[None])
-        self.interp.invoke()
-        screen, presence, handed, world = (self.interp.get_tensor(i).reshape(-1) for i in self._outputs)
+        screen, presence, handed, world = self._infer(rect.warp(image_rgb, LANDMARK_INPUT))
         screen = screen.reshape(21, 3).astype(np.float64)
         world = world.reshape(21, 3).astype(np.float64)
         ex, ey = rect.axes()
@@ -192,6 +189,18 @@ class HandLandmarker:
             handedness=float(handed[0]),
             rect=rect,
         )
+
+    def run_mirrored(self, image_rgb: np.ndarray, rect: CropRect) -> tuple[float, float]:
+        """(presence, handedness) of the crop ``rect`` flipped left to right: the same hand seen
+        as the other side's (for ``hoirecon.handpose.handedness``)."""
+        _, presence, handed, _ = self._infer(rect.warp(image_rgb, LANDMARK_INPUT)[:, ::-1])
+        return float(presence[0]), float(handed[0])
+
+    def _infer(self, crop: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The model's four outputs, flattened, for one (224, 224, 3) uint8 RGB crop."""
+        self.interp.set_tensor(self._input, (crop.astype(np.float32) / 255.0)[None])
+        self.interp.invoke()
+        return tuple(self.interp.get_tensor(i).reshape(-1) for i in self._outputs)
 
 
 def rect_from_box(box: Box, angle: float = 0.0, scale: float = 1.5) -> CropRect:

@@ -26,7 +26,8 @@ DETECTORS = ("auto", "boxes", "doh100")
 SEGMENTERS = ("grabcut", "pointrend")
 TRACKERS = ("auto", "foreground", "flow", "stcn")
 BACKENDS = ("mediapipe", "frankmocap")
-SIDES = ("right", "left")
+SIDE_AUTO = "auto"  # the hand side read from the clip (hoirecon.handpose.handedness)
+SIDES = (SIDE_AUTO, "right", "left")
 FIT_INIT_SOURCES = ("default", "pose")
 FIT_PRESETS = ("fast", "paper")  # what each one sets: stages.fit.PRESETS
 WORLDS = ("object", "camera")
@@ -57,7 +58,8 @@ def parse_frames(text: str | int | None) -> Optional[int]:
 
 # Settings two stages share: `run` gives both stages the one value of its single flag.
 def _side():
-    return setting("right", "The hand holding the object: right | left.")
+    return setting("auto", "The hand holding the object: auto (read from the clip: the hand landmark model's "
+                   "handedness on frames through the clip and on their mirror images) | right | left.")
 
 
 def _hand_model():
@@ -109,7 +111,7 @@ class MasksConfig:
 
     def __post_init__(self):
         for name, value, choices in (("detector", self.detector, DETECTORS), ("segmenter", self.segmenter, SEGMENTERS),
-                                     ("tracker", self.tracker, TRACKERS)):
+                                     ("tracker", self.tracker, TRACKERS), ("side", self.side, SIDES)):
             _check_choice(name, value, choices)
         for name, box in (("--hand-box", self.hand_box), ("--object-box", self.object_box)):
             if box is not None:

@@ -73,6 +73,7 @@ import torch
 
 from hoirecon.errors import RunError, UserError
 from hoirecon.geometry.object_sfm import ObjectSfM, object_sfm
+from hoirecon.geometry.regions import mask_box
 from hoirecon.geometry.rotations import axis_angle_to_matrix, reflect_axis_angle
 from hoirecon.geometry.transforms import invert_rigid
 from hoirecon.hand import build_hand_model
@@ -92,7 +93,7 @@ from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
-from hoirecon.stages.configs import HandConfig
+from hoirecon.stages.configs import SIDE_AUTO, HandConfig
 from hoirecon.stages.masks import tracked_side
 from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
 from hoirecon.stages.registry import STAGES
@@ -348,12 +349,25 @@ def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], 
     return focal_px / half, info, sfm
 
 
-def _check_side(side: str, masks_manifest: dict | None) -> None:
-    """UserError where the masks stage followed the other hand than ``side``."""
-    masks_side = tracked_side(masks_manifest)
-    if masks_side is not None and masks_side != side:
-        raise UserError(f"--side {side} does not match the masks stage, which followed a {masks_side} hand: rerun "
-                        f"masks with --side {side}, or the hand stage with --side {masks_side}")
+def _hand_side(cfg: HandConfig, masks_dir: Path, frames: list[np.ndarray], hand_masks: np.ndarray) -> dict:
+    """The hand side to fit and where it came from (quality.json's ``side``): ``--side``, the
+    side the masks stage followed (``auto``), or for masks that followed none (``--masks-dir``)
+    read from the clip (``hoirecon.handpose.handedness``) from the first frame with a hand mask.
+    UserError where ``--side`` names the other hand than the masks stage followed."""
+    masks_side = tracked_side(read_manifest(masks_dir), MasksOutput.load_quality(masks_dir))
+    if cfg.side != SIDE_AUTO:
+        if masks_side is not None and masks_side != cfg.side:
+            raise UserError(f"--side {cfg.side} does not match the masks stage, which followed a {masks_side} hand: "
+                            f"rerun masks with --side {cfg.side}, or the hand stage with --side {masks_side}")
+        return {"side": cfg.side, "from": "--side"}
+    if masks_side is not None:
+        return {"side": masks_side, "from": "masks"}
+    from hoirecon.handpose.handedness import estimate_hand_side
+
+    seen = [t for t in range(len(frames)) if hand_masks[t].any()]
+    estimate = estimate_hand_side(frames[seen[0]:], mask_box(hand_masks[seen[0]])) if seen else None
+    side = estimate.side if estimate is not None and estimate.side is not None else "right"
+    return {**(estimate.as_dict() if estimate is not None else {}), "side": side, "from": "auto"}
 
 
 def run_hand(ctx: StageContext, cfg: HandConfig) -> dict:
@@ -544,13 +558,18 @@ def _other_side_warnings(ctx: StageContext, cfg: HandConfig, frames: list[np.nda
 def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     frames_dir = ctx.input_dir("frames")
     masks_dir = ctx.input_dir("masks")
-    _check_side(cfg.side, read_manifest(masks_dir))
     meta = FramesMeta.load(frames_dir)
     frames = [read_rgb(p) for p in FramesMeta.frame_paths(frames_dir)]
     T = len(frames)
     W, H = meta.size
     masks = MasksOutput.load(masks_dir, num_frames=T, size_wh=(W, H))
     hand_masks, obj_masks = masks.hand, masks.obj
+    side = _hand_side(cfg, masks_dir, frames, hand_masks)
+    if side["from"] == "auto":
+        ctx.reporter.info(f"a {side['side']} hand, read from the clip (mean P(right) {side['right_probability']:.2f}); "
+                          f"--side overrides" if "right_probability" in side else
+                          "no hand mask to read the hand side from: fitting a right hand")
+    cfg = replace(cfg, side=side["side"])
     hand = build_hand_model(cfg.hand_model, device)
     with ctx.reporter.task("camera (structure from motion on the object)" if cfg.sfm else "camera", total=1) as task:
         focal, camera, sfm = resolve_camera(cfg, meta, frames, obj_masks, Path(ctx.scratch_dir))
@@ -580,6 +599,7 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
                           fps=meta.fps)
     quality = _quality(cfg.backend, valid_np, est.presence.cpu().numpy(), track.reproj.cpu().numpy(), ious)
     quality["dropped_frames"] = np.flatnonzero(dropped).tolist()
+    quality["side"] = side
     quality.update(fit_report)
     warnings = _other_side_warnings(ctx, cfg, frames, landmark_track, landmark_ious, landmark_valid,
                                     hand_masks=hand_masks, obj_masks=obj_masks, hand=hand, device=device, focal=focal,

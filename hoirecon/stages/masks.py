@@ -32,12 +32,14 @@ Artifacts in ``<out>/masks/`` (``hoirecon.stages.outputs.MasksOutput``): ``hand/
 ``scores``), ``quality.json``
 (``track_iou`` {hand, object}: first-frame vs. tracked-back IoU; ``per_frame_iou``: forward vs.
 backward masks per frame; ``passed``; ``source``; ``candidates``; ``kept``; ``boxes_from``; ``detection``: the automatic
-detection's scores or null), ``overlay.mp4``.
+detection's scores or null; ``side``: the hand side followed, ``from`` "--side" or "auto", and for auto the
+mean ``right_probability`` and the per-frame ``readings``), ``overlay.mp4``.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -52,22 +54,45 @@ from hoirecon.pipeline.runner import StageContext
 from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
 from hoirecon.segment.foreground import (background_plate, drop_still_background, fill_object_gaps,
                                          keep_near_foreground)
-from hoirecon.stages.configs import MasksConfig
+from hoirecon.stages.configs import SIDE_AUTO, MasksConfig
 from hoirecon.stages.outputs import FramesMeta, MasksOutput
 from hoirecon.stages.registry import STAGES
 
 FAILED_DIR = MasksOutput.FAILED_DIR  # where a failed forward-backward check leaves its overlay and quality.json
 
 
-def tracked_side(manifest: dict | None) -> Optional[str]:
+def tracked_side(manifest: dict | None, quality: dict | None) -> Optional[str]:
     """The hand side (right/left) a committed masks stage followed with its hand landmarks, or
-    None where no side played a part (your own --masks-dir, masks written by ``synth``, STCN,
-    landmarks off)."""
+    None where no side played a part or none is known (no manifest, your own --masks-dir, masks
+    written by ``synth``, STCN, landmarks off). manifest: the stage's manifest; quality: its
+    ``MasksOutput.quality``."""
     cfg = (manifest or {}).get("config") or {}
-    if (manifest or {}).get("external") or cfg.get("masks_dir") or not cfg.get("hand_landmarks", True) \
+    if manifest is None or manifest.get("external") or cfg.get("masks_dir") or not cfg.get("hand_landmarks", True) \
             or cfg.get("tracker") == "stcn":
         return None
-    return cfg.get("side", "right")
+    side = ((quality or {}).get("side") or {}).get("side") or cfg.get("side", "right")
+    return side if side != SIDE_AUTO else None
+
+
+def _hand_side(cfg: MasksConfig, frames: list[np.ndarray], hand_box: Box, report) -> dict:
+    """The hand side to follow and where it came from (quality.json's ``side``): ``--side``, or
+    for ``auto`` read from the clip (``hoirecon.handpose.handedness``); a right hand where the
+    clip does not tell, said in one line through ``report``."""
+    if cfg.side != SIDE_AUTO:
+        return {"side": cfg.side, "from": "--side"}
+    from hoirecon.handpose.handedness import estimate_hand_side
+
+    estimate = estimate_hand_side(frames, hand_box)
+    info = {"from": "auto", **estimate.as_dict()}
+    if estimate.side is None:
+        info["side"] = "right"
+        report(f"[yellow]warning:[/yellow] the clip does not tell a right hand from a left one (mean P(right) "
+               f"{estimate.right_probability:.2f} over {len(estimate.readings)} frames): following a right hand; "
+               f"pass --side left if it is a left one")
+    else:
+        report(f"a {estimate.side} hand (mean P(right) {estimate.right_probability:.2f} over "
+               f"{len(estimate.readings)} frames; --side overrides)")
+    return info
 
 
 def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box],
@@ -77,7 +102,7 @@ def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box
     from hoirecon.segment.detect import DetectConfig, detect_hand_box, detect_held_object_box, landmarks_in_box
 
     first = frames[0]
-    detect = DetectConfig(side=side)
+    detect = DetectConfig(side=None if side == SIDE_AUTO else side)
     found = landmarks_in_box(first, hand, detect) if hand is not None else detect_hand_box(first, detect)
     if found is None:
         if hand is None:
@@ -155,6 +180,21 @@ def _first_frame_boxes(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarr
     else:
         origin = f"{origins['hand']} (hand), {origins['object']} (object)"
     return hand, obj, origin, detection  # type: ignore[return-value]
+
+
+def _boxes_and_side(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarray],
+                    ctx: StageContext) -> tuple[MasksConfig, dict, tuple[Box, Box, str, Optional[dict]]]:
+    """The config with its hand side resolved, where the side came from (``_hand_side``), and the
+    first-frame boxes (``_first_frame_boxes``). Boxes detected without a side are detected again
+    as the side the clip shows: the detector prefers that side's hands (on toy_plane reversed
+    the side-blind search's box left out the thumb and the fingertips)."""
+    boxes = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
+    side = _hand_side(cfg, frames, boxes[0], ctx.reporter.info)
+    redetect = cfg.side == SIDE_AUTO and boxes[3] is not None
+    cfg = replace(cfg, side=side["side"])
+    if redetect:
+        boxes = _first_frame_boxes(cfg, meta, frames, ctx.device)
+    return cfg, side, boxes
 
 
 def _first_masks(cfg: MasksConfig, split: Optional[tuple[np.ndarray, np.ndarray]], first: np.ndarray,
@@ -334,7 +374,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         quality = {"source": "user", "passed": True, "track_iou": None, "per_frame_iou": None}
         boxes = {}
     else:
-        hand_box, obj_box, origin, detection = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
+        cfg, side, (hand_box, obj_box, origin, detection) = _boxes_and_side(cfg, meta, frames, ctx)
         candidates: list[dict] = []
         probs, mirror_probs = (_foreground_probs(frames, mirrored=cfg.tracker in ("auto", "foreground"))
                                if cfg.tracker != "stcn" else (None, None))
@@ -352,7 +392,7 @@ def run_masks(ctx: StageContext, cfg: MasksConfig) -> dict:
         per_frame = [{"hand": mask_iou(fwd[t, 0], bwd[t, 0]), "object": mask_iou(fwd[t, 1], bwd[t, 1])}
                      for t in range(T)]
         passed = all(v >= cfg.iou_threshold for v in track_iou.values())
-        quality = {"source": f"{cfg.segmenter}+{tracker}", "boxes_from": origin, "detection": detection,
+        quality = {"source": f"{cfg.segmenter}+{tracker}", "boxes_from": origin, "detection": detection, "side": side,
                    "passed": passed, "threshold": cfg.iou_threshold, "track_iou": track_iou,
                    "candidates": {c["name"]: c["track_iou"] for c in candidates}, "kept": best["name"],
                    "still_background_dropped": best["still_background_dropped"], "per_frame_iou": per_frame}

@@ -75,10 +75,10 @@ def _fit_config_inputs(cfg) -> dict[str, str]:
 STAGES: Mapping[str, StageDef] = MappingProxyType({
     "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
                        outputs=("FramesMeta",)),
-    # 16: on the hand, the learned foreground is the larger of a frame's and its mirror image's
-    "masks": StageDef("masks", "16", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
+    # 17: --side auto (the default): the hand side read from the clip, recorded in quality.json
+    "masks": StageDef("masks", "17", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
-    "hand": StageDef("hand", "4", ("frames", "masks"), _lazy("hand", "run_hand"),  # 4: fitted to its masks
+    "hand": StageDef("hand", "5", ("frames", "masks"), _lazy("hand", "run_hand"),  # 5: --side auto
                      outputs=("HandsOutput",)),
     "fit": StageDef("fit", "16", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 16: SfM jumps decide
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
