@@ -13,7 +13,7 @@ from hoirecon.geometry.regions import mask_iou
 from hoirecon.io.masks import read_mask_folder, write_mask_folder
 from hoirecon.io.video import write_video
 from hoirecon.pipeline.runner import read_manifest, run_pipeline
-from hoirecon.segment.classic import FlowTracker, TrackerConfig, segment_hand_object
+from hoirecon.segment.classic import FlowTracker, TrackerConfig, grabcut, segment_hand_object
 from hoirecon.stages.frames import STAGE as FRAMES, FramesConfig
 from hoirecon.io.boxes import parse_box
 from hoirecon.stages.masks import STAGE as MASKS, MasksConfig
@@ -363,3 +363,20 @@ def test_auto_tracker_keeps_the_candidate_that_comes_back_best(tmp_path, monkeyp
     worse = {name: min(iou.values()) for name, iou in q["candidates"].items()}
     assert q["kept"] == max(worse, key=worse.get) and q["track_iou"] == q["candidates"][q["kept"]]
     assert worse["flow_from_split"] > 0.7  # from the true first frame, flow comes back
+
+
+def test_grabcut_does_not_depend_on_the_cuts_before_it():
+    # GrabCut's colour models start from k-means on OpenCV's global generator: unseeded, the same
+    # image gave other models (and masks) after other cuts had run in the process.
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), np.uint8)
+    init = np.full((64, 64), cv2.GC_PR_BGD, np.uint8)
+    init[16:48, 16:48] = cv2.GC_PR_FGD
+    init[:4] = cv2.GC_BGD
+    models = []
+    for state in (1, 2, 99):
+        cv2.setRNGSeed(state)  # what earlier cuts left behind
+        mask, bgd, fgd = init.copy(), np.zeros((1, 65)), np.zeros((1, 65))
+        grabcut(image, mask, bgd, fgd, 0, cv2.GC_INIT_WITH_MASK)
+        models.append(np.concatenate([bgd, fgd], 1))
+    assert all(np.array_equal(models[0], m) for m in models[1:])

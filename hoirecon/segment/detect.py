@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from hoirecon.geometry.regions import mask_box
+from hoirecon.segment.classic import grabcut
 from hoirecon.handpose.landmarks import (
     CropRect,
     HandLandmarker,
@@ -363,8 +364,7 @@ def object_mask_near_hand(image_rgb: np.ndarray, keypoints_2d: np.ndarray,
         return np.zeros((h, w), bool)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), init, None, bgd, fgd, cfg.grabcut_iters,
-                    cv2.GC_INIT_WITH_MASK)
+        grabcut(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), init, bgd, fgd, cfg.grabcut_iters, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # degenerate colour models
         return np.zeros((h, w), bool)
     fg = ((init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)).astype(np.uint8)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from hoirecon.geometry.regions import mask_box
+from hoirecon.segment.classic import grabcut
 
 SELFIE_MODEL = "selfie_segmentation/selfie_segmentation.tflite"
 
@@ -181,8 +182,8 @@ def _hand_cut(image: np.ndarray, union: np.ndarray, hand_sure: np.ndarray, hand_
         return hand_probable & union
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(np.ascontiguousarray(cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2BGR)), sub, None,
-                    bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+        grabcut(np.ascontiguousarray(cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2BGR)), sub, bgd, fgd, iters,
+                cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # a colour model with too few pixels
         return hand_probable & union
     hand = np.zeros((h, w), bool)

@@ -75,8 +75,8 @@ def _fit_config_inputs(cfg) -> dict[str, str]:
 STAGES: Mapping[str, StageDef] = MappingProxyType({
     "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
                        outputs=("FramesMeta",)),
-    # 17: --side auto (the default): the hand side read from the clip, recorded in quality.json
-    "masks": StageDef("masks", "17", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
+    # 18: every GrabCut seeded (the same clip gave other masks run to run); 17: --side auto
+    "masks": StageDef("masks", "18", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
     "hand": StageDef("hand", "5", ("frames", "masks"), _lazy("hand", "run_hand"),  # 5: --side auto
                      outputs=("HandsOutput",)),
