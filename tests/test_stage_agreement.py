@@ -112,10 +112,18 @@ def test_hand_side_must_match_the_side_the_masks_followed(tmp_path):
         {"config": {"side": "auto", "masks_dir": None, "tracker": "flow", "hand_landmarks": True}}))
     MasksOutput.save_quality(masks_dir, {"side": {"side": "left", "from": "auto"}})
     no_frames, no_masks = [], np.zeros((0, 4, 4), bool)
-    assert _hand_side(HandConfig(side="left"), masks_dir, no_frames, no_masks) == {"side": "left", "from": "--side"}
-    assert _hand_side(HandConfig(), masks_dir, no_frames, no_masks) == {"side": "left", "from": "masks"}
+    said = []
+    assert _hand_side(HandConfig(side="left"), masks_dir, no_frames, no_masks, said.append) == {"side": "left",
+                                                                                                  "from": "--side"}
+    assert _hand_side(HandConfig(), masks_dir, no_frames, no_masks, said.append) == {"side": "left", "from": "masks"}
     with pytest.raises(UserError, match="--side right does not match the masks stage, which followed a left hand"):
-        _hand_side(HandConfig(side="right"), masks_dir, no_frames, no_masks)
+        _hand_side(HandConfig(side="right"), masks_dir, no_frames, no_masks, said.append)
+    assert said == []
+    # Masks that followed no hand, and no hand mask to read one from: a right hand, and the user is told.
+    (masks_dir / "stage.json").write_text(json.dumps({"external": True, "config": {}}))
+    side = _hand_side(HandConfig(), masks_dir, no_frames, no_masks, said.append)
+    assert side["side"] == "right" and side["from"] == "auto" and side["readings"] == []
+    assert len(said) == 1 and "does not tell a right hand from a left one" in said[0] and "--side left" in said[0]
 
 
 def test_side_option_reaches_the_masks_stage(tmp_path, tiny_video):

@@ -94,7 +94,7 @@ from hoirecon.pipeline.runner import StageContext, read_manifest
 from hoirecon.render.camera import project_points
 from hoirecon.render.mesh import render_mesh_image
 from hoirecon.stages.configs import SIDE_AUTO, HandConfig
-from hoirecon.stages.masks import tracked_side
+from hoirecon.stages.masks import side_from_clip, tracked_side
 from hoirecon.stages.outputs import FramesMeta, HandsOutput, MasksOutput
 from hoirecon.stages.registry import STAGES
 
@@ -349,10 +349,10 @@ def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], 
     return focal_px / half, info, sfm
 
 
-def _hand_side(cfg: HandConfig, masks_dir: Path, frames: list[np.ndarray], hand_masks: np.ndarray) -> dict:
+def _hand_side(cfg: HandConfig, masks_dir: Path, frames: list[np.ndarray], hand_masks: np.ndarray, report) -> dict:
     """The hand side to fit and where it came from (quality.json's ``side``): ``--side``, the
-    side the masks stage followed (``auto``), or for masks that followed none (``--masks-dir``)
-    read from the clip (``hoirecon.handpose.handedness``) from the first frame with a hand mask.
+    side the masks stage followed (``auto``), or for masks that followed none (``--masks-dir``,
+    synth) read from the clip from the first frame with a hand mask (``side_from_clip``).
     UserError where ``--side`` names the other hand than the masks stage followed."""
     masks_side = tracked_side(read_manifest(masks_dir), MasksOutput.load_quality(masks_dir))
     if cfg.side != SIDE_AUTO:
@@ -362,12 +362,9 @@ def _hand_side(cfg: HandConfig, masks_dir: Path, frames: list[np.ndarray], hand_
         return {"side": cfg.side, "from": "--side"}
     if masks_side is not None:
         return {"side": masks_side, "from": "masks"}
-    from hoirecon.handpose.handedness import estimate_hand_side
-
     seen = [t for t in range(len(frames)) if hand_masks[t].any()]
-    estimate = estimate_hand_side(frames[seen[0]:], mask_box(hand_masks[seen[0]])) if seen else None
-    side = estimate.side if estimate is not None and estimate.side is not None else "right"
-    return {**(estimate.as_dict() if estimate is not None else {}), "side": side, "from": "auto"}
+    return side_from_clip(frames[seen[0]:] if seen else frames, mask_box(hand_masks[seen[0]]) if seen else None,
+                          report)
 
 
 def run_hand(ctx: StageContext, cfg: HandConfig) -> dict:
@@ -564,11 +561,7 @@ def _run_hand(ctx: StageContext, cfg: HandConfig, device: torch.device) -> dict:
     W, H = meta.size
     masks = MasksOutput.load(masks_dir, num_frames=T, size_wh=(W, H))
     hand_masks, obj_masks = masks.hand, masks.obj
-    side = _hand_side(cfg, masks_dir, frames, hand_masks)
-    if side["from"] == "auto":
-        ctx.reporter.info(f"a {side['side']} hand, read from the clip (mean P(right) {side['right_probability']:.2f}); "
-                          f"--side overrides" if "right_probability" in side else
-                          "no hand mask to read the hand side from: fitting a right hand")
+    side = _hand_side(cfg, masks_dir, frames, hand_masks, ctx.reporter.info)
     cfg = replace(cfg, side=side["side"])
     hand = build_hand_model(cfg.hand_model, device)
     with ctx.reporter.task("camera (structure from motion on the object)" if cfg.sfm else "camera", total=1) as task:

@@ -74,16 +74,14 @@ def tracked_side(manifest: dict | None, quality: dict | None) -> Optional[str]:
     return side if side != SIDE_AUTO else None
 
 
-def _hand_side(cfg: MasksConfig, frames: list[np.ndarray], hand_box: Box, report) -> dict:
-    """The hand side to follow and where it came from (quality.json's ``side``): ``--side``, or
-    for ``auto`` read from the clip (``hoirecon.handpose.handedness``); a right hand where the
-    clip does not tell, said in one line through ``report``."""
-    if cfg.side != SIDE_AUTO:
-        return {"side": cfg.side, "from": "--side"}
-    from hoirecon.handpose.handedness import estimate_hand_side
+def side_from_clip(frames: list[np.ndarray], hand_box: Optional[Box], report) -> dict:
+    """quality.json's ``side`` for ``--side auto``: read from the clip from the first-frame
+    ``hand_box`` (``hoirecon.handpose.handedness``), or a right hand where the clip does not tell
+    (or no box), said in one line through ``report``."""
+    from hoirecon.handpose.handedness import HandSideEstimate, estimate_hand_side
 
-    estimate = estimate_hand_side(frames, hand_box)
-    info = {"from": "auto", **estimate.as_dict()}
+    estimate = estimate_hand_side(frames, hand_box) if hand_box is not None else HandSideEstimate(None, 0.5)
+    info = {**estimate.as_dict(), "from": "auto"}
     if estimate.side is None:
         info["side"] = "right"
         report(f"[yellow]warning:[/yellow] the clip does not tell a right hand from a left one (mean P(right) "
@@ -93,6 +91,14 @@ def _hand_side(cfg: MasksConfig, frames: list[np.ndarray], hand_box: Box, report
         report(f"a {estimate.side} hand (mean P(right) {estimate.right_probability:.2f} over "
                f"{len(estimate.readings)} frames; --side overrides)")
     return info
+
+
+def _hand_side(cfg: MasksConfig, frames: list[np.ndarray], hand_box: Box, report) -> dict:
+    """The hand side to follow and where it came from (quality.json's ``side``): ``--side``, or
+    for ``auto`` read from the clip (``side_from_clip``)."""
+    if cfg.side != SIDE_AUTO:
+        return {"side": cfg.side, "from": "--side"}
+    return side_from_clip(frames, hand_box, report)
 
 
 def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box],
