@@ -67,7 +67,8 @@ def test_boxes_file_with_only_hand_says_the_object_was_detected(tmp_path, monkey
     path.write_text(json.dumps({"hand": [0, 0, 40, 40]}))
 
     def fake_auto(frames, hand, obj, side):  # the detector itself is tested in test_detect
-        assert obj is None and hand == (0, 0, 20, 20) and side == "right"
+        # --side auto (the default): the boxes come first, the side is read from them
+        assert obj is None and hand == (0, 0, 20, 20) and side == "auto"
         return hand, (20, 20, 40, 40), {"object": {"fill": 0.5}}
 
     monkeypatch.setattr(masks_stage, "_auto_boxes", fake_auto)
