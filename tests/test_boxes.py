@@ -66,7 +66,7 @@ def test_boxes_file_with_only_hand_says_the_object_was_detected(tmp_path, monkey
     path = tmp_path / "boxes.json"
     path.write_text(json.dumps({"hand": [0, 0, 40, 40]}))
 
-    def fake_auto(frames, hand, obj, side):  # the detector itself is tested in test_detect
+    def fake_auto(frames, hand, obj, side, read_side=None):  # the detector itself is tested in test_detect
         # --side auto (the default): the boxes come first, the side is read from them
         assert obj is None and hand == (0, 0, 20, 20) and side == "auto"
         return hand, (20, 20, 40, 40), {"object": {"fill": 0.5}}

@@ -41,7 +41,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -101,13 +101,19 @@ def _hand_side(cfg: MasksConfig, frames: list[np.ndarray], hand_box: Box, report
     return side_from_clip(frames, hand_box, report)
 
 
-def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box],
-                side: str) -> tuple[Box, Box, dict]:
+def _auto_boxes(frames: list[np.ndarray], hand: Optional[Box], obj: Optional[Box], side: str,
+                read_side: Optional[Callable[[Box], str]] = None) -> tuple[Box, Box, dict]:
     """Offline first-frame detection (``--detector auto``) of a ``side`` hand; boxes already
-    given are kept."""
+    given are kept. For ``auto``, ``read_side`` gets the hand's box (given, else found side-blind)
+    and says which side it is; the hand is then detected as that side: the detector prefers that
+    side's hands (on toy_plane reversed the side-blind box left out the thumb and the fingertips)."""
     from hoirecon.segment.detect import DetectConfig, detect_hand_box, detect_held_object_box, landmarks_in_box
 
     first = frames[0]
+    if side == SIDE_AUTO and read_side is not None:
+        box = hand if hand is not None else getattr(detect_hand_box(first, DetectConfig(side=None)), "box", None)
+        if box is not None:  # else no hand: the side-blind search below says so
+            side = read_side(box)
     detect = DetectConfig(side=None if side == SIDE_AUTO else side)
     found = landmarks_in_box(first, hand, detect) if hand is not None else detect_hand_box(first, detect)
     if found is None:
@@ -140,7 +146,8 @@ def _first_foreground(first: np.ndarray, found) -> Optional[np.ndarray]:
 
 
 def _first_frame_boxes(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarray], device: str,
-                       report=lambda message: None) -> tuple[Box, Box, str, Optional[dict]]:
+                       report=lambda message: None,
+                       read_side: Optional[Callable[[Box], str]] = None) -> tuple[Box, Box, str, Optional[dict]]:
     """First-frame (hand, object) boxes in working-frame pixels, where they came from, and the
     automatic detection's scores (None unless ``auto`` found a box).
 
@@ -172,7 +179,7 @@ def _first_frame_boxes(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarr
             det_hand, det_obj = DOH100Detector(device).first_frame_boxes(frames[0])
             hand, obj = hand or det_hand, obj or det_obj
         elif cfg.detector == "auto":
-            hand, obj, detection = _auto_boxes(frames, hand, obj, cfg.side)
+            hand, obj, detection = _auto_boxes(frames, hand, obj, cfg.side, read_side)
         if hand is None or obj is None:
             missing = " and ".join(n for n, b in (("hand", hand), ("object", obj)) if b is None)
             raise UserError(f"no first-frame {missing} box: pass --hand-box/--object-box x0,y0,x1,y1 "
@@ -191,16 +198,18 @@ def _first_frame_boxes(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarr
 def _boxes_and_side(cfg: MasksConfig, meta: FramesMeta, frames: list[np.ndarray],
                     ctx: StageContext) -> tuple[MasksConfig, dict, tuple[Box, Box, str, Optional[dict]]]:
     """The config with its hand side resolved, where the side came from (``_hand_side``), and the
-    first-frame boxes (``_first_frame_boxes``). Boxes detected without a side are detected again
-    as the side the clip shows: the detector prefers that side's hands (on toy_plane reversed
-    the side-blind search's box left out the thumb and the fingertips)."""
-    boxes = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info)
-    side = _hand_side(cfg, frames, boxes[0], ctx.reporter.info)
-    redetect = cfg.side == SIDE_AUTO and boxes[3] is not None
-    cfg = replace(cfg, side=side["side"])
-    if redetect:
-        boxes = _first_frame_boxes(cfg, meta, frames, ctx.device)
-    return cfg, side, boxes
+    first-frame boxes (``_first_frame_boxes``; automatic detection reads the side from the hand's
+    box before it looks for the held object, see ``_auto_boxes``)."""
+    side: dict = {}
+
+    def read_side(hand_box: Box) -> str:
+        side.update(_hand_side(cfg, frames, hand_box, ctx.reporter.info))
+        return side["side"]
+
+    boxes = _first_frame_boxes(cfg, meta, frames, ctx.device, ctx.reporter.info, read_side)
+    if not side:
+        read_side(boxes[0])
+    return replace(cfg, side=side["side"]), side, boxes
 
 
 def _first_masks(cfg: MasksConfig, split: Optional[tuple[np.ndarray, np.ndarray]], first: np.ndarray,
