@@ -44,6 +44,8 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or info l
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable JSON summary on stdout.")
 def _checked_device(name: str) -> str:
     """The --device value if this torch can run on it, else a one-line UserError naming what it supports."""
+    if name == "cpu":  # every torch runs there: bad input is answered without importing torch first
+        return name
     import torch
 
     supported = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + \
@@ -112,16 +114,18 @@ _CURRENT: Optional[_Session] = None
 
 
 def _session(quiet: bool, as_json: bool, command: str, torch_threads: bool = True) -> _Session:
-    """Start a command's session. torch_threads=False: the command never runs torch (``status``),
-    so torch is not imported just to set its threads."""
+    """Start a command's session. torch_threads=False: torch's threads are set later, if at all
+    (``status`` never runs torch; the stage commands set them in ``_run_stages``, after their
+    settings are checked, so that bad input is answered without the seconds torch takes to import)."""
     global _CURRENT
+    _threads_from_env()
     if torch_threads:
         _set_threads()
     _CURRENT = _Session(quiet, as_json, command)
     return _CURRENT
 
 
-def _set_threads() -> None:
+def _threads_from_env() -> int:
     """CPU threads for torch: $HOIRECON_THREADS, default 1.
 
     Measured on 2-core machines: with any other process busy, 2 threads made the fit and the
@@ -134,9 +138,13 @@ def _set_threads() -> None:
             raise ValueError
     except ValueError:
         raise UserError(f"HOIRECON_THREADS must be a positive integer, got '{value}'") from None
+    return n
+
+
+def _set_threads() -> None:
     import torch
 
-    torch.set_num_threads(n)
+    torch.set_num_threads(_threads_from_env())
 
 
 def _default_out(clip: Path) -> Path:
@@ -165,7 +173,7 @@ def run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run every stage on CLIP: frames -> masks -> hand -> fit -> export (cached)."""
-    s = _session(quiet, as_json, "run")
+    s = _session(quiet, as_json, "run", torch_threads=False)
     category = category_name(category)
     out = out or _default_out(clip)
     s.summary.update(out=str(out), category=category)
@@ -199,7 +207,7 @@ def frames(
     as_json: bool = JsonOpt,
 ) -> None:
     """Decode CLIP into numbered PNG frames and meta.json."""
-    s = _session(quiet, as_json, "frames")
+    s = _session(quiet, as_json, "frames", torch_threads=False)
     cfg = _frames_config(clip, settings.frames)
     _run_stages(s, out or _default_out(clip), [(STAGES["frames"], cfg)], "frames" if force else None)
     s.finish()
@@ -217,7 +225,7 @@ def masks(
     as_json: bool = JsonOpt,
 ) -> None:
     """Hand and object masks for every frame (first-frame boxes, segmentation, tracking, IoU filter)."""
-    s = _session(quiet, as_json, "masks")
+    s = _session(quiet, as_json, "masks", torch_threads=False)
     cfg = MasksConfig(**settings.masks)
     if _is_output_folder(clip_or_out):
         out = clip_or_out
@@ -240,7 +248,7 @@ def hand(
     as_json: bool = JsonOpt,
 ) -> None:
     """Per-frame hand initialisation: articulation, shape, camera pose T_cam_to_hand (seed A.5, eq. 4)."""
-    s = _session(quiet, as_json, "hand")
+    s = _session(quiet, as_json, "hand", torch_threads=False)
     cfg = HandConfig(**settings.hand)
     _run_stages(s, out, [(STAGES["hand"], cfg)], "hand" if force else None, device, existing=True)
     s.finish()
@@ -270,6 +278,7 @@ def _run_stages(s: "_Session", out: Path, stages: list, force_from: Optional[str
     s.summary["out"] = str(out)
     if existing:
         _require_output_folder(out)
+    _set_threads()
     run_pipeline(out, stages, force_from=force_from, reporter=s.reporter, device=device, on_result=s.stage_done)
 
 
@@ -284,7 +293,7 @@ def fit(
     as_json: bool = JsonOpt,
 ) -> None:
     """Optimise the hand-object scene (object SDF, object and camera poses, hand) against the masks."""
-    s = _session(quiet, as_json, "fit")
+    s = _session(quiet, as_json, "fit", torch_threads=False)
     cfg = FitConfig(**settings.fit)
     stages = [(STAGES["fit"], cfg)]
     camera = settings.camera
@@ -307,7 +316,7 @@ def export(
     as_json: bool = JsonOpt,
 ) -> None:
     """Export meshes (glb/obj/ply), the animated interaction, poses, and videos to look at."""
-    s = _session(quiet, as_json, "export")
+    s = _session(quiet, as_json, "export", torch_threads=False)
     cfg = ExportConfig(**settings.export)
     _run_stages(s, out, [(STAGES["export"], cfg)], "export" if force else None, device, existing=True)
     _print_outputs(s, out)

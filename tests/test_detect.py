@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from hoirecon.errors import RunError
 from hoirecon.io.video import read_rgb, write_video
 from hoirecon.pipeline.runner import read_manifest, run_pipeline
 from hoirecon.segment.detect import (
@@ -151,11 +150,11 @@ def test_stage_without_a_hand_fails_with_one_line(tmp_path):
     frames = [np.roll(base, 2 * t, axis=1) for t in range(4)]
     clip = tmp_path / "nohand.mp4"
     write_video(clip, frames, fps=10)
-    with pytest.raises(RunError, match="no hand found in the first frame"):
-        run_pipeline(tmp_path / "o", [(FRAMES, FramesConfig(str(clip))), (MASKS, MasksConfig())])
-    assert read_manifest(tmp_path / "o" / "masks") is None
-    code, _, err = run_cli("masks", str(clip), "--out", str(tmp_path / "o2"), "--detector", "auto", "--quiet")
+    out = tmp_path / "o"
+    code, _, err = run_cli("run", str(clip), "--category", "mug", "--out", str(out), "--quiet")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "--hand-box" in err
+    assert "no hand found in the first frame" in err
+    assert read_manifest(out / "frames") is not None and read_manifest(out / "masks") is None
 
 
 def test_a_still_band_inside_the_foreground_does_not_cut_the_object(synth_clips):

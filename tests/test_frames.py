@@ -79,13 +79,3 @@ def test_cli_frames_and_status(tmp_path, tiny_video):
     code, stdout, _ = run_cli("status", str(out), "--json")
     rows = {r["stage"]: r["state"] for r in json.loads(stdout)["stages"]}
     assert code == 0 and rows["frames"] == "done" and rows["fit"] == "missing"
-
-
-def test_run_does_frames_then_reports_next_stage(tmp_path, tiny_video):
-    from hoirecon.stages.registry import STAGES
-
-    out = tmp_path / "o"
-    code, _, err = run_cli("run", str(tiny_video), "--category", "mug", "--out", str(out), "--quiet")
-    assert read_rgb(FramesMeta.frame_paths(out / "frames")[0]).shape == (48, 64, 3)
-    if STAGES["masks"].run is None:
-        assert code == 2 and "stage 'masks' is not implemented yet" in err

@@ -78,6 +78,11 @@ def test_grasp_consensus_finds_the_hand_estimators_wrong_frames():
 
 
 def test_focal_and_fov_reach_the_camera(tmp_path):
+    from hoirecon.errors import UserError
+    from hoirecon.stages.configs import HandConfig
+    from hoirecon.stages.hand import resolve_camera
+    from hoirecon.stages.outputs import FramesMeta
+
     clip = tmp_path / "s"
     assert run_cli("synth", "--category", "mug", "--out", str(clip), "--frames", "3", "--size", "96",
                    "--seed", "1", "--quiet")[0] == 0
@@ -86,12 +91,13 @@ def test_focal_and_fov_reach_the_camera(tmp_path):
     K = np.load(clip / "hand" / "hands.npz")["K"]
     camera = json.loads((clip / "hand" / "camera.json").read_text())
     assert K[0, 0] == pytest.approx(150.0) and camera["source"] == "--focal"  # same size as the video
-    code, out, err = run_cli("hand", str(clip), "--fov", "60", "--no-sfm", "--force", "--quiet", "--json")
-    assert code == 0, err
-    K = np.load(clip / "hand" / "hands.npz")["K"]
-    assert K[0, 0] == pytest.approx(48.0 / np.tan(np.radians(30.0)), rel=1e-5)
-    assert json.loads((clip / "hand" / "camera.json").read_text())["source"] == "--fov"
-    assert run_cli("hand", str(clip), "--focal", "150", "--fov", "60", "--quiet")[0] == 2
+    meta = FramesMeta.load(clip / "frames")
+    focal, info, sfm = resolve_camera(HandConfig(fov_deg=60, sfm=False), meta, [], np.zeros((0, 96, 96), bool),
+                                      tmp_path)
+    assert focal * 48.0 == pytest.approx(48.0 / np.tan(np.radians(30.0)), rel=1e-5)  # normalised by half the width
+    assert info["source"] == "--fov" and info["fov_deg"] == pytest.approx(60.0) and sfm is None
+    with pytest.raises(UserError, match="--focal"):
+        HandConfig(focal_px=150, fov_deg=60)
 
 
 def _box_mesh():
