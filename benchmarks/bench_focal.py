@@ -5,8 +5,9 @@ estimate is within 15 % of the true focal. For each field of view and each clip 
 seed): `hoirecon synth -c CAT --size 640x480 --fov F --texture T --seed S` (30 frames), then
 `hoirecon hand DIR --force` with default settings (the synth folder's frames and GT masks; its
 own noisy hand stage is recomputed: no --focal or --fov, so the stage estimates the focal by
-structure from motion on the object's pixels, else falls back to 90 degrees across the longer
-side). `hand/camera.json` gives the focal used and its source; `gt/info.json` the true fx.
+structure from motion on the object's pixels, else falls back to the stage's default,
+``hoirecon.stages.hand.DEFAULT_FOCAL_PER_LONGER_SIDE`` x the longer side). `hand/camera.json`
+gives the focal used and its source; `gt/info.json` the true fx.
 
 Both textures of the same seed share geometry, masks and camera path: "printed" (a sharp-edged
 random print on the object, like a label) and "plain" (flat colours and stripes, where
@@ -31,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
+from hoirecon.stages.hand import DEFAULT_FOCAL_PER_LONGER_SIDE  # noqa: E402
 from hoirecon.stages.outputs import GroundTruth  # noqa: E402
 
 HOIRECON = [sys.executable, "-m", "hoirecon"]
@@ -50,7 +52,7 @@ def _short_source(camera: dict) -> str:
     if source.startswith("default"):
         sfm = camera.get("sfm") or {}
         why = sfm.get("reason") or ("not used" if sfm else "off")
-        return f"default 90 deg (sfm: {why})"
+        return f"default (sfm: {why})"
     return source
 
 
@@ -140,8 +142,9 @@ def main() -> None:
             f"Command: `nice .venv/bin/python benchmarks/bench_focal.py`. Machine: {where}; {total_min:.0f} min in "
             f"all. Clips: `hoirecon synth -c CAT --size {SIZE} --frames {args.frames} --fov F --texture T --seed S`; "
             f"then `hoirecon hand DIR --force` with defaults (structure from motion on the object's GT-masked pixels "
-            f"for the focal, else the paper's 90 degrees across the longer side: {int(SIZE.split('x')[0]) // 2} px "
-            f"here). The same seed's printed and plain clips share geometry, masks and camera path. Target: the "
+            f"for the focal, else the stage's default: {DEFAULT_FOCAL_PER_LONGER_SIDE} x the longer side, "
+            f"{DEFAULT_FOCAL_PER_LONGER_SIDE * int(SIZE.split('x')[0]):.0f} px here). The same seed's printed and "
+            f"plain clips share geometry, masks and camera path. Target: the "
             f"focal estimate within 15 % of the true focal for fields of view 40-90 degrees. Relative error = "
             f"(estimated - true) / true. Seconds: the whole hand stage (MediaPipe, IK, SfM).\n\n"
             + "\n".join(table(rows)) + "\n\n" + "\n".join(summary(rows)) + "\n")

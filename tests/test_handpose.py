@@ -368,8 +368,9 @@ def test_hand_stage_on_a_tiny_clip(hand, tmp_path):
 
     out = tmp_path / "out"
     poses = _hand_clip(hand, out)
-    # The landmark fit alone first: the paper's A.5 recipe.
-    landmarks_only = HandConfig(ik_iterations=100, silhouette_steps=0)
+    # The landmark fit alone first: the paper's A.5 recipe, with the camera the clip was rendered
+    # with (the paper's focal of 1: 90 degrees across).
+    landmarks_only = HandConfig(ik_iterations=100, silhouette_steps=0, fov_deg=90.0)
     res = run_stage(out, STAGE, landmarks_only)
     assert res.status == "ran" and res.summary["valid_frames"] == 4
     d = np.load(out / "hand" / "hands.npz")
@@ -387,7 +388,7 @@ def test_hand_stage_on_a_tiny_clip(hand, tmp_path):
     assert run_stage(out, STAGE, landmarks_only).status == "cached"
     # Then each frame's hand fitted to its mask: kept only where that raised the IoU. A flat palm
     # facing the camera has nearly the same outline a little turned: the orientation may move.
-    res = run_stage(out, STAGE, HandConfig(ik_iterations=100))
+    res = run_stage(out, STAGE, HandConfig(ik_iterations=100, fov_deg=90.0))
     assert res.status == "ran" and res.summary["mask_iou_median"] > before
     report = json.loads((out / "hand" / "quality.json").read_text())
     # Masks that followed no hand (external here): the side is read from the clip itself.

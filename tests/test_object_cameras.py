@@ -80,7 +80,7 @@ def test_grasp_consensus_finds_the_hand_estimators_wrong_frames():
 def test_focal_and_fov_reach_the_camera(tmp_path):
     from hoirecon.errors import UserError
     from hoirecon.stages.configs import HandConfig
-    from hoirecon.stages.hand import resolve_camera
+    from hoirecon.stages.hand import DEFAULT_FOCAL_PER_LONGER_SIDE, DEFAULT_FOCAL_SOURCE, resolve_camera
     from hoirecon.stages.outputs import FramesMeta
 
     clip = tmp_path / "s"
@@ -96,6 +96,8 @@ def test_focal_and_fov_reach_the_camera(tmp_path):
                                       tmp_path)
     assert focal * 48.0 == pytest.approx(48.0 / np.tan(np.radians(30.0)), rel=1e-5)  # normalised by half the width
     assert info["source"] == "--fov" and info["fov_deg"] == pytest.approx(60.0) and sfm is None
+    focal, info, _ = resolve_camera(HandConfig(sfm=False), meta, [], np.zeros((0, 96, 96), bool), tmp_path)
+    assert focal * 48.0 == pytest.approx(DEFAULT_FOCAL_PER_LONGER_SIDE * 96) and info["source"] == DEFAULT_FOCAL_SOURCE
     with pytest.raises(UserError, match="--focal"):
         HandConfig(focal_px=150, fov_deg=60)
 

@@ -133,16 +133,16 @@ class HandConfig:
 
     Without --focal or --fov (and with --sfm) the focal length is estimated by structure from
     motion on the object's pixels (``hoirecon.geometry.object_sfm``); where that fails (too
-    little texture) the paper's focal of 1 in normalised units (half the longer image side;
-    90 degrees across it) is used.
+    little texture) 1.2 x the longer image side (45 degrees across it; COLMAP's prior for an
+    unknown camera; the paper's focal of 1, 90 degrees, is ``--fov 90``).
     """
 
     backend: str = setting("mediapipe", "Hand estimator: mediapipe | frankmocap.")
     side: str = _side()
     hand_model: str = _hand_model()
     focal_px: Optional[float] = setting(None, "The camera's focal length in pixels of the original video (default: "
-                                        "estimated by structure from motion on the object, else 90 degrees across "
-                                        "the longer side).", flag="--focal")
+                                        "estimated by structure from motion on the object, else 1.2 x the longer "
+                                        "side: 45 degrees across it).", flag="--focal")
     fov_deg: Optional[float] = setting(None, "The camera's horizontal field of view in degrees (instead of --focal).",
                                        flag="--fov")
     sfm: bool = setting(True, "Structure from motion on the object's pixels for the focal length and the object's "

@@ -317,12 +317,21 @@ def _visible_ious(track: _HandTrack, hand_masks: np.ndarray, obj_masks: np.ndarr
     return visible_ious(track.verts_cam, track.faces, track.K, hand_masks, obj_masks, stride)
 
 
+# The focal length of a camera nobody names and structure from motion cannot measure (an object
+# without texture): COLMAP's prior for images without EXIF, 1.2 x the longer image side (45
+# degrees across it), instead of the paper's focal of 1 (90 degrees). A focal too short costs
+# more than one too long: it puts the hand close and the scene in a strong perspective the
+# video does not show (docs/experiments.md, session 24).
+DEFAULT_FOCAL_PER_LONGER_SIDE = 1.2
+DEFAULT_FOCAL_SOURCE = "default (1.2 x the longer side, 45 degrees across it: COLMAP's prior for an unknown camera)"
+
+
 def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], obj_masks: np.ndarray,
                    scratch: Path) -> tuple[float, dict, Optional[ObjectSfM]]:
     """The focal length to use, in normalised units, with where it came from.
 
     The user's ``--focal`` (original-video pixels) or ``--fov`` win; else structure from
-    motion on the object's pixels; else the paper's default.
+    motion on the object's pixels; else ``DEFAULT_FOCAL_PER_LONGER_SIDE``.
     Returns (focal, camera info for ``camera.json``, the SfM result or None).
     """
     W, H = meta.size
@@ -334,11 +343,11 @@ def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], 
     elif cfg.fov_deg is not None:
         focal_px, source = (W / 2.0) / math.tan(math.radians(cfg.fov_deg) / 2.0), "--fov"
     else:
-        focal_px, source = half, "default (the paper's focal 1: 90 degrees across the longer side)"
+        focal_px, source = DEFAULT_FOCAL_PER_LONGER_SIDE * max(W, H), DEFAULT_FOCAL_SOURCE
     if cfg.sfm:
-        known = None if source.startswith("default") else focal_px
+        known = None if source == DEFAULT_FOCAL_SOURCE else focal_px
         sfm = object_sfm(frames, obj_masks, scratch / "object_sfm", focal_px=known)
-        if sfm.usable and source.startswith("default"):
+        if sfm.usable and source == DEFAULT_FOCAL_SOURCE:
             focal_px, source = float(sfm.focal_px), "structure from motion on the object"
     info = {"focal_px": round(focal_px, 2), "fov_deg": round(math.degrees(2 * math.atan(W / 2.0 / focal_px)), 2),
             "cx": (W - 1) / 2.0, "cy": (H - 1) / 2.0, "image_size": [W, H], "source": source,

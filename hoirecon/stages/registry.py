@@ -78,7 +78,7 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
     # 18: every GrabCut seeded (the same clip gave other masks run to run); 17: --side auto
     "masks": StageDef("masks", "18", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
                       outputs=("MasksOutput",)),
-    "hand": StageDef("hand", "5", ("frames", "masks"), _lazy("hand", "run_hand"),  # 5: --side auto
+    "hand": StageDef("hand", "6", ("frames", "masks"), _lazy("hand", "run_hand"),  # 6: focal default 1.2 x long side
                      outputs=("HandsOutput",)),
     "fit": StageDef("fit", "16", ("frames", "masks", "hand"), _lazy("fit", "run_fit"),  # 16: SfM jumps decide
                     config_inputs=_fit_config_inputs, outputs=("FitPoses", "FitOutput")),
