@@ -36,11 +36,11 @@ def main() -> None:
         e = subprocess.run(hoirecon + ["eval", str(out), "--gt", "examples/mug", "--json"], cwd=REPO,
                            capture_output=True, text=True, check=True)
         ev = json.loads(e.stdout)
+    cam = stages["hand"]["camera"]
     info = json.loads((REPO / "examples" / "mug" / "gt" / "info.json").read_text())
-    true_focal = stages["hand"]["camera"]["image_size"][0] / 2 / math.tan(math.radians(info["fov_deg"]) / 2)
+    true_focal = cam["image_size"][0] / 2 / math.tan(math.radians(info["fov_deg"]) / 2)
     obj, init = ev["fit"]["object"], ev["init"]["object"]
     init_cd_h = f"CD_h {ev['init']['cd_h']:.1f} cm²."
-    cam = stages["hand"]["camera"]
     camera = f"{cam['focal_px']:.0f} px (true: {true_focal:.0f} px; from {cam['source'].split(' (')[0]})"
     rows = "\n".join(f"| {k} | {v['seconds']:.1f} |" for k, v in stages.items())
     body = f"""## `make demo`: `hoirecon run` on examples/mug (30 frames, 256x256)

@@ -609,7 +609,7 @@ def pose_run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Per-frame hand and object poses (poses.npz) and an overlay video, cached as stage `pose`."""
-    s = _session(quiet, as_json, "pose")
+    s = _session(quiet, as_json, "pose", torch_threads=False)
     cfg = PoseConfig(**settings.pose)
     if _is_output_folder(clip_or_out):
         out, stages = clip_or_out, []

@@ -323,7 +323,9 @@ def _visible_ious(track: _HandTrack, hand_masks: np.ndarray, obj_masks: np.ndarr
 # more than one too long: it puts the hand close and the scene in a strong perspective the
 # video does not show (docs/experiments.md, session 24).
 DEFAULT_FOCAL_PER_LONGER_SIDE = 1.2
-DEFAULT_FOCAL_SOURCE = "default (1.2 x the longer side, 45 degrees across it: COLMAP's prior for an unknown camera)"
+DEFAULT_FOCAL_SOURCE = (f"default ({DEFAULT_FOCAL_PER_LONGER_SIDE} x the longer side, "
+                        f"{math.degrees(2 * math.atan(0.5 / DEFAULT_FOCAL_PER_LONGER_SIDE)):.0f} degrees across it: "
+                        "COLMAP's prior for an unknown camera)")
 
 
 def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], obj_masks: np.ndarray,
