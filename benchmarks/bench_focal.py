@@ -6,7 +6,7 @@ seed): `hoirecon synth -c CAT --size 640x480 --fov F --texture T --seed S` (30 f
 `hoirecon hand DIR --force` with default settings (the synth folder's frames and GT masks; its
 own noisy hand stage is recomputed: no --focal or --fov, so the stage estimates the focal by
 structure from motion on the object's pixels, else falls back to the stage's default,
-``hoirecon.stages.hand.DEFAULT_FOCAL_PER_LONGER_SIDE`` x the longer side). `hand/camera.json`
+``hoirecon.handpose.perspective.DEFAULT_FOCAL_PER_LONGER_SIDE`` x the longer side). `hand/camera.json`
 gives the focal used and its source; `gt/info.json` the true fx.
 
 Both textures of the same seed share geometry, masks and camera path: "printed" (a sharp-edged
@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section  # noqa: E402
 
-from hoirecon.stages.hand import DEFAULT_FOCAL_PER_LONGER_SIDE  # noqa: E402
+from hoirecon.handpose.perspective import DEFAULT_FOCAL_PER_LONGER_SIDE  # noqa: E402
 from hoirecon.stages.outputs import GroundTruth  # noqa: E402
 
 HOIRECON = [sys.executable, "-m", "hoirecon"]

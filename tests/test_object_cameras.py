@@ -79,8 +79,9 @@ def test_grasp_consensus_finds_the_hand_estimators_wrong_frames():
 
 def test_focal_and_fov_reach_the_camera(tmp_path):
     from hoirecon.errors import UserError
+    from hoirecon.handpose.perspective import DEFAULT_FOCAL_PER_LONGER_SIDE, DEFAULT_FOCAL_SOURCE
     from hoirecon.stages.configs import HandConfig
-    from hoirecon.stages.hand import DEFAULT_FOCAL_PER_LONGER_SIDE, DEFAULT_FOCAL_SOURCE, resolve_camera
+    from hoirecon.stages.hand import resolve_camera
     from hoirecon.stages.outputs import FramesMeta
 
     clip = tmp_path / "s"

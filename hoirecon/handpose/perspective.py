@@ -38,6 +38,9 @@ approximation of the perspective one.)
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -66,6 +69,30 @@ def normalized_to_pixels(xy: Tensor, width: int, height: int) -> Tensor:
     """(..., 2) normalised coordinates -> (..., 2) pixels."""
     cx, cy = principal_point(width, height)
     return xy * image_half_extent(width, height) + xy.new_tensor([cx, cy])
+
+
+# The focal length of a camera nobody names and structure from motion cannot measure (an object
+# without texture): COLMAP's prior for images without EXIF, 1.2 x the longer image side (45
+# degrees across it), instead of the paper's focal of 1 (90 degrees). A focal too short costs
+# more than one too long: it puts the hand close and the scene in a strong perspective the
+# video does not show (docs/experiments.md, session 24).
+DEFAULT_FOCAL_PER_LONGER_SIDE = 1.2
+DEFAULT_FOCAL_SOURCE = (f"default ({DEFAULT_FOCAL_PER_LONGER_SIDE} x the longer side, "
+                        f"{math.degrees(2 * math.atan(0.5 / DEFAULT_FOCAL_PER_LONGER_SIDE)):.0f} degrees across it: "
+                        "COLMAP's prior for an unknown camera)")
+
+
+def user_focal_px(focal_px: Optional[float], fov_deg: Optional[float], width: int, height: int,
+                  source_width: int) -> tuple[float, str]:
+    """The focal length in pixels of the working frames (``width`` x ``height``, scaled from a
+    video ``source_width`` wide) and where it came from: the user's ``focal_px`` (pixels of the
+    original video), else ``fov_deg`` (horizontal field of view), else the default above.
+    A caller that can measure the focal (structure from motion) replaces the default's."""
+    if focal_px is not None:
+        return float(focal_px) * width / float(source_width), "--focal"
+    if fov_deg is not None:
+        return (width / 2.0) / math.tan(math.radians(fov_deg) / 2.0), "--fov"
+    return DEFAULT_FOCAL_PER_LONGER_SIDE * max(width, height), DEFAULT_FOCAL_SOURCE
 
 
 def intrinsics_from_focal(focal: float, width: int, height: int, dtype=torch.float32, device=None) -> Tensor:

@@ -66,6 +66,19 @@ def _hand_model():
     return setting("anny", "Hand model: anny (open) | mano (needs weights).")
 
 
+def _fov():
+    return setting(None, "The camera's horizontal field of view in degrees (instead of --focal).", flag="--fov")
+
+
+def _check_camera(focal_px: Optional[float], fov_deg: Optional[float]) -> None:
+    if focal_px is not None and not (math.isfinite(focal_px) and focal_px > 0):
+        raise UserError(f"--focal must be a positive number of pixels, got {focal_px}")
+    if fov_deg is not None and not (math.isfinite(fov_deg) and 1.0 <= fov_deg <= 170.0):
+        raise UserError(f"--fov must be in [1, 170] degrees, got {fov_deg}")
+    if focal_px is not None and fov_deg is not None:
+        raise UserError("give --focal or --fov, not both")
+
+
 @dataclass(frozen=True)
 class FramesConfig:
     """Settings of the frames stage (`hoirecon frames CLIP`)."""
@@ -143,8 +156,7 @@ class HandConfig:
     focal_px: Optional[float] = setting(None, "The camera's focal length in pixels of the original video (default: "
                                         "estimated by structure from motion on the object, else 1.2 x the longer "
                                         "side: 45 degrees across it).", flag="--focal")
-    fov_deg: Optional[float] = setting(None, "The camera's horizontal field of view in degrees (instead of --focal).",
-                                       flag="--fov")
+    fov_deg: Optional[float] = _fov()
     sfm: bool = setting(True, "Structure from motion on the object's pixels for the focal length and the object's "
                         "own rotations.")
     smooth_weight: float = setting(1.0, "Joint-velocity smoothing weight (0 = off).", flag="--smooth")
@@ -171,12 +183,7 @@ class HandConfig:
         for name, value, choices in (("backend", self.backend, BACKENDS), ("side", self.side, SIDES),
                                      ("hand model", self.hand_model, HAND_MODELS)):
             _check_choice(name, value, choices)
-        if self.focal_px is not None and not (math.isfinite(self.focal_px) and self.focal_px > 0):
-            raise UserError(f"--focal must be a positive number of pixels, got {self.focal_px}")
-        if self.fov_deg is not None and not (math.isfinite(self.fov_deg) and 1.0 <= self.fov_deg <= 170.0):
-            raise UserError(f"--fov must be in [1, 170] degrees, got {self.fov_deg}")
-        if self.focal_px is not None and self.fov_deg is not None:
-            raise UserError("give --focal or --fov, not both")
+        _check_camera(self.focal_px, self.fov_deg)
         if self.smooth_weight < 0:
             raise UserError(f"--smooth must be >= 0, got {self.smooth_weight}")
         if not 0.0 <= self.drop_below_iou < 1.0:
@@ -322,9 +329,10 @@ class PoseConfig:
                                parse=_resolved)
     weights: str | None = setting(None, "Network weights (default: weights/pose/pose_cpu.pt).",
                                   cli_type=Optional[Path], parse=_resolved)
-    focal_px: float | None = setting(None, "Focal length in pixels of the original video (default: the paper's 90 "
-                                     "degrees across the longer side).", flag="--focal")
+    focal_px: float | None = setting(None, "Focal length in pixels of the original video (default: 1.2 x the longer "
+                                     "side, 45 degrees across it, as the hand stage without structure from motion).",
+                                     flag="--focal")
+    fov_deg: Optional[float] = _fov()
 
     def __post_init__(self):
-        if self.focal_px is not None and not (math.isfinite(self.focal_px) and self.focal_px > 0):
-            raise UserError(f"--focal must be a positive number of pixels, got {self.focal_px}")
+        _check_camera(self.focal_px, self.fov_deg)

@@ -80,10 +80,12 @@ from hoirecon.hand import build_hand_model
 from hoirecon.hand.model import HandModel
 from hoirecon.handpose.ik import IKConfig, KeypointModel, fit_hand_to_landmarks
 from hoirecon.handpose.perspective import (
+    DEFAULT_FOCAL_SOURCE,
     intrinsics_from_focal,
     normalized_to_pixels,
     pixels_to_normalized,
     rigid_transform,
+    user_focal_px,
     weak_to_hand_to_cam,
 )
 from hoirecon.handpose.silhouette import SilhouetteFitConfig, fit_hand_to_masks, visible_hand_iou, visible_ious
@@ -317,35 +319,18 @@ def _visible_ious(track: _HandTrack, hand_masks: np.ndarray, obj_masks: np.ndarr
     return visible_ious(track.verts_cam, track.faces, track.K, hand_masks, obj_masks, stride)
 
 
-# The focal length of a camera nobody names and structure from motion cannot measure (an object
-# without texture): COLMAP's prior for images without EXIF, 1.2 x the longer image side (45
-# degrees across it), instead of the paper's focal of 1 (90 degrees). A focal too short costs
-# more than one too long: it puts the hand close and the scene in a strong perspective the
-# video does not show (docs/experiments.md, session 24).
-DEFAULT_FOCAL_PER_LONGER_SIDE = 1.2
-DEFAULT_FOCAL_SOURCE = (f"default ({DEFAULT_FOCAL_PER_LONGER_SIDE} x the longer side, "
-                        f"{math.degrees(2 * math.atan(0.5 / DEFAULT_FOCAL_PER_LONGER_SIDE)):.0f} degrees across it: "
-                        "COLMAP's prior for an unknown camera)")
-
-
 def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], obj_masks: np.ndarray,
                    scratch: Path) -> tuple[float, dict, Optional[ObjectSfM]]:
     """The focal length to use, in normalised units, with where it came from.
 
     The user's ``--focal`` (original-video pixels) or ``--fov`` win; else structure from
-    motion on the object's pixels; else ``DEFAULT_FOCAL_PER_LONGER_SIDE``.
+    motion on the object's pixels; else ``DEFAULT_FOCAL_PER_LONGER_SIDE`` (``user_focal_px``).
     Returns (focal, camera info for ``camera.json``, the SfM result or None).
     """
     W, H = meta.size
     half = max(W, H) / 2.0
     sfm = None
-    if cfg.focal_px is not None:
-        scale = W / float(meta.source_size[0])
-        focal_px, source = cfg.focal_px * scale, "--focal"
-    elif cfg.fov_deg is not None:
-        focal_px, source = (W / 2.0) / math.tan(math.radians(cfg.fov_deg) / 2.0), "--fov"
-    else:
-        focal_px, source = DEFAULT_FOCAL_PER_LONGER_SIDE * max(W, H), DEFAULT_FOCAL_SOURCE
+    focal_px, source = user_focal_px(cfg.focal_px, cfg.fov_deg, W, H, meta.source_size[0])
     if cfg.sfm:
         known = None if source == DEFAULT_FOCAL_SOURCE else focal_px
         sfm = object_sfm(frames, obj_masks, scratch / "object_sfm", focal_px=known)

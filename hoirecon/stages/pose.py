@@ -3,9 +3,11 @@ object's template mesh.
 
 Reads the frames and the masks (their boxes are the network's hand and object boxes); the
 template (``object_mesh``, watertight, metres, its own frame) gives the 21 control points PnP
-needs. Intrinsics: a pinhole of focal length ``focal_px`` (pixels of the original video, as the
-hand stage's ``--focal``; scaled to the working frames), or without it the paper's focal of 1
-in normalised units (half the longer image side), principal point at the frame centre.
+needs. Intrinsics: a pinhole of focal length ``--focal`` (pixels of the original video) or
+``--fov``, or without either the hand stage's default when structure from motion cannot measure
+it (``hoirecon.handpose.perspective.user_focal_px``: 1.2 x the longer side); principal point at
+the frame centre. (The paper's focal of 1, 90 degrees, is ``--fov 90``.) ``fit --init pose``
+sees these poses through the hand stage's camera, whichever that is.
 
 Artifacts in ``<out>/pose/``:
 
@@ -38,7 +40,7 @@ import torch
 
 from hoirecon.errors import RunError, UserError
 from hoirecon.hand import build_hand_model
-from hoirecon.handpose.perspective import intrinsics_from_focal
+from hoirecon.handpose.perspective import image_half_extent, intrinsics_from_focal, user_focal_px
 from hoirecon.io.video import write_video
 from hoirecon.pipeline.hashing import file_digest
 from hoirecon.pipeline.runner import StageContext
@@ -96,10 +98,8 @@ def run_pose(ctx: StageContext, cfg: PoseConfig) -> dict:
     meta = FramesMeta.load(ctx.input_dir("frames"))
     ctx.input_dir("masks")
     W, H = meta.size
-    focal = 1.0
-    if cfg.focal_px is not None:  # original-video pixels -> working pixels -> normalised units
-        focal = cfg.focal_px * W / float(meta.source_size[0]) / (max(W, H) / 2.0)
-    K = intrinsics_from_focal(focal, W, H, dtype=torch.float64).numpy()
+    focal_px, _ = user_focal_px(cfg.focal_px, cfg.fov_deg, W, H, meta.source_size[0])
+    K = intrinsics_from_focal(focal_px / image_half_extent(W, H), W, H, dtype=torch.float64).numpy()
     device = torch.device(ctx.device)
     net, recipe = load_pose_net(_weights_path(cfg), device)
     clip = load_clip(ctx.out_root, K=K, template=cfg.object_mesh, labelled=False)

@@ -86,6 +86,6 @@ STAGES: Mapping[str, StageDef] = MappingProxyType({
                        outputs=("ExportOutput",)),
     # off the main chain: frames, masks -> pose (a template mesh is needed); its external
     # inputs load the template to check it, so they live with the stage
-    "pose": StageDef("pose", "1", ("frames", "masks"), _lazy("pose", "run_pose"), _lazy("pose", "external_inputs"),
+    "pose": StageDef("pose", "2", ("frames", "masks"), _lazy("pose", "run_pose"), _lazy("pose", "external_inputs"),
                      outputs=("PoseOutput",)),
 })
