@@ -93,14 +93,15 @@ def test_every_stage_field_is_a_setting():
 # weighting, `sds_fade_from`, `sds_end` (1, 1: off), `sds_seen_deg`, `sds_unseen_deg` (20, 60: on).
 # HandConfig's changed twice, on purpose: it gained `drop_below_iou`, with hand stage version 3, and
 # `silhouette_steps` (20), with hand stage version 4. MasksConfig's and HandConfig's `side` default became
-# "auto" with masks 17 / hand 5.)
+# "auto" with masks 17 / hand 5. FramesConfig's changed with frames 2: `stride` None (chosen) and
+# `frame_budget` (120); PoseConfig's with pose 2: it gained `fov_deg`.)
 DEFAULT_DIGESTS = {
-    FramesConfig: "c6f9c18be97a476fb478d4b166ee3f0ae9a00168e6312693de984932016634e6",
+    FramesConfig: "d25b0ab16cd12e31653343b3bd7e893df8cfacbc185a6866749b21dab87ea2fb",
     MasksConfig: "98f23170ab5857a66d735f715329555c87bc4b5b7947b4fe5166a746833c24ee",
     HandConfig: "afcb45d94f425ed8d194da9f5a62a782c4021f809ea0a8e3094b31c7d7e4223c",
     FitConfig: "971516f5362223a04d4d8a7b46f264219b178e6cac2d20f1e47bee749d13121f",
     ExportConfig: "1382f9c648b5f46a3deaf29e2009b49a2334c37f0a58133384264b6b62b0fa59",
-    PoseConfig: "2272c46ae199ca7942021f6bc54afba977611434aa556d0d44b8970d2c37a518",
+    PoseConfig: "fda42e7d5e463001ee2ff524def579768e5474188376064a11933a378b19ed80",
 }
 
 

@@ -39,6 +39,19 @@ def test_stride_max_frames_and_size(tmp_path, tiny_video):
     assert read_rgb(FramesMeta.frame_paths(tmp_path / "o" / "frames")[0]).shape == (24, 32, 3)
 
 
+def test_frame_budget_subsamples_a_long_clip_evenly(tmp_path, tiny_video):
+    res = _run(tmp_path / "o", source=str(tiny_video), frame_budget=5)  # 12 frames: one in 3 kept
+    meta = FramesMeta.load(tmp_path / "o" / "frames")
+    assert (meta.num_frames, meta.stride) == (4, 3) and abs(meta.fps - 10 / 3) < 1e-6
+    assert "one in 3" in res[0].summary["warnings"][0]
+    assert np.abs(read_rgb(FramesMeta.frame_paths(tmp_path / "o" / "frames")[1]).astype(int)
+                  - make_frames()[3].astype(int)).mean() < 12  # the 2nd kept frame is the clip's 4th
+    for given, kept in (({"stride": 1}, 12), ({"max_frames": 6}, 6), ({"frame_budget": 12}, 12)):
+        _run(tmp_path / "o", source=str(tiny_video), frame_budget=given.pop("frame_budget", 5), **given)
+        meta = FramesMeta.load(tmp_path / "o" / "frames")
+        assert (meta.num_frames, meta.stride) == (kept, 1)
+
+
 def test_image_folder(tmp_path):
     src = tmp_path / "imgs"
     src.mkdir()

@@ -84,13 +84,19 @@ class FramesConfig:
     """Settings of the frames stage (`hoirecon frames CLIP`)."""
 
     source: str = setting(internal="the command's CLIP argument (video file or image folder), made absolute")
-    max_frames: int | None = setting(None, "Keep at most this many frames.")
-    stride: int = setting(1, "Keep every N-th frame.")
+    max_frames: int | None = setting(None, "Keep at most this many frames (the first ones).")
+    stride: int | None = setting(None, "Keep every N-th frame (default: 1, or for a clip longer than "
+                                 "--frame-budget frames the smallest N that keeps at most that many).")
     size: int | None = setting(640, "Longer side of the working frames in pixels (only shrinks).")
+    frame_budget: int = setting(120, "Without --stride or --max-frames, a longer clip is subsampled evenly to at "
+                                "most this many frames: every later stage's time grows with the frames, and the "
+                                "fit was tuned on clips of 20-100.")
 
     def __post_init__(self):
-        if self.stride < 1:
+        if self.stride is not None and self.stride < 1:
             raise UserError(f"--stride must be >= 1, got {self.stride}")
+        if self.frame_budget < 1:
+            raise UserError(f"--frame-budget must be >= 1, got {self.frame_budget}")
         if self.max_frames is not None and self.max_frames < 1:
             raise UserError(f"--max-frames must be >= 1, got {self.max_frames}")
         if self.size is not None and self.size < 16:

@@ -73,7 +73,8 @@ def _fit_config_inputs(cfg) -> dict[str, str]:
 
 
 STAGES: Mapping[str, StageDef] = MappingProxyType({
-    "frames": StageDef("frames", "1", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
+    # 2: a clip longer than --frame-budget frames is subsampled
+    "frames": StageDef("frames", "2", (), _lazy("frames", "run_frames"), _frames_external, FramesConfig,
                        outputs=("FramesMeta",)),
     # 18: every GrabCut seeded (the same clip gave other masks run to run); 17: --side auto
     "masks": StageDef("masks", "18", ("frames",), _lazy("masks", "run_masks"), _masks_external, MasksConfig,
