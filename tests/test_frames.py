@@ -52,6 +52,24 @@ def test_frame_budget_subsamples_a_long_clip_evenly(tmp_path, tiny_video):
         assert (meta.num_frames, meta.stride) == (kept, 1)
 
 
+def test_upright_phone_video_is_read_as_seen_and_quietly(tmp_path, tiny_video):
+    """A video stored landscape with a 90-degree display rotation (as phones write it) gives
+    upright frames, and the reader's size warning does not reach the user."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    rotated = tmp_path / "upright.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-display_rotation", "90",
+                    "-i", str(tiny_video), "-c", "copy", str(rotated)], check=True)
+    code, _, err = run_cli("frames", str(rotated), "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 0 and err.strip() == ""
+    meta = FramesMeta.load(tmp_path / "o" / "frames")
+    assert meta.size == (48, 64) and meta.source_size == (48, 64)
+    first = read_rgb(FramesMeta.frame_paths(tmp_path / "o" / "frames")[0]).astype(int)
+    assert np.abs(first - np.rot90(make_frames()[0], 1).astype(int)).mean() < 12  # turned a quarter, anticlockwise
+
+
 def test_image_folder(tmp_path):
     src = tmp_path / "imgs"
     src.mkdir()

@@ -1,10 +1,13 @@
 """Video and image-folder reading/writing through the ffmpeg that imageio-ffmpeg ships.
 
-All frames are ``(H, W, 3) uint8`` RGB numpy arrays.
+All frames are ``(H, W, 3) uint8`` RGB numpy arrays. A phone video filmed upright is often
+stored landscape with a rotation in its metadata; ffmpeg applies it, so the frames (and the size
+reported) are as the video is meant to be seen.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,10 @@ from hoirecon.io.folders import IMAGE_SUFFIXES, list_image_files
 
 # A container that declares N frames but yields fewer than this share of them is truncated.
 _TRUNCATION_TOLERANCE = 0.9
+
+# imageio-ffmpeg warns on stderr whenever ffmpeg's rotation makes the frames' size differ from
+# the stored one: the expected case for an upright phone video, and not the user's concern.
+logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
 @dataclass
