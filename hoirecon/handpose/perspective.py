@@ -95,6 +95,14 @@ def user_focal_px(focal_px: Optional[float], fov_deg: Optional[float], width: in
     return DEFAULT_FOCAL_PER_LONGER_SIDE * max(width, height), DEFAULT_FOCAL_SOURCE
 
 
+def user_intrinsics(focal_px: Optional[float], fov_deg: Optional[float], width: int, height: int,
+                    source_width: int, dtype=torch.float32, device=None) -> Tensor:
+    """(3, 3) pixel intrinsics of ``user_focal_px``'s camera, principal point at the frame centre
+    (for the stages that measure no focal of their own)."""
+    focal_px, _ = user_focal_px(focal_px, fov_deg, width, height, source_width)
+    return intrinsics_from_focal(focal_px / image_half_extent(width, height), width, height, dtype, device)
+
+
 def intrinsics_from_focal(focal: float, width: int, height: int, dtype=torch.float32, device=None) -> Tensor:
     """(3, 3) pixel intrinsics of a pinhole with focal ``focal`` in normalised units.
 

@@ -11,7 +11,7 @@
 An unlabelled clip is an output folder with frames and masks and its object's template:
 ``object.ply`` in the folder, else ``gt/object.ply``; intrinsics from ``gt/gt.npz`` when present
 (a synth folder; its labels are never read), else the pose stage's default camera
-(``hoirecon.handpose.perspective.user_focal_px``).
+(``hoirecon.handpose.perspective.user_intrinsics``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from hoirecon.errors import UserError
 from hoirecon.hand import build_hand_model
-from hoirecon.handpose.perspective import image_half_extent, intrinsics_from_focal, user_focal_px
+from hoirecon.handpose.perspective import user_intrinsics
 from hoirecon.pose.data import ClipData, FrameSamples, concat_samples, load_clip, make_samples
 from hoirecon.pose.network import CONFIGS, HandObjectPoseNet
 from hoirecon.pose.predict import predict_clip
@@ -68,8 +68,7 @@ def load_unlabeled_clip(folder: Path) -> ClipData:
         K = GroundTruth.load(folder / GroundTruth.DIR, required=("K",)).K
     else:
         W, H = FramesMeta.load(folder / "frames").size
-        focal_px, _ = user_focal_px(None, None, W, H, W)
-        K = intrinsics_from_focal(focal_px / image_half_extent(W, H), W, H, dtype=torch.float64).numpy()
+        K = user_intrinsics(None, None, W, H, W, dtype=torch.float64).numpy()
     return load_clip(folder, K=K, template=template, labelled=False)
 
 

@@ -80,7 +80,6 @@ from hoirecon.hand import build_hand_model
 from hoirecon.hand.model import HandModel
 from hoirecon.handpose.ik import IKConfig, KeypointModel, fit_hand_to_landmarks
 from hoirecon.handpose.perspective import (
-    DEFAULT_FOCAL_SOURCE,
     intrinsics_from_focal,
     normalized_to_pixels,
     pixels_to_normalized,
@@ -331,10 +330,10 @@ def resolve_camera(cfg: HandConfig, meta: FramesMeta, frames: list[np.ndarray], 
     half = max(W, H) / 2.0
     sfm = None
     focal_px, source = user_focal_px(cfg.focal_px, cfg.fov_deg, W, H, meta.source_size[0])
+    named = cfg.focal_px is not None or cfg.fov_deg is not None
     if cfg.sfm:
-        known = None if source == DEFAULT_FOCAL_SOURCE else focal_px
-        sfm = object_sfm(frames, obj_masks, scratch / "object_sfm", focal_px=known)
-        if sfm.usable and source == DEFAULT_FOCAL_SOURCE:
+        sfm = object_sfm(frames, obj_masks, scratch / "object_sfm", focal_px=focal_px if named else None)
+        if sfm.usable and not named:
             focal_px, source = float(sfm.focal_px), "structure from motion on the object"
     info = {"focal_px": round(focal_px, 2), "fov_deg": round(math.degrees(2 * math.atan(W / 2.0 / focal_px)), 2),
             "cx": (W - 1) / 2.0, "cy": (H - 1) / 2.0, "image_size": [W, H], "source": source,

@@ -5,7 +5,7 @@ Reads the frames and the masks (their boxes are the network's hand and object bo
 template (``object_mesh``, watertight, metres, its own frame) gives the 21 control points PnP
 needs. Intrinsics: a pinhole of focal length ``--focal`` (pixels of the original video) or
 ``--fov``, or without either the hand stage's default when structure from motion cannot measure
-it (``hoirecon.handpose.perspective.user_focal_px``: 1.2 x the longer side); principal point at
+it (``hoirecon.handpose.perspective.user_intrinsics``: 1.2 x the longer side); principal point at
 the frame centre. (The paper's focal of 1, 90 degrees, is ``--fov 90``.) ``fit --init pose``
 sees these poses through the hand stage's camera, whichever that is.
 
@@ -40,7 +40,7 @@ import torch
 
 from hoirecon.errors import RunError, UserError
 from hoirecon.hand import build_hand_model
-from hoirecon.handpose.perspective import image_half_extent, intrinsics_from_focal, user_focal_px
+from hoirecon.handpose.perspective import user_intrinsics
 from hoirecon.io.video import write_video
 from hoirecon.pipeline.hashing import file_digest
 from hoirecon.pipeline.runner import StageContext
@@ -98,8 +98,7 @@ def run_pose(ctx: StageContext, cfg: PoseConfig) -> dict:
     meta = FramesMeta.load(ctx.input_dir("frames"))
     ctx.input_dir("masks")
     W, H = meta.size
-    focal_px, _ = user_focal_px(cfg.focal_px, cfg.fov_deg, W, H, meta.source_size[0])
-    K = intrinsics_from_focal(focal_px / image_half_extent(W, H), W, H, dtype=torch.float64).numpy()
+    K = user_intrinsics(cfg.focal_px, cfg.fov_deg, W, H, meta.source_size[0], dtype=torch.float64).numpy()
     device = torch.device(ctx.device)
     net, recipe = load_pose_net(_weights_path(cfg), device)
     clip = load_clip(ctx.out_root, K=K, template=cfg.object_mesh, labelled=False)
